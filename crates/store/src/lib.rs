@@ -1,0 +1,194 @@
+//! Cloister's persistence. One [`Store`] over sqlx's `Any` driver runs the same SQL on the
+//! embedded SQLite file (default) and on PostgreSQL (`--store postgres://…`). All SQL in
+//! Cloister lives in this crate; callers get plain row structs.
+//!
+//! The schema uses only TEXT and BIGINT so that one migration set serves both engines.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), cloister_store::StoreError> {
+//! let store = cloister_store::Store::open("sqlite:///tmp/state.db?mode=rwc").await?;
+//! store.meta_set("hello", "world").await?;
+//! assert_eq!(store.meta_get("hello").await?.as_deref(), Some("world"));
+//! # Ok(()) }
+//! ```
+
+mod directory;
+mod rbac;
+mod resources;
+mod tokens;
+
+pub use directory::*;
+pub use rbac::*;
+pub use resources::*;
+pub use tokens::*;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid store URL: {0}")]
+    BadUrl(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub(crate) fn map_unique(e: sqlx::Error, what: &str) -> StoreError {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(what.to_string());
+        }
+        StoreError::Backend(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The handle to Cloister's state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Opens (creating if needed) the store at `url` and applies migrations.
+    /// `sqlite://PATH?mode=rwc` or `postgres://user:pass@host:port/db`.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(format!(
+                "'{}' is neither sqlite: nor postgres://",
+                redact_url(url)
+            )));
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        opts = match backend {
+            Backend::Sqlite => opts.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL with synchronous=FULL: every acknowledged commit is on disk before
+                    // the caller hears about it, so kill -9 loses nothing acknowledged.
+                    conn.execute("PRAGMA journal_mode=WAL").await?;
+                    conn.execute("PRAGMA synchronous=FULL").await?;
+                    conn.execute("PRAGMA busy_timeout=10000").await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => opts.max_connections(16),
+        };
+        let pool = opts.connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Round-trips a trivial query; used by `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    pub async fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts `key` only if absent; returns true when this call inserted it. Used to make
+    /// first-start bootstrap safe when several nodes start at once.
+    pub async fn meta_insert_if_absent(&self, key: &str, value: &str) -> Result<bool> {
+        let r = sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Increments a counter in `meta` and returns the new value. The RBAC engine uses one
+    /// to learn that another node changed assignments.
+    pub async fn bump_counter(&self, key: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let cur: Option<String> = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0));
+        let next = cur.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(next.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+}
+
+/// Hides the password in a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+    {
+        let user = creds.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+pub(crate) fn s(row: &AnyRow, col: &str) -> Result<String> {
+    row.try_get::<String, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+pub(crate) fn os(row: &AnyRow, col: &str) -> Result<Option<String>> {
+    row.try_get::<Option<String>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+pub(crate) fn i(row: &AnyRow, col: &str) -> Result<i64> {
+    row.try_get::<i64, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+pub(crate) fn oi(row: &AnyRow, col: &str) -> Result<Option<i64>> {
+    row.try_get::<Option<i64>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+pub(crate) fn json_vec(row: &AnyRow, col: &str) -> Result<Vec<String>> {
+    serde_json::from_str(&s(row, col)?).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
