@@ -1,1 +1,217 @@
-//! placeholder
+//! The composed Cloister server: configuration, the private CA and TLS, first-start
+//! bootstrap, the RBAC bridge, the management (ARM) and directory (Graph-shaped) APIs, and
+//! the operational endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let cfg = cloister_server::config::ServerConfig::load(None)?;
+//! cloister_server::run(cfg).await
+//! # }
+//! ```
+
+pub mod arm;
+pub mod arm_resources;
+pub mod arm_tenant;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod graph;
+pub mod openapi;
+pub mod rbac;
+pub mod state;
+pub mod tls;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use cloister_core::error::ArmError;
+use cloister_crypto::MasterKey;
+use cloister_identity::Identity;
+use config::ServerConfig;
+use state::AppState;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Opens the master key: `CLOISTER_MASTER_KEY` (base64) or `DATA_DIR/master.key`.
+pub fn master_key(cfg: &ServerConfig) -> anyhow::Result<MasterKey> {
+    if let Ok(v) = std::env::var("CLOISTER_MASTER_KEY")
+        && !v.is_empty()
+    {
+        return MasterKey::from_base64(&v).map_err(|e| anyhow::anyhow!("CLOISTER_MASTER_KEY: {e}"));
+    }
+    MasterKey::load_or_create(&cfg.data_dir.join("master.key")).map_err(|e| anyhow::anyhow!("master key: {e}"))
+}
+
+/// Builds everything and serves until the process is stopped.
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let mk = Arc::new(master_key(&cfg)?);
+    let store = cloister_store::Store::open(&cfg.store_url())
+        .await
+        .map_err(|e| anyhow::anyhow!("opening store {}: {e}", cloister_store::redact_url(&cfg.store_url())))?;
+    let (tenant, sub) = bootstrap::ensure_tenant(&store).await?;
+    let ca = tls::load_or_create_ca(&store, &mk, &cfg.data_dir).await?;
+    let id = Identity::open(store.clone(), mk.clone(), cfg.identity.clone(), cfg.public_url(), cfg.http_base(), tenant.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("identity service: {e}"))?;
+    bootstrap::ensure_admin(&cfg, &store, &id, &tenant, &sub).await?;
+    let rbac = rbac::Rbac::load(store.clone()).await?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let acceptor = tls::acceptor(&ca, &cfg.listen, &cfg.tls_names)?;
+    let st = Arc::new(AppState {
+        management_audiences: vec![
+            id.management_endpoint.clone(),
+            "https://management.azure.com".into(),
+            "https://management.core.windows.net".into(),
+            "https://graph.microsoft.com".into(),
+        ],
+        cfg: cfg.clone(),
+        store: store.clone(),
+        id: id.clone(),
+        rbac: rbac.clone(),
+        prometheus,
+        default_subscription: sub,
+    });
+    let app = router(st.clone());
+
+    let https = tokio::net::TcpListener::bind(cfg.listen).await?;
+    tracing::info!(addr = %https.local_addr()?, "serving HTTPS");
+    let http = match cfg.http_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a).await?;
+            tracing::info!(addr = %l.local_addr()?, "serving HTTP");
+            Some(l)
+        }
+        None => None,
+    };
+    // Background upkeep: key rotation and purges every minute; RBAC changes from other nodes every second.
+    {
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                t.tick().await;
+                if let Err(e) = id.tick().await {
+                    tracing::warn!("identity upkeep: {e}");
+                }
+            }
+        });
+        let rbac = rbac.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                if let Err(e) = rbac.poll().await {
+                    tracing::warn!("rbac poll: {e}");
+                }
+                let _ = id.keys.reload().await;
+            }
+        });
+    }
+    println!("cloister: ready on https://{} (data dir {})", cfg.listen, cfg.data_dir.display());
+    let tls_task = tokio::spawn(tls::serve_tls(https, acceptor, app.clone()));
+    if let Some(l) = http {
+        tokio::spawn(async move {
+            if let Err(e) = tls::serve_http(l, app).await {
+                tracing::error!("http listener: {e}");
+            }
+        });
+    }
+    tokio::select! {
+        _ = tls_task => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The whole HTTP surface, shared by the HTTPS and HTTP listeners.
+pub fn router(st: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .merge(arm::router())
+        .merge(graph::router())
+        .route("/providers/Cloister.Identity/bindings/current", delete(arm_tenant::delete_binding))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_doc))
+        .fallback(fallback)
+        .with_state(st.clone());
+    Router::new()
+        .merge(cloister_identity::api::router(st.id.clone()))
+        .merge(api)
+        .layer(axum::middleware::from_fn(observe))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(st.cfg.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ArmError::internal("The request could not be processed.").into_response()
+        }))
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    match st.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!("readyz: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
+    let body = st.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
+    let mut r = body.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+async fn openapi_doc() -> Response {
+    let mut r = openapi::document().to_string().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn fallback(req: Request) -> ArmError {
+    ArmError::not_found(
+        "NotFound",
+        format!("No API matches {} {}.", req.method(), req.uri().path().chars().take(300).collect::<String>()),
+    )
+}
+
+/// Request metrics and a debug-level log line per request (never with query strings or
+/// headers, which can carry secrets).
+async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let class = match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("cloister_http_requests_total", "route" => route.clone(), "status" => class).increment(1);
+    metrics::histogram!("cloister_http_request_seconds", "route" => route.clone()).record(start.elapsed().as_secs_f64());
+    if status >= 500 {
+        tracing::error!(%method, %route, status, "request failed");
+    } else {
+        tracing::debug!(%method, %route, status, elapsed_us = start.elapsed().as_micros() as u64, "request");
+    }
+    resp
+}

@@ -1,0 +1,46 @@
+//! Authentication of API callers: a bearer token issued by Cloister, validated for
+//! signature, issuer, audience and lifetime. Authorization is the `Rbac` evaluator's job.
+
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use cloister_core::error::ArmError;
+use std::sync::Arc;
+
+/// The authenticated caller of a management API.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub object_id: String,
+    pub tenant_id: String,
+    pub app_id: String,
+    pub idtyp: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ArmError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(ArmError::new(
+                401,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            ));
+        };
+        let h = h.to_str().unwrap_or("");
+        let token = match h.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => {
+                return Err(ArmError::new(
+                    401,
+                    "AuthenticationFailedInvalidHeader",
+                    "Authentication failed. The 'Authorization' header is provided in an invalid format.",
+                ));
+            }
+        };
+        let claims = st.id.validate(token, &st.management_audiences).map_err(|e| {
+            ArmError::unauthenticated(format!("The access token is invalid: {e}."))
+        })?;
+        Ok(Caller { object_id: claims.oid, tenant_id: claims.tid, app_id: claims.app_id, idtyp: claims.idtyp })
+    }
+}

@@ -1,0 +1,102 @@
+//! Server configuration: a TOML file, then `CLOISTER_*` environment variables, then flags
+//! (each later source wins).
+
+use cloister_identity::config::IdentityConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// HTTPS listener for every API.
+    pub listen: SocketAddr,
+    /// Optional plain-HTTP listener (managed-identity endpoints and local use).
+    pub http_listen: Option<SocketAddr>,
+    /// `sqlite://…` (default: `DATA_DIR/cloister.db`) or `postgres://…`.
+    pub store: Option<String>,
+    /// The public HTTPS base URL (default `https://<listen>`).
+    pub public_url: Option<String>,
+    /// Extra DNS names for the server certificate.
+    pub tls_names: Vec<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// A tracing filter such as `info` or `cloister=debug`.
+    pub log_level: String,
+    /// Name of this host's resource (its managed identities are served on IMDS).
+    pub host_name: String,
+    /// Maximum request body size in bytes.
+    pub max_body_bytes: usize,
+    pub identity: IdentityConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./cloister-data"),
+            listen: "127.0.0.1:8443".parse().expect("valid"),
+            http_listen: None,
+            store: None,
+            public_url: None,
+            tls_names: vec![],
+            log_format: "text".into(),
+            log_level: "info".into(),
+            host_name: "local".into(),
+            max_body_bytes: 1 << 20,
+            identity: IdentityConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file (if given) and applies `CLOISTER_*` environment overrides.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<ServerConfig> {
+        let mut cfg = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?
+            }
+            None => ServerConfig::default(),
+        };
+        let env = |k: &str| std::env::var(format!("CLOISTER_{k}")).ok().filter(|v| !v.is_empty());
+        if let Some(v) = env("DATA_DIR") {
+            cfg.data_dir = v.into();
+        }
+        if let Some(v) = env("LISTEN") {
+            cfg.listen = v.parse().map_err(|e| anyhow::anyhow!("CLOISTER_LISTEN: {e}"))?;
+        }
+        if let Some(v) = env("HTTP_LISTEN") {
+            cfg.http_listen = Some(v.parse().map_err(|e| anyhow::anyhow!("CLOISTER_HTTP_LISTEN: {e}"))?);
+        }
+        if let Some(v) = env("STORE") {
+            cfg.store = Some(v);
+        }
+        if let Some(v) = env("PUBLIC_URL") {
+            cfg.public_url = Some(v);
+        }
+        if let Some(v) = env("LOG_FORMAT") {
+            cfg.log_format = v;
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            cfg.log_level = v;
+        }
+        if let Some(v) = env("SIGNING_ALG") {
+            cfg.identity.signing_alg = v;
+        }
+        Ok(cfg)
+    }
+
+    pub fn store_url(&self) -> String {
+        self.store.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("cloister.db").display()))
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("https://{}", self.listen)).trim_end_matches('/').to_string()
+    }
+
+    pub fn http_base(&self) -> Option<String> {
+        self.http_listen.map(|a| format!("http://{a}"))
+    }
+}
