@@ -12,6 +12,8 @@ use serde_json::json;
 
 pub const OWNER_ROLE_ID: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
 pub const SYSTEM_RG: &str = "cloister-system";
+/// The public client the CLI signs users in with: the Azure CLI's well-known client id.
+pub const CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
 
 /// What the first start decided; stable across restarts.
 #[derive(Debug, Clone)]
@@ -117,6 +119,21 @@ pub async fn ensure_admin(cfg: &ServerConfig, store: &Store, id: &Identity, tena
             store.resource_put(&r, &[sp], &[]).await?;
         }
         store.meta_set(cloister_identity::mi::HOST_RESOURCE_KEY, &host_id).await?;
+    }
+    if store.application_get(CLI_CLIENT_ID).await?.is_none() {
+        let app = cloister_store::Application {
+            app_id: CLI_CLIENT_ID.into(),
+            object_id: new_guid(),
+            tenant_id: tenant.into(),
+            display_name: "Cloister CLI".into(),
+            identifier_uris: vec![],
+            redirect_uris: vec!["http://localhost".into()],
+            public_client: true,
+            created_at: now,
+        };
+        if let Err(e) = store.application_create(&app, &new_guid()).await {
+            tracing::debug!("cli app: {e}");
+        }
     }
     if !path.exists() {
         let (_, secret) = id
