@@ -83,7 +83,7 @@ fn str_array(v: Option<&Value>, field: &str) -> Result<Vec<String>, ArmError> {
     }
 }
 
-fn ok(status: StatusCode, v: Value) -> Res {
+pub fn ok(status: StatusCode, v: Value) -> Res {
     Ok((status, Json(v)).into_response())
 }
 

@@ -263,7 +263,8 @@ async fn create_user(State(st): St, c: Caller, body: Bytes) -> Res {
     let upn = b.get("userPrincipalName").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'userPrincipalName' is required."))?;
     let name = b.get("displayName").and_then(|v| v.as_str()).unwrap_or(upn);
     let pw = b
-        .pointer("/passwordProfile/password")
+        .get("passwordProfile")
+        .and_then(|p| p.get("password"))
         .and_then(|v| v.as_str())
         .ok_or_else(|| ArmError::invalid("'passwordProfile.password' is required."))?;
     match st.id.create_user(&st.id.home_tenant, upn, name, Secret::new(pw.to_string())).await {

@@ -105,6 +105,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
         let rbac = rbac.clone();
+        let id = st.id.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(1));
             loop {
