@@ -1,8 +1,14 @@
 //! Case-insensitive `*` wildcard matching of action strings.
 
 /// True if `pattern` (where `*` matches any run of characters, `/` included) matches
-/// `action`, ignoring ASCII case.
+/// `action`, ignoring ASCII case. A `/*/` segment may also match nothing, as in Azure, where
+/// Managed Identity Operator's `…/userAssignedIdentities/*/assign/action` grants
+/// `…/userAssignedIdentities/assign/action`.
 pub fn wildcard_match(pattern: &str, action: &str) -> bool {
+    glob(pattern, action) || (pattern.contains("/*/") && glob(&pattern.replace("/*/", "/"), action))
+}
+
+fn glob(pattern: &str, action: &str) -> bool {
     let p = pattern.as_bytes();
     let a = action.as_bytes();
     let (mut pi, mut ai) = (0usize, 0usize);
@@ -43,6 +49,8 @@ mod tests {
         assert!(!wildcard_match("Microsoft.App/*", "Microsoft.Apple/x"));
         assert!(wildcard_match("a*b*c", "aXXbYYc"));
         assert!(!wildcard_match("a*b*c", "aXXbYY"));
+        assert!(wildcard_match("Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action", "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"));
+        assert!(!wildcard_match("Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action", "Microsoft.ManagedIdentity/userAssignedIdentities/write"));
     }
 
     proptest! {

@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
 #[tokio::test]

@@ -83,18 +83,13 @@ async fn system_assigned_identity_goes_with_its_resource() {
     assert_eq!(v["identity"]["tenantId"], s.tenant());
     let scope = format!("/subscriptions/{}/resourceGroups/apps", s.sub());
     s.assign(&admin, &scope, READER, &pid).await;
-    let list = |s: &Server| {
-        let admin = admin.clone();
-        let pid = pid.clone();
-        let scope = scope.clone();
-        async move {
-            s.call(&admin, "GET", &format!("{scope}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter=principalId%20eq%20'{pid}'"), None).await.1["value"].as_array().unwrap().len()
-        }
-    };
-    assert_eq!(list(&s).await, 1);
+    async fn list(s: &Server, admin: &str, scope: &str, pid: &str) -> usize {
+        s.call(admin, "GET", &format!("{scope}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter=principalId%20eq%20'{pid}'"), None).await.1["value"].as_array().unwrap().len()
+    }
+    assert_eq!(list(&s, &admin, &scope, &pid).await, 1);
     let (st, _) = s.call(&admin, "DELETE", &format!("{res}?{MSI}"), None).await;
     assert_eq!(st, 200);
-    assert_eq!(list(&s).await, 0, "the identity's role assignments go with it");
+    assert_eq!(list(&s, &admin, &scope, &pid).await, 0, "the identity's role assignments go with it");
     let (st, _) = s.call(&admin, "GET", &format!("/v1.0/servicePrincipals/{pid}"), None).await;
     assert_eq!(st, 404);
     // Disabling the identity (identity: None) also removes it.

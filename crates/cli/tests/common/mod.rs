@@ -33,7 +33,7 @@ pub async fn fresh_store() -> Option<String> {
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     sqlx::any::install_default_drivers();
     let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{base}/postgres")).await.expect("connect to CLOISTER_TEST_PG");
-    sqlx::Executor::execute(&mut c, format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
+    sqlx::Executor::execute(&mut c, sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create database");
     Some(format!("{base}/{name}"))
 }
 
