@@ -5,7 +5,9 @@ import msal
 import requests
 
 
-def test_auth_code_flow_and_silent_refresh(server):
+def test_auth_code_flow_and_silent_refresh(server, monkeypatch):
+    # requests lets REQUESTS_CA_BUNDLE override a session's `verify`, so point it at our CA.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca)
     server.call("POST", "/v1.0/users", {"displayName": "Lin", "userPrincipalName": "lin@cloister.test",
                                         "passwordProfile": {"password": "a long passphrase"}})
     app = server.call("POST", "/v1.0/applications", {"displayName": "msal-public",
