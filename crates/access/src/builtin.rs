@@ -2,14 +2,26 @@
 
 use crate::{Permission, RoleDefinition, RoleType};
 
-fn role(id: &str, name: &str, desc: &str, actions: &[&str], not_actions: &[&str], data: &[&str]) -> RoleDefinition {
+fn role(
+    id: &str,
+    name: &str,
+    desc: &str,
+    actions: &[&str],
+    not_actions: &[&str],
+    data: &[&str],
+) -> RoleDefinition {
     let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     RoleDefinition {
         id: id.into(),
         role_name: name.into(),
         description: desc.into(),
         role_type: RoleType::BuiltInRole,
-        permissions: vec![Permission { actions: v(actions), not_actions: v(not_actions), data_actions: v(data), not_data_actions: vec![] }],
+        permissions: vec![Permission {
+            actions: v(actions),
+            not_actions: v(not_actions),
+            data_actions: v(data),
+            not_data_actions: vec![],
+        }],
         assignable_scopes: vec!["/".into()],
     }
 }
@@ -21,7 +33,14 @@ fn role(id: &str, name: &str, desc: &str, actions: &[&str], not_actions: &[&str]
 /// and the data action `sessionPools/interpreters/execute/action`.
 pub fn builtin_roles() -> Vec<RoleDefinition> {
     vec![
-        role("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner", "Grants full access to manage all resources, including the ability to assign roles in Azure RBAC.", &["*"], &[], &[]),
+        role(
+            "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+            "Owner",
+            "Grants full access to manage all resources, including the ability to assign roles in Azure RBAC.",
+            &["*"],
+            &[],
+            &[],
+        ),
         role(
             "b24988ac-6180-42a0-ab88-20f7382dd24c",
             "Contributor",
@@ -42,7 +61,14 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             ],
             &[],
         ),
-        role("acdd72a7-3385-48ef-bd42-f606fba81ae7", "Reader", "View all resources, but does not allow you to make any changes.", &["*/read"], &[], &[]),
+        role(
+            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            "Reader",
+            "View all resources, but does not allow you to make any changes.",
+            &["*/read"],
+            &[],
+            &[],
+        ),
         role(
             "f1a07417-d97a-45cb-824c-7a7467783830",
             "Managed Identity Operator",
@@ -118,5 +144,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
 
 /// A built-in role by name, ignoring case.
 pub fn builtin_by_name(name: &str) -> Option<RoleDefinition> {
-    builtin_roles().into_iter().find(|r| r.role_name.eq_ignore_ascii_case(name))
+    builtin_roles()
+        .into_iter()
+        .find(|r| r.role_name.eq_ignore_ascii_case(name))
 }

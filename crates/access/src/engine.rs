@@ -54,29 +54,40 @@ impl Snapshot {
         memberships: Vec<(String, String)>,
         hierarchy: Vec<(String, String)>,
     ) -> Snapshot {
-        let roles = defs.into_iter().map(|d| (d.id.to_ascii_lowercase(), d)).collect();
+        let roles = defs
+            .into_iter()
+            .map(|d| (d.id.to_ascii_lowercase(), d))
+            .collect();
         let assignment_count = assignments.len();
         let mut by_scope: HashMap<String, Vec<RoleAssignment>> = HashMap::new();
         for a in assignments {
-            let key = Scope::parse(&a.scope).map(|s| s.canonical()).unwrap_or_else(|_| a.scope.to_ascii_lowercase());
+            let key = Scope::parse(&a.scope)
+                .map(|s| s.canonical())
+                .unwrap_or_else(|_| a.scope.to_ascii_lowercase());
             by_scope.entry(key).or_default().push(a);
         }
         let mut deny_by_scope: HashMap<String, Vec<DenyAssignment>> = HashMap::new();
         for d in &denies {
-            let key = Scope::parse(&d.scope).map(|s| s.canonical()).unwrap_or_else(|_| d.scope.to_ascii_lowercase());
+            let key = Scope::parse(&d.scope)
+                .map(|s| s.canonical())
+                .unwrap_or_else(|_| d.scope.to_ascii_lowercase());
             deny_by_scope.entry(key).or_default().push(d.clone());
         }
         // Transitive closure of group membership (cycles are harmless: visited set).
         let mut direct: HashMap<String, Vec<String>> = HashMap::new();
         for (g, m) in memberships {
-            direct.entry(m.to_ascii_lowercase()).or_default().push(g.to_ascii_lowercase());
+            direct
+                .entry(m.to_ascii_lowercase())
+                .or_default()
+                .push(g.to_ascii_lowercase());
         }
         let mut groups = HashMap::new();
         for member in direct.keys() {
             let mut seen: HashSet<String> = HashSet::new();
             let mut q: VecDeque<String> = direct[member].iter().cloned().collect();
             while let Some(g) = q.pop_front() {
-                if g != *member && seen.insert(g.clone())
+                if g != *member
+                    && seen.insert(g.clone())
                     && let Some(up) = direct.get(&g)
                 {
                     q.extend(up.iter().cloned());
@@ -88,14 +99,30 @@ impl Snapshot {
         }
         let parents = hierarchy
             .into_iter()
-            .filter_map(|(c, p)| Some((Scope::parse(&c).ok()?.canonical(), Scope::parse(&p).ok()?.canonical())))
+            .filter_map(|(c, p)| {
+                Some((
+                    Scope::parse(&c).ok()?.canonical(),
+                    Scope::parse(&p).ok()?.canonical(),
+                ))
+            })
             .collect();
-        Snapshot { roles, by_scope, deny_by_scope, denies, groups, parents, assignment_count }
+        Snapshot {
+            roles,
+            by_scope,
+            deny_by_scope,
+            denies,
+            groups,
+            parents,
+            assignment_count,
+        }
     }
 
     /// The groups `principal` belongs to, directly or through other groups.
     pub fn principal_groups(&self, principal: &str) -> Vec<String> {
-        self.groups.get(&principal.to_ascii_lowercase()).cloned().unwrap_or_default()
+        self.groups
+            .get(&principal.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn deny_assignments(&self) -> &[DenyAssignment] {
@@ -149,7 +176,10 @@ impl Snapshot {
     pub fn check(&self, principal: &str, action: &Action, scope: &Scope) -> Decision {
         let p = principal.to_ascii_lowercase();
         let groups = self.groups.get(&p);
-        let is_me = |id: &str| id.eq_ignore_ascii_case(&p) || groups.is_some_and(|g| g.iter().any(|x| x.eq_ignore_ascii_case(id)));
+        let is_me = |id: &str| {
+            id.eq_ignore_ascii_case(&p)
+                || groups.is_some_and(|g| g.iter().any(|x| x.eq_ignore_ascii_case(id)))
+        };
         let chain = self.chain(scope);
         for (i, sc) in chain.iter().enumerate() {
             if let Some(ds) = self.deny_by_scope.get(sc) {
@@ -160,7 +190,10 @@ impl Snapshot {
                     let applies = d.principals.iter().any(|x| x == EVERYONE || is_me(x));
                     let excluded = d.exclude_principals.iter().any(|x| is_me(x));
                     if applies && !excluded && permits(&d.permissions, action) {
-                        return Decision { allowed: false, reason: DecisionReason::Deny(d.id.clone()) };
+                        return Decision {
+                            allowed: false,
+                            reason: DecisionReason::Deny(d.id.clone()),
+                        };
                     }
                 }
             }
@@ -172,17 +205,26 @@ impl Snapshot {
                         && let Some(r) = self.roles.get(&a.role_definition_id.to_ascii_lowercase())
                         && permits(&r.permissions, action)
                     {
-                        return Decision { allowed: true, reason: DecisionReason::Assignment(a.id.clone()) };
+                        return Decision {
+                            allowed: true,
+                            reason: DecisionReason::Assignment(a.id.clone()),
+                        };
                     }
                 }
             }
         }
-        Decision { allowed: false, reason: DecisionReason::NoMatchingAssignment }
+        Decision {
+            allowed: false,
+            reason: DecisionReason::NoMatchingAssignment,
+        }
     }
 
     /// How many assignments a check at `scope` looks at (for benchmarks).
     pub fn assignments_on_chain(&self, scope: &Scope) -> usize {
-        self.chain(scope).iter().map(|s| self.by_scope.get(s).map_or(0, Vec::len)).sum()
+        self.chain(scope)
+            .iter()
+            .map(|s| self.by_scope.get(s).map_or(0, Vec::len))
+            .sum()
     }
 }
 
@@ -222,7 +264,12 @@ impl Engine {
 
     pub fn check(&self, principal: &str, action: &Action, scope: &Scope) -> Decision {
         let g = self.generation.load(Ordering::SeqCst);
-        let key = (g, principal.to_ascii_lowercase(), action.clone(), scope.canonical());
+        let key = (
+            g,
+            principal.to_ascii_lowercase(),
+            action.clone(),
+            scope.canonical(),
+        );
         if let Some(d) = self.cache.get(&key) {
             return d;
         }

@@ -108,29 +108,49 @@ fn valid_action(a: &str) -> bool {
 
 /// Checks a custom role definition before it is stored.
 pub fn validate_role_definition(d: &RoleDefinition) -> Result<(), InvalidRole> {
-    if d.role_name.trim().is_empty() || d.role_name.len() > 512 || d.role_name.chars().any(char::is_control) {
-        return Err(InvalidRole("roleName must be 1-512 printable characters".into()));
+    if d.role_name.trim().is_empty()
+        || d.role_name.len() > 512
+        || d.role_name.chars().any(char::is_control)
+    {
+        return Err(InvalidRole(
+            "roleName must be 1-512 printable characters".into(),
+        ));
     }
     if d.permissions.is_empty() {
-        return Err(InvalidRole("permissions must hold at least one entry".into()));
+        return Err(InvalidRole(
+            "permissions must hold at least one entry".into(),
+        ));
     }
     if d.assignable_scopes.is_empty() {
-        return Err(InvalidRole("assignableScopes must hold at least one scope".into()));
+        return Err(InvalidRole(
+            "assignableScopes must hold at least one scope".into(),
+        ));
     }
     for s in &d.assignable_scopes {
         cloister_core::scope::Scope::parse(s).map_err(|e| InvalidRole(e.to_string()))?;
     }
     let mut any = false;
     for p in &d.permissions {
-        for a in p.actions.iter().chain(&p.not_actions).chain(&p.data_actions).chain(&p.not_data_actions) {
+        for a in p
+            .actions
+            .iter()
+            .chain(&p.not_actions)
+            .chain(&p.data_actions)
+            .chain(&p.not_data_actions)
+        {
             if !valid_action(a) {
-                return Err(InvalidRole(format!("'{}' is not a valid action", a.chars().take(80).collect::<String>())));
+                return Err(InvalidRole(format!(
+                    "'{}' is not a valid action",
+                    a.chars().take(80).collect::<String>()
+                )));
             }
         }
         any |= !p.actions.is_empty() || !p.data_actions.is_empty();
     }
     if !any {
-        return Err(InvalidRole("the role grants no actions or data actions".into()));
+        return Err(InvalidRole(
+            "the role grants no actions or data actions".into(),
+        ));
     }
     Ok(())
 }

@@ -42,15 +42,33 @@ mod tests {
     #[test]
     fn examples() {
         assert!(wildcard_match("*", "Microsoft.App/sessionPools/write"));
-        assert!(wildcard_match("*/read", "Microsoft.Resources/subscriptions/resourceGroups/read"));
-        assert!(!wildcard_match("*/read", "Microsoft.Resources/subscriptions/resourceGroups/write"));
-        assert!(wildcard_match("Microsoft.Authorization/*/Write", "microsoft.authorization/roleAssignments/write"));
-        assert!(wildcard_match("Microsoft.App/*", "Microsoft.App/sessionPools/interpreters/execute/action"));
+        assert!(wildcard_match(
+            "*/read",
+            "Microsoft.Resources/subscriptions/resourceGroups/read"
+        ));
+        assert!(!wildcard_match(
+            "*/read",
+            "Microsoft.Resources/subscriptions/resourceGroups/write"
+        ));
+        assert!(wildcard_match(
+            "Microsoft.Authorization/*/Write",
+            "microsoft.authorization/roleAssignments/write"
+        ));
+        assert!(wildcard_match(
+            "Microsoft.App/*",
+            "Microsoft.App/sessionPools/interpreters/execute/action"
+        ));
         assert!(!wildcard_match("Microsoft.App/*", "Microsoft.Apple/x"));
         assert!(wildcard_match("a*b*c", "aXXbYYc"));
         assert!(!wildcard_match("a*b*c", "aXXbYY"));
-        assert!(wildcard_match("Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action", "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"));
-        assert!(!wildcard_match("Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action", "Microsoft.ManagedIdentity/userAssignedIdentities/write"));
+        assert!(wildcard_match(
+            "Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"
+        ));
+        assert!(!wildcard_match(
+            "Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action",
+            "Microsoft.ManagedIdentity/userAssignedIdentities/write"
+        ));
     }
 
     proptest! {

@@ -382,23 +382,40 @@ fn read_json_arg(s: &str) -> Result<Value> {
 async fn login(a: LoginArgs, out: &str) -> Result<()> {
     let mut p = Profile::default();
     if let Some(b) = &a.bootstrap {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(b).with_context(|| format!("reading {b}"))?)?;
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(b).with_context(|| format!("reading {b}"))?,
+        )?;
         let g = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         p.authority = g("authority").ok_or_else(|| anyhow!("bootstrap file lacks authority"))?;
         p.tenant = g("tenantId").unwrap_or_default();
-        p.management_endpoint = g("managementEndpoint").unwrap_or_else(|| format!("{}/", p.authority));
+        p.management_endpoint =
+            g("managementEndpoint").unwrap_or_else(|| format!("{}/", p.authority));
         p.subscription = g("subscriptionId").unwrap_or_default();
         p.ca_file = g("caCertificate");
         p.kind = "servicePrincipal".into();
         p.client_id = g("clientId").unwrap_or_default();
         p.client_secret = g("clientSecret");
     } else {
-        p.authority = a.authority.clone().ok_or_else(|| anyhow!("--authority (or --bootstrap) is required"))?.trim_end_matches('/').to_string();
-        p.tenant = a.tenant.clone().ok_or_else(|| anyhow!("--tenant is required"))?;
+        p.authority = a
+            .authority
+            .clone()
+            .ok_or_else(|| anyhow!("--authority (or --bootstrap) is required"))?
+            .trim_end_matches('/')
+            .to_string();
+        p.tenant = a
+            .tenant
+            .clone()
+            .ok_or_else(|| anyhow!("--tenant is required"))?;
         p.management_endpoint = format!("{}/", p.authority);
         p.ca_file = a.ca_file.clone();
-        let user = a.username.clone().ok_or_else(|| anyhow!("-u/--username is required"))?;
-        let pass = a.password.clone().ok_or_else(|| anyhow!("-p/--password is required"))?;
+        let user = a
+            .username
+            .clone()
+            .ok_or_else(|| anyhow!("-u/--username is required"))?;
+        let pass = a
+            .password
+            .clone()
+            .ok_or_else(|| anyhow!("-p/--password is required"))?;
         if a.service_principal {
             p.kind = "servicePrincipal".into();
             p.client_id = user;
@@ -414,11 +431,19 @@ async fn login(a: LoginArgs, out: &str) -> Result<()> {
         p.ca_file = Some(c.clone());
     }
     // Prove the credentials work, and learn the subscriptions.
-    let mut s = Session { http: http_client(p.ca_file.as_deref())?, profile: p };
+    let mut s = Session {
+        http: http_client(p.ca_file.as_deref())?,
+        profile: p,
+    };
     s.token(&s.profile.management_endpoint.clone()).await?;
-    let subs = s.call(Method::GET, "/subscriptions?api-version=2022-12-01", None).await.unwrap_or(json!({"value": []}));
+    let subs = s
+        .call(Method::GET, "/subscriptions?api-version=2022-12-01", None)
+        .await
+        .unwrap_or(json!({"value": []}));
     if s.profile.subscription.is_empty()
-        && let Some(id) = subs.pointer("/value/0/subscriptionId").and_then(|v| v.as_str())
+        && let Some(id) = subs
+            .pointer("/value/0/subscriptionId")
+            .and_then(|v| v.as_str())
     {
         s.profile.subscription = id.to_string();
     }
@@ -439,9 +464,14 @@ async fn login(a: LoginArgs, out: &str) -> Result<()> {
 async fn user_login(p: &Profile, user: &str, pass: &str) -> Result<String> {
     let http = http_client(p.ca_file.as_deref())?;
     let verifier = random_b64(32);
-    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
+    let challenge = URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+    );
     let redirect = "http://localhost";
-    let scope = format!("{}/.default offline_access openid profile", p.management_endpoint.trim_end_matches('/'));
+    let scope = format!(
+        "{}/.default offline_access openid profile",
+        p.management_endpoint.trim_end_matches('/')
+    );
     let authz = format!("{}/{}/oauth2/v2.0/authorize", p.authority, p.tenant);
     let state = random_b64(12);
     let params = [
@@ -473,7 +503,9 @@ async fn user_login(p: &Profile, user: &str, pass: &str) -> Result<String> {
     if q.get("state") != Some(&state) {
         bail!("sign-in failed: state mismatch");
     }
-    let code = q.get("code").ok_or_else(|| anyhow!("sign-in failed: no code returned"))?;
+    let code = q
+        .get("code")
+        .ok_or_else(|| anyhow!("sign-in failed: no code returned"))?;
     let token: Value = http
         .post(format!("{}/{}/oauth2/v2.0/token", p.authority, p.tenant))
         .form(&[
@@ -492,7 +524,15 @@ async fn user_login(p: &Profile, user: &str, pass: &str) -> Result<String> {
         .get("refresh_token")
         .and_then(|v| v.as_str())
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("sign-in failed: {}", token.get("error_description").and_then(|v| v.as_str()).unwrap_or("no refresh token")))
+        .ok_or_else(|| {
+            anyhow!(
+                "sign-in failed: {}",
+                token
+                    .get("error_description")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("no refresh token")
+            )
+        })
 }
 
 fn random_b64(n: usize) -> String {
@@ -501,37 +541,77 @@ fn random_b64(n: usize) -> String {
 }
 
 fn sub_of(s: &Session, sub: &Option<String>) -> String {
-    sub.clone().unwrap_or_else(|| s.profile.subscription.clone())
+    sub.clone()
+        .unwrap_or_else(|| s.profile.subscription.clone())
 }
 
 async fn group(s: &mut Session, g: GroupCmd) -> Result<Value> {
     match g {
-        GroupCmd::Create { name, location, subscription } => {
+        GroupCmd::Create {
+            name,
+            location,
+            subscription,
+        } => {
             let sub = sub_of(s, &subscription);
-            s.call(Method::PUT, &format!("/subscriptions/{sub}/resourcegroups/{name}?api-version={RG_API}"), Some(json!({"location": location}))).await
+            s.call(
+                Method::PUT,
+                &format!("/subscriptions/{sub}/resourcegroups/{name}?api-version={RG_API}"),
+                Some(json!({"location": location})),
+            )
+            .await
         }
         GroupCmd::Show { name, subscription } => {
             let sub = sub_of(s, &subscription);
-            s.call(Method::GET, &format!("/subscriptions/{sub}/resourcegroups/{name}?api-version={RG_API}"), None).await
+            s.call(
+                Method::GET,
+                &format!("/subscriptions/{sub}/resourcegroups/{name}?api-version={RG_API}"),
+                None,
+            )
+            .await
         }
         GroupCmd::List { subscription } => {
             let sub = sub_of(s, &subscription);
-            Ok(s.call(Method::GET, &format!("/subscriptions/{sub}/resourcegroups?api-version={RG_API}"), None).await?["value"].clone())
+            Ok(s.call(
+                Method::GET,
+                &format!("/subscriptions/{sub}/resourcegroups?api-version={RG_API}"),
+                None,
+            )
+            .await?["value"]
+                .clone())
         }
-        GroupCmd::Delete { name, subscription, .. } => {
+        GroupCmd::Delete {
+            name, subscription, ..
+        } => {
             let sub = sub_of(s, &subscription);
-            s.call(Method::DELETE, &format!("/subscriptions/{sub}/resourcegroups/{name}?api-version={RG_API}"), None).await?;
+            s.call(
+                Method::DELETE,
+                &format!("/subscriptions/{sub}/resourcegroups/{name}?api-version={RG_API}"),
+                None,
+            )
+            .await?;
             Ok(Value::Null)
         }
     }
 }
 
-fn identity_id(s: &Session, name: Option<String>, rg: Option<String>, ids: Option<String>, sub: &Option<String>) -> Result<String> {
+fn identity_id(
+    s: &Session,
+    name: Option<String>,
+    rg: Option<String>,
+    ids: Option<String>,
+    sub: &Option<String>,
+) -> Result<String> {
     if let Some(i) = ids {
         return Ok(i);
     }
-    let (n, g) = (name.ok_or_else(|| anyhow!("--name or --ids is required"))?, rg.ok_or_else(|| anyhow!("--resource-group is required"))?);
-    Ok(format!("/subscriptions/{}/resourceGroups/{g}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{n}", sub_of(s, sub)))
+    let (n, g) = (
+        name.ok_or_else(|| anyhow!("--name or --ids is required"))?,
+        rg.ok_or_else(|| anyhow!("--resource-group is required"))?,
+    );
+    Ok(format!(
+        "/subscriptions/{}/resourceGroups/{g}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{n}",
+        sub_of(s, sub)
+    ))
 }
 
 fn flatten_identity(v: &Value) -> Value {
@@ -545,26 +625,67 @@ fn flatten_identity(v: &Value) -> Value {
 
 async fn identity(s: &mut Session, i: IdentityCmd) -> Result<Value> {
     match i {
-        IdentityCmd::Create { name, resource_group, location, subscription } => {
+        IdentityCmd::Create {
+            name,
+            resource_group,
+            location,
+            subscription,
+        } => {
             let id = identity_id(s, Some(name), Some(resource_group), None, &subscription)?;
-            Ok(flatten_identity(&s.call(Method::PUT, &format!("{id}?api-version={MSI_API}"), Some(json!({"location": location}))).await?))
+            Ok(flatten_identity(
+                &s.call(
+                    Method::PUT,
+                    &format!("{id}?api-version={MSI_API}"),
+                    Some(json!({"location": location})),
+                )
+                .await?,
+            ))
         }
-        IdentityCmd::Show { name, resource_group, ids, subscription } => {
+        IdentityCmd::Show {
+            name,
+            resource_group,
+            ids,
+            subscription,
+        } => {
             let id = identity_id(s, name, resource_group, ids, &subscription)?;
-            Ok(flatten_identity(&s.call(Method::GET, &format!("{id}?api-version={MSI_API}"), None).await?))
+            Ok(flatten_identity(
+                &s.call(Method::GET, &format!("{id}?api-version={MSI_API}"), None)
+                    .await?,
+            ))
         }
-        IdentityCmd::List { resource_group, subscription } => {
+        IdentityCmd::List {
+            resource_group,
+            subscription,
+        } => {
             let sub = sub_of(s, &subscription);
             let path = match resource_group {
-                Some(g) => format!("/subscriptions/{sub}/resourceGroups/{g}/providers/Microsoft.ManagedIdentity/userAssignedIdentities?api-version={MSI_API}"),
-                None => format!("/subscriptions/{sub}/providers/Microsoft.ManagedIdentity/userAssignedIdentities?api-version={MSI_API}"),
+                Some(g) => format!(
+                    "/subscriptions/{sub}/resourceGroups/{g}/providers/Microsoft.ManagedIdentity/userAssignedIdentities?api-version={MSI_API}"
+                ),
+                None => format!(
+                    "/subscriptions/{sub}/providers/Microsoft.ManagedIdentity/userAssignedIdentities?api-version={MSI_API}"
+                ),
             };
             let v = s.call(Method::GET, &path, None).await?;
-            Ok(Value::Array(v["value"].as_array().cloned().unwrap_or_default().iter().map(flatten_identity).collect()))
+            Ok(Value::Array(
+                v["value"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(flatten_identity)
+                    .collect(),
+            ))
         }
-        IdentityCmd::Delete { name, resource_group, ids, subscription } => {
+        IdentityCmd::Delete {
+            name,
+            resource_group,
+            ids,
+            subscription,
+        } => {
             let id = identity_id(s, name, resource_group, ids, &subscription)?;
-            s.call(Method::DELETE, &format!("{id}?api-version={MSI_API}"), None).await?;
+            s.call(Method::DELETE, &format!("{id}?api-version={MSI_API}"), None)
+                .await?;
             Ok(Value::Null)
         }
     }
@@ -573,10 +694,18 @@ async fn identity(s: &mut Session, i: IdentityCmd) -> Result<Value> {
 /// Resolves an assignee (object id, app id, user principal name) to an object id.
 async fn resolve_principal(s: &mut Session, assignee: &str) -> Result<String> {
     if assignee.contains('@') {
-        let u = s.call(Method::GET, &format!("/v1.0/users/{assignee}"), None).await?;
+        let u = s
+            .call(Method::GET, &format!("/v1.0/users/{assignee}"), None)
+            .await?;
         return Ok(u["id"].as_str().unwrap_or_default().to_string());
     }
-    if let Ok(sp) = s.call(Method::GET, &format!("/v1.0/servicePrincipals?$filter=appId eq '{assignee}'"), None).await
+    if let Ok(sp) = s
+        .call(
+            Method::GET,
+            &format!("/v1.0/servicePrincipals?$filter=appId eq '{assignee}'"),
+            None,
+        )
+        .await
         && let Some(id) = sp.pointer("/value/0/id").and_then(|v| v.as_str())
     {
         return Ok(id.to_string());
@@ -587,13 +716,18 @@ async fn resolve_principal(s: &mut Session, assignee: &str) -> Result<String> {
 async fn resolve_role(s: &mut Session, role: &str, scope: &str) -> Result<String> {
     let prefix = if scope == "/" { "" } else { scope };
     if uuid::Uuid::try_parse(role).is_ok() {
-        return Ok(format!("{prefix}/providers/Microsoft.Authorization/roleDefinitions/{role}"));
+        return Ok(format!(
+            "{prefix}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+        ));
     }
     let filter = format!("roleName eq '{role}'");
     let v = s
         .call(Method::GET, &format!("{prefix}/providers/Microsoft.Authorization/roleDefinitions?api-version={AUTHZ_API}&$filter={}", urlenc(&filter)), None)
         .await?;
-    v.pointer("/value/0/id").and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("Role '{role}' doesn't exist."))
+    v.pointer("/value/0/id")
+        .and_then(|x| x.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("Role '{role}' doesn't exist."))
 }
 
 fn urlenc(s: &str) -> String {
@@ -684,19 +818,39 @@ fn flatten_assignment(v: &Value, names: &std::collections::HashMap<String, Strin
 }
 
 async fn role_names(s: &mut Session) -> Result<std::collections::HashMap<String, String>> {
-    let v = s.call(Method::GET, &format!("/providers/Microsoft.Authorization/roleDefinitions?api-version={AUTHZ_API}"), None).await?;
+    let v = s
+        .call(
+            Method::GET,
+            &format!("/providers/Microsoft.Authorization/roleDefinitions?api-version={AUTHZ_API}"),
+            None,
+        )
+        .await?;
     Ok(v["value"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|d| (d["name"].as_str().unwrap_or_default().to_string(), d["properties"]["roleName"].as_str().unwrap_or_default().to_string()))
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap_or_default().to_string(),
+                d["properties"]["roleName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
         .collect())
 }
 
 async fn role(s: &mut Session, r: RoleCmd) -> Result<Value> {
     match r {
-        RoleCmd::Assignment(AssignmentCmd::Create { role, assignee, scope, assignee_principal_type, description }) => {
+        RoleCmd::Assignment(AssignmentCmd::Create {
+            role,
+            assignee,
+            scope,
+            assignee_principal_type,
+            description,
+        }) => {
             let principal = resolve_principal(s, &assignee).await?;
             let rd = resolve_role(s, &role, &scope).await?;
             let prefix = if scope == "/" { "" } else { scope.as_str() };
@@ -713,35 +867,74 @@ async fn role(s: &mut Session, r: RoleCmd) -> Result<Value> {
             let names = role_names(s).await?;
             Ok(flatten_assignment(&v, &names))
         }
-        RoleCmd::Assignment(AssignmentCmd::List { scope, assignee, all }) => {
+        RoleCmd::Assignment(AssignmentCmd::List {
+            scope,
+            assignee,
+            all,
+        }) => {
             let scope = match (scope, all) {
                 (Some(sc), _) => sc,
                 (None, true) => "/".to_string(),
                 (None, false) => format!("/subscriptions/{}", s.profile.subscription),
             };
-            let prefix = if scope == "/" { String::new() } else { scope.clone() };
-            let mut path = format!("{prefix}/providers/Microsoft.Authorization/roleAssignments?api-version={AUTHZ_API}");
+            let prefix = if scope == "/" {
+                String::new()
+            } else {
+                scope.clone()
+            };
+            let mut path = format!(
+                "{prefix}/providers/Microsoft.Authorization/roleAssignments?api-version={AUTHZ_API}"
+            );
             if let Some(a) = assignee {
                 let p = resolve_principal(s, &a).await?;
-                path.push_str(&format!("&$filter={}", urlenc(&format!("principalId eq '{p}'"))));
+                path.push_str(&format!(
+                    "&$filter={}",
+                    urlenc(&format!("principalId eq '{p}'"))
+                ));
             }
             let v = s.call(Method::GET, &path, None).await?;
             let names = role_names(s).await?;
-            Ok(Value::Array(v["value"].as_array().cloned().unwrap_or_default().iter().map(|a| flatten_assignment(a, &names)).collect()))
+            Ok(Value::Array(
+                v["value"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| flatten_assignment(a, &names))
+                    .collect(),
+            ))
         }
-        RoleCmd::Assignment(AssignmentCmd::Delete { ids, assignee, role, scope }) => {
+        RoleCmd::Assignment(AssignmentCmd::Delete {
+            ids,
+            assignee,
+            role,
+            scope,
+        }) => {
             let targets: Vec<String> = match ids {
                 Some(i) => vec![i],
                 None => {
-                    let scope = scope.ok_or_else(|| anyhow!("--ids, or --scope with --assignee/--role, is required"))?;
-                    let prefix = if scope == "/" { String::new() } else { scope.clone() };
+                    let scope = scope.ok_or_else(|| {
+                        anyhow!("--ids, or --scope with --assignee/--role, is required")
+                    })?;
+                    let prefix = if scope == "/" {
+                        String::new()
+                    } else {
+                        scope.clone()
+                    };
                     let v = s.call(Method::GET, &format!("{prefix}/providers/Microsoft.Authorization/roleAssignments?api-version={AUTHZ_API}&$filter=atScope()"), None).await?;
                     let principal = match &assignee {
                         Some(a) => Some(resolve_principal(s, a).await?),
                         None => None,
                     };
                     let role_guid = match &role {
-                        Some(r) => Some(resolve_role(s, r, &scope).await?.rsplit('/').next().unwrap_or_default().to_string()),
+                        Some(r) => Some(
+                            resolve_role(s, r, &scope)
+                                .await?
+                                .rsplit('/')
+                                .next()
+                                .unwrap_or_default()
+                                .to_string(),
+                        ),
                         None => None,
                     };
                     v["value"]
@@ -749,9 +942,23 @@ async fn role(s: &mut Session, r: RoleCmd) -> Result<Value> {
                         .cloned()
                         .unwrap_or_default()
                         .iter()
-                        .filter(|a| a["properties"]["scope"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&scope)))
-                        .filter(|a| principal.as_ref().is_none_or(|p| a["properties"]["principalId"].as_str() == Some(p.as_str())))
-                        .filter(|a| role_guid.as_ref().is_none_or(|g| a["properties"]["roleDefinitionId"].as_str().is_some_and(|r| r.ends_with(g.as_str()))))
+                        .filter(|a| {
+                            a["properties"]["scope"]
+                                .as_str()
+                                .is_some_and(|x| x.eq_ignore_ascii_case(&scope))
+                        })
+                        .filter(|a| {
+                            principal.as_ref().is_none_or(|p| {
+                                a["properties"]["principalId"].as_str() == Some(p.as_str())
+                            })
+                        })
+                        .filter(|a| {
+                            role_guid.as_ref().is_none_or(|g| {
+                                a["properties"]["roleDefinitionId"]
+                                    .as_str()
+                                    .is_some_and(|r| r.ends_with(g.as_str()))
+                            })
+                        })
                         .filter_map(|a| a["id"].as_str().map(str::to_string))
                         .collect()
                 }
@@ -760,18 +967,36 @@ async fn role(s: &mut Session, r: RoleCmd) -> Result<Value> {
                 bail!("No matched assignments were found to delete");
             }
             for t in targets {
-                s.call(Method::DELETE, &format!("{t}?api-version={AUTHZ_API}"), None).await?;
+                s.call(
+                    Method::DELETE,
+                    &format!("{t}?api-version={AUTHZ_API}"),
+                    None,
+                )
+                .await?;
             }
             Ok(Value::Null)
         }
         RoleCmd::Definition(DefinitionCmd::Create { role_definition }) => {
             let d = read_json_arg(&role_definition)?;
-            let g = |k: &str| d.get(k).or_else(|| d.get(&k.to_ascii_lowercase()));
+            let g = |k: &str| d.get(k).or_else(|| d.get(k.to_ascii_lowercase()));
             let arr = |k: &str| g(k).cloned().unwrap_or(json!([]));
-            let name = g("Name").or_else(|| d.get("roleName")).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("the role definition needs a Name"))?;
+            let name = g("Name")
+                .or_else(|| d.get("roleName"))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| anyhow!("the role definition needs a Name"))?;
             let scopes = arr("AssignableScopes");
-            let first = scopes.get(0).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("the role definition needs AssignableScopes"))?.to_string();
-            let id = d.get("Id").or_else(|| d.get("name")).and_then(|v| v.as_str()).filter(|x| uuid::Uuid::try_parse(x).is_ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let first = scopes
+                .get(0)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| anyhow!("the role definition needs AssignableScopes"))?
+                .to_string();
+            let id = d
+                .get("Id")
+                .or_else(|| d.get("name"))
+                .and_then(|v| v.as_str())
+                .filter(|x| uuid::Uuid::try_parse(x).is_ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let body = json!({"properties": {
                 "roleName": name, "description": g("Description").cloned().unwrap_or(json!("")), "type": "CustomRole",
                 "assignableScopes": scopes,
@@ -779,21 +1004,41 @@ async fn role(s: &mut Session, r: RoleCmd) -> Result<Value> {
             }});
             s.call(Method::PUT, &format!("{first}/providers/Microsoft.Authorization/roleDefinitions/{id}?api-version={AUTHZ_API}"), Some(body)).await
         }
-        RoleCmd::Definition(DefinitionCmd::List { name, custom_role_only, scope }) => {
-            let scope = scope.unwrap_or_else(|| format!("/subscriptions/{}", s.profile.subscription));
-            let prefix = if scope == "/" { String::new() } else { scope.clone() };
-            let mut path = format!("{prefix}/providers/Microsoft.Authorization/roleDefinitions?api-version={AUTHZ_API}");
+        RoleCmd::Definition(DefinitionCmd::List {
+            name,
+            custom_role_only,
+            scope,
+        }) => {
+            let scope =
+                scope.unwrap_or_else(|| format!("/subscriptions/{}", s.profile.subscription));
+            let prefix = if scope == "/" {
+                String::new()
+            } else {
+                scope.clone()
+            };
+            let mut path = format!(
+                "{prefix}/providers/Microsoft.Authorization/roleDefinitions?api-version={AUTHZ_API}"
+            );
             if let Some(n) = &name {
-                path.push_str(&format!("&$filter={}", urlenc(&format!("roleName eq '{n}'"))));
+                path.push_str(&format!(
+                    "&$filter={}",
+                    urlenc(&format!("roleName eq '{n}'"))
+                ));
             } else if custom_role_only {
                 path.push_str(&format!("&$filter={}", urlenc("type eq 'CustomRole'")));
             }
             Ok(s.call(Method::GET, &path, None).await?["value"].clone())
         }
         RoleCmd::Definition(DefinitionCmd::Delete { name, scope }) => {
-            let scope = scope.unwrap_or_else(|| format!("/subscriptions/{}", s.profile.subscription));
+            let scope =
+                scope.unwrap_or_else(|| format!("/subscriptions/{}", s.profile.subscription));
             let rd = resolve_role(s, &name, &scope).await?;
-            s.call(Method::DELETE, &format!("{rd}?api-version={AUTHZ_API}"), None).await?;
+            s.call(
+                Method::DELETE,
+                &format!("{rd}?api-version={AUTHZ_API}"),
+                None,
+            )
+            .await?;
             Ok(Value::Null)
         }
     }
@@ -809,8 +1054,11 @@ async fn account(s: &mut Session, a: AccountCmd) -> Result<Value> {
             };
             let t = s.token(&resource).await?;
             let exp = cloister_core::clock::now_secs() + t["expires_in"].as_i64().unwrap_or(0);
-            let local = time::OffsetDateTime::from_unix_timestamp(exp)?
-                .format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"))?;
+            let local = time::OffsetDateTime::from_unix_timestamp(exp)?.format(
+                &time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"
+                ),
+            )?;
             Ok(json!({
                 "accessToken": t["access_token"], "expiresOn": local, "expires_on": exp,
                 "subscription": s.profile.subscription, "tenant": s.profile.tenant, "tokenType": "Bearer",
@@ -833,18 +1081,36 @@ async fn run(r: RunArgs) -> Result<i32> {
     if let Some(t) = r.ttl {
         body["ttlSeconds"] = json!(t);
     }
-    let b = s.call(Method::POST, "/providers/Cloister.Identity/bindings?api-version=2024-01-01", Some(body)).await?;
-    let endpoint = b["identityEndpoint"].as_str().unwrap_or_default().to_string();
+    let b = s
+        .call(
+            Method::POST,
+            "/providers/Cloister.Identity/bindings?api-version=2024-01-01",
+            Some(body),
+        )
+        .await?;
+    let endpoint = b["identityEndpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let header = b["identityHeader"].as_str().unwrap_or_default().to_string();
     let mut cmd = tokio::process::Command::new(&r.command[0]);
     cmd.args(&r.command[1..]);
     for v in [
-        "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USERNAME", "AZURE_PASSWORD",
-        "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT", "IDENTITY_SERVER_THUMBPRINT", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_USERNAME",
+        "AZURE_PASSWORD",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "IMDS_ENDPOINT",
+        "IDENTITY_SERVER_THUMBPRINT",
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
     ] {
         cmd.env_remove(v);
     }
-    cmd.env("IDENTITY_ENDPOINT", &endpoint).env("IDENTITY_HEADER", &header);
+    cmd.env("IDENTITY_ENDPOINT", &endpoint)
+        .env("IDENTITY_HEADER", &header);
     if let Some(c) = b["clientId"].as_str() {
         cmd.env("AZURE_CLIENT_ID", c);
     }
@@ -853,10 +1119,16 @@ async fn run(r: RunArgs) -> Result<i32> {
     {
         cmd.env("REQUESTS_CA_BUNDLE", ca).env("SSL_CERT_FILE", ca);
     }
-    let status = cmd.status().await.with_context(|| format!("starting {}", r.command[0]));
+    let status = cmd
+        .status()
+        .await
+        .with_context(|| format!("starting {}", r.command[0]));
     let _ = s
         .http
-        .delete(format!("{}providers/Cloister.Identity/bindings/current", s.profile.management_endpoint))
+        .delete(format!(
+            "{}providers/Cloister.Identity/bindings/current",
+            s.profile.management_endpoint
+        ))
         .header("x-identity-header", &header)
         .send()
         .await;

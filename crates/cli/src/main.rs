@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cloister", version, about = "Cloister: secure sandbox sessions with an Entra-compatible identity and access plane")]
+#[command(
+    name = "cloister",
+    version,
+    about = "Cloister: secure sandbox sessions with an Entra-compatible identity and access plane"
+)]
 struct Cli {
     /// Output format: json (default) or table.
     #[arg(short = 'o', long = "output", global = true, default_value = "json")]
@@ -77,7 +81,10 @@ struct ServeArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => match serve(a).await {
@@ -140,8 +147,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = a.log_level {
         cfg.log_level = v;
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         builder.json().init();
     } else {

@@ -9,7 +9,10 @@ pub fn print(v: &Value, format: &str) {
     }
     let rows: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),
-        Value::Object(o) if o.get("value").is_some_and(|x| x.is_array()) => o["value"].as_array().map(|a| a.iter().collect()).unwrap_or_default(),
+        Value::Object(o) if o.get("value").is_some_and(|x| x.is_array()) => o["value"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
         other => vec![other],
     };
     let mut cols: Vec<String> = vec![];
@@ -30,19 +33,45 @@ pub fn print(v: &Value, format: &str) {
         }
     }
     let cell = |r: &Value, c: &str| -> String {
-        let x = r.get(c).or_else(|| r.get("properties").and_then(|p| p.get(c)));
+        let x = r
+            .get(c)
+            .or_else(|| r.get("properties").and_then(|p| p.get(c)));
         match x {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Null) | None => String::new(),
             Some(o) => o.to_string(),
         }
     };
-    let widths: Vec<usize> = cols.iter().map(|c| rows.iter().map(|r| cell(r, c).len()).max().unwrap_or(0).max(c.len())).collect();
-    let line: Vec<String> = cols.iter().zip(&widths).map(|(c, w)| format!("{:w$}", upper(c))).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line: Vec<String> = cols
+        .iter()
+        .zip(&widths)
+        .map(|(c, w)| format!("{:w$}", upper(c)))
+        .collect();
     println!("{}", line.join("  ").trim_end());
-    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
     for r in rows {
-        let line: Vec<String> = cols.iter().zip(&widths).map(|(c, w)| format!("{:w$}", cell(r, c))).collect();
+        let line: Vec<String> = cols
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{:w$}", cell(r, c)))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }

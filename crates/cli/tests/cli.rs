@@ -26,47 +26,140 @@ async fn az_shaped_commands() {
     assert_eq!(c, 0);
     assert_eq!(json_of(&out)["clientId"], ident["clientId"]);
     let scope = format!("/subscriptions/{}/resourceGroups/cli-rg", s.sub());
-    let (c, out, err) = s.cli(&["ad", "sp", "create-for-rbac", "-n", "cli-sp", "--role", "Reader", "--scopes", &scope]);
+    let (c, out, err) = s.cli(&[
+        "ad",
+        "sp",
+        "create-for-rbac",
+        "-n",
+        "cli-sp",
+        "--role",
+        "Reader",
+        "--scopes",
+        &scope,
+    ]);
     assert_eq!(c, 0, "{err}");
     let sp = json_of(&out);
     assert!(sp["password"].is_string() && sp["appId"].is_string());
     assert_eq!(sp["tenant"], s.tenant());
-    let (c, out, err) = s.cli(&["role", "assignment", "create", "--role", "Managed Identity Operator", "--assignee", sp["appId"].as_str().unwrap(), "--scope", &scope]);
+    let (c, out, err) = s.cli(&[
+        "role",
+        "assignment",
+        "create",
+        "--role",
+        "Managed Identity Operator",
+        "--assignee",
+        sp["appId"].as_str().unwrap(),
+        "--scope",
+        &scope,
+    ]);
     assert_eq!(c, 0, "{err}");
-    assert_eq!(json_of(&out)["roleDefinitionName"], "Managed Identity Operator");
-    let (c, out, _) = s.cli(&["role", "assignment", "list", "--scope", &scope, "--assignee", sp["appId"].as_str().unwrap()]);
+    assert_eq!(
+        json_of(&out)["roleDefinitionName"],
+        "Managed Identity Operator"
+    );
+    let (c, out, _) = s.cli(&[
+        "role",
+        "assignment",
+        "list",
+        "--scope",
+        &scope,
+        "--assignee",
+        sp["appId"].as_str().unwrap(),
+    ]);
     assert_eq!(c, 0);
     let list = json_of(&out);
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|a| a["roleDefinitionName"].as_str().unwrap()).collect();
-    assert!(names.contains(&"Reader") && names.contains(&"Managed Identity Operator"), "{names:?}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["roleDefinitionName"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"Reader") && names.contains(&"Managed Identity Operator"),
+        "{names:?}"
+    );
     // Table output.
-    let (c, out, _) = s.cli(&["role", "assignment", "list", "--scope", &scope, "-o", "table"]);
+    let (c, out, _) = s.cli(&[
+        "role",
+        "assignment",
+        "list",
+        "--scope",
+        &scope,
+        "-o",
+        "table",
+    ]);
     assert_eq!(c, 0);
-    assert!(out.lines().next().unwrap().contains("RoleDefinitionName"), "{out}");
+    assert!(
+        out.lines().next().unwrap().contains("RoleDefinitionName"),
+        "{out}"
+    );
     // Custom role definitions.
-    let def = format!(r#"{{"Name": "Widget Operator", "Description": "d", "Actions": ["Contoso.Widgets/*"], "AssignableScopes": ["/subscriptions/{}"]}}"#, s.sub());
+    let def = format!(
+        r#"{{"Name": "Widget Operator", "Description": "d", "Actions": ["Contoso.Widgets/*"], "AssignableScopes": ["/subscriptions/{}"]}}"#,
+        s.sub()
+    );
     let (c, _, err) = s.cli(&["role", "definition", "create", "--role-definition", &def]);
     assert_eq!(c, 0, "{err}");
     let (c, out, _) = s.cli(&["role", "definition", "list", "--custom-role-only"]);
     assert_eq!(c, 0);
-    assert_eq!(json_of(&out)[0]["properties"]["roleName"], "Widget Operator");
+    assert_eq!(
+        json_of(&out)[0]["properties"]["roleName"],
+        "Widget Operator"
+    );
     // Tokens in az's shape.
-    let (c, out, _) = s.cli(&["account", "get-access-token", "--resource", "https://dynamicsessions.io"]);
+    let (c, out, _) = s.cli(&[
+        "account",
+        "get-access-token",
+        "--resource",
+        "https://dynamicsessions.io",
+    ]);
     assert_eq!(c, 0);
     let t = json_of(&out);
-    for k in ["accessToken", "expiresOn", "expires_on", "tenant", "tokenType"] {
+    for k in [
+        "accessToken",
+        "expiresOn",
+        "expires_on",
+        "tenant",
+        "tokenType",
+    ] {
         assert!(!t[k].is_null(), "{k} missing: {t}");
     }
-    assert_eq!(claims(t["accessToken"].as_str().unwrap())["aud"], "https://dynamicsessions.io");
+    assert_eq!(
+        claims(t["accessToken"].as_str().unwrap())["aud"],
+        "https://dynamicsessions.io"
+    );
     // Delete the assignment.
-    let (c, _, err) = s.cli(&["role", "assignment", "delete", "--assignee", sp["appId"].as_str().unwrap(), "--role", "Reader", "--scope", &scope]);
+    let (c, _, err) = s.cli(&[
+        "role",
+        "assignment",
+        "delete",
+        "--assignee",
+        sp["appId"].as_str().unwrap(),
+        "--role",
+        "Reader",
+        "--scope",
+        &scope,
+    ]);
     assert_eq!(c, 0, "{err}");
     // Errors exit non-zero with a message.
     let (c, _, err) = s.cli(&["identity", "show", "-n", "missing", "-g", "cli-rg"]);
     assert_ne!(c, 0);
     assert!(err.contains("ResourceNotFound"), "{err}");
     // cloister run as the service principal, which is a Managed Identity Operator on the RG.
-    let (c, _, err) = s.cli(&["login", "--service-principal", "-u", sp["appId"].as_str().unwrap(), "-p", sp["password"].as_str().unwrap(), "--tenant", &s.tenant(), "--authority", &format!("https://127.0.0.1:{}", s.port), "--ca-file", s.data_dir().join("ca.pem").to_str().unwrap()]);
+    let (c, _, err) = s.cli(&[
+        "login",
+        "--service-principal",
+        "-u",
+        sp["appId"].as_str().unwrap(),
+        "-p",
+        sp["password"].as_str().unwrap(),
+        "--tenant",
+        &s.tenant(),
+        "--authority",
+        &format!("https://127.0.0.1:{}", s.port),
+        "--ca-file",
+        s.data_dir().join("ca.pem").to_str().unwrap(),
+    ]);
     assert_eq!(c, 0, "{err}");
     let script = "import json,os,urllib.request;r=urllib.request.Request(os.environ['IDENTITY_ENDPOINT']+'?resource=https://vault.azure.net&api-version=2019-08-01',headers={'X-IDENTITY-HEADER':os.environ['IDENTITY_HEADER']});print(json.load(urllib.request.urlopen(r))['client_id'])";
     let (c, out, err) = s.cli(&["run", "--identity", "cli-id", "--", "python3", "-c", script]);
@@ -78,14 +171,51 @@ async fn az_shaped_commands() {
     // User login through the authorization-code flow.
     let (c, _, _) = s.cli(&["login", "--bootstrap", boot.to_str().unwrap()]);
     assert_eq!(c, 0);
-    let (c, _, err) = s.cli(&["ad", "user", "create", "--display-name", "Grace", "--user-principal-name", "grace@cloister.test", "--password", "a long password"]);
+    let (c, _, err) = s.cli(&[
+        "ad",
+        "user",
+        "create",
+        "--display-name",
+        "Grace",
+        "--user-principal-name",
+        "grace@cloister.test",
+        "--password",
+        "a long password",
+    ]);
     assert_eq!(c, 0, "{err}");
-    let (c, _, err) = s.cli(&["login", "-u", "grace@cloister.test", "-p", "a long password", "--tenant", &s.tenant(), "--authority", &format!("https://127.0.0.1:{}", s.port), "--ca-file", s.data_dir().join("ca.pem").to_str().unwrap()]);
+    let (c, _, err) = s.cli(&[
+        "login",
+        "-u",
+        "grace@cloister.test",
+        "-p",
+        "a long password",
+        "--tenant",
+        &s.tenant(),
+        "--authority",
+        &format!("https://127.0.0.1:{}", s.port),
+        "--ca-file",
+        s.data_dir().join("ca.pem").to_str().unwrap(),
+    ]);
     assert_eq!(c, 0, "{err}");
     let (c, out, _) = s.cli(&["account", "get-access-token"]);
     assert_eq!(c, 0);
-    assert_eq!(claims(json_of(&out)["accessToken"].as_str().unwrap())["upn"], "grace@cloister.test");
-    let (c, _, err) = s.cli(&["login", "-u", "grace@cloister.test", "-p", "wrong", "--tenant", &s.tenant(), "--authority", &format!("https://127.0.0.1:{}", s.port), "--ca-file", s.data_dir().join("ca.pem").to_str().unwrap()]);
+    assert_eq!(
+        claims(json_of(&out)["accessToken"].as_str().unwrap())["upn"],
+        "grace@cloister.test"
+    );
+    let (c, _, err) = s.cli(&[
+        "login",
+        "-u",
+        "grace@cloister.test",
+        "-p",
+        "wrong",
+        "--tenant",
+        &s.tenant(),
+        "--authority",
+        &format!("https://127.0.0.1:{}", s.port),
+        "--ca-file",
+        s.data_dir().join("ca.pem").to_str().unwrap(),
+    ]);
     assert_ne!(c, 0);
     assert!(err.contains("sign-in failed"), "{err}");
 }
@@ -94,9 +224,17 @@ async fn az_shaped_commands() {
 async fn bootstrap_file_is_private_and_secrets_stay_out_of_logs() {
     use std::os::unix::fs::PermissionsExt;
     let s = Server::start().await;
-    let mode = std::fs::metadata(s.data_dir().join("bootstrap.json")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(s.data_dir().join("bootstrap.json"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
-    let mode = std::fs::metadata(s.data_dir().join("master.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(s.data_dir().join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     // Secrets are not readable back through the API.
     let admin = s.admin_token().await;
@@ -107,6 +245,9 @@ async fn bootstrap_file_is_private_and_secrets_stay_out_of_logs() {
     let db = std::fs::read(s.data_dir().join("cloister.db")).unwrap_or_default();
     if !db.is_empty() {
         let secret = s.admin_secret();
-        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "client secret stored in plaintext");
+        assert!(
+            !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "client secret stored in plaintext"
+        );
     }
 }

@@ -24,7 +24,9 @@ async fn kill_minus_nine_keeps_every_acknowledged_write() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let name = format!("w{w}-{i}");
                 let r = http
-                    .put(format!("{url}/subscriptions/{sub}/resourcegroups/{name}?api-version=2021-04-01"))
+                    .put(format!(
+                        "{url}/subscriptions/{sub}/resourcegroups/{name}?api-version=2021-04-01"
+                    ))
                     .bearer_auth(&admin)
                     .json(&json!({"location": "local"}))
                     .send()
@@ -45,12 +47,34 @@ async fn kill_minus_nine_keeps_every_acknowledged_write() {
         let _ = t.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 10, "too few writes to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 10,
+        "too few writes to mean anything: {}",
+        acked.len()
+    );
     s.spawn().await;
     let admin = s.admin_token().await;
-    let (st, v) = s.call(&admin, "GET", &format!("/subscriptions/{}/resourcegroups?api-version=2021-04-01", s.sub()), None).await;
+    let (st, v) = s
+        .call(
+            &admin,
+            "GET",
+            &format!(
+                "/subscriptions/{}/resourcegroups?api-version=2021-04-01",
+                s.sub()
+            ),
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
-    let have: std::collections::HashSet<String> = v["value"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap().to_string()).collect();
+    let have: std::collections::HashSet<String> = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap().to_string())
+        .collect();
     let lost: Vec<&String> = acked.iter().filter(|n| !have.contains(*n)).collect();
-    assert!(lost.is_empty(), "acknowledged writes lost after kill -9: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost after kill -9: {lost:?}"
+    );
 }

@@ -9,12 +9,20 @@ use serde_json::json;
 async fn client_credentials_body_and_basic() {
     let s = Server::start().await;
     let (s1, v) = s
-        .token_raw(&[("grant_type", "client_credentials"), ("client_id", &s.admin_id()), ("client_secret", &s.admin_secret()), ("scope", "https://dynamicsessions.io/.default")])
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &s.admin_id()),
+            ("client_secret", &s.admin_secret()),
+            ("scope", "https://dynamicsessions.io/.default"),
+        ])
         .await;
     assert_eq!(s1, 200, "{v}");
     assert_eq!(v["token_type"], "Bearer");
     let ei = v["expires_in"].as_i64().unwrap();
-    assert!((3500..=5400).contains(&ei), "app tokens live 60-90 minutes, got {ei}");
+    assert!(
+        (3500..=5400).contains(&ei),
+        "app tokens live 60-90 minutes, got {ei}"
+    );
     assert_eq!(v["ext_expires_in"].as_i64().unwrap(), ei);
     let at = v["access_token"].as_str().unwrap();
     let c = claims(at);
@@ -23,7 +31,10 @@ async fn client_credentials_body_and_basic() {
     assert_eq!(c["appid"], s.admin_id());
     assert_eq!(c["idtyp"], "app");
     assert_eq!(c["ver"], "1.0");
-    assert_eq!(c["iss"], format!("https://127.0.0.1:{}/{}/", s.port, s.tenant()));
+    assert_eq!(
+        c["iss"],
+        format!("https://127.0.0.1:{}/{}/", s.port, s.tenant())
+    );
     for k in ["iat", "nbf", "exp", "oid", "sub", "uti"] {
         assert!(c.get(k).is_some(), "claim {k} missing");
     }
@@ -35,7 +46,10 @@ async fn client_credentials_body_and_basic() {
         .http
         .post(s.url(&format!("/{}/oauth2/v2.0/token", s.tenant())))
         .basic_auth(s.admin_id(), Some(s.admin_secret()))
-        .form(&[("grant_type", "client_credentials"), ("scope", "https://dynamicsessions.io/.default")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "https://dynamicsessions.io/.default"),
+        ])
         .send()
         .await
         .unwrap();
@@ -48,21 +62,37 @@ async fn v1_endpoint_returns_strings() {
     let r = s
         .http
         .post(s.url(&format!("/{}/oauth2/token", s.tenant())))
-        .form(&[("grant_type", "client_credentials"), ("client_id", &s.admin_id()), ("client_secret", &s.admin_secret()), ("resource", "https://management.azure.com/")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &s.admin_id()),
+            ("client_secret", &s.admin_secret()),
+            ("resource", "https://management.azure.com/"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["expires_in"].is_string() && v["expires_on"].is_string() && v["not_before"].is_string());
+    assert!(
+        v["expires_in"].is_string() && v["expires_on"].is_string() && v["not_before"].is_string()
+    );
     assert_eq!(v["resource"], "https://management.azure.com/");
-    assert_eq!(claims(v["access_token"].as_str().unwrap())["aud"], "https://management.azure.com/");
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["aud"],
+        "https://management.azure.com/"
+    );
 }
 
 fn assert_aad_error(v: &serde_json::Value, error: &str, code: i64) {
     assert_eq!(v["error"], error, "{v}");
     assert_eq!(v["error_codes"][0].as_i64(), Some(code), "{v}");
-    assert!(v["error_description"].as_str().unwrap().starts_with(&format!("AADSTS{code}:")), "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("AADSTS{code}:")),
+        "{v}"
+    );
     for k in ["timestamp", "trace_id", "correlation_id"] {
         assert!(v[k].is_string(), "{k} missing in {v}");
     }
@@ -72,13 +102,27 @@ fn assert_aad_error(v: &serde_json::Value, error: &str, code: i64) {
 async fn token_errors_have_entra_shape() {
     let s = Server::start().await;
     let id = s.admin_id();
-    let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", "wrong"), ("scope", "https://dynamicsessions.io/.default")]).await;
+    let (st, v) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", "wrong"),
+            ("scope", "https://dynamicsessions.io/.default"),
+        ])
+        .await;
     assert_eq!(st, 401);
     assert_aad_error(&v, "invalid_client", 7000215);
     // The secret is never echoed.
     assert!(!v.to_string().contains("wrong\""));
 
-    let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", "00000000-1111-2222-3333-444444444444"), ("client_secret", "x"), ("scope", "https://dynamicsessions.io/.default")]).await;
+    let (st, v) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "00000000-1111-2222-3333-444444444444"),
+            ("client_secret", "x"),
+            ("scope", "https://dynamicsessions.io/.default"),
+        ])
+        .await;
     assert_eq!(st, 400);
     assert_aad_error(&v, "unauthorized_client", 700016);
 
@@ -86,32 +130,76 @@ async fn token_errors_have_entra_shape() {
     assert_eq!(st, 400);
     assert_aad_error(&v, "invalid_request", 900144);
 
-    let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &s.admin_secret()), ("scope", "https://a.example/.default https://b.example/.default")]).await;
+    let (st, v) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &s.admin_secret()),
+            (
+                "scope",
+                "https://a.example/.default https://b.example/.default",
+            ),
+        ])
+        .await;
     assert_eq!(st, 400);
     assert_aad_error(&v, "invalid_scope", 700022);
 
-    let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &s.admin_secret()), ("scope", "https://dynamicsessions.io/read")]).await;
+    let (st, v) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &s.admin_secret()),
+            ("scope", "https://dynamicsessions.io/read"),
+        ])
+        .await;
     assert_eq!(st, 400);
     assert_aad_error(&v, "invalid_scope", 1002012);
 
-    let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &s.admin_secret()), ("scope", "https://nothing.example/.default")]).await;
+    let (st, v) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &s.admin_secret()),
+            ("scope", "https://nothing.example/.default"),
+        ])
+        .await;
     assert_eq!(st, 400);
     assert_aad_error(&v, "invalid_resource", 500011);
 
-    let (st, v) = s.token_raw(&[("grant_type", "password"), ("client_id", &id)]).await;
+    let (st, v) = s
+        .token_raw(&[("grant_type", "password"), ("client_id", &id)])
+        .await;
     assert_eq!(st, 400);
     assert_aad_error(&v, "unsupported_grant_type", 70003);
 
-    let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("grant_type", "client_credentials"), ("client_id", &id)]).await;
+    let (st, v) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+        ])
+        .await;
     assert_eq!(st, 400);
     assert_aad_error(&v, "invalid_request", 9002313);
 
-    let r = s.http.post(s.url("/not-a-tenant/oauth2/v2.0/token")).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/not-a-tenant/oauth2/v2.0/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_aad_error(&r.json().await.unwrap(), "invalid_request", 90002);
 
     // JSON instead of a form
-    let r = s.http.post(s.url(&format!("/{}/oauth2/v2.0/token", s.tenant()))).json(&json!({"grant_type": "client_credentials"})).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/{}/oauth2/v2.0/token", s.tenant())))
+        .json(&json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -121,7 +209,14 @@ async fn failed_client_auth_is_rate_limited() {
     let id = s.admin_id();
     let mut saw_429 = false;
     for _ in 0..15 {
-        let (st, v) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", "bad"), ("scope", "https://dynamicsessions.io/.default")]).await;
+        let (st, v) = s
+            .token_raw(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &id),
+                ("client_secret", "bad"),
+                ("scope", "https://dynamicsessions.io/.default"),
+            ])
+            .await;
         if st == 429 {
             assert_eq!(v["error_codes"][0], 50053);
             saw_429 = true;
@@ -131,7 +226,14 @@ async fn failed_client_auth_is_rate_limited() {
     }
     assert!(saw_429, "the client was never locked out");
     // While locked out, even the right secret is refused.
-    let (st, _) = s.token_raw(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &s.admin_secret()), ("scope", "https://dynamicsessions.io/.default")]).await;
+    let (st, _) = s
+        .token_raw(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &s.admin_secret()),
+            ("scope", "https://dynamicsessions.io/.default"),
+        ])
+        .await;
     assert_eq!(st, 429);
 }
 
@@ -139,21 +241,62 @@ async fn failed_client_auth_is_rate_limited() {
 async fn discovery_and_jwks() {
     let s = Server::start().await;
     let t = s.tenant();
-    let v: serde_json::Value = s.http.get(s.url(&format!("/{t}/v2.0/.well-known/openid-configuration"))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["issuer"], format!("https://127.0.0.1:{}/{t}/v2.0", s.port));
-    assert_eq!(v["token_endpoint"], s.url(&format!("/{t}/oauth2/v2.0/token")));
+    let v: serde_json::Value = s
+        .http
+        .get(s.url(&format!("/{t}/v2.0/.well-known/openid-configuration")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["issuer"],
+        format!("https://127.0.0.1:{}/{t}/v2.0", s.port)
+    );
+    assert_eq!(
+        v["token_endpoint"],
+        s.url(&format!("/{t}/oauth2/v2.0/token"))
+    );
     let jwks_uri = v["jwks_uri"].as_str().unwrap().to_string();
-    let v1: serde_json::Value = s.http.get(s.url(&format!("/{t}/.well-known/openid-configuration"))).send().await.unwrap().json().await.unwrap();
+    let v1: serde_json::Value = s
+        .http
+        .get(s.url(&format!("/{t}/.well-known/openid-configuration")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v1["issuer"], format!("https://127.0.0.1:{}/{t}/", s.port));
-    let jwks: serde_json::Value = s.http.get(jwks_uri).send().await.unwrap().json().await.unwrap();
+    let jwks: serde_json::Value = s
+        .http
+        .get(jwks_uri)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let keys = jwks["keys"].as_array().unwrap();
-    assert!(keys.len() >= 2, "active and next keys are published: {jwks}");
+    assert!(
+        keys.len() >= 2,
+        "active and next keys are published: {jwks}"
+    );
     for k in keys {
         assert_eq!(k["kid"], k["x5t"]);
         assert!(k["x5c"].is_array());
         assert!(k.get("d").is_none(), "no private material");
     }
-    let inst: serde_json::Value = s.http.get(s.url("/common/discovery/instance?api-version=1.1")).send().await.unwrap().json().await.unwrap();
+    let inst: serde_json::Value = s
+        .http
+        .get(s.url("/common/discovery/instance?api-version=1.1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(inst["tenant_discovery_endpoint"].is_string());
 }
 
@@ -164,7 +307,13 @@ async fn management_api_rejects_bad_tokens() {
     let admin = s.admin_token().await;
     assert_eq!(s.call(&admin, "GET", path, None).await.0, 200);
     // Wrong audience.
-    let other = s.client_token(&s.admin_id(), &s.admin_secret(), "https://dynamicsessions.io").await;
+    let other = s
+        .client_token(
+            &s.admin_id(),
+            &s.admin_secret(),
+            "https://dynamicsessions.io",
+        )
+        .await;
     let (st, v) = s.call(&other, "GET", path, None).await;
     assert_eq!(st, 401, "{v}");
     assert_eq!(v["error"]["code"], "InvalidAuthenticationToken");
@@ -176,25 +325,46 @@ async fn management_api_rejects_bad_tokens() {
     parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string());
     assert_eq!(s.call(&parts.join("."), "GET", path, None).await.0, 401);
     // alg none.
-    let none = format!("{}.{}.", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
     assert_eq!(s.call(&none, "GET", path, None).await.0, 401);
     // Garbage and missing header.
     assert_eq!(s.call("garbage", "GET", path, None).await.0, 401);
     let r = s.http.get(s.url(path)).send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Another tenant's token.
-    let (st, t2) = s.call(&admin, "POST", "/providers/Cloister.Directory/tenants?api-version=2024-01-01", Some(json!({"displayName": "other"}))).await;
+    let (st, t2) = s
+        .call(
+            &admin,
+            "POST",
+            "/providers/Cloister.Directory/tenants?api-version=2024-01-01",
+            Some(json!({"displayName": "other"})),
+        )
+        .await;
     assert_eq!(st, 201, "{t2}");
     let r = s
         .http
-        .post(s.url(&format!("/{}/oauth2/v2.0/token", t2["tenantId"].as_str().unwrap())))
-        .form(&[("grant_type", "client_credentials"), ("client_id", t2["clientId"].as_str().unwrap()), ("client_secret", t2["clientSecret"].as_str().unwrap()), ("scope", &format!("{}.default", s.mgmt()))])
+        .post(s.url(&format!(
+            "/{}/oauth2/v2.0/token",
+            t2["tenantId"].as_str().unwrap()
+        )))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", t2["clientId"].as_str().unwrap()),
+            ("client_secret", t2["clientSecret"].as_str().unwrap()),
+            ("scope", &format!("{}.default", s.mgmt())),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let foreign: serde_json::Value = r.json().await.unwrap();
-    let (st, _) = s.call(foreign["access_token"].as_str().unwrap(), "GET", path, None).await;
+    let (st, _) = s
+        .call(foreign["access_token"].as_str().unwrap(), "GET", path, None)
+        .await;
     assert_eq!(st, 401);
 }
 
@@ -202,19 +372,61 @@ async fn management_api_rejects_bad_tokens() {
 async fn signing_keys_rotate_with_overlap() {
     let s = Server::start().await;
     let admin = s.admin_token().await;
-    let (st, before) = s.call(&admin, "GET", "/providers/Cloister.Identity/signingKeys?api-version=2024-01-01", None).await;
+    let (st, before) = s
+        .call(
+            &admin,
+            "GET",
+            "/providers/Cloister.Identity/signingKeys?api-version=2024-01-01",
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
-    let next = before["value"].as_array().unwrap().iter().find(|k| k["state"] == "next").unwrap()["kid"].clone();
-    let (st, after) = s.call(&admin, "POST", "/providers/Cloister.Identity/signingKeys/rotate?api-version=2024-01-01", None).await;
+    let next = before["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "next")
+        .unwrap()["kid"]
+        .clone();
+    let (st, after) = s
+        .call(
+            &admin,
+            "POST",
+            "/providers/Cloister.Identity/signingKeys/rotate?api-version=2024-01-01",
+            None,
+        )
+        .await;
     assert_eq!(st, 200, "{after}");
     // The key that was published as next now signs.
     assert_eq!(after["activeKid"], next);
     let new_token = s.admin_token().await;
     assert_eq!(header(&new_token)["kid"], next);
     // The old token (signed by the retired key) still validates: the retired key stays published.
-    assert_eq!(s.call(&admin, "GET", "/subscriptions?api-version=2022-12-01", None).await.0, 200);
-    let states: Vec<String> = after["value"].as_array().unwrap().iter().map(|k| k["state"].as_str().unwrap().to_string()).collect();
-    assert!(states.contains(&"retired".to_string()) && states.contains(&"next".to_string()) && states.contains(&"active".to_string()));
-    let jwks: serde_json::Value = s.http.get(s.url(&format!("/{}/discovery/v2.0/keys", s.tenant()))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        s.call(&admin, "GET", "/subscriptions?api-version=2022-12-01", None)
+            .await
+            .0,
+        200
+    );
+    let states: Vec<String> = after["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        states.contains(&"retired".to_string())
+            && states.contains(&"next".to_string())
+            && states.contains(&"active".to_string())
+    );
+    let jwks: serde_json::Value = s
+        .http
+        .get(s.url(&format!("/{}/discovery/v2.0/keys", s.tenant())))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 3);
 }

@@ -32,22 +32,33 @@ pub struct ScopeError {
 }
 
 fn err(s: &str, reason: impl Into<String>) -> ScopeError {
-    ScopeError { scope: s.chars().take(200).collect(), reason: reason.into() }
+    ScopeError {
+        scope: s.chars().take(200).collect(),
+        reason: reason.into(),
+    }
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 260 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.()~@".contains(c))
+    !n.is_empty()
+        && n.len() <= 260
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.()~@".contains(c))
 }
 
 fn valid_rg(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 90
         && !n.ends_with('.')
-        && n.chars().all(|c| c.is_alphanumeric() || "-_.()".contains(c))
+        && n.chars()
+            .all(|c| c.is_alphanumeric() || "-_.()".contains(c))
 }
 
 fn valid_namespace(n: &str) -> bool {
-    n.contains('.') && !n.starts_with('.') && !n.ends_with('.') && n.len() <= 100 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+    n.contains('.')
+        && !n.starts_with('.')
+        && !n.ends_with('.')
+        && n.len() <= 100
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
 }
 
 fn valid_type(n: &str) -> bool {
@@ -56,7 +67,13 @@ fn valid_type(n: &str) -> bool {
 
 impl Scope {
     pub fn root() -> Scope {
-        Scope { mg: None, sub: None, rg: None, namespace: None, path: vec![] }
+        Scope {
+            mg: None,
+            sub: None,
+            rg: None,
+            namespace: None,
+            path: vec![],
+        }
     }
 
     pub fn parse(s: &str) -> Result<Scope, ScopeError> {
@@ -66,7 +83,11 @@ impl Scope {
         if s.len() > 4096 {
             return Err(err(s, "too long"));
         }
-        let body = if s == "/" { "" } else { s.strip_suffix('/').unwrap_or(s) };
+        let body = if s == "/" {
+            ""
+        } else {
+            s.strip_suffix('/').unwrap_or(s)
+        };
         if body.is_empty() {
             return Ok(Scope::root());
         }
@@ -78,7 +99,10 @@ impl Scope {
         let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
         let rest: &[&str];
         if eq(segs[0], "providers") {
-            if segs.len() == 4 && eq(segs[1], "Microsoft.Management") && eq(segs[2], "managementGroups") {
+            if segs.len() == 4
+                && eq(segs[1], "Microsoft.Management")
+                && eq(segs[2], "managementGroups")
+            {
                 if !valid_name(segs[3]) || segs[3].len() > 90 {
                     return Err(err(s, "invalid management group name"));
                 }
@@ -87,7 +111,9 @@ impl Scope {
             }
             return Err(err(s, "only management groups are scopes under /providers"));
         } else if eq(segs[0], "subscriptions") {
-            let Some(sub) = segs.get(1) else { return Err(err(s, "missing subscription id")) };
+            let Some(sub) = segs.get(1) else {
+                return Err(err(s, "missing subscription id"));
+            };
             if sub.len() > 64 || !sub.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
                 return Err(err(s, "invalid subscription id"));
             }
@@ -96,9 +122,14 @@ impl Scope {
                 return Ok(sc);
             }
             if eq(segs[2], "resourceGroups") {
-                let Some(rg) = segs.get(3) else { return Err(err(s, "missing resource group name")) };
+                let Some(rg) = segs.get(3) else {
+                    return Err(err(s, "missing resource group name"));
+                };
                 if !valid_rg(rg) {
-                    return Err(err(s, "invalid resource group name: use 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'"));
+                    return Err(err(
+                        s,
+                        "invalid resource group name: use 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'",
+                    ));
                 }
                 sc.rg = Some(rg.to_string());
                 rest = &segs[4..];
@@ -106,32 +137,58 @@ impl Scope {
                 rest = &segs[2..];
             }
         } else {
-            return Err(err(s, "a scope starts with /subscriptions or /providers/Microsoft.Management/managementGroups"));
+            return Err(err(
+                s,
+                "a scope starts with /subscriptions or /providers/Microsoft.Management/managementGroups",
+            ));
         }
         if rest.is_empty() {
             return Ok(sc);
         }
         if !eq(rest[0], "providers") {
-            return Err(err(s, format!("unexpected segment '{}'", rest[0].chars().take(60).collect::<String>())));
+            return Err(err(
+                s,
+                format!(
+                    "unexpected segment '{}'",
+                    rest[0].chars().take(60).collect::<String>()
+                ),
+            ));
         }
-        let Some(ns) = rest.get(1) else { return Err(err(s, "missing resource provider namespace")) };
+        let Some(ns) = rest.get(1) else {
+            return Err(err(s, "missing resource provider namespace"));
+        };
         if !valid_namespace(ns) {
             return Err(err(s, "invalid resource provider namespace"));
         }
         let pairs = &rest[2..];
-        if pairs.is_empty() || pairs.len() % 2 != 0 {
-            return Err(err(s, "a resource id needs type/name pairs after the namespace"));
+        if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+            return Err(err(
+                s,
+                "a resource id needs type/name pairs after the namespace",
+            ));
         }
         sc.namespace = Some(ns.to_string());
         for p in pairs.chunks(2) {
             if !valid_type(p[0]) {
-                return Err(err(s, format!("invalid resource type '{}'", p[0].chars().take(60).collect::<String>())));
+                return Err(err(
+                    s,
+                    format!(
+                        "invalid resource type '{}'",
+                        p[0].chars().take(60).collect::<String>()
+                    ),
+                ));
             }
             if eq(p[0], "providers") {
                 return Err(err(s, "extension resources are not supported as scopes"));
             }
             if !valid_name(p[1]) {
-                return Err(err(s, format!("invalid resource name '{}'", p[1].chars().take(60).collect::<String>())));
+                return Err(err(
+                    s,
+                    format!(
+                        "invalid resource name '{}'",
+                        p[1].chars().take(60).collect::<String>()
+                    ),
+                ));
             }
             sc.path.push((p[0].to_string(), p[1].to_string()));
         }
@@ -186,7 +243,10 @@ impl Scope {
         if let Some((_, n)) = self.path.last() {
             return Some(n);
         }
-        self.rg.as_deref().or(self.sub.as_deref()).or(self.mg.as_deref())
+        self.rg
+            .as_deref()
+            .or(self.sub.as_deref())
+            .or(self.mg.as_deref())
     }
 
     /// The lexical parent (subscriptions and management groups have `/` as parent; the
@@ -227,7 +287,9 @@ impl fmt::Display for Scope {
         if let Some(mg) = &self.mg {
             return write!(f, "/providers/Microsoft.Management/managementGroups/{mg}");
         }
-        let Some(sub) = &self.sub else { return f.write_str("/") };
+        let Some(sub) = &self.sub else {
+            return f.write_str("/");
+        };
         write!(f, "/subscriptions/{sub}")?;
         if let Some(rg) = &self.rg {
             write!(f, "/resourceGroups/{rg}")?;
@@ -258,8 +320,14 @@ mod tests {
     fn kinds_and_parents() {
         let r = Scope::parse("/subscriptions/s1/resourcegroups/RG/providers/Microsoft.App/sessionPools/p1/sessions/x").unwrap();
         assert_eq!(r.kind(), ScopeKind::Resource);
-        assert_eq!(r.resource_type().unwrap(), "Microsoft.App/sessionPools/sessions");
-        assert_eq!(r.to_string(), "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.App/sessionPools/p1/sessions/x");
+        assert_eq!(
+            r.resource_type().unwrap(),
+            "Microsoft.App/sessionPools/sessions"
+        );
+        assert_eq!(
+            r.to_string(),
+            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.App/sessionPools/p1/sessions/x"
+        );
         let chain: Vec<String> = r.ancestors().map(|s| s.to_string()).collect();
         assert_eq!(
             chain,
@@ -293,10 +361,21 @@ mod tests {
     #[test]
     fn rejects_bad_scopes() {
         for bad in [
-            "", "subscriptions/x", "/subscriptions", "/subscriptions/", "//", "/subscriptions/a b", "/subscriptions/s/resourceGroups",
-            "/subscriptions/s/resourceGroups/bad.", "/subscriptions/s/resourceGroups/r/providers", "/subscriptions/s/resourceGroups/r/providers/NoDot/t/n",
-            "/subscriptions/s/resourceGroups/r/providers/A.B/t", "/subscriptions/s/resourceGroups/r/foo", "/providers/Microsoft.Web/sites/x",
-            "/subscriptions/s//resourceGroups/r", "/subscriptions/s/resourceGroups/r/providers/A.B/t/n%20x",
+            "",
+            "subscriptions/x",
+            "/subscriptions",
+            "/subscriptions/",
+            "//",
+            "/subscriptions/a b",
+            "/subscriptions/s/resourceGroups",
+            "/subscriptions/s/resourceGroups/bad.",
+            "/subscriptions/s/resourceGroups/r/providers",
+            "/subscriptions/s/resourceGroups/r/providers/NoDot/t/n",
+            "/subscriptions/s/resourceGroups/r/providers/A.B/t",
+            "/subscriptions/s/resourceGroups/r/foo",
+            "/providers/Microsoft.Web/sites/x",
+            "/subscriptions/s//resourceGroups/r",
+            "/subscriptions/s/resourceGroups/r/providers/A.B/t/n%20x",
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad} should be rejected");
         }

@@ -68,7 +68,10 @@ pub fn new_client_secret() -> Secret {
     const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789~._-";
     let mut b = [0u8; 38];
     fill(&mut b);
-    let chars: Vec<char> = b.iter().map(|x| ALPHA[(*x as usize) % ALPHA.len()] as char).collect();
+    let chars: Vec<char> = b
+        .iter()
+        .map(|x| ALPHA[(*x as usize) % ALPHA.len()] as char)
+        .collect();
     let mut s: String = chars[..3].iter().collect();
     s.push_str("Q~");
     s.extend(&chars[3..38]);
@@ -97,8 +100,12 @@ impl MasterKey {
     }
 
     pub fn from_base64(s: &str) -> Result<MasterKey> {
-        let raw = STANDARD.decode(s.trim()).map_err(|e| Error::Key(format!("master key is not base64: {e}")))?;
-        let key: [u8; 32] = raw.try_into().map_err(|_| Error::Key("master key must be 32 bytes".into()))?;
+        let raw = STANDARD
+            .decode(s.trim())
+            .map_err(|e| Error::Key(format!("master key is not base64: {e}")))?;
+        let key: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| Error::Key("master key must be 32 bytes".into()))?;
         Ok(MasterKey { key })
     }
 
@@ -112,7 +119,12 @@ impl MasterKey {
                 let mk = Self::generate();
                 let tmp = path.with_extension("tmp");
                 {
-                    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
                     f.write_all(STANDARD.encode(mk.key).as_bytes())?;
                     f.sync_all()?;
                 }
@@ -155,11 +167,18 @@ impl MasterKey {
         let mut n1 = [0u8; NONCE_LEN];
         fill(&mut n1);
         let mut wrapped = dek.to_vec();
-        kek.seal_in_place_append_tag(Nonce::assume_unique_for_key(n1), Aad::from(aad), &mut wrapped).expect("seal dek");
+        kek.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(n1),
+            Aad::from(aad),
+            &mut wrapped,
+        )
+        .expect("seal dek");
         let mut n2 = [0u8; NONCE_LEN];
         fill(&mut n2);
         let mut ct = plaintext.to_vec();
-        Self::aead(&dek).seal_in_place_append_tag(Nonce::assume_unique_for_key(n2), Aad::from(aad), &mut ct).expect("seal");
+        Self::aead(&dek)
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(n2), Aad::from(aad), &mut ct)
+            .expect("seal");
         let mut out = Vec::with_capacity(1 + 12 + wrapped.len() + 12 + ct.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&n1);
@@ -176,26 +195,44 @@ impl MasterKey {
         }
         let n1: [u8; 12] = sealed[1..13].try_into().map_err(|_| Error::Decrypt)?;
         let mut wrapped = sealed[13..13 + W].to_vec();
-        let n2: [u8; 12] = sealed[13 + W..25 + W].try_into().map_err(|_| Error::Decrypt)?;
+        let n2: [u8; 12] = sealed[13 + W..25 + W]
+            .try_into()
+            .map_err(|_| Error::Decrypt)?;
         let mut ct = sealed[25 + W..].to_vec();
         let kek = Self::aead(&self.derive(b"cloister kek v1"));
-        let dek = kek.open_in_place(Nonce::assume_unique_for_key(n1), Aad::from(aad), &mut wrapped).map_err(|_| Error::Decrypt)?;
+        let dek = kek
+            .open_in_place(
+                Nonce::assume_unique_for_key(n1),
+                Aad::from(aad),
+                &mut wrapped,
+            )
+            .map_err(|_| Error::Decrypt)?;
         let dek: [u8; 32] = dek.try_into().map_err(|_| Error::Decrypt)?;
-        let pt = Self::aead(&dek).open_in_place(Nonce::assume_unique_for_key(n2), Aad::from(aad), &mut ct).map_err(|_| Error::Decrypt)?;
+        let pt = Self::aead(&dek)
+            .open_in_place(Nonce::assume_unique_for_key(n2), Aad::from(aad), &mut ct)
+            .map_err(|_| Error::Decrypt)?;
         Ok(pt.to_vec())
     }
 
     /// HMAC-SHA256 under a per-purpose key derived from the master key, base64url. Used to
     /// store high-entropy secrets (client secrets, codes, refresh tokens) without the secret.
     pub fn keyed_hash(&self, purpose: &str, data: &[u8]) -> String {
-        let k = hmac::Key::new(hmac::HMAC_SHA256, &self.derive(format!("cloister hash {purpose}").as_bytes()));
+        let k = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            &self.derive(format!("cloister hash {purpose}").as_bytes()),
+        );
         URL_SAFE_NO_PAD.encode(hmac::sign(&k, data).as_ref())
     }
 
     /// Constant-time check of a keyed hash.
     pub fn verify_keyed_hash(&self, purpose: &str, data: &[u8], expected: &str) -> bool {
-        let Ok(tag) = URL_SAFE_NO_PAD.decode(expected) else { return false };
-        let k = hmac::Key::new(hmac::HMAC_SHA256, &self.derive(format!("cloister hash {purpose}").as_bytes()));
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(expected) else {
+            return false;
+        };
+        let k = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            &self.derive(format!("cloister hash {purpose}").as_bytes()),
+        );
         hmac::verify(&k, data, &tag).is_ok()
     }
 }
@@ -235,9 +272,14 @@ impl Ca {
     pub fn generate(common_name: &str) -> Result<Ca> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        p.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(3650);
@@ -250,7 +292,11 @@ impl Ca {
         let key = rcgen::KeyPair::from_pem(key_pem).map_err(cert_err)?;
         let issuer_key = rcgen::KeyPair::from_pem(key_pem).map_err(cert_err)?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(cert_pem, issuer_key).map_err(cert_err)?;
-        Ok(Ca { cert_pem: cert_pem.to_string(), key, issuer })
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            key,
+            issuer,
+        })
     }
 
     pub fn cert_pem(&self) -> String {
@@ -262,13 +308,21 @@ impl Ca {
     }
 
     /// A server certificate for these names and addresses, valid `days`.
-    pub fn issue_server_cert(&self, dns_names: &[String], ips: &[IpAddr], days: u32) -> Result<IssuedCert> {
+    pub fn issue_server_cert(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        days: u32,
+    ) -> Result<IssuedCert> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
         let mut p = rcgen::CertificateParams::new(dns_names.to_vec()).map_err(cert_err)?;
         for ip in ips {
             p.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
         }
-        p.distinguished_name.push(rcgen::DnType::CommonName, dns_names.first().map(String::as_str).unwrap_or("cloister"));
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            dns_names.first().map(String::as_str).unwrap_or("cloister"),
+        );
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
@@ -276,7 +330,11 @@ impl Ca {
         p.not_after = now + time::Duration::days(days as i64);
         let cert = p.signed_by(&key, &self.issuer).map_err(cert_err)?;
         let cert_pem = cert.pem();
-        Ok(IssuedCert { chain_pem: format!("{cert_pem}{}", self.cert_pem), cert_pem, key_pem: Secret(key.serialize_pem()) })
+        Ok(IssuedCert {
+            chain_pem: format!("{cert_pem}{}", self.cert_pem),
+            cert_pem,
+            key_pem: Secret(key.serialize_pem()),
+        })
     }
 }
 
@@ -294,7 +352,9 @@ impl std::str::FromStr for SigningAlg {
         match s.to_ascii_uppercase().as_str() {
             "ES256" => Ok(SigningAlg::Es256),
             "RS256" => Ok(SigningAlg::Rs256),
-            other => Err(Error::Key(format!("unsupported signing algorithm '{other}' (use ES256 or RS256)"))),
+            other => Err(Error::Key(format!(
+                "unsupported signing algorithm '{other}' (use ES256 or RS256)"
+            ))),
         }
     }
 }
@@ -334,11 +394,14 @@ impl SigningKey {
     pub fn generate(alg: SigningAlg) -> Result<SigningKey> {
         let key = match alg {
             SigningAlg::Es256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            SigningAlg::Rs256 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+            SigningAlg::Rs256 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
         }
         .map_err(cert_err)?;
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        p.distinguished_name.push(rcgen::DnType::CommonName, "Cloister token signing");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Cloister token signing");
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(730);
@@ -350,7 +413,8 @@ impl SigningKey {
         let kid = x5t_sha1(&cert_der);
         let encoding = match alg {
             SigningAlg::Es256 => EncodingKey::from_ec_der(&pkcs8_der),
-            SigningAlg::Rs256 => EncodingKey::from_rsa_pem(pkcs8_pem(&pkcs8_der).as_bytes()).map_err(|e| Error::Key(e.to_string()))?,
+            SigningAlg::Rs256 => EncodingKey::from_rsa_pem(pkcs8_pem(&pkcs8_der).as_bytes())
+                .map_err(|e| Error::Key(e.to_string()))?,
         };
         let parsed = ClientCertificate::from_der(cert_der.clone())?;
         let decoding = parsed.decoding_key()?;
@@ -370,7 +434,15 @@ impl SigningKey {
                 jwk["y"] = serde_json::json!(URL_SAFE_NO_PAD.encode(y));
             }
         }
-        Ok(SigningKey { alg, kid, cert_der, pkcs8_der, encoding, decoding, jwk })
+        Ok(SigningKey {
+            alg,
+            kid,
+            cert_der,
+            pkcs8_der,
+            encoding,
+            decoding,
+            jwk,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -411,10 +483,14 @@ impl SigningKey {
     pub fn from_stored(st: &StoredKey, mk: &MasterKey) -> Result<SigningKey> {
         let alg: SigningAlg = st.alg.parse()?;
         let pkcs8 = mk.open(&st.sealed_private_key, st.kid.as_bytes())?;
-        let cert = STANDARD.decode(&st.cert_der_b64).map_err(|e| Error::Key(e.to_string()))?;
+        let cert = STANDARD
+            .decode(&st.cert_der_b64)
+            .map_err(|e| Error::Key(e.to_string()))?;
         let k = Self::from_parts(alg, pkcs8, cert)?;
         if k.kid != st.kid {
-            return Err(Error::Key("stored kid does not match the certificate".into()));
+            return Err(Error::Key(
+                "stored kid does not match the certificate".into(),
+            ));
         }
         Ok(k)
     }
@@ -460,22 +536,37 @@ impl ClientCertificate {
         let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(cert_err)?;
         let spki = cert.public_key();
         let key = match spki.parsed().map_err(cert_err)? {
-            x509_parser::public_key::PublicKey::RSA(r) => {
-                PublicKey::Rsa { n: strip_zeros(r.modulus).to_vec(), e: strip_zeros(r.exponent).to_vec() }
-            }
+            x509_parser::public_key::PublicKey::RSA(r) => PublicKey::Rsa {
+                n: strip_zeros(r.modulus).to_vec(),
+                e: strip_zeros(r.exponent).to_vec(),
+            },
             x509_parser::public_key::PublicKey::EC(p) => {
                 let d = p.data();
                 if d.len() != 65 || d[0] != 4 {
-                    return Err(Error::Cert("only uncompressed P-256 EC keys are supported".into()));
+                    return Err(Error::Cert(
+                        "only uncompressed P-256 EC keys are supported".into(),
+                    ));
                 }
-                PublicKey::Ec { x: d[1..33].to_vec(), y: d[33..65].to_vec() }
+                PublicKey::Ec {
+                    x: d[1..33].to_vec(),
+                    y: d[33..65].to_vec(),
+                }
             }
-            _ => return Err(Error::Cert("the certificate's key must be RSA or EC P-256".into())),
+            _ => {
+                return Err(Error::Cert(
+                    "the certificate's key must be RSA or EC P-256".into(),
+                ));
+            }
         };
         let v = cert.validity();
         let (not_before, not_after) = (v.not_before.timestamp(), v.not_after.timestamp());
         drop(cert);
-        Ok(ClientCertificate { der, key, not_before, not_after })
+        Ok(ClientCertificate {
+            der,
+            key,
+            not_before,
+            not_after,
+        })
     }
 
     pub fn der(&self) -> &[u8] {
@@ -500,9 +591,11 @@ impl ClientCertificate {
     pub fn decoding_key(&self) -> Result<DecodingKey> {
         match &self.key {
             PublicKey::Rsa { n, e } => Ok(DecodingKey::from_rsa_raw_components(n, e)),
-            PublicKey::Ec { x, y } => {
-                DecodingKey::from_ec_components(&URL_SAFE_NO_PAD.encode(x), &URL_SAFE_NO_PAD.encode(y)).map_err(|e| Error::Key(e.to_string()))
-            }
+            PublicKey::Ec { x, y } => DecodingKey::from_ec_components(
+                &URL_SAFE_NO_PAD.encode(x),
+                &URL_SAFE_NO_PAD.encode(y),
+            )
+            .map_err(|e| Error::Key(e.to_string())),
         }
     }
 }
@@ -520,7 +613,10 @@ pub fn pkcs8_pem(der: &[u8]) -> String {
 }
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
-    let i = b.iter().position(|x| *x != 0).unwrap_or(b.len().saturating_sub(1));
+    let i = b
+        .iter()
+        .position(|x| *x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
     &b[i..]
 }
 
@@ -544,10 +640,13 @@ pub fn thumbprint_matches(cert: &ClientCertificate, presented: &str) -> bool {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -26,7 +26,10 @@ fn master_key_file_is_private_and_stable() {
     let a = MasterKey::load_or_create(&p).unwrap();
     let b = MasterKey::load_or_create(&p).unwrap();
     assert_eq!(a.keyed_hash("x", b"1"), b.keyed_hash("x", b"1"));
-    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     std::fs::write(&p, "c2hvcnQ=").unwrap();
     assert!(MasterKey::load_or_create(&p).is_err());
 }
@@ -63,7 +66,9 @@ fn sign_and_verify(alg: SigningAlg) {
     jsonwebtoken::decode::<serde_json::Value>(&t, k.decoding_key(), &v).unwrap();
     assert!(k.public_jwk().get("d").is_none());
     // kid = x5t of the certificate in x5c.
-    let der = STANDARD.decode(k.public_jwk()["x5c"][0].as_str().unwrap()).unwrap();
+    let der = STANDARD
+        .decode(k.public_jwk()["x5c"][0].as_str().unwrap())
+        .unwrap();
     assert_eq!(k.kid(), x5t_sha1(&der));
     let mk = MasterKey::generate();
     let st = k.to_stored(&mk);
@@ -85,35 +90,54 @@ fn rs256_keys() {
 
 #[test]
 fn client_certificates_verify_rs256_and_ps256_and_thumbprints() {
-    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["client".into()]).unwrap().self_signed(&key).unwrap();
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     let c = ClientCertificate::from_pem_or_der(cert.pem().as_bytes()).unwrap();
     assert!(c.is_rsa());
     let c2 = ClientCertificate::from_pem_or_der(STANDARD.encode(cert.der()).as_bytes()).unwrap();
     assert_eq!(c.der(), c2.der());
     let ek = EncodingKey::from_rsa_pem(key.serialize_pem().as_bytes()).unwrap();
     for alg in [Algorithm::RS256, Algorithm::PS256] {
-        let t = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &serde_json::json!({"a": 1}), &ek).unwrap();
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &serde_json::json!({"a": 1}),
+            &ek,
+        )
+        .unwrap();
         let mut v = jsonwebtoken::Validation::new(alg);
         v.validate_exp = false;
         v.required_spec_claims.clear();
         jsonwebtoken::decode::<serde_json::Value>(&t, &c.decoding_key().unwrap(), &v).unwrap();
     }
     let sha1 = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, cert.der());
-    assert!(thumbprint_matches(&c, &URL_SAFE_NO_PAD.encode(sha1.as_ref())));
+    assert!(thumbprint_matches(
+        &c,
+        &URL_SAFE_NO_PAD.encode(sha1.as_ref())
+    ));
     assert!(thumbprint_matches(&c, &STANDARD.encode(sha1.as_ref())));
     let hex: String = sha1.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     assert!(thumbprint_matches(&c, &hex));
     assert!(thumbprint_matches(&c, &c.x5t_s256_b64url()));
     assert!(!thumbprint_matches(&c, "AAAA"));
     assert!(ClientCertificate::from_pem_or_der(b"garbage").is_err());
-    assert!(ClientCertificate::from_pem_or_der(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err());
+    assert!(
+        ClientCertificate::from_pem_or_der(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn ca_issues_server_certs() {
     let ca = Ca::generate("test ca").unwrap();
-    let issued = ca.issue_server_cert(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 30).unwrap();
+    let issued = ca
+        .issue_server_cert(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 30)
+        .unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(issued.cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).unwrap();
     let (_, capem) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes()).unwrap();

@@ -1,10 +1,10 @@
 //! The identity service's HTTP surface, in Entra's and IMDS's wire formats: discovery,
 //! JWKS, the token endpoints, the authorize pages, and the managed-identity endpoints.
 
+use crate::Identity;
 use crate::authorize::AuthorizeOutcome;
 use crate::grants::{TokenRequest, parse_basic, parse_form};
 use crate::mi::{MiError, Selector};
-use crate::Identity;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -20,13 +20,22 @@ use std::sync::Arc;
 pub fn router(id: Arc<Identity>) -> Router {
     Router::new()
         .route("/common/discovery/instance", get(instance_discovery))
-        .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery_v2))
-        .route("/{tenant}/.well-known/openid-configuration", get(discovery_v1))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(discovery_v2),
+        )
+        .route(
+            "/{tenant}/.well-known/openid-configuration",
+            get(discovery_v1),
+        )
         .route("/{tenant}/discovery/v2.0/keys", get(jwks))
         .route("/{tenant}/discovery/keys", get(jwks))
         .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
         .route("/{tenant}/oauth2/token", post(token_v1))
-        .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_get).post(authorize_post))
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(authorize_get).post(authorize_post),
+        )
         .route("/metadata/identity/oauth2/token", get(imds))
         .route("/msi/token", get(app_service))
         .with_state(id)
@@ -35,14 +44,23 @@ pub fn router(id: Arc<Identity>) -> Router {
 fn json_response(status: StatusCode, v: &Value, cache: &'static str) -> Response {
     let mut r = (status, v.to_string()).into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     r
 }
 
-async fn instance_discovery(State(id): State<Arc<Identity>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn instance_discovery(
+    State(id): State<Arc<Identity>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let host = id.authority.split("://").nth(1).unwrap_or("").to_string();
-    let ae = q.get("authorization_endpoint").cloned().unwrap_or_else(|| format!("{}/common/oauth2/v2.0/authorize", id.authority));
+    let ae = q
+        .get("authorization_endpoint")
+        .cloned()
+        .unwrap_or_else(|| format!("{}/common/oauth2/v2.0/authorize", id.authority));
     json_response(
         StatusCode::OK,
         &json!({
@@ -118,22 +136,50 @@ async fn jwks(State(id): State<Arc<Identity>>, Path(tenant): Path<String>) -> Re
         return e.into_response();
     }
     let mut r = (StatusCode::OK, id.keys.jwks().as_str().to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600, public"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600, public"),
+    );
     r
 }
 
-async fn token_v2(State(id): State<Arc<Identity>>, Path(t): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token_v2(
+    State(id): State<Arc<Identity>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     token(id, t, false, headers, body).await
 }
-async fn token_v1(State(id): State<Arc<Identity>>, Path(t): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token_v1(
+    State(id): State<Arc<Identity>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     token(id, t, true, headers, body).await
 }
 
-async fn token(id: Arc<Identity>, tenant: String, v1: bool, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    id: Arc<Identity>,
+    tenant: String,
+    v1: bool,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
-        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
             return Err(AadError::invalid_request(
                 900144,
                 "The request body must be application/x-www-form-urlencoded.",
@@ -141,11 +187,22 @@ async fn token(id: Arc<Identity>, tenant: String, v1: bool, headers: HeaderMap, 
         }
         let tenant = id.resolve_tenant(&tenant).await?;
         let form = parse_form(&body)?;
-        let basic = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-            Some(h) if h.len() > 6 && h[..6].eq_ignore_ascii_case("basic ") => Some(parse_basic(h)?),
+        let basic = match headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(h) if h.len() > 6 && h[..6].eq_ignore_ascii_case("basic ") => {
+                Some(parse_basic(h)?)
+            }
             _ => None,
         };
-        id.token(TokenRequest { tenant, v1, form, basic }).await
+        id.token(TokenRequest {
+            tenant,
+            v1,
+            form,
+            basic,
+        })
+        .await
     }
     .await;
     match result {
@@ -154,28 +211,48 @@ async fn token(id: Arc<Identity>, tenant: String, v1: bool, headers: HeaderMap, 
     }
 }
 
-async fn authorize_get(State(id): State<Arc<Identity>>, Path(t): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn authorize_get(
+    State(id): State<Arc<Identity>>,
+    Path(t): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     outcome(id.authorize(&t, q, false).await)
 }
 
-async fn authorize_post(State(id): State<Arc<Identity>>, Path(t): Path<String>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+async fn authorize_post(
+    State(id): State<Arc<Identity>>,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
     // Parameters may come in the query (the original URL) and the form.
     let mut p: HashMap<String, String> = q
         .as_deref()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     match parse_form(&body) {
         Ok(f) => p.extend(f),
-        Err(e) => return outcome(AuthorizeOutcome::Page(400, crate::authorize::esc(&e.description))),
+        Err(e) => {
+            return outcome(AuthorizeOutcome::Page(
+                400,
+                crate::authorize::esc(&e.description),
+            ));
+        }
     }
     outcome(id.authorize(&t, p, true).await)
 }
 
 fn outcome(o: AuthorizeOutcome) -> Response {
     let mut r = match o {
-        AuthorizeOutcome::Page(status, html) => {
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Html(html)).into_response()
-        }
+        AuthorizeOutcome::Page(status, html) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            Html(html),
+        )
+            .into_response(),
         AuthorizeOutcome::FormPost(html) => Html(html).into_response(),
         AuthorizeOutcome::Redirect(url) => {
             let mut r = StatusCode::FOUND.into_response();
@@ -188,22 +265,39 @@ fn outcome(o: AuthorizeOutcome) -> Response {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action *"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action *"),
+    );
     r
 }
 
 // ---- managed identity -------------------------------------------------------------------
 
 const IMDS_VERSIONS: [&str; 8] = [
-    "2018-02-01", "2018-04-02", "2018-10-01", "2019-03-11", "2019-08-01", "2019-11-01", "2020-06-01", "2021-02-01",
+    "2018-02-01",
+    "2018-04-02",
+    "2018-10-01",
+    "2019-03-11",
+    "2019-08-01",
+    "2019-11-01",
+    "2020-06-01",
+    "2021-02-01",
 ];
 
 fn imds_error(error: &str, description: &str) -> Response {
-    json_response(StatusCode::BAD_REQUEST, &json!({"error": error, "error_description": description}), "no-store")
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": error, "error_description": description}),
+        "no-store",
+    )
 }
 
 fn selector(q: &HashMap<String, String>, object_keys: &[&str], res_keys: &[&str]) -> Selector {
-    let pick = |keys: &[&str]| keys.iter().find_map(|k| q.get(*k).filter(|v| !v.is_empty()).cloned());
+    let pick = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| q.get(*k).filter(|v| !v.is_empty()).cloned())
+    };
     Selector {
         client_id: pick(&["client_id"]),
         object_id: pick(object_keys),
@@ -213,13 +307,27 @@ fn selector(q: &HashMap<String, String>, object_keys: &[&str], res_keys: &[&str]
 
 fn mi_error_response(e: MiError, app_service: bool) -> Response {
     let (error, desc) = match &e {
-        MiError::IdentityNotFound => ("invalid_request".to_string(), "Identity not found".to_string()),
+        MiError::IdentityNotFound => (
+            "invalid_request".to_string(),
+            "Identity not found".to_string(),
+        ),
         MiError::BadRequest(m) => ("invalid_request".to_string(), m.clone()),
-        MiError::InvalidResource(err, m) => (if err == "invalid_resource" { err.clone() } else { "invalid_resource".into() }, m.clone()),
+        MiError::InvalidResource(err, m) => (
+            if err == "invalid_resource" {
+                err.clone()
+            } else {
+                "invalid_resource".into()
+            },
+            m.clone(),
+        ),
         MiError::Unavailable(m) => ("invalid_request".to_string(), m.clone()),
     };
     if app_service {
-        json_response(StatusCode::BAD_REQUEST, &json!({"statusCode": 400, "message": desc, "error": error}), "no-store")
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"statusCode": 400, "message": desc, "error": error}),
+            "no-store",
+        )
     } else {
         imds_error(&error, &desc)
     }
@@ -237,20 +345,40 @@ async fn imds(
         return imds_error("bad_request_102", "Required metadata header not specified");
     }
     if headers.contains_key("x-forwarded-for") {
-        return imds_error("bad_request", "Requests through a proxy (X-Forwarded-For) are not accepted");
+        return imds_error(
+            "bad_request",
+            "Requests through a proxy (X-Forwarded-For) are not accepted",
+        );
     }
     if !peer.ip().is_loopback() {
-        return imds_error("unknown_source", "Managed identity tokens are served to local callers only");
+        return imds_error(
+            "unknown_source",
+            "Managed identity tokens are served to local callers only",
+        );
     }
     match q.get("api-version") {
-        None => return imds_error("invalid_request", "Required query variable 'api-version' is missing"),
+        None => {
+            return imds_error(
+                "invalid_request",
+                "Required query variable 'api-version' is missing",
+            );
+        }
         Some(v) if !IMDS_VERSIONS.contains(&v.as_str()) => {
-            return imds_error("invalid_request", &format!("Invalid api-version '{}'", v.chars().take(40).collect::<String>()));
+            return imds_error(
+                "invalid_request",
+                &format!(
+                    "Invalid api-version '{}'",
+                    v.chars().take(40).collect::<String>()
+                ),
+            );
         }
         _ => {}
     }
     let Some(resource) = q.get("resource").filter(|r| !r.is_empty()) else {
-        return imds_error("invalid_request", "Required query variable 'resource' is missing");
+        return imds_error(
+            "invalid_request",
+            "Required query variable 'resource' is missing",
+        );
     };
     let set = match id.host_identities().await {
         Ok(s) => s,
@@ -259,7 +387,11 @@ async fn imds(
             return imds_error("invalid_request", "Identity not found");
         }
     };
-    let sp = match set.select(&selector(&q, &["object_id", "principal_id"], &["msi_res_id", "mi_res_id"])) {
+    let sp = match set.select(&selector(
+        &q,
+        &["object_id", "principal_id"],
+        &["msi_res_id", "mi_res_id"],
+    )) {
         Ok(sp) => sp.clone(),
         Err(e) => return mi_error_response(e, false),
     };
@@ -292,9 +424,22 @@ async fn imds(
 
 /// App Service style endpoint (`IDENTITY_ENDPOINT` + `X-IDENTITY-HEADER`, 2019-08-01): the
 /// identities of the binding whose secret is presented.
-async fn app_service(State(id): State<Arc<Identity>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let err = |m: &str| json_response(StatusCode::BAD_REQUEST, &json!({"statusCode": 400, "message": m}), "no-store");
-    let Some(secret) = headers.get("x-identity-header").and_then(|v| v.to_str().ok()) else {
+async fn app_service(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let err = |m: &str| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"statusCode": 400, "message": m}),
+            "no-store",
+        )
+    };
+    let Some(secret) = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+    else {
         return err("The X-IDENTITY-HEADER header is required");
     };
     if q.get("api-version").map(String::as_str) != Some("2019-08-01") {
@@ -311,7 +456,11 @@ async fn app_service(State(id): State<Arc<Identity>>, headers: HeaderMap, Query(
             return err("Identity not found");
         }
     };
-    let sp = match set.select(&selector(&q, &["principal_id", "object_id"], &["mi_res_id", "msi_res_id"])) {
+    let sp = match set.select(&selector(
+        &q,
+        &["principal_id", "object_id"],
+        &["mi_res_id", "msi_res_id"],
+    )) {
         Ok(sp) => sp.clone(),
         Err(e) => return mi_error_response(e, true),
     };

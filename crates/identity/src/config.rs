@@ -62,6 +62,9 @@ impl IdentityConfig {
     /// Longest lifetime of any token we sign, plus skew: a retired key stays published
     /// at least this long.
     pub fn max_token_lifetime(&self) -> i64 {
-        self.mi_token_secs.max(self.app_token_max_secs).max(self.user_token_secs) + self.clock_skew_secs
+        self.mi_token_secs
+            .max(self.app_token_max_secs)
+            .max(self.user_token_secs)
+            + self.clock_skew_secs
     }
 }

@@ -26,7 +26,10 @@ pub struct ClientRecord {
 /// How a client proved who it is.
 pub enum ClientAuth {
     Secret(String),
-    Assertion { assertion_type: String, assertion: String },
+    Assertion {
+        assertion_type: String,
+        assertion: String,
+    },
     None,
 }
 
@@ -53,7 +56,8 @@ impl Identity {
     ) -> Result<(Application, ServicePrincipal), IdentityError> {
         valid_display_name(display_name)?;
         for u in redirect_uris.iter().chain(identifier_uris.iter()) {
-            url::Url::parse(u).map_err(|e| IdentityError::Invalid(format!("'{u}' is not a valid URI: {e}")))?;
+            url::Url::parse(u)
+                .map_err(|e| IdentityError::Invalid(format!("'{u}' is not a valid URI: {e}")))?;
         }
         let now = now_secs();
         let app = Application {
@@ -86,11 +90,10 @@ impl Identity {
         display_name: &str,
         lifetime_secs: i64,
     ) -> Result<(ClientSecretRow, Secret), IdentityError> {
-        let app = self
-            .store
-            .application_get(app_id)
-            .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("application '{app_id}' not found")))?;
+        let app =
+            self.store.application_get(app_id).await?.ok_or_else(|| {
+                IdentityError::NotFound(format!("application '{app_id}' not found"))
+            })?;
         let secret = cloister_crypto::new_client_secret();
         let now = now_secs();
         let row = ClientSecretRow {
@@ -98,7 +101,9 @@ impl Identity {
             app_id: app.app_id.clone(),
             display_name: display_name.to_string(),
             hint: secret.expose().chars().take(3).collect(),
-            secret_hash: self.mk.keyed_hash(SECRET_PURPOSE, secret.expose().as_bytes()),
+            secret_hash: self
+                .mk
+                .keyed_hash(SECRET_PURPOSE, secret.expose().as_bytes()),
             expires_at: now + lifetime_secs.clamp(60, 100 * 365 * 86400),
             created_at: now,
         };
@@ -114,13 +119,13 @@ impl Identity {
         display_name: &str,
         cert: &[u8],
     ) -> Result<ClientCertificateRow, IdentityError> {
-        let app = self
-            .store
-            .application_get(app_id)
-            .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("application '{app_id}' not found")))?;
-        let parsed = ClientCertificate::from_pem_or_der(cert)
-            .map_err(|e| IdentityError::Invalid(format!("the certificate could not be read: {e}")))?;
+        let app =
+            self.store.application_get(app_id).await?.ok_or_else(|| {
+                IdentityError::NotFound(format!("application '{app_id}' not found"))
+            })?;
+        let parsed = ClientCertificate::from_pem_or_der(cert).map_err(|e| {
+            IdentityError::Invalid(format!("the certificate could not be read: {e}"))
+        })?;
         let row = ClientCertificateRow {
             key_id: new_guid(),
             app_id: app.app_id.clone(),
@@ -135,16 +140,24 @@ impl Identity {
         Ok(row)
     }
 
-    pub async fn client_record(&self, tenant: &str, client_id: &str) -> Result<Option<Arc<ClientRecord>>, IdentityError> {
+    pub async fn client_record(
+        &self,
+        tenant: &str,
+        client_id: &str,
+    ) -> Result<Option<Arc<ClientRecord>>, IdentityError> {
         let key = (tenant.to_string(), client_id.to_lowercase());
         if let Some(r) = self.clients.get(&key) {
             return Ok(Some(r));
         }
-        let Some(app) = self.store.application_get(&key.1).await? else { return Ok(None) };
+        let Some(app) = self.store.application_get(&key.1).await? else {
+            return Ok(None);
+        };
         if app.tenant_id != tenant {
             return Ok(None);
         }
-        let Some(sp) = self.store.sp_by_app_id(&app.app_id).await? else { return Ok(None) };
+        let Some(sp) = self.store.sp_by_app_id(&app.app_id).await? else {
+            return Ok(None);
+        };
         let rec = Arc::new(ClientRecord {
             secrets: self.store.secrets_for_app(&app.app_id).await?,
             certs: self.store.certs_for_app(&app.app_id).await?,
@@ -171,7 +184,9 @@ impl Identity {
                 429,
                 "invalid_client",
                 50053,
-                format!("Too many failed authentication attempts for client '{client_id}'. Try again in {wait} seconds."),
+                format!(
+                    "Too many failed authentication attempts for client '{client_id}'. Try again in {wait} seconds."
+                ),
             );
             e.retry_after = Some(wait);
             return Err(e);
@@ -196,9 +211,10 @@ impl Identity {
         };
         let result = match auth {
             ClientAuth::Secret(s) => self.check_secret(&rec, &s),
-            ClientAuth::Assertion { assertion_type, assertion } => {
-                self.check_assertion(tenant, &rec, &assertion_type, &assertion)
-            }
+            ClientAuth::Assertion {
+                assertion_type,
+                assertion,
+            } => self.check_assertion(tenant, &rec, &assertion_type, &assertion),
             ClientAuth::None if allow_public && rec.app.public_client => Ok("0"),
             ClientAuth::None => Err(AadError::invalid_client(
                 7000218,
@@ -217,11 +233,17 @@ impl Identity {
     fn check_secret(&self, rec: &ClientRecord, presented: &str) -> Result<&'static str, AadError> {
         let now = now_secs();
         for s in &rec.secrets {
-            if self.mk.verify_keyed_hash(SECRET_PURPOSE, presented.as_bytes(), &s.secret_hash) {
+            if self
+                .mk
+                .verify_keyed_hash(SECRET_PURPOSE, presented.as_bytes(), &s.secret_hash)
+            {
                 if s.expires_at <= now {
                     return Err(AadError::invalid_client(
                         7000222,
-                        format!("The provided client secret keys for app '{}' are expired.", rec.app.app_id),
+                        format!(
+                            "The provided client secret keys for app '{}' are expired.",
+                            rec.app.app_id
+                        ),
                     ));
                 }
                 return Ok("1");
@@ -249,14 +271,24 @@ impl Identity {
             ));
         }
         let bad = |m: &str| AadError::invalid_client(50027, format!("Invalid JWT token. {m}"));
-        let header = jsonwebtoken::decode_header(assertion).map_err(|_| bad("The client assertion is not a well-formed JWT."))?;
+        let header = jsonwebtoken::decode_header(assertion)
+            .map_err(|_| bad("The client assertion is not a well-formed JWT."))?;
         use jsonwebtoken::Algorithm::*;
         if !matches!(header.alg, RS256 | PS256 | ES256) {
-            return Err(bad("The client assertion must be signed with RS256, PS256 or ES256."));
+            return Err(bad(
+                "The client assertion must be signed with RS256, PS256 or ES256.",
+            ));
         }
-        let presented: Vec<&str> = header.x5t.iter().chain(header.x5t_s256.iter()).map(String::as_str).collect();
+        let presented: Vec<&str> = header
+            .x5t
+            .iter()
+            .chain(header.x5t_s256.iter())
+            .map(String::as_str)
+            .collect();
         if presented.is_empty() {
-            return Err(bad("The client assertion header has neither 'x5t' nor 'x5t#S256'."));
+            return Err(bad(
+                "The client assertion header has neither 'x5t' nor 'x5t#S256'.",
+            ));
         }
         let now = now_secs();
         let cert = rec
@@ -277,51 +309,79 @@ impl Identity {
                 )
             })?;
         if cert.not_after() < now {
-            return Err(AadError::invalid_client(700027, "The certificate used to sign the client assertion has expired."));
+            return Err(AadError::invalid_client(
+                700027,
+                "The certificate used to sign the client assertion has expired.",
+            ));
         }
         let mut v = jsonwebtoken::Validation::new(header.alg);
         v.validate_exp = false;
         v.validate_aud = false;
         v.required_spec_claims.clear();
-        let key = cert.decoding_key().map_err(|_| bad("The registered certificate's key is not usable."))?;
-        let data = jsonwebtoken::decode::<Value>(assertion, &key, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                AadError::invalid_client(700027, "Client assertion failed signature validation.")
-            }
-            _ => bad("The client assertion could not be decoded."),
-        })?;
+        let key = cert
+            .decoding_key()
+            .map_err(|_| bad("The registered certificate's key is not usable."))?;
+        let data =
+            jsonwebtoken::decode::<Value>(assertion, &key, &v).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => AadError::invalid_client(
+                    700027,
+                    "Client assertion failed signature validation.",
+                ),
+                _ => bad("The client assertion could not be decoded."),
+            })?;
         let c = data.claims;
         let num = |k: &str| c.get(k).and_then(|v| v.as_f64());
         let skew = self.cfg.clock_skew_secs as f64;
         let now_f = now as f64;
         let exp = num("exp").ok_or_else(|| bad("The client assertion has no 'exp' claim."))?;
         if exp + skew < now_f {
-            return Err(AadError::invalid_client(700024, "Client assertion is not within its valid time range: it has expired."));
+            return Err(AadError::invalid_client(
+                700024,
+                "Client assertion is not within its valid time range: it has expired.",
+            ));
         }
         if let Some(nbf) = num("nbf")
             && nbf - skew > now_f
         {
-            return Err(AadError::invalid_client(700024, "Client assertion is not within its valid time range: it is not yet valid."));
+            return Err(AadError::invalid_client(
+                700024,
+                "Client assertion is not within its valid time range: it is not yet valid.",
+            ));
         }
         if exp - now_f > 86400.0 {
-            return Err(AadError::invalid_client(700024, "Client assertion lifetime is too long."));
+            return Err(AadError::invalid_client(
+                700024,
+                "Client assertion lifetime is too long.",
+            ));
         }
         let s = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        if !s("iss").eq_ignore_ascii_case(&rec.app.app_id) || !s("sub").eq_ignore_ascii_case(&rec.app.app_id) {
-            return Err(AadError::invalid_client(700023, "The client assertion's 'iss' and 'sub' claims must both be the client id."));
+        if !s("iss").eq_ignore_ascii_case(&rec.app.app_id)
+            || !s("sub").eq_ignore_ascii_case(&rec.app.app_id)
+        {
+            return Err(AadError::invalid_client(
+                700023,
+                "The client assertion's 'iss' and 'sub' claims must both be the client id.",
+            ));
         }
         let aud_ok = match c.get("aud") {
             Some(Value::String(a)) => self.assertion_audience_ok(tenant, a),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).any(|a| self.assertion_audience_ok(tenant, a)),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .any(|a| self.assertion_audience_ok(tenant, a)),
             _ => false,
         };
         if !aud_ok {
-            return Err(bad("The client assertion's audience must be this tenant's token endpoint."));
+            return Err(bad(
+                "The client assertion's audience must be this tenant's token endpoint.",
+            ));
         }
         if let Some(jti) = c.get("jti").and_then(|v| v.as_str()) {
             let key = format!("{}/{jti}", rec.app.app_id);
             if self.jti_seen.contains_key(&key) {
-                return Err(bad("The client assertion has already been used (jti replay)."));
+                return Err(bad(
+                    "The client assertion has already been used (jti replay).",
+                ));
             }
             self.jti_seen.insert(key, ());
         }
@@ -329,7 +389,9 @@ impl Identity {
     }
 
     fn assertion_audience_ok(&self, tenant: &str, aud: &str) -> bool {
-        let Ok(u) = url::Url::parse(aud) else { return false };
+        let Ok(u) = url::Url::parse(aud) else {
+            return false;
+        };
         let path = u.path().trim_end_matches('/').to_ascii_lowercase();
         let t = tenant.to_ascii_lowercase();
         matches!(u.scheme(), "https" | "http")
@@ -345,11 +407,18 @@ impl Identity {
         password: Secret,
     ) -> Result<User, IdentityError> {
         valid_display_name(display_name)?;
-        if !upn.contains('@') || upn.len() > 113 || upn.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(IdentityError::Invalid("userPrincipalName must look like alias@domain".into()));
+        if !upn.contains('@')
+            || upn.len() > 113
+            || upn.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(IdentityError::Invalid(
+                "userPrincipalName must look like alias@domain".into(),
+            ));
         }
         if password.expose().chars().count() < 8 {
-            return Err(IdentityError::Invalid("the password must be at least 8 characters".into()));
+            return Err(IdentityError::Invalid(
+                "the password must be at least 8 characters".into(),
+            ));
         }
         let hash = tokio::task::spawn_blocking(move || hash_password(password.expose()))
             .await
@@ -367,24 +436,37 @@ impl Identity {
     }
 
     /// Checks a user's password (rate-limited per user name).
-    pub async fn verify_user(&self, tenant: &str, upn: &str, password: &str) -> Result<Option<User>, AadError> {
+    pub async fn verify_user(
+        &self,
+        tenant: &str,
+        upn: &str,
+        password: &str,
+    ) -> Result<Option<User>, AadError> {
         let lock_key = format!("user:{tenant}/{}", upn.to_lowercase());
         if let Some(wait) = self.is_locked(&lock_key) {
             let mut e = AadError::new(
                 429,
                 "invalid_grant",
                 50053,
-                format!("The account is locked because of too many sign-in attempts. Try again in {wait} seconds."),
+                format!(
+                    "The account is locked because of too many sign-in attempts. Try again in {wait} seconds."
+                ),
             );
             e.retry_after = Some(wait);
             return Err(e);
         }
-        let user = self.store.user_by_upn(tenant, upn).await.map_err(|_| AadError::server_error("directory unavailable"))?;
+        let user = self
+            .store
+            .user_by_upn(tenant, upn)
+            .await
+            .map_err(|_| AadError::server_error("directory unavailable"))?;
         let pw = password.to_string();
         let ok = match &user {
             Some(u) => {
                 let h = u.password_hash.clone();
-                tokio::task::spawn_blocking(move || verify_password(&pw, &h)).await.unwrap_or(false)
+                tokio::task::spawn_blocking(move || verify_password(&pw, &h))
+                    .await
+                    .unwrap_or(false)
             }
             None => {
                 // Spend the same time as a real check so user names cannot be probed by timing.
@@ -404,7 +486,12 @@ impl Identity {
         }
     }
 
-    pub async fn create_group(&self, tenant: &str, display_name: &str, description: &str) -> Result<Group, IdentityError> {
+    pub async fn create_group(
+        &self,
+        tenant: &str,
+        display_name: &str,
+        description: &str,
+    ) -> Result<Group, IdentityError> {
         valid_display_name(display_name)?;
         let g = Group {
             id: new_guid(),
@@ -419,7 +506,10 @@ impl Identity {
 
     /// What kind of directory object `id` is: `User`, `Group`, `ServicePrincipal` or
     /// `ManagedIdentity` (Azure's principalType values), and its display name.
-    pub async fn principal_kind(&self, id: &str) -> Result<Option<(String, String)>, IdentityError> {
+    pub async fn principal_kind(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, String)>, IdentityError> {
         if let Some(u) = self.store.user_get(id).await? {
             return Ok(Some(("User".into(), u.upn)));
         }
@@ -427,8 +517,8 @@ impl Identity {
             return Ok(Some(("Group".into(), g.display_name)));
         }
         if let Some(sp) = self.store.sp_get(id).await? {
-            let kind = if sp.kind == "ManagedIdentity" { "ServicePrincipal" } else { "ServicePrincipal" };
-            return Ok(Some((kind.into(), sp.display_name)));
+            // Azure reports managed identities as service principals too.
+            return Ok(Some(("ServicePrincipal".into(), sp.display_name)));
         }
         Ok(None)
     }
@@ -460,7 +550,9 @@ fn hash_password(pw: &str) -> Result<String, IdentityError> {
 fn verify_password(pw: &str, hash: &str) -> bool {
     use argon2::PasswordVerifier;
     match argon2::PasswordHash::new(hash) {
-        Ok(h) => argon2::Argon2::default().verify_password(pw.as_bytes(), &h).is_ok(),
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(pw.as_bytes(), &h)
+            .is_ok(),
         Err(_) => false,
     }
 }

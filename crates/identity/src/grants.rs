@@ -2,10 +2,10 @@
 //! `refresh_token` grants, on the v2 (`scope=`) and v1 (`resource=`) endpoints, with
 //! Entra's response and error shapes.
 
+use crate::Identity;
 use crate::directory::ClientAuth;
 use crate::resources::{ScopeRequest, parse_scope};
 use crate::tokens::Subject;
-use crate::Identity;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use cloister_core::clock::now_secs;
@@ -37,7 +37,9 @@ pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, AadError> {
         if map.insert(k.clone(), v).is_some() {
             return Err(AadError::invalid_request(
                 9002313,
-                format!("Invalid request. Request is malformed or invalid: the parameter '{k}' appears more than once."),
+                format!(
+                    "Invalid request. Request is malformed or invalid: the parameter '{k}' appears more than once."
+                ),
             ));
         }
     }
@@ -46,17 +48,32 @@ pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, AadError> {
 
 /// Decodes `Authorization: Basic` as RFC 6749 2.3.1 wants (form-urlencoded id and secret).
 pub fn parse_basic(value: &str) -> Result<(String, String), AadError> {
-    let bad = || AadError::invalid_client(9002313, "The Authorization header is not valid HTTP Basic credentials.");
-    let b64 = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")).ok_or_else(bad)?;
+    let bad = || {
+        AadError::invalid_client(
+            9002313,
+            "The Authorization header is not valid HTTP Basic credentials.",
+        )
+    };
+    let b64 = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+        .ok_or_else(bad)?;
     let raw = STANDARD.decode(b64.trim()).map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let (id, secret) = s.split_once(':').ok_or_else(bad)?;
-    let dec = |x: &str| url::form_urlencoded::parse(format!("a={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    let dec = |x: &str| {
+        url::form_urlencoded::parse(format!("a={x}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
     Ok((dec(id).ok_or_else(bad)?, dec(secret).ok_or_else(bad)?))
 }
 
 fn missing(p: &str) -> AadError {
-    AadError::invalid_request(900144, format!("The request body must contain the following parameter: '{p}'."))
+    AadError::invalid_request(
+        900144,
+        format!("The request body must contain the following parameter: '{p}'."),
+    )
 }
 
 impl Identity {
@@ -74,13 +91,19 @@ impl Identity {
         }
         Err(AadError::invalid_request(
             90002,
-            format!("Tenant '{segment}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            format!(
+                "Tenant '{segment}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         ))
     }
 
     /// Handles one token request and returns the JSON body of a successful response.
     pub async fn token(&self, mut req: TokenRequest) -> Result<Value, AadError> {
-        let grant = req.form.get("grant_type").cloned().ok_or_else(|| missing("grant_type"))?;
+        let grant = req
+            .form
+            .get("grant_type")
+            .cloned()
+            .ok_or_else(|| missing("grant_type"))?;
         // Client identity: body or Basic header, which must agree.
         let body_id = req.form.get("client_id").cloned();
         let (client_id, auth) = match (req.basic.take(), body_id) {
@@ -96,7 +119,11 @@ impl Identity {
                     ClientAuth::Secret(s.clone())
                 } else if let Some(a) = req.form.get("client_assertion") {
                     ClientAuth::Assertion {
-                        assertion_type: req.form.get("client_assertion_type").cloned().unwrap_or_default(),
+                        assertion_type: req
+                            .form
+                            .get("client_assertion_type")
+                            .cloned()
+                            .unwrap_or_default(),
                         assertion: a.clone(),
                     }
                 } else {
@@ -109,7 +136,8 @@ impl Identity {
         if client_id.len() > 256 {
             return Err(AadError::invalid_request(700016, "client_id is not valid."));
         }
-        metrics::counter!("cloister_token_requests_total", "grant" => grant_label(&grant)).increment(1);
+        metrics::counter!("cloister_token_requests_total", "grant" => grant_label(&grant))
+            .increment(1);
         match grant.as_str() {
             "client_credentials" => self.client_credentials(&req, &client_id, auth).await,
             "authorization_code" => self.authorization_code(&req, &client_id, auth).await,
@@ -118,46 +146,87 @@ impl Identity {
                 400,
                 "unsupported_grant_type",
                 70003,
-                format!("The app requested an unsupported grant type '{}'.", other.chars().take(64).collect::<String>()),
+                format!(
+                    "The app requested an unsupported grant type '{}'.",
+                    other.chars().take(64).collect::<String>()
+                ),
             )),
         }
     }
 
     /// The requested resource: `scope=<resource>/.default` on v2, `resource=` on v1.
-    fn requested_resource(&self, req: &TokenRequest, client_credentials: bool) -> Result<(String, ScopeRequest), AadError> {
+    fn requested_resource(
+        &self,
+        req: &TokenRequest,
+        client_credentials: bool,
+    ) -> Result<(String, ScopeRequest), AadError> {
         if req.v1 {
-            let r = req.form.get("resource").ok_or_else(|| missing("resource"))?;
-            let sr = ScopeRequest { resource: Some(r.clone()), scopes: vec![".default".into()], oidc: vec![] };
+            let r = req
+                .form
+                .get("resource")
+                .ok_or_else(|| missing("resource"))?;
+            let sr = ScopeRequest {
+                resource: Some(r.clone()),
+                scopes: vec![".default".into()],
+                oidc: vec![],
+            };
             return Ok((r.clone(), sr));
         }
         if req.form.contains_key("resource") {
-            return Err(AadError::invalid_request(901002, "The 'resource' request parameter is not supported."));
+            return Err(AadError::invalid_request(
+                901002,
+                "The 'resource' request parameter is not supported.",
+            ));
         }
         let scope = req.form.get("scope").ok_or_else(|| missing("scope"))?;
         let sr = parse_scope(scope)?;
         let Some(resource) = sr.resource.clone() else {
-            return Err(AadError::invalid_scope(70011, format!("The provided value for the input parameter 'scope' isn't valid: '{scope}' names no resource.")));
+            return Err(AadError::invalid_scope(
+                70011,
+                format!(
+                    "The provided value for the input parameter 'scope' isn't valid: '{scope}' names no resource."
+                ),
+            ));
         };
-        if client_credentials && (sr.scopes.len() != 1 || sr.scopes[0] != ".default" || !sr.oidc.is_empty()) {
+        if client_credentials
+            && (sr.scopes.len() != 1 || sr.scopes[0] != ".default" || !sr.oidc.is_empty())
+        {
             return Err(AadError::invalid_scope(
                 1002012,
-                format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+                format!(
+                    "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                ),
             ));
         }
         Ok((resource, sr))
     }
 
-    async fn client_credentials(&self, req: &TokenRequest, client_id: &str, auth: ClientAuth) -> Result<Value, AadError> {
+    async fn client_credentials(
+        &self,
+        req: &TokenRequest,
+        client_id: &str,
+        auth: ClientAuth,
+    ) -> Result<Value, AadError> {
         let (resource, _) = self.requested_resource(req, true)?;
         let res = self.resolve_resource(&req.tenant, &resource).await?;
-        let (rec, acr) = self.authenticate_client(&req.tenant, client_id, auth, false).await?;
+        let (rec, acr) = self
+            .authenticate_client(&req.tenant, client_id, auth, false)
+            .await?;
         let lifetime = if self.cfg.app_token_max_secs > self.cfg.app_token_min_secs {
-            self.cfg.app_token_min_secs + rand::random_range(0..=(self.cfg.app_token_max_secs - self.cfg.app_token_min_secs))
+            self.cfg.app_token_min_secs
+                + rand::random_range(
+                    0..=(self.cfg.app_token_max_secs - self.cfg.app_token_min_secs),
+                )
         } else {
             self.cfg.app_token_min_secs
         };
         let m = self
-            .mint_access(&req.tenant, &res, Subject::App { sp: &rec.sp, acr }, lifetime)
+            .mint_access(
+                &req.tenant,
+                &res,
+                Subject::App { sp: &rec.sp, acr },
+                lifetime,
+            )
             .map_err(|e| AadError::server_error(e.to_string()))?;
         let expires_in = m.exp - now_secs();
         if req.v1 {
@@ -167,20 +236,40 @@ impl Identity {
                 "access_token": m.token,
             }))
         } else {
-            Ok(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": m.token}))
+            Ok(
+                json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": m.token}),
+            )
         }
     }
 
-    async fn authorization_code(&self, req: &TokenRequest, client_id: &str, auth: ClientAuth) -> Result<Value, AadError> {
+    async fn authorization_code(
+        &self,
+        req: &TokenRequest,
+        client_id: &str,
+        auth: ClientAuth,
+    ) -> Result<Value, AadError> {
         let code = req.form.get("code").ok_or_else(|| missing("code"))?;
-        let redirect_uri = req.form.get("redirect_uri").ok_or_else(|| missing("redirect_uri"))?;
-        let (rec, acr) = self.authenticate_client(&req.tenant, client_id, auth, true).await?;
+        let redirect_uri = req
+            .form
+            .get("redirect_uri")
+            .ok_or_else(|| missing("redirect_uri"))?;
+        let (rec, acr) = self
+            .authenticate_client(&req.tenant, client_id, auth, true)
+            .await?;
         let hash = self.mk.keyed_hash(CODE_PURPOSE, code.as_bytes());
         let row = match self.store.auth_code_take(&hash).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(AadError::invalid_grant(70000, "The provided authorization code is invalid.")),
+            Ok(None) => {
+                return Err(AadError::invalid_grant(
+                    70000,
+                    "The provided authorization code is invalid.",
+                ));
+            }
             Err(StoreError::Conflict(_)) => {
-                return Err(AadError::invalid_grant(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token."));
+                return Err(AadError::invalid_grant(
+                    54005,
+                    "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+                ));
             }
             Err(e) => {
                 tracing::error!("auth code: {e}");
@@ -188,32 +277,70 @@ impl Identity {
             }
         };
         if row.expires_at < now_secs() {
-            return Err(AadError::invalid_grant(70008, "The provided authorization code has expired."));
+            return Err(AadError::invalid_grant(
+                70008,
+                "The provided authorization code has expired.",
+            ));
         }
         if !row.client_id.eq_ignore_ascii_case(&rec.app.app_id) || row.tenant_id != req.tenant {
-            return Err(AadError::invalid_grant(70000, "The authorization code was issued to another client."));
+            return Err(AadError::invalid_grant(
+                70000,
+                "The authorization code was issued to another client.",
+            ));
         }
         if &row.redirect_uri != redirect_uri {
-            return Err(AadError::invalid_grant(70000, "The redirect_uri does not match the one used in the authorization request."));
+            return Err(AadError::invalid_grant(
+                70000,
+                "The redirect_uri does not match the one used in the authorization request.",
+            ));
         }
         if !row.code_challenge.is_empty() {
             let verifier = req.form.get("code_verifier").ok_or_else(|| {
                 AadError::invalid_grant(501491, "The code_verifier parameter is missing but the authorization request had a code_challenge.")
             })?;
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
-            let (method, challenge) = row.code_challenge.split_once(':').unwrap_or(("S256", &row.code_challenge));
-            let computed = if method == "plain" { verifier.clone() } else { URL_SAFE_NO_PAD.encode(digest.as_ref()) };
+            let (method, challenge) = row
+                .code_challenge
+                .split_once(':')
+                .unwrap_or(("S256", &row.code_challenge));
+            let computed = if method == "plain" {
+                verifier.clone()
+            } else {
+                URL_SAFE_NO_PAD.encode(digest.as_ref())
+            };
             if computed != challenge {
-                return Err(AadError::invalid_grant(501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request."));
+                return Err(AadError::invalid_grant(
+                    501481,
+                    "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                ));
             }
         }
         let sr = parse_scope(&row.scope)?;
-        self.issue_user_tokens(&req.tenant, &rec.app.app_id, acr, &row.user_id, &sr, &row.nonce, None).await
+        self.issue_user_tokens(
+            &req.tenant,
+            &rec.app.app_id,
+            acr,
+            &row.user_id,
+            &sr,
+            &row.nonce,
+            None,
+        )
+        .await
     }
 
-    async fn refresh(&self, req: &TokenRequest, client_id: &str, auth: ClientAuth) -> Result<Value, AadError> {
-        let rt = req.form.get("refresh_token").ok_or_else(|| missing("refresh_token"))?;
-        let (rec, acr) = self.authenticate_client(&req.tenant, client_id, auth, true).await?;
+    async fn refresh(
+        &self,
+        req: &TokenRequest,
+        client_id: &str,
+        auth: ClientAuth,
+    ) -> Result<Value, AadError> {
+        let rt = req
+            .form
+            .get("refresh_token")
+            .ok_or_else(|| missing("refresh_token"))?;
+        let (rec, acr) = self
+            .authenticate_client(&req.tenant, client_id, auth, true)
+            .await?;
         let hash = self.mk.keyed_hash(REFRESH_PURPOSE, rt.as_bytes());
         let next_token = cloister_crypto::random_token(48);
         let next_hash = self.mk.keyed_hash(REFRESH_PURPOSE, next_token.as_bytes());
@@ -239,15 +366,29 @@ impl Identity {
         let old = match redeemed {
             Redeem::Ok(r) => r,
             Redeem::Reused => {
-                return Err(AadError::invalid_grant(70000, "The refresh token was already used; its whole session has been revoked."));
+                return Err(AadError::invalid_grant(
+                    70000,
+                    "The refresh token was already used; its whole session has been revoked.",
+                ));
             }
-            Redeem::Unknown => return Err(AadError::invalid_grant(9002313, "Invalid request. The refresh token is malformed or unknown.")),
+            Redeem::Unknown => {
+                return Err(AadError::invalid_grant(
+                    9002313,
+                    "Invalid request. The refresh token is malformed or unknown.",
+                ));
+            }
         };
         if old.expires_at < now {
-            return Err(AadError::invalid_grant(700082, "The refresh token has expired due to inactivity."));
+            return Err(AadError::invalid_grant(
+                700082,
+                "The refresh token has expired due to inactivity.",
+            ));
         }
         if !old.client_id.eq_ignore_ascii_case(&rec.app.app_id) || old.tenant_id != req.tenant {
-            return Err(AadError::invalid_grant(70000, "The refresh token was issued to another client."));
+            return Err(AadError::invalid_grant(
+                70000,
+                "The refresh token was issued to another client.",
+            ));
         }
         let sr = match req.form.get("scope") {
             Some(s) => {
@@ -255,17 +396,40 @@ impl Identity {
                 let prev = parse_scope(&old.scope)?;
                 if let (Some(r), Some(p)) = (&sr.resource, &prev.resource)
                     && !crate::resources::same_resource(r, p)
-                    && !self.store.consent_exists(&old.user_id, &rec.app.app_id, &crate::resources::consent_key(r)).await.unwrap_or(false)
+                    && !self
+                        .store
+                        .consent_exists(
+                            &old.user_id,
+                            &rec.app.app_id,
+                            &crate::resources::consent_key(r),
+                        )
+                        .await
+                        .unwrap_or(false)
                 {
-                    return Err(AadError::new(400, "invalid_grant", 65001, format!(
-                        "The user or administrator has not consented to use the application with ID '{}' for the resource '{r}'.", rec.app.app_id
-                    )));
+                    return Err(AadError::new(
+                        400,
+                        "invalid_grant",
+                        65001,
+                        format!(
+                            "The user or administrator has not consented to use the application with ID '{}' for the resource '{r}'.",
+                            rec.app.app_id
+                        ),
+                    ));
                 }
                 sr
             }
             None => parse_scope(&old.scope)?,
         };
-        self.issue_user_tokens(&req.tenant, &rec.app.app_id, acr, &old.user_id, &sr, "", Some((next_token, old.family_id))).await
+        self.issue_user_tokens(
+            &req.tenant,
+            &rec.app.app_id,
+            acr,
+            &old.user_id,
+            &sr,
+            "",
+            Some((next_token, old.family_id)),
+        )
+        .await
     }
 
     /// Access token (+ refresh token, ID token and client_info) for a signed-in user.
@@ -286,20 +450,50 @@ impl Identity {
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| AadError::invalid_grant(50034, "The user account does not exist in the directory."))?;
-        let resource = sr.resource.clone().unwrap_or_else(|| "https://graph.microsoft.com".into());
+            .ok_or_else(|| {
+                AadError::invalid_grant(50034, "The user account does not exist in the directory.")
+            })?;
+        let resource = sr
+            .resource
+            .clone()
+            .unwrap_or_else(|| "https://graph.microsoft.com".into());
         let res = self.resolve_resource(tenant, &resource).await?;
         let scp: Vec<String> = sr
             .scopes
             .iter()
-            .map(|s| if s == ".default" { "user_impersonation".to_string() } else { s.clone() })
+            .map(|s| {
+                if s == ".default" {
+                    "user_impersonation".to_string()
+                } else {
+                    s.clone()
+                }
+            })
             .collect();
         let m = self
-            .mint_access(tenant, &res, Subject::User { user: &user, client_id, scp: scp.join(" "), acr }, self.cfg.user_token_secs)
+            .mint_access(
+                tenant,
+                &res,
+                Subject::User {
+                    user: &user,
+                    client_id,
+                    scp: scp.join(" "),
+                    acr,
+                },
+                self.cfg.user_token_secs,
+            )
             .map_err(|e| AadError::server_error(e.to_string()))?;
         let expires_in = m.exp - now_secs();
-        let mut scope_out: Vec<String> = sr.scopes.iter().map(|s| format!("{}/{}", resource.trim_end_matches('/'), s)).collect();
-        scope_out.extend(sr.oidc.iter().filter(|o| o.as_str() != "offline_access").cloned());
+        let mut scope_out: Vec<String> = sr
+            .scopes
+            .iter()
+            .map(|s| format!("{}/{}", resource.trim_end_matches('/'), s))
+            .collect();
+        scope_out.extend(
+            sr.oidc
+                .iter()
+                .filter(|o| o.as_str() != "offline_access")
+                .cloned(),
+        );
         let mut body = json!({
             "token_type": "Bearer",
             "scope": scope_out.join(" "),
@@ -334,7 +528,9 @@ impl Identity {
             body["refresh_token"] = json!(token);
         }
         if sr.oidc.iter().any(|o| o == "openid") {
-            let id = self.mint_id_token(tenant, client_id, &user, nonce).map_err(|e| AadError::server_error(e.to_string()))?;
+            let id = self
+                .mint_id_token(tenant, client_id, &user, nonce)
+                .map_err(|e| AadError::server_error(e.to_string()))?;
             body["id_token"] = json!(id);
         }
         Ok(body)
@@ -374,7 +570,10 @@ mod tests {
     #[test]
     fn basic_decodes_urlencoded() {
         let h = format!("Basic {}", STANDARD.encode("my%20id:s%3Acret"));
-        assert_eq!(parse_basic(&h).unwrap(), ("my id".to_string(), "s:cret".to_string()));
+        assert_eq!(
+            parse_basic(&h).unwrap(),
+            ("my id".to_string(), "s:cret".to_string())
+        );
     }
     proptest! {
         #[test]

@@ -42,11 +42,14 @@ pub struct KeyInfo {
 }
 
 impl KeyRing {
-    pub async fn load(store: Store, mk: Arc<MasterKey>, cfg: IdentityConfig) -> Result<KeyRing, IdentityError> {
-        let alg: SigningAlg = cfg
-            .signing_alg
-            .parse()
-            .map_err(|_| IdentityError::Config(format!("unknown signing_alg '{}'", cfg.signing_alg)))?;
+    pub async fn load(
+        store: Store,
+        mk: Arc<MasterKey>,
+        cfg: IdentityConfig,
+    ) -> Result<KeyRing, IdentityError> {
+        let alg: SigningAlg = cfg.signing_alg.parse().map_err(|_| {
+            IdentityError::Config(format!("unknown signing_alg '{}'", cfg.signing_alg))
+        })?;
         let rows = store.signing_keys().await?;
         let now = now_secs();
         if !rows.iter().any(|r| r.state == "active") {
@@ -60,7 +63,13 @@ impl KeyRing {
             }
         }
         let ring_state = build_state(&store.signing_keys().await?, &mk)?;
-        let ring = KeyRing { store, mk, cfg, alg, state: ArcSwap::from_pointee(ring_state) };
+        let ring = KeyRing {
+            store,
+            mk,
+            cfg,
+            alg,
+            state: ArcSwap::from_pointee(ring_state),
+        };
         ring.ensure_next().await?;
         Ok(ring)
     }
@@ -69,7 +78,9 @@ impl KeyRing {
         let rows = self.store.signing_keys().await?;
         if !rows.iter().any(|r| r.state == "next") {
             let k = generate(self.alg).await?;
-            self.store.signing_key_insert(&to_row(&k, &self.mk, "next", now_secs())?).await?;
+            self.store
+                .signing_key_insert(&to_row(&k, &self.mk, "next", now_secs())?)
+                .await?;
         }
         self.reload().await
     }
@@ -93,7 +104,9 @@ impl KeyRing {
             let due = a.activated_at.unwrap_or(a.created_at) + self.cfg.key_rotation_secs <= now;
             let published_long_enough = n.created_at + self.cfg.key_publish_lead_secs <= now;
             if due && published_long_enough {
-                self.store.signing_key_promote(&n.kid, now, now + self.cfg.max_token_lifetime()).await?;
+                self.store
+                    .signing_key_promote(&n.kid, now, now + self.cfg.max_token_lifetime())
+                    .await?;
                 tracing::info!(kid = %n.kid, "signing key rotated on schedule");
             }
         }
@@ -109,7 +122,9 @@ impl KeyRing {
             return Box::pin(self.rotate_now()).await;
         };
         let now = now_secs();
-        self.store.signing_key_promote(&n.kid, now, now + self.cfg.max_token_lifetime()).await?;
+        self.store
+            .signing_key_promote(&n.kid, now, now + self.cfg.max_token_lifetime())
+            .await?;
         tracing::info!(kid = %n.kid, "signing key rotated on demand");
         self.ensure_next().await?;
         Ok(n.kid.clone())
@@ -149,7 +164,12 @@ async fn generate(alg: SigningAlg) -> Result<SigningKey, IdentityError> {
         .map_err(|e| IdentityError::Internal(format!("key generation: {e}")))
 }
 
-fn to_row(k: &SigningKey, mk: &MasterKey, state: &str, now: i64) -> Result<SigningKeyRow, IdentityError> {
+fn to_row(
+    k: &SigningKey,
+    mk: &MasterKey,
+    state: &str,
+    now: i64,
+) -> Result<SigningKeyRow, IdentityError> {
     let st = k.to_stored(mk);
     Ok(SigningKeyRow {
         kid: st.kid,
@@ -178,10 +198,9 @@ fn build_state(rows: &[SigningKeyRow], mk: &MasterKey) -> Result<RingState, Iden
             cert_der_b64: r.cert_der.clone(),
             sealed_private_key: sealed,
         };
-        let k = Arc::new(
-            SigningKey::from_stored(&st, mk)
-                .map_err(|e| IdentityError::Internal(format!("cannot open signing key {}: {e}", r.kid)))?,
-        );
+        let k = Arc::new(SigningKey::from_stored(&st, mk).map_err(|e| {
+            IdentityError::Internal(format!("cannot open signing key {}: {e}", r.kid))
+        })?);
         if r.state == "active" {
             active = Some(k.clone());
         }
@@ -190,5 +209,10 @@ fn build_state(rows: &[SigningKeyRow], mk: &MasterKey) -> Result<RingState, Iden
     }
     let active = active.ok_or_else(|| IdentityError::Internal("no active signing key".into()))?;
     let jwks = Arc::new(serde_json::json!({ "keys": keys }).to_string());
-    Ok(RingState { active, by_kid, rows: rows.to_vec(), jwks })
+    Ok(RingState {
+        active,
+        by_kid,
+        rows: rows.to_vec(),
+        jwks,
+    })
 }

@@ -54,7 +54,9 @@ impl From<IdentityError> for cloister_core::error::ArmError {
             IdentityError::NotFound(m) => ArmError::not_found("NotFound", m),
             IdentityError::Conflict(m) => ArmError::conflict("Conflict", m),
             IdentityError::Store(StoreError::Conflict(m)) => ArmError::conflict("Conflict", m),
-            IdentityError::Store(StoreError::NotFound) => ArmError::not_found("NotFound", "not found"),
+            IdentityError::Store(StoreError::NotFound) => {
+                ArmError::not_found("NotFound", "not found")
+            }
             other => {
                 tracing::error!("identity error: {other}");
                 ArmError::internal("an internal error occurred")
@@ -106,10 +108,19 @@ impl Identity {
             keys,
             failures: RateLimiter::keyed(Quota::per_minute(per_min)),
             locked: dashmap::DashMap::new(),
-            clients: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(5)).build(),
+            clients: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
             mi_cache: moka::sync::Cache::builder().max_capacity(100_000).build(),
-            bindings: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(5)).build(),
-            jti_seen: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(Duration::from_secs(3600)).build(),
+            bindings: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+            jti_seen: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             cfg,
         }))
     }
@@ -140,14 +151,20 @@ impl Identity {
     pub(crate) fn record_failure(&self, key: &str) {
         metrics::counter!("cloister_auth_failures_total").increment(1);
         if let Err(not_until) = self.failures.check_key(&key.to_string()) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            self.locked.insert(key.to_string(), Instant::now() + wait.max(Duration::from_secs(1)));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            self.locked.insert(
+                key.to_string(),
+                Instant::now() + wait.max(Duration::from_secs(1)),
+            );
         }
     }
 
     /// Forget cached directory data (after a write on this node).
     pub fn invalidate_client(&self, tenant: &str, client_id: &str) {
-        self.clients.invalidate(&(tenant.to_string(), client_id.to_string()));
+        self.clients
+            .invalidate(&(tenant.to_string(), client_id.to_string()));
     }
     pub fn invalidate_all_clients(&self) {
         self.clients.invalidate_all();

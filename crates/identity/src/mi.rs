@@ -49,7 +49,10 @@ pub struct Selector {
 
 impl Selector {
     fn count(&self) -> usize {
-        [&self.client_id, &self.object_id, &self.resource_id].iter().filter(|x| x.is_some()).count()
+        [&self.client_id, &self.object_id, &self.resource_id]
+            .iter()
+            .filter(|x| x.is_some())
+            .count()
     }
 }
 
@@ -69,17 +72,25 @@ impl IdentitySet {
         }
         let all = || self.system.iter().chain(self.user.iter());
         if let Some(c) = &sel.client_id {
-            return all().find(|p| p.app_id.eq_ignore_ascii_case(c)).ok_or(MiError::IdentityNotFound);
+            return all()
+                .find(|p| p.app_id.eq_ignore_ascii_case(c))
+                .ok_or(MiError::IdentityNotFound);
         }
         if let Some(o) = &sel.object_id {
-            return all().find(|p| p.id.eq_ignore_ascii_case(o)).ok_or(MiError::IdentityNotFound);
+            return all()
+                .find(|p| p.id.eq_ignore_ascii_case(o))
+                .ok_or(MiError::IdentityNotFound);
         }
         if let Some(r) = &sel.resource_id {
             let r = r.trim_end_matches('/');
             return self
                 .user
                 .iter()
-                .find(|p| p.mi_resource_id.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(r)))
+                .find(|p| {
+                    p.mi_resource_id
+                        .as_deref()
+                        .is_some_and(|m| m.eq_ignore_ascii_case(r))
+                })
                 .ok_or(MiError::IdentityNotFound);
         }
         match (&self.system, self.user.as_slice()) {
@@ -113,7 +124,10 @@ impl Identity {
                 };
                 self.identities_of_binding(&b).await?
             }
-            None => IdentitySet { system: None, user: vec![] },
+            None => IdentitySet {
+                system: None,
+                user: vec![],
+            },
         };
         let set = Arc::new(set);
         self.bindings.insert(key, Arc::new((i64::MAX, set.clone())));
@@ -121,7 +135,10 @@ impl Identity {
     }
 
     /// Identities reachable through a binding secret (`X-IDENTITY-HEADER`).
-    pub async fn binding_identities(&self, secret: &str) -> Result<Option<Arc<IdentitySet>>, IdentityError> {
+    pub async fn binding_identities(
+        &self,
+        secret: &str,
+    ) -> Result<Option<Arc<IdentitySet>>, IdentityError> {
         if secret.is_empty() || secret.len() > 256 {
             return Ok(None);
         }
@@ -145,7 +162,10 @@ impl Identity {
     }
 
     async fn identities_of_binding(&self, b: &BindingRow) -> Result<IdentitySet, IdentityError> {
-        let mut set = IdentitySet { system: None, user: vec![] };
+        let mut set = IdentitySet {
+            system: None,
+            user: vec![],
+        };
         if !b.resource_id.is_empty()
             && let Some(r) = self.store.resource_get(&b.resource_id).await?
         {
@@ -184,7 +204,9 @@ impl Identity {
         let expires_at = now + ttl_secs.clamp(60, 7 * 86400);
         self.store
             .binding_insert(&BindingRow {
-                secret_hash: self.mk.keyed_hash(BINDING_PURPOSE, secret.expose().as_bytes()),
+                secret_hash: self
+                    .mk
+                    .keyed_hash(BINDING_PURPOSE, secret.expose().as_bytes()),
                 resource_id: String::new(),
                 principal_ids,
                 created_by: created_by.to_string(),
@@ -208,7 +230,12 @@ impl Identity {
 
     /// A token for managed identity `sp` and the requested resource, from the cache until
     /// its refresh time (half its lifetime), unless `bypass_cache`.
-    pub async fn mi_token(&self, sp: &ServicePrincipal, resource: &str, bypass_cache: bool) -> Result<Arc<CachedToken>, MiError> {
+    pub async fn mi_token(
+        &self,
+        sp: &ServicePrincipal,
+        resource: &str,
+        bypass_cache: bool,
+    ) -> Result<Arc<CachedToken>, MiError> {
         let key = (sp.id.clone(), resource.to_string());
         let now = now_secs();
         if !bypass_cache
@@ -221,10 +248,20 @@ impl Identity {
         let res = self
             .resolve_resource(&self.home_tenant, resource)
             .await
-            .map_err(|e| MiError::InvalidResource(e.error.to_string(), format!("AADSTS{}: {}", e.code, e.description)))?;
+            .map_err(|e| {
+                MiError::InvalidResource(
+                    e.error.to_string(),
+                    format!("AADSTS{}: {}", e.code, e.description),
+                )
+            })?;
         let lifetime = self.cfg.mi_token_secs;
         let m = self
-            .mint_access(&self.home_tenant, &res, Subject::ManagedIdentity { sp }, lifetime)
+            .mint_access(
+                &self.home_tenant,
+                &res,
+                Subject::ManagedIdentity { sp },
+                lifetime,
+            )
             .map_err(|e| MiError::Unavailable(e.to_string()))?;
         let t = Arc::new(CachedToken {
             access_token: m.token,

@@ -27,9 +27,16 @@ fn valid_uri_chars(s: &str) -> bool {
 /// Parses a v2 `scope` parameter. All non-OIDC scopes must name one resource (AADSTS700022).
 pub fn parse_scope(raw: &str) -> Result<ScopeRequest, AadError> {
     if raw.len() > MAX_SCOPE_LEN {
-        return Err(AadError::invalid_scope(70011, "The provided value for the input parameter 'scope' is too long."));
+        return Err(AadError::invalid_scope(
+            70011,
+            "The provided value for the input parameter 'scope' is too long.",
+        ));
     }
-    let mut out = ScopeRequest { resource: None, scopes: vec![], oidc: vec![] };
+    let mut out = ScopeRequest {
+        resource: None,
+        scopes: vec![],
+        oidc: vec![],
+    };
     for item in raw.split([' ', '+']).filter(|s| !s.is_empty()) {
         if !valid_uri_chars(item) {
             return Err(AadError::invalid_scope(
@@ -42,7 +49,9 @@ pub fn parse_scope(raw: &str) -> Result<ScopeRequest, AadError> {
             continue;
         }
         let (resource, name) = match item.rfind('/') {
-            Some(i) if i > 0 && i + 1 < item.len() && !item[..i].ends_with(':') => (&item[..i], &item[i + 1..]),
+            Some(i) if i > 0 && i + 1 < item.len() && !item[..i].ends_with(':') => {
+                (&item[..i], &item[i + 1..])
+            }
             _ => ("https://graph.microsoft.com", item),
         };
         match &out.resource {
@@ -64,7 +73,8 @@ pub fn parse_scope(raw: &str) -> Result<ScopeRequest, AadError> {
 
 /// Compares resource URIs the way Entra does: case-insensitive, trailing slash ignored.
 pub fn same_resource(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,28 +94,51 @@ pub struct ResolvedResource {
 
 impl Identity {
     /// Resolves a requested resource (AADSTS500011 if no such resource exists in the tenant).
-    pub async fn resolve_resource(&self, tenant: &str, requested: &str) -> Result<ResolvedResource, AadError> {
+    pub async fn resolve_resource(
+        &self,
+        tenant: &str,
+        requested: &str,
+    ) -> Result<ResolvedResource, AadError> {
         if !valid_uri_chars(requested) {
             return Err(AadError::invalid_request(
                 50001,
                 "The resource identifier is empty or contains characters that are not allowed.",
             ));
         }
-        let first_party = self.cfg.resources.iter().any(|r| same_resource(r, requested))
+        let first_party = self
+            .cfg
+            .resources
+            .iter()
+            .any(|r| same_resource(r, requested))
             || same_resource(&self.management_endpoint, requested)
             || same_resource(&self.authority, requested);
         if first_party {
-            return Ok(ResolvedResource { aud: requested.to_string(), version: TokenVersion::V1, app_id: None });
+            return Ok(ResolvedResource {
+                aud: requested.to_string(),
+                version: TokenVersion::V1,
+                app_id: None,
+            });
         }
-        let candidate = requested.strip_prefix("api://").unwrap_or(requested).trim_end_matches('/');
+        let candidate = requested
+            .strip_prefix("api://")
+            .unwrap_or(requested)
+            .trim_end_matches('/');
         if cloister_core::is_guid(candidate)
             && let Ok(Some(app)) = self.store.application_get(&candidate.to_lowercase()).await
             && app.tenant_id == tenant
         {
-            return Ok(ResolvedResource { aud: requested.to_string(), version: TokenVersion::V2, app_id: Some(app.app_id) });
+            return Ok(ResolvedResource {
+                aud: requested.to_string(),
+                version: TokenVersion::V2,
+                app_id: Some(app.app_id),
+            });
         }
         if let Ok(apps) = self.store.application_list(tenant).await
-            && let Some(app) = apps.iter().find(|a| a.identifier_uris.iter().any(|u| same_resource(u, requested)))
+            && let Some(app) = apps.iter().find(|a| {
+                a.identifier_uris
+                    .iter()
+                    .any(|u| same_resource(u, requested))
+            })
         {
             return Ok(ResolvedResource {
                 aud: requested.to_string(),
@@ -122,6 +155,11 @@ impl Identity {
             ),
         ))
     }
+}
+
+/// The key under which a user's consent to a resource is recorded.
+pub fn consent_key(resource: &str) -> String {
+    resource.trim_end_matches('/').to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -142,7 +180,8 @@ mod tests {
     }
     #[test]
     fn oidc_and_resource() {
-        let s = parse_scope("openid profile offline_access api://abc/read api://abc/write").unwrap();
+        let s =
+            parse_scope("openid profile offline_access api://abc/read api://abc/write").unwrap();
         assert_eq!(s.oidc.len(), 3);
         assert_eq!(s.scopes, vec!["read", "write"]);
     }
@@ -168,9 +207,4 @@ mod tests {
             prop_assert_eq!(s.scopes, vec![name]);
         }
     }
-}
-
-/// The key under which a user's consent to a resource is recorded.
-pub fn consent_key(resource: &str) -> String {
-    resource.trim_end_matches('/').to_ascii_lowercase()
 }

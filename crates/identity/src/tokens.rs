@@ -13,9 +13,19 @@ use serde_json::{Map, Value, json};
 /// Who a token is about.
 pub enum Subject<'a> {
     /// An application's service principal; `acr` is `1` (secret) or `2` (certificate).
-    App { sp: &'a ServicePrincipal, acr: &'a str },
-    ManagedIdentity { sp: &'a ServicePrincipal },
-    User { user: &'a User, client_id: &'a str, scp: String, acr: &'a str },
+    App {
+        sp: &'a ServicePrincipal,
+        acr: &'a str,
+    },
+    ManagedIdentity {
+        sp: &'a ServicePrincipal,
+    },
+    User {
+        user: &'a User,
+        client_id: &'a str,
+        scp: String,
+        acr: &'a str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +100,14 @@ impl Identity {
         let v1 = resource.version == TokenVersion::V1;
         let mut c = Map::new();
         c.insert("aud".into(), json!(resource.aud));
-        c.insert("iss".into(), json!(if v1 { self.issuer_v1(tenant) } else { self.issuer_v2(tenant) }));
+        c.insert(
+            "iss".into(),
+            json!(if v1 {
+                self.issuer_v1(tenant)
+            } else {
+                self.issuer_v2(tenant)
+            }),
+        );
         c.insert("iat".into(), json!(iat));
         c.insert("nbf".into(), json!(nbf));
         c.insert("exp".into(), json!(exp));
@@ -113,13 +130,21 @@ impl Identity {
                 }
                 (sp.app_id.clone(), "2")
             }
-            Subject::User { user, client_id, scp, acr } => {
+            Subject::User {
+                user,
+                client_id,
+                scp,
+                acr,
+            } => {
                 c.insert("oid".into(), json!(user.id));
                 c.insert("sub".into(), json!(user.id));
                 c.insert("idtyp".into(), json!("user"));
                 c.insert("scp".into(), json!(scp));
                 c.insert("name".into(), json!(user.display_name));
-                c.insert(if v1 { "upn" } else { "preferred_username" }.into(), json!(user.upn));
+                c.insert(
+                    if v1 { "upn" } else { "preferred_username" }.into(),
+                    json!(user.upn),
+                );
                 (client_id.to_string(), *acr)
             }
         };
@@ -133,7 +158,12 @@ impl Identity {
         }
         let token = self.sign(&Value::Object(c))?;
         metrics::counter!("cloister_tokens_issued_total").increment(1);
-        Ok(Minted { token, iat, nbf, exp })
+        Ok(Minted {
+            token,
+            iat,
+            nbf,
+            exp,
+        })
     }
 
     /// An OpenID Connect ID token for a user signing in to `client_id`.
@@ -184,16 +214,19 @@ impl Identity {
         v.set_audience(&auds);
         let tenant = &self.home_tenant;
         v.set_issuer(&[self.issuer_v1(tenant), self.issuer_v2(tenant)]);
-        let data = jsonwebtoken::decode::<Value>(token, key.decoding_key(), &v).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidAudience => TokenError::WrongAudience,
-            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm => TokenError::BadAlgorithm,
-            ErrorKind::MissingRequiredClaim(_) => TokenError::Malformed,
-            _ => TokenError::Malformed,
-        })?;
+        let data =
+            jsonwebtoken::decode::<Value>(token, key.decoding_key(), &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                    ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => TokenError::BadAlgorithm,
+                    ErrorKind::MissingRequiredClaim(_) => TokenError::Malformed,
+                    _ => TokenError::Malformed,
+                }
+            })?;
         let c = data.claims;
         let get = |k: &'static str| c.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let tid = get("tid").ok_or(TokenError::MissingClaim("tid"))?;
@@ -209,7 +242,11 @@ impl Identity {
             roles: c
                 .get("roles")
                 .and_then(|r| r.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
             scp: get("scp"),
             xms_mirid: get("xms_mirid"),

@@ -19,11 +19,25 @@ async fn identity() -> (Arc<Identity>, tempfile::TempDir) {
     let store = cloister_store::Store::open(&url).await.unwrap();
     let tenant = "11111111-2222-3333-4444-555555555555".to_string();
     store
-        .tenant_create(&cloister_store::Tenant { id: tenant.clone(), display_name: "t".into(), is_home: true, created_at: 0 })
+        .tenant_create(&cloister_store::Tenant {
+            id: tenant.clone(),
+            display_name: "t".into(),
+            is_home: true,
+            created_at: 0,
+        })
         .await
         .unwrap();
     let mk = Arc::new(cloister_crypto::MasterKey::load_or_create(&dir.path().join("mk")).unwrap());
-    let id = Identity::open(store, mk, IdentityConfig::default(), AUTH.into(), None, tenant).await.unwrap();
+    let id = Identity::open(
+        store,
+        mk,
+        IdentityConfig::default(),
+        AUTH.into(),
+        None,
+        tenant,
+    )
+    .await
+    .unwrap();
     (id, dir)
 }
 
@@ -53,14 +67,23 @@ fn reencode(token: &str, header: Option<Value>, payload: Option<Value>) -> Strin
 }
 
 fn header_of(token: &str) -> Value {
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap()
+    serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn accepts_a_good_token_and_both_issuers() {
     let (id, _d) = identity().await;
     assert_eq!(check(&id, &id.sign(&claims(&id, |_| {})).unwrap()), Ok(()));
-    let v2 = id.sign(&claims(&id, |c| c["iss"] = json!(id.issuer_v2(&id.home_tenant)))).unwrap();
+    let v2 = id
+        .sign(&claims(&id, |c| {
+            c["iss"] = json!(id.issuer_v2(&id.home_tenant))
+        }))
+        .unwrap();
     assert_eq!(check(&id, &v2), Ok(()));
 }
 
@@ -68,32 +91,49 @@ async fn accepts_a_good_token_and_both_issuers() {
 async fn rejects_lifetime_problems() {
     let (id, _d) = identity().await;
     let now = now_secs();
-    let expired = id.sign(&claims(&id, |c| c["exp"] = json!(now - 400))).unwrap();
+    let expired = id
+        .sign(&claims(&id, |c| c["exp"] = json!(now - 400)))
+        .unwrap();
     assert_eq!(check(&id, &expired), Err(TokenError::Expired));
     // Within the 5 minutes of skew: still fine.
-    let recent = id.sign(&claims(&id, |c| c["exp"] = json!(now - 100))).unwrap();
+    let recent = id
+        .sign(&claims(&id, |c| c["exp"] = json!(now - 100)))
+        .unwrap();
     assert_eq!(check(&id, &recent), Ok(()));
-    let future = id.sign(&claims(&id, |c| c["nbf"] = json!(now + 400))).unwrap();
+    let future = id
+        .sign(&claims(&id, |c| c["nbf"] = json!(now + 400)))
+        .unwrap();
     assert_eq!(check(&id, &future), Err(TokenError::NotYetValid));
-    let slight = id.sign(&claims(&id, |c| c["nbf"] = json!(now + 100))).unwrap();
+    let slight = id
+        .sign(&claims(&id, |c| c["nbf"] = json!(now + 100)))
+        .unwrap();
     assert_eq!(check(&id, &slight), Ok(()));
-    let no_exp = id.sign(&claims(&id, |c| { c.as_object_mut().unwrap().remove("exp"); })).unwrap();
+    let no_exp = id
+        .sign(&claims(&id, |c| {
+            c.as_object_mut().unwrap().remove("exp");
+        }))
+        .unwrap();
     assert!(check(&id, &no_exp).is_err());
 }
 
 #[tokio::test]
 async fn rejects_wrong_audience_issuer_and_tenant() {
     let (id, _d) = identity().await;
-    let aud = id.sign(&claims(&id, |c| c["aud"] = json!("https://other.test"))).unwrap();
+    let aud = id
+        .sign(&claims(&id, |c| c["aud"] = json!("https://other.test")))
+        .unwrap();
     assert_eq!(check(&id, &aud), Err(TokenError::WrongAudience));
-    let iss = id.sign(&claims(&id, |c| c["iss"] = json!("https://evil.test/x/"))).unwrap();
+    let iss = id
+        .sign(&claims(&id, |c| c["iss"] = json!("https://evil.test/x/")))
+        .unwrap();
     assert_eq!(check(&id, &iss), Err(TokenError::WrongIssuer));
     let other = "99999999-2222-3333-4444-555555555555";
-    let tenant = id.sign(&claims(&id, |c| {
-        c["iss"] = json!(format!("{AUTH}/{other}/"));
-        c["tid"] = json!(other);
-    }))
-    .unwrap();
+    let tenant = id
+        .sign(&claims(&id, |c| {
+            c["iss"] = json!(format!("{AUTH}/{other}/"));
+            c["tid"] = json!(other);
+        }))
+        .unwrap();
     assert_eq!(check(&id, &tenant), Err(TokenError::WrongIssuer));
     // Right issuer but another tenant id inside.
     let tid = id.sign(&claims(&id, |c| c["tid"] = json!(other))).unwrap();
@@ -111,17 +151,33 @@ async fn rejects_forgeries() {
     // HS256 signed with the public key (algorithm confusion).
     let kid = header_of(&good)["kid"].as_str().unwrap().to_string();
     let jwks: Value = serde_json::from_str(&id.keys.jwks()).unwrap();
-    let public = jwks["keys"][0]["x5c"][0].as_str().unwrap().as_bytes().to_vec();
+    let public = jwks["keys"][0]["x5c"][0]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some(kid.clone());
-    let hs = jsonwebtoken::encode(&h, &claims(&id, |_| {}), &jsonwebtoken::EncodingKey::from_secret(&public)).unwrap();
+    let hs = jsonwebtoken::encode(
+        &h,
+        &claims(&id, |_| {}),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
     assert_eq!(check(&id, &hs), Err(TokenError::BadAlgorithm));
     // Unknown kid.
     let mut hdr = header_of(&good);
     hdr["kid"] = json!("not-a-key");
-    assert_eq!(check(&id, &reencode(&good, Some(hdr), None)), Err(TokenError::UnknownKey));
+    assert_eq!(
+        check(&id, &reencode(&good, Some(hdr), None)),
+        Err(TokenError::UnknownKey)
+    );
     // Tampered payload.
-    let tampered = reencode(&good, None, Some(claims(&id, |c| c["oid"] = json!("admin"))));
+    let tampered = reencode(
+        &good,
+        None,
+        Some(claims(&id, |c| c["oid"] = json!("admin"))),
+    );
     assert_eq!(check(&id, &tampered), Err(TokenError::BadSignature));
     // Tampered signature.
     let (head, sig) = good.rsplit_once('.').unwrap();
@@ -138,16 +194,33 @@ async fn retired_key_validates_until_removed() {
     let (id, _d) = identity().await;
     let old = id.sign(&claims(&id, |_| {})).unwrap();
     let old_kid = header_of(&old)["kid"].as_str().unwrap().to_string();
-    let published_next = id.keys.list().into_iter().find(|k| k.state == "next").unwrap().kid;
+    let published_next = id
+        .keys
+        .list()
+        .into_iter()
+        .find(|k| k.state == "next")
+        .unwrap()
+        .kid;
     let new_active = id.keys.rotate_now().await.unwrap();
-    assert_eq!(new_active, published_next, "the published next key is the one that starts signing");
+    assert_eq!(
+        new_active, published_next,
+        "the published next key is the one that starts signing"
+    );
     let fresh = id.sign(&claims(&id, |_| {})).unwrap();
     assert_eq!(header_of(&fresh)["kid"], new_active);
     // The retired key still verifies its tokens.
     assert_eq!(check(&id, &old), Ok(()));
-    assert!(id.keys.list().iter().any(|k| k.kid == old_kid && k.state == "retired"));
+    assert!(
+        id.keys
+            .list()
+            .iter()
+            .any(|k| k.kid == old_kid && k.state == "retired")
+    );
     // Once every token it signed has expired, the key is removed and its tokens fail.
-    id.store.signing_keys_purge(now_secs() + id.cfg.max_token_lifetime() + 1).await.unwrap();
+    id.store
+        .signing_keys_purge(now_secs() + id.cfg.max_token_lifetime() + 1)
+        .await
+        .unwrap();
     id.keys.reload().await.unwrap();
     assert!(!id.keys.jwks().contains(&old_kid));
     assert_eq!(check(&id, &old), Err(TokenError::UnknownKey));

@@ -43,14 +43,25 @@ pub fn require_api_version(q: &Q) -> Result<(), ArmError> {
         Some(v) => {
             let ok = v.len() >= 10
                 && v.len() <= 30
-                && v.as_bytes()[..10].iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
-                && (v.len() == 10 || v[10..].starts_with('-') && v[11..].chars().all(|c| c.is_ascii_alphanumeric()));
+                && v.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        *b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+                && (v.len() == 10
+                    || v[10..].starts_with('-')
+                        && v[11..].chars().all(|c| c.is_ascii_alphanumeric()));
             if ok {
                 Ok(())
             } else {
                 Err(ArmError::bad_request(
                     "InvalidApiVersionParameter",
-                    format!("The api-version '{}' is invalid. The supported versions are dates such as '2022-04-01'.", v.chars().take(40).collect::<String>()),
+                    format!(
+                        "The api-version '{}' is invalid. The supported versions are dates such as '2022-04-01'.",
+                        v.chars().take(40).collect::<String>()
+                    ),
                 ))
             }
         }
@@ -59,12 +70,18 @@ pub fn require_api_version(q: &Q) -> Result<(), ArmError> {
 
 pub fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ArmError> {
     if body.is_empty() {
-        return Err(ArmError::invalid("The request content was invalid and could not be deserialized: the body is empty."));
+        return Err(ArmError::invalid(
+            "The request content was invalid and could not be deserialized: the body is empty.",
+        ));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ArmError::invalid("The request content was invalid and could not be deserialized: a JSON object is required.")),
-        Err(e) => Err(ArmError::invalid(format!("The request content was invalid and could not be deserialized: {e}."))),
+        Ok(_) => Err(ArmError::invalid(
+            "The request content was invalid and could not be deserialized: a JSON object is required.",
+        )),
+        Err(e) => Err(ArmError::invalid(format!(
+            "The request content was invalid and could not be deserialized: {e}."
+        ))),
     }
 }
 
@@ -77,9 +94,15 @@ fn str_array(v: Option<&Value>, field: &str) -> Result<Vec<String>, ArmError> {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| ArmError::invalid(format!("'{field}' must be an array of strings."))))
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| {
+                    ArmError::invalid(format!("'{field}' must be an array of strings."))
+                })
+            })
             .collect(),
-        _ => Err(ArmError::invalid(format!("'{field}' must be an array of strings."))),
+        _ => Err(ArmError::invalid(format!(
+            "'{field}' must be an array of strings."
+        ))),
     }
 }
 
@@ -87,12 +110,24 @@ pub fn ok(status: StatusCode, v: Value) -> Res {
     Ok((status, Json(v)).into_response())
 }
 
-async fn list_subscriptions(State(st): State<Arc<AppState>>, caller: Caller, Query(q): Query<Q>) -> Res {
+async fn list_subscriptions(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Query(q): Query<Q>,
+) -> Res {
     require_api_version(&q)?;
     let mut out = vec![];
     for s in st.store.subscription_list().await.map_err(store_err)? {
         let sc = scope(&format!("/subscriptions/{}", s.id))?;
-        if st.rbac.authorize(&caller.object_id, "Microsoft.Resources/subscriptions/read", &sc).is_ok() {
+        if st
+            .rbac
+            .authorize(
+                &caller.object_id,
+                "Microsoft.Resources/subscriptions/read",
+                &sc,
+            )
+            .is_ok()
+        {
             out.push(subscription_json(&s));
         }
     }
@@ -114,7 +149,9 @@ fn subscription_json(s: &Subscription) -> Value {
 pub fn store_err(e: cloister_store::StoreError) -> ArmError {
     match e {
         cloister_store::StoreError::Conflict(m) => ArmError::conflict("Conflict", m),
-        cloister_store::StoreError::NotFound => ArmError::not_found("NotFound", "The resource was not found."),
+        cloister_store::StoreError::NotFound => {
+            ArmError::not_found("NotFound", "The resource was not found.")
+        }
         other => {
             tracing::error!("store: {other}");
             ArmError::internal("An internal error occurred while reading or writing state.")
@@ -122,22 +159,49 @@ pub fn store_err(e: cloister_store::StoreError) -> ArmError {
     }
 }
 
-async fn dispatch(State(st): State<Arc<AppState>>, method: Method, uri: Uri, Query(q): Query<Q>, caller: Caller, body: Bytes) -> Res {
+async fn dispatch(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<Q>,
+    caller: Caller,
+    body: Bytes,
+) -> Res {
     require_api_version(&q)?;
     let path = uri.path().trim_end_matches('/').to_string();
     let lower = path.to_ascii_lowercase();
     const AUTHZ: &str = "/providers/microsoft.authorization/";
     if let Some(idx) = lower.rfind(AUTHZ) {
-        let scope_str = if idx == 0 { "/".to_string() } else { path[..idx].to_string() };
+        let scope_str = if idx == 0 {
+            "/".to_string()
+        } else {
+            path[..idx].to_string()
+        };
         let tail: Vec<&str> = path[idx + AUTHZ.len()..].split('/').collect();
         let sc = scope(&scope_str)?;
-        return match (tail.first().map(|s| s.to_ascii_lowercase()).as_deref(), tail.get(1), tail.len()) {
-            (Some("roleassignments"), None, 1) => list_role_assignments(&st, &caller, &method, &sc, &q).await,
-            (Some("roleassignments"), Some(id), 2) => role_assignment(&st, &caller, &method, &sc, id, &body).await,
-            (Some("roledefinitions"), None, 1) => list_role_definitions(&st, &caller, &method, &sc, &q).await,
-            (Some("roledefinitions"), Some(id), 2) => role_definition(&st, &caller, &method, &sc, id, &body).await,
-            (Some("denyassignments"), None, 1) => list_deny_assignments(&st, &caller, &method, &sc).await,
-            (Some("denyassignments"), Some(id), 2) => deny_assignment(&st, &caller, &method, &sc, id, &body).await,
+        return match (
+            tail.first().map(|s| s.to_ascii_lowercase()).as_deref(),
+            tail.get(1),
+            tail.len(),
+        ) {
+            (Some("roleassignments"), None, 1) => {
+                list_role_assignments(&st, &caller, &method, &sc, &q).await
+            }
+            (Some("roleassignments"), Some(id), 2) => {
+                role_assignment(&st, &caller, &method, &sc, id, &body).await
+            }
+            (Some("roledefinitions"), None, 1) => {
+                list_role_definitions(&st, &caller, &method, &sc, &q).await
+            }
+            (Some("roledefinitions"), Some(id), 2) => {
+                role_definition(&st, &caller, &method, &sc, id, &body).await
+            }
+            (Some("denyassignments"), None, 1) => {
+                list_deny_assignments(&st, &caller, &method, &sc).await
+            }
+            (Some("denyassignments"), Some(id), 2) => {
+                deny_assignment(&st, &caller, &method, &sc, id, &body).await
+            }
             _ => Err(not_found_path(&path)),
         };
     }
@@ -151,7 +215,12 @@ async fn dispatch(State(st): State<Arc<AppState>>, method: Method, uri: Uri, Que
         return crate::arm_tenant::cloister_provider(&st, &caller, &method, &path, &body).await;
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if segs.first().map(|s| s.eq_ignore_ascii_case("subscriptions")) != Some(true) || segs.len() < 2 {
+    if segs
+        .first()
+        .map(|s| s.eq_ignore_ascii_case("subscriptions"))
+        != Some(true)
+        || segs.len() < 2
+    {
         return Err(not_found_path(&path));
     }
     let sub_id = segs[1];
@@ -160,14 +229,23 @@ async fn dispatch(State(st): State<Arc<AppState>>, method: Method, uri: Uri, Que
         .subscription_get(sub_id)
         .await
         .map_err(store_err)?
-        .ok_or_else(|| ArmError::not_found("SubscriptionNotFound", format!("The subscription '{sub_id}' could not be found.")))?;
+        .ok_or_else(|| {
+            ArmError::not_found(
+                "SubscriptionNotFound",
+                format!("The subscription '{sub_id}' could not be found."),
+            )
+        })?;
     let lc = |i: usize| segs.get(i).map(|s| s.to_ascii_lowercase());
     match (segs.len(), lc(2).as_deref()) {
         (2, _) => {
             if method != Method::GET {
                 return Err(method_not_allowed(&method));
             }
-            st.rbac.authorize(&caller.object_id, "Microsoft.Resources/subscriptions/read", &scope(&path)?)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Resources/subscriptions/read",
+                &scope(&path)?,
+            )?;
             ok(StatusCode::OK, subscription_json(&sub))
         }
         (3, Some("resourcegroups")) => {
@@ -177,24 +255,50 @@ async fn dispatch(State(st): State<Arc<AppState>>, method: Method, uri: Uri, Que
             let mut out = vec![];
             for g in st.store.rg_list(&sub.id).await.map_err(store_err)? {
                 let sc = scope(&rg_id(&sub.id, &g.name))?;
-                if st.rbac.authorize(&caller.object_id, "Microsoft.Resources/subscriptions/resourceGroups/read", &sc).is_ok() {
+                if st
+                    .rbac
+                    .authorize(
+                        &caller.object_id,
+                        "Microsoft.Resources/subscriptions/resourceGroups/read",
+                        &sc,
+                    )
+                    .is_ok()
+                {
                     out.push(rg_json(&g));
                 }
             }
             ok(StatusCode::OK, json!({ "value": out }))
         }
         (3, Some("resources")) => list_resources(&st, &caller, &sub.id, None, None).await,
-        (4, Some("resourcegroups")) => resource_group(&st, &caller, &method, &sub, segs[3], &body).await,
+        (4, Some("resourcegroups")) => {
+            resource_group(&st, &caller, &method, &sub, segs[3], &body).await
+        }
         (5, Some("resourcegroups")) if lc(4).as_deref() == Some("resources") => {
             list_resources(&st, &caller, &sub.id, Some(segs[3]), None).await
         }
-        (5, Some("providers")) => list_resources(&st, &caller, &sub.id, None, Some(format!("{}/{}", segs[3], segs[4]))).await,
+        (5, Some("providers")) => {
+            list_resources(
+                &st,
+                &caller,
+                &sub.id,
+                None,
+                Some(format!("{}/{}", segs[3], segs[4])),
+            )
+            .await
+        }
         (n, Some("resourcegroups")) if n >= 7 && lc(4).as_deref() == Some("providers") => {
             if n == 7 {
                 if method != Method::GET {
                     return Err(method_not_allowed(&method));
                 }
-                return list_resources(&st, &caller, &sub.id, Some(segs[3]), Some(format!("{}/{}", segs[5], segs[6]))).await;
+                return list_resources(
+                    &st,
+                    &caller,
+                    &sub.id,
+                    Some(segs[3]),
+                    Some(format!("{}/{}", segs[5], segs[6])),
+                )
+                .await;
             }
             if n % 2 == 1 {
                 return Err(not_found_path(&path));
@@ -206,11 +310,21 @@ async fn dispatch(State(st): State<Arc<AppState>>, method: Method, uri: Uri, Que
 }
 
 pub fn not_found_path(path: &str) -> ArmError {
-    ArmError::not_found("InvalidResourceType", format!("No route matches '{}'. Check the resource type and api-version.", path.chars().take(300).collect::<String>()))
+    ArmError::not_found(
+        "InvalidResourceType",
+        format!(
+            "No route matches '{}'. Check the resource type and api-version.",
+            path.chars().take(300).collect::<String>()
+        ),
+    )
 }
 
 pub fn method_not_allowed(m: &Method) -> ArmError {
-    ArmError::new(405, "MethodNotAllowed", format!("The HTTP method '{m}' is not supported for this resource."))
+    ArmError::new(
+        405,
+        "MethodNotAllowed",
+        format!("The HTTP method '{m}' is not supported for this resource."),
+    )
 }
 
 pub fn rg_id(sub: &str, rg: &str) -> String {
@@ -228,10 +342,23 @@ fn rg_json(g: &ResourceGroup) -> Value {
     })
 }
 
-async fn resource_group(st: &AppState, caller: &Caller, method: &Method, sub: &Subscription, name: &str, body: &Bytes) -> Res {
+async fn resource_group(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sub: &Subscription,
+    name: &str,
+    body: &Bytes,
+) -> Res {
     let id = rg_id(&sub.id, name);
     let sc = scope(&id)?;
-    let act = |a: &str| st.rbac.authorize(&caller.object_id, &format!("Microsoft.Resources/subscriptions/resourceGroups/{a}"), &sc);
+    let act = |a: &str| {
+        st.rbac.authorize(
+            &caller.object_id,
+            &format!("Microsoft.Resources/subscriptions/resourceGroups/{a}"),
+            &sc,
+        )
+    };
     match *method {
         Method::PUT => {
             act("write")?;
@@ -240,7 +367,12 @@ async fn resource_group(st: &AppState, caller: &Caller, method: &Method, sub: &S
                 .get("location")
                 .and_then(|v| v.as_str())
                 .filter(|s| !s.is_empty())
-                .ok_or_else(|| ArmError::bad_request("LocationRequired", "The location property is required for this definition."))?;
+                .ok_or_else(|| {
+                    ArmError::bad_request(
+                        "LocationRequired",
+                        "The location property is required for this definition.",
+                    )
+                })?;
             let tags = match b.get("tags") {
                 None | Some(Value::Null) => json!({}),
                 Some(Value::Object(m)) => Value::Object(m.clone()),
@@ -254,8 +386,20 @@ async fn resource_group(st: &AppState, caller: &Caller, method: &Method, sub: &S
                 created_at: now_secs(),
             };
             let created = st.store.rg_upsert(&g).await.map_err(store_err)?;
-            let g = st.store.rg_get(&sub.id, name).await.map_err(store_err)?.unwrap_or(g);
-            ok(if created { StatusCode::CREATED } else { StatusCode::OK }, rg_json(&g))
+            let g = st
+                .store
+                .rg_get(&sub.id, name)
+                .await
+                .map_err(store_err)?
+                .unwrap_or(g);
+            ok(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                rg_json(&g),
+            )
         }
         Method::GET | Method::HEAD => {
             act("read")?;
@@ -281,30 +425,56 @@ async fn resource_group(st: &AppState, caller: &Caller, method: &Method, sub: &S
 }
 
 pub fn rg_not_found(name: &str) -> ArmError {
-    ArmError::not_found("ResourceGroupNotFound", format!("Resource group '{name}' could not be found."))
+    ArmError::not_found(
+        "ResourceGroupNotFound",
+        format!("Resource group '{name}' could not be found."),
+    )
 }
 
 /// Refreshes caches after a cascading delete.
-pub async fn after_removal(st: &AppState, removed: &cloister_store::Removed) -> Result<(), ArmError> {
+pub async fn after_removal(
+    st: &AppState,
+    removed: &cloister_store::Removed,
+) -> Result<(), ArmError> {
     st.id.invalidate_identity_sets();
     if !removed.principals.is_empty() || removed.role_assignments > 0 {
         st.id.invalidate_all_clients();
-        st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+        st.rbac
+            .changed()
+            .await
+            .map_err(|e| ArmError::internal(e.to_string()))?;
     }
     Ok(())
 }
 
-async fn list_resources(st: &AppState, caller: &Caller, sub: &str, rg: Option<&str>, type_: Option<String>) -> Res {
+async fn list_resources(
+    st: &AppState,
+    caller: &Caller,
+    sub: &str,
+    rg: Option<&str>,
+    type_: Option<String>,
+) -> Res {
     if let Some(rg) = rg
         && st.store.rg_get(sub, rg).await.map_err(store_err)?.is_none()
     {
         return Err(rg_not_found(rg));
     }
     let mut out = vec![];
-    for r in st.store.resource_list(sub, rg, type_.as_deref()).await.map_err(store_err)? {
-        let Ok(sc) = Scope::parse(&r.id) else { continue };
+    for r in st
+        .store
+        .resource_list(sub, rg, type_.as_deref())
+        .await
+        .map_err(store_err)?
+    {
+        let Ok(sc) = Scope::parse(&r.id) else {
+            continue;
+        };
         let t = crate::arm_resources::type_of(&r);
-        if st.rbac.authorize(&caller.object_id, &format!("{t}/read"), &sc).is_ok() {
+        if st
+            .rbac
+            .authorize(&caller.object_id, &format!("{t}/read"), &sc)
+            .is_ok()
+        {
             out.push(crate::arm_resources::resource_json(st, &r).await);
         }
     }
@@ -320,10 +490,20 @@ fn role_def_guid(s: &str) -> Option<String> {
 
 pub fn role_assignment_json(a: &RoleAssignmentRow, sub_hint: Option<&str>) -> Value {
     let def_id = match sub_hint {
-        Some(s) => format!("/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{}", a.role_definition_id),
-        None => format!("/providers/Microsoft.Authorization/roleDefinitions/{}", a.role_definition_id),
+        Some(s) => format!(
+            "/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{}",
+            a.role_definition_id
+        ),
+        None => format!(
+            "/providers/Microsoft.Authorization/roleDefinitions/{}",
+            a.role_definition_id
+        ),
     };
-    let prefix = if a.scope == "/" { String::new() } else { a.scope.clone() };
+    let prefix = if a.scope == "/" {
+        String::new()
+    } else {
+        a.scope.clone()
+    };
     json!({
         "id": format!("{prefix}/providers/Microsoft.Authorization/roleAssignments/{}", a.id),
         "name": a.id,
@@ -350,25 +530,57 @@ pub async fn scope_exists(st: &AppState, sc: &Scope) -> Result<(), ArmError> {
         ScopeKind::Root => Ok(()),
         ScopeKind::ManagementGroup => {
             let name = sc.management_group().unwrap_or_default();
-            st.store.mg_get(name).await.map_err(store_err)?.map(|_| ()).ok_or_else(|| {
-                ArmError::not_found("ManagementGroupNotFound", format!("The management group '{name}' was not found."))
-            })
+            st.store
+                .mg_get(name)
+                .await
+                .map_err(store_err)?
+                .map(|_| ())
+                .ok_or_else(|| {
+                    ArmError::not_found(
+                        "ManagementGroupNotFound",
+                        format!("The management group '{name}' was not found."),
+                    )
+                })
         }
         ScopeKind::Subscription => {
             let s = sc.subscription_id().unwrap_or_default();
-            st.store.subscription_get(s).await.map_err(store_err)?.map(|_| ()).ok_or_else(|| {
-                ArmError::not_found("SubscriptionNotFound", format!("The subscription '{s}' could not be found."))
-            })
+            st.store
+                .subscription_get(s)
+                .await
+                .map_err(store_err)?
+                .map(|_| ())
+                .ok_or_else(|| {
+                    ArmError::not_found(
+                        "SubscriptionNotFound",
+                        format!("The subscription '{s}' could not be found."),
+                    )
+                })
         }
         ScopeKind::ResourceGroup => {
-            let (s, g) = (sc.subscription_id().unwrap_or_default(), sc.resource_group().unwrap_or_default());
-            st.store.rg_get(s, g).await.map_err(store_err)?.map(|_| ()).ok_or_else(|| rg_not_found(g))
+            let (s, g) = (
+                sc.subscription_id().unwrap_or_default(),
+                sc.resource_group().unwrap_or_default(),
+            );
+            st.store
+                .rg_get(s, g)
+                .await
+                .map_err(store_err)?
+                .map(|_| ())
+                .ok_or_else(|| rg_not_found(g))
         }
         ScopeKind::Resource => {
             let id = sc.to_string();
-            st.store.resource_get(&id).await.map_err(store_err)?.map(|_| ()).ok_or_else(|| {
-                ArmError::not_found("ResourceNotFound", format!("The Resource '{id}' was not found."))
-            })
+            st.store
+                .resource_get(&id)
+                .await
+                .map_err(store_err)?
+                .map(|_| ())
+                .ok_or_else(|| {
+                    ArmError::not_found(
+                        "ResourceNotFound",
+                        format!("The Resource '{id}' was not found."),
+                    )
+                })
         }
     }
 }
@@ -384,42 +596,93 @@ fn assignable_at(def: &RoleDefinition, sc: &Scope) -> bool {
     })
 }
 
-async fn role_assignment(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, id: &str, body: &Bytes) -> Res {
+async fn role_assignment(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sc: &Scope,
+    id: &str,
+    body: &Bytes,
+) -> Res {
     if !is_guid(id) {
         return Err(ArmError::bad_request(
             "InvalidRoleAssignmentId",
-            format!("The role assignment ID '{}' is not valid. The role assignment ID must be a GUID.", id.chars().take(80).collect::<String>()),
+            format!(
+                "The role assignment ID '{}' is not valid. The role assignment ID must be a GUID.",
+                id.chars().take(80).collect::<String>()
+            ),
         ));
     }
     match *method {
         Method::PUT => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleAssignments/write", sc)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/roleAssignments/write",
+                sc,
+            )?;
             let b = parse_body(body)?;
-            let p = b.get("properties").and_then(|v| v.as_object()).ok_or_else(|| ArmError::invalid("'properties' is required."))?;
-            let rd = p.get("roleDefinitionId").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'properties.roleDefinitionId' is required."))?;
-            let principal = p.get("principalId").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'properties.principalId' is required."))?;
-            let description = p.get("description").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let p = b
+                .get("properties")
+                .and_then(|v| v.as_object())
+                .ok_or_else(|| ArmError::invalid("'properties' is required."))?;
+            let rd = p
+                .get("roleDefinitionId")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ArmError::invalid("'properties.roleDefinitionId' is required."))?;
+            let principal = p
+                .get("principalId")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ArmError::invalid("'properties.principalId' is required."))?;
+            let description = p
+                .get("description")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
             if description.len() > 2048 {
                 return Err(ArmError::invalid("'properties.description' is too long."));
             }
             let guid = role_def_guid(rd).ok_or_else(|| {
-                ArmError::bad_request("InvalidRoleDefinitionId", format!("The role definition ID '{rd}' is not valid."))
+                ArmError::bad_request(
+                    "InvalidRoleDefinitionId",
+                    format!("The role definition ID '{rd}' is not valid."),
+                )
             })?;
             let defs = st.rbac.definitions();
             let def = find_role(&defs, &guid).ok_or_else(|| {
-                ArmError::bad_request("RoleDefinitionDoesNotExist", format!("The specified role definition with ID '{guid}' does not exist."))
+                ArmError::bad_request(
+                    "RoleDefinitionDoesNotExist",
+                    format!("The specified role definition with ID '{guid}' does not exist."),
+                )
             })?;
             if !assignable_at(def, sc) {
                 return Err(ArmError::bad_request(
                     "InvalidRoleAssignmentScope",
-                    format!("The role definition '{}' is not assignable at scope '{sc}'.", def.role_name),
+                    format!(
+                        "The role definition '{}' is not assignable at scope '{sc}'.",
+                        def.role_name
+                    ),
                 ));
             }
             scope_exists(st, sc).await?;
-            let (kind, _) = st.id.principal_kind(principal).await.map_err(ArmError::from)?.ok_or_else(|| {
-                ArmError::bad_request("PrincipalNotFound", format!("Principal {principal} does not exist in the directory {}.", st.id.home_tenant))
-            })?;
-            let principal_type = p.get("principalType").and_then(|v| v.as_str()).map(str::to_string).unwrap_or(kind);
+            let (kind, _) = st
+                .id
+                .principal_kind(principal)
+                .await
+                .map_err(ArmError::from)?
+                .ok_or_else(|| {
+                    ArmError::bad_request(
+                        "PrincipalNotFound",
+                        format!(
+                            "Principal {principal} does not exist in the directory {}.",
+                            st.id.home_tenant
+                        ),
+                    )
+                })?;
+            let principal_type = p
+                .get("principalType")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .unwrap_or(kind);
             let row = RoleAssignmentRow {
                 id: id.to_ascii_lowercase(),
                 scope: sc.to_string(),
@@ -433,35 +696,81 @@ async fn role_assignment(st: &AppState, caller: &Caller, method: &Method, sc: &S
             match st.store.role_assignment_create(&row).await {
                 Ok(()) => {}
                 Err(cloister_store::StoreError::Conflict(_)) => {
-                    return Err(ArmError::conflict("RoleAssignmentExists", "The role assignment already exists."));
+                    return Err(ArmError::conflict(
+                        "RoleAssignmentExists",
+                        "The role assignment already exists.",
+                    ));
                 }
                 Err(e) => return Err(store_err(e)),
             }
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
-            let stored = st.store.role_assignment_get(id).await.map_err(store_err)?.unwrap_or(row);
-            ok(StatusCode::CREATED, role_assignment_json(&stored, sc.subscription_id()))
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
+            let stored = st
+                .store
+                .role_assignment_get(id)
+                .await
+                .map_err(store_err)?
+                .unwrap_or(row);
+            ok(
+                StatusCode::CREATED,
+                role_assignment_json(&stored, sc.subscription_id()),
+            )
         }
         Method::GET => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleAssignments/read", sc)?;
-            let a = st.store.role_assignment_get(id).await.map_err(store_err)?.ok_or_else(ra_not_found)?;
-            ok(StatusCode::OK, role_assignment_json(&a, sc.subscription_id()))
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/roleAssignments/read",
+                sc,
+            )?;
+            let a = st
+                .store
+                .role_assignment_get(id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(ra_not_found)?;
+            ok(
+                StatusCode::OK,
+                role_assignment_json(&a, sc.subscription_id()),
+            )
         }
         Method::DELETE => {
             let Some(a) = st.store.role_assignment_get(id).await.map_err(store_err)? else {
-                st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleAssignments/delete", sc)?;
+                st.rbac.authorize(
+                    &caller.object_id,
+                    "Microsoft.Authorization/roleAssignments/delete",
+                    sc,
+                )?;
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleAssignments/delete", &scope(&a.scope)?)?;
-            st.store.role_assignment_delete(id).await.map_err(store_err)?;
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
-            ok(StatusCode::OK, role_assignment_json(&a, sc.subscription_id()))
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/roleAssignments/delete",
+                &scope(&a.scope)?,
+            )?;
+            st.store
+                .role_assignment_delete(id)
+                .await
+                .map_err(store_err)?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
+            ok(
+                StatusCode::OK,
+                role_assignment_json(&a, sc.subscription_id()),
+            )
         }
         _ => Err(method_not_allowed(method)),
     }
 }
 
 fn ra_not_found() -> ArmError {
-    ArmError::not_found("RoleAssignmentNotFound", "The role assignment does not exist.")
+    ArmError::not_found(
+        "RoleAssignmentNotFound",
+        "The role assignment does not exist.",
+    )
 }
 
 /// `$filter` values ARM accepts here: `atScope()`, `principalId eq '…'`, `assignedTo('…')`.
@@ -475,7 +784,9 @@ struct Filter {
 
 fn parse_filter(q: &Q) -> Result<Filter, ArmError> {
     let mut f = Filter::default();
-    let Some(raw) = q.get("$filter") else { return Ok(f) };
+    let Some(raw) = q.get("$filter") else {
+        return Ok(f);
+    };
     for part in raw.split(" and ") {
         let part = part.trim();
         let quoted = |p: &str| -> Option<String> {
@@ -485,7 +796,9 @@ fn parse_filter(q: &Q) -> Result<Filter, ArmError> {
         };
         if part.eq_ignore_ascii_case("atScope()") {
             f.at_scope = true;
-        } else if part.to_ascii_lowercase().starts_with("principalid eq") || part.to_ascii_lowercase().starts_with("assignedto(") {
+        } else if part.to_ascii_lowercase().starts_with("principalid eq")
+            || part.to_ascii_lowercase().starts_with("assignedto(")
+        {
             f.principal = Some(quoted(part).ok_or_else(bad_filter)?);
         } else if part.to_ascii_lowercase().starts_with("rolename eq") {
             f.role_name = Some(quoted(part).ok_or_else(bad_filter)?);
@@ -499,22 +812,42 @@ fn parse_filter(q: &Q) -> Result<Filter, ArmError> {
 }
 
 fn bad_filter() -> ArmError {
-    ArmError::bad_request("InvalidFilterInQueryString", "The $filter is not supported. Use atScope(), principalId eq '{id}', assignedTo('{id}'), roleName eq '{name}' or type eq '{type}'.")
+    ArmError::bad_request(
+        "InvalidFilterInQueryString",
+        "The $filter is not supported. Use atScope(), principalId eq '{id}', assignedTo('{id}'), roleName eq '{name}' or type eq '{type}'.",
+    )
 }
 
-async fn list_role_assignments(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, q: &Q) -> Res {
+async fn list_role_assignments(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sc: &Scope,
+    q: &Q,
+) -> Res {
     if *method != Method::GET {
         return Err(method_not_allowed(method));
     }
-    st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleAssignments/read", sc)?;
+    st.rbac.authorize(
+        &caller.object_id,
+        "Microsoft.Authorization/roleAssignments/read",
+        sc,
+    )?;
     let f = parse_filter(q)?;
     let groups = match &f.principal {
         Some(p) => st.rbac.snapshot().principal_groups(p),
         None => vec![],
     };
     let mut out = vec![];
-    for a in st.store.role_assignment_list_all().await.map_err(store_err)? {
-        let Ok(asc) = Scope::parse(&a.scope) else { continue };
+    for a in st
+        .store
+        .role_assignment_list_all()
+        .await
+        .map_err(store_err)?
+    {
+        let Ok(asc) = Scope::parse(&a.scope) else {
+            continue;
+        };
         let above_or_at = asc.canonical() == sc.canonical() || asc.is_ancestor_of(sc);
         let below = sc.is_ancestor_of(&asc);
         if !(above_or_at || (!f.at_scope && below)) {
@@ -522,7 +855,9 @@ async fn list_role_assignments(st: &AppState, caller: &Caller, method: &Method, 
         }
         if let Some(p) = &f.principal
             && !a.principal_id.eq_ignore_ascii_case(p)
-            && !groups.iter().any(|g| g.eq_ignore_ascii_case(&a.principal_id))
+            && !groups
+                .iter()
+                .any(|g| g.eq_ignore_ascii_case(&a.principal_id))
         {
             continue;
         }
@@ -556,7 +891,9 @@ pub fn role_definition_json(d: &RoleDefinition, sc: &Scope) -> Value {
 }
 
 fn permissions_from(v: Option<&Value>) -> Result<Vec<Permission>, ArmError> {
-    let arr = v.and_then(|v| v.as_array()).ok_or_else(|| ArmError::invalid("'properties.permissions' must be an array."))?;
+    let arr = v
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| ArmError::invalid("'properties.permissions' must be an array."))?;
     arr.iter()
         .map(|p| {
             Ok(Permission {
@@ -569,83 +906,188 @@ fn permissions_from(v: Option<&Value>) -> Result<Vec<Permission>, ArmError> {
         .collect()
 }
 
-async fn role_definition(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, id: &str, body: &Bytes) -> Res {
+async fn role_definition(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sc: &Scope,
+    id: &str,
+    body: &Bytes,
+) -> Res {
     if !is_guid(id) {
-        return Err(ArmError::bad_request("InvalidRoleDefinitionId", format!("The role definition ID '{}' is not a GUID.", id.chars().take(80).collect::<String>())));
+        return Err(ArmError::bad_request(
+            "InvalidRoleDefinitionId",
+            format!(
+                "The role definition ID '{}' is not a GUID.",
+                id.chars().take(80).collect::<String>()
+            ),
+        ));
     }
     let defs = st.rbac.definitions();
     let existing = find_role(&defs, id).cloned();
     match *method {
         Method::GET => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleDefinitions/read", sc)?;
-            let d = existing.ok_or_else(|| ArmError::not_found("RoleDefinitionDoesNotExist", format!("The role definition '{id}' could not be found.")))?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/roleDefinitions/read",
+                sc,
+            )?;
+            let d = existing.ok_or_else(|| {
+                ArmError::not_found(
+                    "RoleDefinitionDoesNotExist",
+                    format!("The role definition '{id}' could not be found."),
+                )
+            })?;
             ok(StatusCode::OK, role_definition_json(&d, sc))
         }
         Method::PUT => {
-            if existing.as_ref().is_some_and(|d| d.role_type == cloister_access::RoleType::BuiltInRole) {
-                return Err(ArmError::bad_request("RoleDefinitionIsBuiltIn", "Built-in role definitions cannot be changed."));
+            if existing
+                .as_ref()
+                .is_some_and(|d| d.role_type == cloister_access::RoleType::BuiltInRole)
+            {
+                return Err(ArmError::bad_request(
+                    "RoleDefinitionIsBuiltIn",
+                    "Built-in role definitions cannot be changed.",
+                ));
             }
             let b = parse_body(body)?;
-            let p = b.get("properties").and_then(|v| v.as_object()).ok_or_else(|| ArmError::invalid("'properties' is required."))?;
+            let p = b
+                .get("properties")
+                .and_then(|v| v.as_object())
+                .ok_or_else(|| ArmError::invalid("'properties' is required."))?;
             let def = RoleDefinition {
                 id: id.to_ascii_lowercase(),
-                role_name: p.get("roleName").and_then(|v| v.as_str()).unwrap_or("").to_string(),
-                description: p.get("description").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+                role_name: p
+                    .get("roleName")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                description: p
+                    .get("description")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
                 role_type: cloister_access::RoleType::CustomRole,
                 permissions: permissions_from(p.get("permissions"))?,
                 assignable_scopes: str_array(p.get("assignableScopes"), "assignableScopes")?,
             };
-            cloister_access::validate_role_definition(&def).map_err(|e| ArmError::bad_request("InvalidRoleDefinition", e.to_string()))?;
+            cloister_access::validate_role_definition(&def)
+                .map_err(|e| ArmError::bad_request("InvalidRoleDefinition", e.to_string()))?;
             for a in &def.assignable_scopes {
                 let asc = scope(a)?;
                 if asc.kind() == ScopeKind::Root {
-                    return Err(ArmError::bad_request("InvalidAssignableScope", "Custom roles cannot have '/' as an assignable scope; use a management group, subscription or resource group."));
+                    return Err(ArmError::bad_request(
+                        "InvalidAssignableScope",
+                        "Custom roles cannot have '/' as an assignable scope; use a management group, subscription or resource group.",
+                    ));
                 }
-                st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleDefinitions/write", &asc)?;
+                st.rbac.authorize(
+                    &caller.object_id,
+                    "Microsoft.Authorization/roleDefinitions/write",
+                    &asc,
+                )?;
             }
-            if defs.iter().any(|d| d.role_name.eq_ignore_ascii_case(&def.role_name) && !d.id.eq_ignore_ascii_case(id)) {
-                return Err(ArmError::conflict("RoleDefinitionWithSameNameExists", format!("A role definition named '{}' already exists.", def.role_name)));
+            if defs.iter().any(|d| {
+                d.role_name.eq_ignore_ascii_case(&def.role_name) && !d.id.eq_ignore_ascii_case(id)
+            }) {
+                return Err(ArmError::conflict(
+                    "RoleDefinitionWithSameNameExists",
+                    format!(
+                        "A role definition named '{}' already exists.",
+                        def.role_name
+                    ),
+                ));
             }
-            let body = serde_json::to_string(&def).map_err(|e| ArmError::internal(e.to_string()))?;
-            st.store.role_definition_upsert(id, &body, now_secs()).await.map_err(store_err)?;
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
-            ok(if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED }, role_definition_json(&def, sc))
+            let body =
+                serde_json::to_string(&def).map_err(|e| ArmError::internal(e.to_string()))?;
+            st.store
+                .role_definition_upsert(id, &body, now_secs())
+                .await
+                .map_err(store_err)?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
+            ok(
+                if existing.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
+                role_definition_json(&def, sc),
+            )
         }
         Method::DELETE => {
-            let Some(d) = existing else { return Ok(StatusCode::NO_CONTENT.into_response()) };
+            let Some(d) = existing else {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            };
             if d.role_type == cloister_access::RoleType::BuiltInRole {
-                return Err(ArmError::bad_request("RoleDefinitionIsBuiltIn", "Built-in role definitions cannot be deleted."));
+                return Err(ArmError::bad_request(
+                    "RoleDefinitionIsBuiltIn",
+                    "Built-in role definitions cannot be deleted.",
+                ));
             }
             for a in &d.assignable_scopes {
-                st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleDefinitions/delete", &scope(a)?)?;
+                st.rbac.authorize(
+                    &caller.object_id,
+                    "Microsoft.Authorization/roleDefinitions/delete",
+                    &scope(a)?,
+                )?;
             }
             match st.store.role_definition_delete(id).await {
                 Ok(_) => {}
-                Err(cloister_store::StoreError::Conflict(m)) => return Err(ArmError::conflict("RoleDefinitionHasAssignments", m)),
+                Err(cloister_store::StoreError::Conflict(m)) => {
+                    return Err(ArmError::conflict("RoleDefinitionHasAssignments", m));
+                }
                 Err(e) => return Err(store_err(e)),
             }
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
             ok(StatusCode::OK, role_definition_json(&d, sc))
         }
         _ => Err(method_not_allowed(method)),
     }
 }
 
-async fn list_role_definitions(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, q: &Q) -> Res {
+async fn list_role_definitions(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sc: &Scope,
+    q: &Q,
+) -> Res {
     if *method != Method::GET {
         return Err(method_not_allowed(method));
     }
-    st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/roleDefinitions/read", sc)?;
+    st.rbac.authorize(
+        &caller.object_id,
+        "Microsoft.Authorization/roleDefinitions/read",
+        sc,
+    )?;
     let f = parse_filter(q)?;
     let out: Vec<Value> = st
         .rbac
         .definitions()
         .iter()
-        .filter(|d| f.role_name.as_ref().is_none_or(|n| d.role_name.eq_ignore_ascii_case(n)))
-        .filter(|d| f.role_type.as_ref().is_none_or(|t| d.role_type.to_string().eq_ignore_ascii_case(t)))
+        .filter(|d| {
+            f.role_name
+                .as_ref()
+                .is_none_or(|n| d.role_name.eq_ignore_ascii_case(n))
+        })
+        .filter(|d| {
+            f.role_type
+                .as_ref()
+                .is_none_or(|t| d.role_type.to_string().eq_ignore_ascii_case(t))
+        })
         .filter(|d| {
             d.assignable_scopes.iter().any(|a| match Scope::parse(a) {
-                Ok(asc) => asc.canonical() == sc.canonical() || asc.is_ancestor_of(sc) || sc.is_ancestor_of(&asc),
+                Ok(asc) => {
+                    asc.canonical() == sc.canonical()
+                        || asc.is_ancestor_of(sc)
+                        || sc.is_ancestor_of(&asc)
+                }
                 Err(_) => false,
             })
         })
@@ -657,7 +1099,11 @@ async fn list_role_definitions(st: &AppState, caller: &Caller, method: &Method, 
 // ---- deny assignments ----------------------------------------------------------------------
 
 fn deny_json(d: &DenyAssignment) -> Value {
-    let prefix = if d.scope == "/" { String::new() } else { d.scope.clone() };
+    let prefix = if d.scope == "/" {
+        String::new()
+    } else {
+        d.scope.clone()
+    };
     json!({
         "id": format!("{prefix}/providers/Microsoft.Authorization/denyAssignments/{}", d.id),
         "name": d.id,
@@ -687,54 +1133,114 @@ fn principal_ids(v: Option<&Value>, field: &str) -> Result<Vec<String>, ArmError
                     .and_then(|x| x.as_str())
                     .filter(|x| is_guid(x))
                     .map(|x| x.to_ascii_lowercase())
-                    .ok_or_else(|| ArmError::invalid(format!("each entry of '{field}' needs an 'id' that is a GUID.")))
+                    .ok_or_else(|| {
+                        ArmError::invalid(format!(
+                            "each entry of '{field}' needs an 'id' that is a GUID."
+                        ))
+                    })
             })
             .collect(),
         _ => Err(ArmError::invalid(format!("'{field}' must be an array."))),
     }
 }
 
-async fn deny_assignment(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, id: &str, body: &Bytes) -> Res {
+async fn deny_assignment(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sc: &Scope,
+    id: &str,
+    body: &Bytes,
+) -> Res {
     if !is_guid(id) {
-        return Err(ArmError::bad_request("InvalidDenyAssignmentId", "The deny assignment ID must be a GUID."));
+        return Err(ArmError::bad_request(
+            "InvalidDenyAssignmentId",
+            "The deny assignment ID must be a GUID.",
+        ));
     }
     let find = || {
         let snap = st.rbac.snapshot();
-        snap.deny_assignments().iter().find(|d| d.id.eq_ignore_ascii_case(id)).cloned()
+        snap.deny_assignments()
+            .iter()
+            .find(|d| d.id.eq_ignore_ascii_case(id))
+            .cloned()
     };
     match *method {
         Method::PUT => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/denyAssignments/write", sc)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/denyAssignments/write",
+                sc,
+            )?;
             let b = parse_body(body)?;
-            let p = b.get("properties").and_then(|v| v.as_object()).ok_or_else(|| ArmError::invalid("'properties' is required."))?;
+            let p = b
+                .get("properties")
+                .and_then(|v| v.as_object())
+                .ok_or_else(|| ArmError::invalid("'properties' is required."))?;
             let d = DenyAssignment {
                 id: id.to_ascii_lowercase(),
-                name: p.get("denyAssignmentName").and_then(|v| v.as_str()).unwrap_or(id).to_string(),
+                name: p
+                    .get("denyAssignmentName")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(id)
+                    .to_string(),
                 scope: sc.to_string(),
                 permissions: permissions_from(p.get("permissions"))?,
                 principals: principal_ids(p.get("principals"), "principals")?,
                 exclude_principals: principal_ids(p.get("excludePrincipals"), "excludePrincipals")?,
-                does_not_apply_to_child_scopes: p.get("doNotApplyToChildScopes").and_then(|v| v.as_bool()).unwrap_or(false),
+                does_not_apply_to_child_scopes: p
+                    .get("doNotApplyToChildScopes")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
             };
             if d.principals.is_empty() {
-                return Err(ArmError::invalid("'properties.principals' must name at least one principal (or Everyone: 00000000-0000-0000-0000-000000000000)."));
+                return Err(ArmError::invalid(
+                    "'properties.principals' must name at least one principal (or Everyone: 00000000-0000-0000-0000-000000000000).",
+                ));
             }
             scope_exists(st, sc).await?;
             let body = serde_json::to_string(&d).map_err(|e| ArmError::internal(e.to_string()))?;
-            st.store.deny_assignment_upsert(id, &d.scope, &body, now_secs()).await.map_err(store_err)?;
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+            st.store
+                .deny_assignment_upsert(id, &d.scope, &body, now_secs())
+                .await
+                .map_err(store_err)?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
             ok(StatusCode::CREATED, deny_json(&d))
         }
         Method::GET => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/denyAssignments/read", sc)?;
-            let d = find().ok_or_else(|| ArmError::not_found("DenyAssignmentNotFound", "The deny assignment does not exist."))?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/denyAssignments/read",
+                sc,
+            )?;
+            let d = find().ok_or_else(|| {
+                ArmError::not_found(
+                    "DenyAssignmentNotFound",
+                    "The deny assignment does not exist.",
+                )
+            })?;
             ok(StatusCode::OK, deny_json(&d))
         }
         Method::DELETE => {
-            let Some(d) = find() else { return Ok(StatusCode::NO_CONTENT.into_response()) };
-            st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/denyAssignments/delete", &scope(&d.scope)?)?;
-            st.store.deny_assignment_delete(id).await.map_err(store_err)?;
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+            let Some(d) = find() else {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            };
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Authorization/denyAssignments/delete",
+                &scope(&d.scope)?,
+            )?;
+            st.store
+                .deny_assignment_delete(id)
+                .await
+                .map_err(store_err)?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
             ok(StatusCode::OK, deny_json(&d))
         }
         _ => Err(method_not_allowed(method)),
@@ -745,13 +1251,21 @@ async fn list_deny_assignments(st: &AppState, caller: &Caller, method: &Method, 
     if *method != Method::GET {
         return Err(method_not_allowed(method));
     }
-    st.rbac.authorize(&caller.object_id, "Microsoft.Authorization/denyAssignments/read", sc)?;
+    st.rbac.authorize(
+        &caller.object_id,
+        "Microsoft.Authorization/denyAssignments/read",
+        sc,
+    )?;
     let snap = st.rbac.snapshot();
     let out: Vec<Value> = snap
         .deny_assignments()
         .iter()
         .filter(|d| match Scope::parse(&d.scope) {
-            Ok(dsc) => dsc.canonical() == sc.canonical() || dsc.is_ancestor_of(sc) || sc.is_ancestor_of(&dsc),
+            Ok(dsc) => {
+                dsc.canonical() == sc.canonical()
+                    || dsc.is_ancestor_of(sc)
+                    || sc.is_ancestor_of(&dsc)
+            }
             Err(_) => false,
         })
         .map(deny_json)
@@ -772,7 +1286,14 @@ pub fn mg_json(st: &AppState, m: &ManagementGroup) -> Value {
     })
 }
 
-pub fn new_resource(id: &str, type_: &str, sub: &str, rg: &str, name: &str, location: &str) -> Resource {
+pub fn new_resource(
+    id: &str,
+    type_: &str,
+    sub: &str,
+    rg: &str,
+    name: &str,
+    location: &str,
+) -> Resource {
     let now = now_secs();
     Resource {
         id: id.to_string(),

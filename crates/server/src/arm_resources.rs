@@ -2,7 +2,10 @@
 //! with ARM's `identity` block for system- and user-assigned managed identities, and
 //! `Microsoft.ManagedIdentity/userAssignedIdentities`, which is an identity itself.
 
-use crate::arm::{UAMI_TYPE, after_removal, method_not_allowed, new_resource, ok, parse_body, rg_not_found, scope, store_err};
+use crate::arm::{
+    UAMI_TYPE, after_removal, method_not_allowed, new_resource, ok, parse_body, rg_not_found,
+    scope, store_err,
+};
 use crate::auth::Caller;
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -18,7 +21,10 @@ type Res = Result<Response, ArmError>;
 
 /// The resource type with the casing of its id.
 pub fn type_of(r: &Resource) -> String {
-    Scope::parse(&r.id).ok().and_then(|s| s.resource_type()).unwrap_or_else(|| r.type_.clone())
+    Scope::parse(&r.id)
+        .ok()
+        .and_then(|s| s.resource_type())
+        .unwrap_or_else(|| r.type_.clone())
 }
 
 pub fn is_uami(t: &str) -> bool {
@@ -51,7 +57,10 @@ pub async fn resource_json(st: &AppState, r: &Resource) -> Value {
 }
 
 async fn identity_json(st: &AppState, r: &Resource) -> Value {
-    let kind = match (r.system_principal_id.is_some(), !r.user_identities.is_empty()) {
+    let kind = match (
+        r.system_principal_id.is_some(),
+        !r.user_identities.is_empty(),
+    ) {
         (true, true) => "SystemAssigned, UserAssigned",
         (true, false) => "SystemAssigned",
         (false, true) => "UserAssigned",
@@ -78,8 +87,15 @@ async fn identity_json(st: &AppState, r: &Resource) -> Value {
 
 /// The requested identity block: (system-assigned wanted, user-assigned identity ids).
 fn parse_identity(v: &Value) -> Result<(bool, Vec<String>), ArmError> {
-    let t = v.get("type").and_then(|t| t.as_str()).ok_or_else(|| ArmError::invalid("'identity.type' is required."))?;
-    let parts: Vec<String> = t.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).collect();
+    let t = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| ArmError::invalid("'identity.type' is required."))?;
+    let parts: Vec<String> = t
+        .split(',')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
     let mut system = false;
     let mut user = false;
     for p in &parts {
@@ -90,7 +106,9 @@ fn parse_identity(v: &Value) -> Result<(bool, Vec<String>), ArmError> {
             _ => {
                 return Err(ArmError::bad_request(
                     "InvalidIdentityType",
-                    format!("The identity type '{t}' is not valid. Use None, SystemAssigned, UserAssigned or 'SystemAssigned, UserAssigned'."),
+                    format!(
+                        "The identity type '{t}' is not valid. Use None, SystemAssigned, UserAssigned or 'SystemAssigned, UserAssigned'."
+                    ),
                 ));
             }
         }
@@ -105,29 +123,53 @@ fn parse_identity(v: &Value) -> Result<(bool, Vec<String>), ArmError> {
                 }
             }
         }
-        _ => return Err(ArmError::invalid("'identity.userAssignedIdentities' must be an object.")),
+        _ => {
+            return Err(ArmError::invalid(
+                "'identity.userAssignedIdentities' must be an object.",
+            ));
+        }
     }
     if user && ids.is_empty() {
-        return Err(ArmError::bad_request("BadRequest", "The identity type includes UserAssigned but no userAssignedIdentities were given."));
+        return Err(ArmError::bad_request(
+            "BadRequest",
+            "The identity type includes UserAssigned but no userAssignedIdentities were given.",
+        ));
     }
     if !user && !ids.is_empty() {
-        return Err(ArmError::bad_request("BadRequest", "userAssignedIdentities may only be given with an identity type that includes UserAssigned."));
+        return Err(ArmError::bad_request(
+            "BadRequest",
+            "userAssignedIdentities may only be given with an identity type that includes UserAssigned.",
+        ));
     }
     Ok((system, ids))
 }
 
-pub async fn resource(st: &AppState, caller: &Caller, method: &Method, path: &str, body: &Bytes) -> Res {
+pub async fn resource(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    body: &Bytes,
+) -> Res {
     let sc = scope(path)?;
     if sc.kind() != ScopeKind::Resource {
         return Err(crate::arm::not_found_path(path));
     }
     let t = sc.resource_type().unwrap_or_default();
     let id = sc.to_string();
-    let act = |a: &str| st.rbac.authorize(&caller.object_id, &format!("{t}/{a}"), &sc);
+    let act = |a: &str| {
+        st.rbac
+            .authorize(&caller.object_id, &format!("{t}/{a}"), &sc)
+    };
     match *method {
         Method::GET => {
             act("read")?;
-            let r = st.store.resource_get(&id).await.map_err(store_err)?.ok_or_else(|| not_found(&t, &sc))?;
+            let r = st
+                .store
+                .resource_get(&id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| not_found(&t, &sc))?;
             ok(StatusCode::OK, resource_json(st, &r).await)
         }
         Method::DELETE => {
@@ -149,21 +191,51 @@ pub async fn resource(st: &AppState, caller: &Caller, method: &Method, path: &st
 }
 
 fn not_found(t: &str, sc: &Scope) -> ArmError {
-    ArmError::not_found("ResourceNotFound", format!("The Resource '{t}/{}' under resource group '{}' was not found.", sc.name().unwrap_or_default(), sc.resource_group().unwrap_or_default()))
+    ArmError::not_found(
+        "ResourceNotFound",
+        format!(
+            "The Resource '{t}/{}' under resource group '{}' was not found.",
+            sc.name().unwrap_or_default(),
+            sc.resource_group().unwrap_or_default()
+        ),
+    )
 }
 
-async fn put(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, t: &str, body: &Bytes) -> Res {
+async fn put(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    sc: &Scope,
+    t: &str,
+    body: &Bytes,
+) -> Res {
     let sub = sc.subscription_id().unwrap_or_default().to_string();
     let rg = sc.resource_group().unwrap_or_default().to_string();
     let id = sc.to_string();
-    if st.store.rg_get(&sub, &rg).await.map_err(store_err)?.is_none() {
+    if st
+        .store
+        .rg_get(&sub, &rg)
+        .await
+        .map_err(store_err)?
+        .is_none()
+    {
         return Err(rg_not_found(&rg));
     }
     if let Some(parent) = sc.parent()
         && parent.kind() == ScopeKind::Resource
-        && st.store.resource_get(&parent.to_string()).await.map_err(store_err)?.is_none()
+        && st
+            .store
+            .resource_get(&parent.to_string())
+            .await
+            .map_err(store_err)?
+            .is_none()
     {
-        return Err(ArmError::not_found("ParentResourceNotFound", format!("Can not perform requested operation on nested resource. Parent resource '{parent}' not found.")));
+        return Err(ArmError::not_found(
+            "ParentResourceNotFound",
+            format!(
+                "Can not perform requested operation on nested resource. Parent resource '{parent}' not found."
+            ),
+        ));
     }
     let existing = st.store.resource_get(&id).await.map_err(store_err)?;
     let b = parse_body(body)?;
@@ -174,11 +246,16 @@ async fn put(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, t: &st
         (Some(Value::String(l)), _) if !l.is_empty() => l.clone(),
         (None | Some(Value::Null), Some(e)) => e.location.clone(),
         (None | Some(Value::Null), None) => {
-            return Err(ArmError::bad_request("LocationRequired", "The location property is required for this definition."));
+            return Err(ArmError::bad_request(
+                "LocationRequired",
+                "The location property is required for this definition.",
+            ));
         }
         _ => return Err(ArmError::invalid("'location' must be a non-empty string.")),
     };
-    let mut r = existing.clone().unwrap_or_else(|| new_resource(&id, t, &sub, &rg, sc.name().unwrap_or_default(), &location));
+    let mut r = existing.clone().unwrap_or_else(|| {
+        new_resource(&id, t, &sub, &rg, sc.name().unwrap_or_default(), &location)
+    });
     match b.get("tags") {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => r.tags = Value::Object(m.clone()).to_string(),
@@ -192,7 +269,8 @@ async fn put(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, t: &st
                 m.remove(k);
             }
             if *method == Method::PATCH {
-                let mut cur: Map<String, Value> = serde_json::from_str(&r.properties).unwrap_or_default();
+                let mut cur: Map<String, Value> =
+                    serde_json::from_str(&r.properties).unwrap_or_default();
                 cur.extend(m);
                 r.properties = Value::Object(cur).to_string();
             } else {
@@ -206,16 +284,23 @@ async fn put(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, t: &st
     let mut drop_principals: Vec<String> = vec![];
     if is_uami(t) {
         if b.contains_key("identity") {
-            return Err(ArmError::invalid("A user-assigned identity cannot itself have an 'identity' block."));
+            return Err(ArmError::invalid(
+                "A user-assigned identity cannot itself have an 'identity' block.",
+            ));
         }
         if existing.is_none() {
-            new_principals.push(st.id.new_managed_identity(&id, sc.name().unwrap_or_default()));
+            new_principals.push(
+                st.id
+                    .new_managed_identity(&id, sc.name().unwrap_or_default()),
+            );
         }
     } else if let Some(iv) = b.get("identity").filter(|v| !v.is_null()) {
         let (system, users) = parse_identity(iv)?;
         match (system, &r.system_principal_id) {
             (true, None) => {
-                let sp = st.id.new_managed_identity(&id, sc.name().unwrap_or_default());
+                let sp = st
+                    .id
+                    .new_managed_identity(&id, sc.name().unwrap_or_default());
                 r.system_principal_id = Some(sp.id.clone());
                 new_principals.push(sp);
             }
@@ -228,29 +313,70 @@ async fn put(st: &AppState, caller: &Caller, method: &Method, sc: &Scope, t: &st
         let mut canonical = vec![];
         for u in &users {
             let usc = scope(u)?;
-            if usc.kind() != ScopeKind::Resource || !usc.resource_type().is_some_and(|x| is_uami(&x)) {
-                return Err(ArmError::bad_request("InvalidUserAssignedIdentity", format!("'{u}' is not a user-assigned identity resource id.")));
+            if usc.kind() != ScopeKind::Resource
+                || !usc.resource_type().is_some_and(|x| is_uami(&x))
+            {
+                return Err(ArmError::bad_request(
+                    "InvalidUserAssignedIdentity",
+                    format!("'{u}' is not a user-assigned identity resource id."),
+                ));
             }
-            let ua = st.store.resource_get(&usc.to_string()).await.map_err(store_err)?.ok_or_else(|| {
-                ArmError::bad_request("InvalidUserAssignedIdentity", format!("The user-assigned identity '{u}' was not found."))
-            })?;
-            let already = r.user_identities.iter().any(|x| x.eq_ignore_ascii_case(&ua.id));
+            let ua = st
+                .store
+                .resource_get(&usc.to_string())
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    ArmError::bad_request(
+                        "InvalidUserAssignedIdentity",
+                        format!("The user-assigned identity '{u}' was not found."),
+                    )
+                })?;
+            let already = r
+                .user_identities
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&ua.id));
             if !already {
                 st.rbac
-                    .authorize(&caller.object_id, "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action", &usc)
+                    .authorize(
+                        &caller.object_id,
+                        "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+                        &usc,
+                    )
                     .map_err(|e| ArmError::new(403, "LinkedAuthorizationFailed", e.message))?;
             }
-            if !canonical.iter().any(|x: &String| x.eq_ignore_ascii_case(&ua.id)) {
+            if !canonical
+                .iter()
+                .any(|x: &String| x.eq_ignore_ascii_case(&ua.id))
+            {
                 canonical.push(ua.id.clone());
             }
         }
         r.user_identities = canonical;
     }
-    st.store.resource_put(&r, &new_principals, &drop_principals).await.map_err(store_err)?;
+    st.store
+        .resource_put(&r, &new_principals, &drop_principals)
+        .await
+        .map_err(store_err)?;
     st.id.invalidate_identity_sets();
     if !drop_principals.is_empty() {
-        st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+        st.rbac
+            .changed()
+            .await
+            .map_err(|e| ArmError::internal(e.to_string()))?;
     }
-    let stored = st.store.resource_get(&id).await.map_err(store_err)?.unwrap_or(r);
-    ok(if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED }, resource_json(st, &stored).await)
+    let stored = st
+        .store
+        .resource_get(&id)
+        .await
+        .map_err(store_err)?
+        .unwrap_or(r);
+    ok(
+        if existing.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        resource_json(st, &stored).await,
+    )
 }

@@ -2,7 +2,9 @@
 //! `Microsoft.Subscription/aliases`, and Cloister's own `Cloister.Identity` (managed-identity
 //! bindings for `cloister run`, signing keys) and `Cloister.Directory` (tenants).
 
-use crate::arm::{UAMI_TYPE, method_not_allowed, mg_json, not_found_path, ok, parse_body, scope, store_err};
+use crate::arm::{
+    UAMI_TYPE, method_not_allowed, mg_json, not_found_path, ok, parse_body, scope, store_err,
+};
 use crate::auth::Caller;
 use crate::rbac::mg_scope;
 use crate::state::AppState;
@@ -19,13 +21,30 @@ use serde_json::{Value, json};
 type Res = Result<Response, ArmError>;
 
 fn valid_name(n: &str, what: &str) -> Result<(), ArmError> {
-    if n.is_empty() || n.len() > 90 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.()".contains(c)) {
-        return Err(ArmError::bad_request("InvalidName", format!("The {what} name '{}' is invalid: use 1-90 letters, digits, '-', '_', '.', '(' or ')'.", n.chars().take(100).collect::<String>())));
+    if n.is_empty()
+        || n.len() > 90
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.()".contains(c))
+    {
+        return Err(ArmError::bad_request(
+            "InvalidName",
+            format!(
+                "The {what} name '{}' is invalid: use 1-90 letters, digits, '-', '_', '.', '(' or ')'.",
+                n.chars().take(100).collect::<String>()
+            ),
+        ));
     }
     Ok(())
 }
 
-pub async fn management_groups(st: &AppState, caller: &Caller, method: &Method, path: &str, body: &Bytes) -> Res {
+pub async fn management_groups(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    body: &Bytes,
+) -> Res {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // providers / Microsoft.Management / managementGroups [/ name [/ subscriptions / id]]
     match segs.len() {
@@ -35,7 +54,15 @@ pub async fn management_groups(st: &AppState, caller: &Caller, method: &Method, 
             }
             let mut out = vec![];
             for m in st.store.mg_list().await.map_err(store_err)? {
-                if st.rbac.authorize(&caller.object_id, "Microsoft.Management/managementGroups/read", &scope(&mg_scope(&m.name))?).is_ok() {
+                if st
+                    .rbac
+                    .authorize(
+                        &caller.object_id,
+                        "Microsoft.Management/managementGroups/read",
+                        &scope(&mg_scope(&m.name))?,
+                    )
+                    .is_ok()
+                {
                     out.push(mg_json(st, &m));
                 }
             }
@@ -48,36 +75,66 @@ pub async fn management_groups(st: &AppState, caller: &Caller, method: &Method, 
             let existing = st.store.mg_get(name).await.map_err(store_err)?;
             match *method {
                 Method::GET => {
-                    st.rbac.authorize(&caller.object_id, "Microsoft.Management/managementGroups/read", &sc)?;
-                    let m = existing.ok_or_else(|| ArmError::not_found("ManagementGroupNotFound", format!("The management group '{name}' was not found.")))?;
+                    st.rbac.authorize(
+                        &caller.object_id,
+                        "Microsoft.Management/managementGroups/read",
+                        &sc,
+                    )?;
+                    let m = existing.ok_or_else(|| {
+                        ArmError::not_found(
+                            "ManagementGroupNotFound",
+                            format!("The management group '{name}' was not found."),
+                        )
+                    })?;
                     ok(StatusCode::OK, mg_json(st, &m))
                 }
                 Method::PUT => {
                     let b = parse_body(body)?;
                     let props = b.get("properties").cloned().unwrap_or(json!({}));
-                    let display = props.get("displayName").and_then(|v| v.as_str()).unwrap_or(name).to_string();
-                    let parent = match props.pointer("/details/parent/id").and_then(|v| v.as_str()) {
+                    let display = props
+                        .get("displayName")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or(name)
+                        .to_string();
+                    let parent = match props.pointer("/details/parent/id").and_then(|v| v.as_str())
+                    {
                         Some(pid) => {
                             let psc = scope(pid)?;
                             if psc.kind() != ScopeKind::ManagementGroup {
-                                return Err(ArmError::invalid("'properties.details.parent.id' must be a management group id."));
+                                return Err(ArmError::invalid(
+                                    "'properties.details.parent.id' must be a management group id.",
+                                ));
                             }
                             let p = psc.management_group().unwrap_or_default().to_string();
                             if st.store.mg_get(&p).await.map_err(store_err)?.is_none() {
-                                return Err(ArmError::bad_request("ParentManagementGroupNotFound", format!("The parent management group '{p}' was not found.")));
+                                return Err(ArmError::bad_request(
+                                    "ParentManagementGroupNotFound",
+                                    format!("The parent management group '{p}' was not found."),
+                                ));
                             }
                             // No cycles: walk up from the parent.
                             let mut cur = Some(p.clone());
                             let mut hops = 0;
                             while let Some(c) = cur {
                                 if c.eq_ignore_ascii_case(name) {
-                                    return Err(ArmError::bad_request("InvalidParent", "A management group cannot be its own ancestor."));
+                                    return Err(ArmError::bad_request(
+                                        "InvalidParent",
+                                        "A management group cannot be its own ancestor.",
+                                    ));
                                 }
                                 hops += 1;
                                 if hops > 10 {
-                                    return Err(ArmError::bad_request("InvalidParent", "Management groups can be nested at most 6 levels deep."));
+                                    return Err(ArmError::bad_request(
+                                        "InvalidParent",
+                                        "Management groups can be nested at most 6 levels deep.",
+                                    ));
                                 }
-                                cur = st.store.mg_get(&c).await.map_err(store_err)?.and_then(|m| m.parent);
+                                cur = st
+                                    .store
+                                    .mg_get(&c)
+                                    .await
+                                    .map_err(store_err)?
+                                    .and_then(|m| m.parent);
                             }
                             Some(p)
                         }
@@ -89,22 +146,49 @@ pub async fn management_groups(st: &AppState, caller: &Caller, method: &Method, 
                         (None, Some(p)) => scope(&mg_scope(p))?,
                         (None, None) => scope("/")?,
                     };
-                    st.rbac.authorize(&caller.object_id, "Microsoft.Management/managementGroups/write", &auth_scope)?;
+                    st.rbac.authorize(
+                        &caller.object_id,
+                        "Microsoft.Management/managementGroups/write",
+                        &auth_scope,
+                    )?;
                     let m = ManagementGroup {
-                        name: existing.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| name.to_string()),
+                        name: existing
+                            .as_ref()
+                            .map(|e| e.name.clone())
+                            .unwrap_or_else(|| name.to_string()),
                         display_name: display,
                         parent,
-                        created_at: existing.as_ref().map(|e| e.created_at).unwrap_or_else(now_secs),
+                        created_at: existing
+                            .as_ref()
+                            .map(|e| e.created_at)
+                            .unwrap_or_else(now_secs),
                     };
                     st.store.mg_upsert(&m).await.map_err(store_err)?;
-                    st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
-                    ok(if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED }, mg_json(st, &m))
+                    st.rbac
+                        .changed()
+                        .await
+                        .map_err(|e| ArmError::internal(e.to_string()))?;
+                    ok(
+                        if existing.is_some() {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::CREATED
+                        },
+                        mg_json(st, &m),
+                    )
                 }
                 Method::DELETE => {
-                    st.rbac.authorize(&caller.object_id, "Microsoft.Management/managementGroups/delete", &sc)?;
+                    st.rbac.authorize(
+                        &caller.object_id,
+                        "Microsoft.Management/managementGroups/delete",
+                        &sc,
+                    )?;
                     match st.store.mg_delete(name).await {
                         Ok(true) => {
-                            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+                            st.rbac
+                                .changed()
+                                .await
+                                .map_err(|e| ArmError::internal(e.to_string()))?;
                             Ok(StatusCode::OK.into_response())
                         }
                         Ok(false) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -122,32 +206,66 @@ pub async fn management_groups(st: &AppState, caller: &Caller, method: &Method, 
             let (name, sub_id) = (segs[3], segs[5]);
             let sc = scope(&mg_scope(name))?;
             if st.store.mg_get(name).await.map_err(store_err)?.is_none() {
-                return Err(ArmError::not_found("ManagementGroupNotFound", format!("The management group '{name}' was not found.")));
+                return Err(ArmError::not_found(
+                    "ManagementGroupNotFound",
+                    format!("The management group '{name}' was not found."),
+                ));
             }
-            let mut sub = st.store.subscription_get(sub_id).await.map_err(store_err)?.ok_or_else(|| {
-                ArmError::not_found("SubscriptionNotFound", format!("The subscription '{sub_id}' could not be found."))
-            })?;
-            st.rbac.authorize(&caller.object_id, "Microsoft.Management/managementGroups/subscriptions/write", &sc)?;
-            st.rbac.authorize(&caller.object_id, "Microsoft.Management/managementGroups/subscriptions/write", &scope(&format!("/subscriptions/{}", sub.id))?)?;
+            let mut sub = st
+                .store
+                .subscription_get(sub_id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    ArmError::not_found(
+                        "SubscriptionNotFound",
+                        format!("The subscription '{sub_id}' could not be found."),
+                    )
+                })?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Management/managementGroups/subscriptions/write",
+                &sc,
+            )?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Management/managementGroups/subscriptions/write",
+                &scope(&format!("/subscriptions/{}", sub.id))?,
+            )?;
             match *method {
                 Method::PUT => sub.management_group = Some(name.to_string()),
                 Method::DELETE => sub.management_group = None,
                 _ => return Err(method_not_allowed(method)),
             }
-            st.store.subscription_upsert(&sub).await.map_err(store_err)?;
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
-            ok(StatusCode::OK, json!({
-                "id": format!("{}/subscriptions/{}", mg_scope(name), sub.id),
-                "type": "Microsoft.Management/managementGroups/subscriptions",
-                "name": sub.id,
-                "properties": {"displayName": sub.display_name, "tenant": sub.tenant_id, "parent": {"id": mg_scope(name)}, "state": "Active"},
-            }))
+            st.store
+                .subscription_upsert(&sub)
+                .await
+                .map_err(store_err)?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
+            ok(
+                StatusCode::OK,
+                json!({
+                    "id": format!("{}/subscriptions/{}", mg_scope(name), sub.id),
+                    "type": "Microsoft.Management/managementGroups/subscriptions",
+                    "name": sub.id,
+                    "properties": {"displayName": sub.display_name, "tenant": sub.tenant_id, "parent": {"id": mg_scope(name)}, "state": "Active"},
+                }),
+            )
         }
         _ => Err(not_found_path(path)),
     }
 }
 
-pub async fn alias(st: &AppState, caller: &Caller, method: &Method, path: &str, body: &Bytes) -> Res {
+pub async fn alias(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    body: &Bytes,
+) -> Res {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if segs.len() != 4 {
         return Err(not_found_path(path));
@@ -165,26 +283,69 @@ pub async fn alias(st: &AppState, caller: &Caller, method: &Method, path: &str, 
     };
     match *method {
         Method::GET => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Subscription/aliases/read", &scope("/")?)?;
-            let sub = st.store.meta_get(&key).await.map_err(store_err)?.ok_or_else(|| {
-                ArmError::not_found("AliasNotFound", format!("The alias '{name}' was not found."))
-            })?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Subscription/aliases/read",
+                &scope("/")?,
+            )?;
+            let sub = st
+                .store
+                .meta_get(&key)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    ArmError::not_found(
+                        "AliasNotFound",
+                        format!("The alias '{name}' was not found."),
+                    )
+                })?;
             ok(StatusCode::OK, body_of(&sub))
         }
         Method::PUT => {
-            st.rbac.authorize(&caller.object_id, "Microsoft.Subscription/aliases/write", &scope("/")?)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.Subscription/aliases/write",
+                &scope("/")?,
+            )?;
             if let Some(sub) = st.store.meta_get(&key).await.map_err(store_err)? {
                 return ok(StatusCode::OK, body_of(&sub));
             }
             let b = parse_body(body)?;
-            let display = b.get("properties").and_then(|p| p.get("displayName")).and_then(|v| v.as_str()).unwrap_or(name).to_string();
-            let sub = Subscription { id: new_guid(), display_name: display, tenant_id: st.id.home_tenant.clone(), management_group: None, created_at: now_secs() };
-            if !st.store.meta_insert_if_absent(&key, &sub.id).await.map_err(store_err)? {
-                let existing = st.store.meta_get(&key).await.map_err(store_err)?.unwrap_or_default();
+            let display = b
+                .get("properties")
+                .and_then(|p| p.get("displayName"))
+                .and_then(|v| v.as_str())
+                .unwrap_or(name)
+                .to_string();
+            let sub = Subscription {
+                id: new_guid(),
+                display_name: display,
+                tenant_id: st.id.home_tenant.clone(),
+                management_group: None,
+                created_at: now_secs(),
+            };
+            if !st
+                .store
+                .meta_insert_if_absent(&key, &sub.id)
+                .await
+                .map_err(store_err)?
+            {
+                let existing = st
+                    .store
+                    .meta_get(&key)
+                    .await
+                    .map_err(store_err)?
+                    .unwrap_or_default();
                 return ok(StatusCode::OK, body_of(&existing));
             }
-            st.store.subscription_upsert(&sub).await.map_err(store_err)?;
-            st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+            st.store
+                .subscription_upsert(&sub)
+                .await
+                .map_err(store_err)?;
+            st.rbac
+                .changed()
+                .await
+                .map_err(|e| ArmError::internal(e.to_string()))?;
             ok(StatusCode::CREATED, body_of(&sub.id))
         }
         _ => Err(method_not_allowed(method)),
@@ -195,16 +356,31 @@ pub async fn alias(st: &AppState, caller: &Caller, method: &Method, path: &str, 
 pub async fn find_uami(st: &AppState, needle: &str) -> Result<cloister_store::Resource, ArmError> {
     if needle.starts_with('/') {
         let sc = scope(needle)?;
-        return st.store.resource_get(&sc.to_string()).await.map_err(store_err)?.filter(|r| crate::arm_resources::is_uami(&r.type_)).ok_or_else(|| {
-            ArmError::not_found("ResourceNotFound", format!("The user-assigned identity '{needle}' was not found."))
-        });
+        return st
+            .store
+            .resource_get(&sc.to_string())
+            .await
+            .map_err(store_err)?
+            .filter(|r| crate::arm_resources::is_uami(&r.type_))
+            .ok_or_else(|| {
+                ArmError::not_found(
+                    "ResourceNotFound",
+                    format!("The user-assigned identity '{needle}' was not found."),
+                )
+            });
     }
     let mut found = vec![];
     for s in st.store.subscription_list().await.map_err(store_err)? {
-        for r in st.store.resource_list(&s.id, None, Some(UAMI_TYPE)).await.map_err(store_err)? {
+        for r in st
+            .store
+            .resource_list(&s.id, None, Some(UAMI_TYPE))
+            .await
+            .map_err(store_err)?
+        {
             if is_guid(needle) {
                 if let Ok(Some(sp)) = st.store.sp_by_mi_resource(&r.id).await
-                    && (sp.app_id.eq_ignore_ascii_case(needle) || sp.id.eq_ignore_ascii_case(needle))
+                    && (sp.app_id.eq_ignore_ascii_case(needle)
+                        || sp.id.eq_ignore_ascii_case(needle))
                 {
                     found.push(r);
                 }
@@ -214,63 +390,144 @@ pub async fn find_uami(st: &AppState, needle: &str) -> Result<cloister_store::Re
         }
     }
     match found.len() {
-        0 => Err(ArmError::not_found("ResourceNotFound", format!("No user-assigned identity named or with client id '{needle}' was found."))),
+        0 => Err(ArmError::not_found(
+            "ResourceNotFound",
+            format!("No user-assigned identity named or with client id '{needle}' was found."),
+        )),
         1 => Ok(found.remove(0)),
         _ => Err(ArmError::bad_request(
             "AmbiguousIdentity",
-            format!("Several identities match '{needle}': {}. Give the resource id.", found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "Several identities match '{needle}': {}. Give the resource id.",
+                found
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )),
     }
 }
 
-pub async fn cloister_provider(st: &AppState, caller: &Caller, method: &Method, path: &str, body: &Bytes) -> Res {
-    let segs: Vec<String> = path.trim_start_matches('/').split('/').map(|s| s.to_ascii_lowercase()).collect();
+pub async fn cloister_provider(
+    st: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    body: &Bytes,
+) -> Res {
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
     let root = scope("/")?;
-    match (method.clone(), segs.iter().skip(1).map(String::as_str).collect::<Vec<_>>().as_slice()) {
+    match (
+        method.clone(),
+        segs.iter()
+            .skip(1)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
         (Method::POST, ["cloister.identity", "bindings"]) => {
             let b = parse_body(body)?;
-            let needle = b.get("identity").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'identity' (name, client id or resource id) is required."))?;
-            let ttl = b.get("ttlSeconds").and_then(|v| v.as_i64()).unwrap_or(12 * 3600);
+            let needle = b.get("identity").and_then(|v| v.as_str()).ok_or_else(|| {
+                ArmError::invalid("'identity' (name, client id or resource id) is required.")
+            })?;
+            let ttl = b
+                .get("ttlSeconds")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(12 * 3600);
             let r = find_uami(st, needle).await?;
             let sc = scope(&r.id)?;
-            st.rbac.authorize(&caller.object_id, "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action", &sc)?;
-            let sp = st.store.sp_by_mi_resource(&r.id).await.map_err(store_err)?.ok_or_else(|| ArmError::internal("identity has no principal"))?;
-            let (secret, expires) = st.id.create_binding(vec![sp.id.clone()], &caller.object_id, ttl).await.map_err(ArmError::from)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+                &sc,
+            )?;
+            let sp = st
+                .store
+                .sp_by_mi_resource(&r.id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| ArmError::internal("identity has no principal"))?;
+            let (secret, expires) = st
+                .id
+                .create_binding(vec![sp.id.clone()], &caller.object_id, ttl)
+                .await
+                .map_err(ArmError::from)?;
             let endpoint = match &st.id.http_base {
                 Some(h) => format!("{h}/msi/token"),
                 None => format!("{}/msi/token", st.id.authority),
             };
-            ok(StatusCode::CREATED, json!({
-                "identityEndpoint": endpoint,
-                "identityHeader": secret.expose(),
-                "expiresOn": format_rfc3339(expires),
-                "clientId": sp.app_id,
-                "principalId": sp.id,
-                "resourceId": r.id,
-            }))
+            ok(
+                StatusCode::CREATED,
+                json!({
+                    "identityEndpoint": endpoint,
+                    "identityHeader": secret.expose(),
+                    "expiresOn": format_rfc3339(expires),
+                    "clientId": sp.app_id,
+                    "principalId": sp.id,
+                    "resourceId": r.id,
+                }),
+            )
         }
         (Method::GET, ["cloister.identity", "signingkeys"]) => {
-            st.rbac.authorize(&caller.object_id, "Cloister.Identity/signingKeys/read", &root)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Cloister.Identity/signingKeys/read",
+                &root,
+            )?;
             ok(StatusCode::OK, json!({ "value": st.id.keys.list() }))
         }
         (Method::POST, ["cloister.identity", "signingkeys", "rotate"]) => {
-            st.rbac.authorize(&caller.object_id, "Cloister.Identity/signingKeys/action", &root)?;
+            st.rbac.authorize(
+                &caller.object_id,
+                "Cloister.Identity/signingKeys/action",
+                &root,
+            )?;
             let kid = st.id.keys.rotate_now().await.map_err(ArmError::from)?;
-            ok(StatusCode::OK, json!({ "activeKid": kid, "value": st.id.keys.list() }))
+            ok(
+                StatusCode::OK,
+                json!({ "activeKid": kid, "value": st.id.keys.list() }),
+            )
         }
         (Method::POST, ["cloister.directory", "tenants"]) => {
-            st.rbac.authorize(&caller.object_id, "Cloister.Directory/tenants/write", &root)?;
+            st.rbac
+                .authorize(&caller.object_id, "Cloister.Directory/tenants/write", &root)?;
             let b = parse_body(body)?;
-            let display = b.get("displayName").and_then(|v| v.as_str()).unwrap_or("tenant").to_string();
+            let display = b
+                .get("displayName")
+                .and_then(|v| v.as_str())
+                .unwrap_or("tenant")
+                .to_string();
             cloister_identity::directory::valid_display_name(&display).map_err(ArmError::from)?;
-            let t = Tenant { id: new_guid(), display_name: display.clone(), is_home: false, created_at: now_secs() };
+            let t = Tenant {
+                id: new_guid(),
+                display_name: display.clone(),
+                is_home: false,
+                created_at: now_secs(),
+            };
             st.store.tenant_create(&t).await.map_err(store_err)?;
-            let (app, _) = st.id.create_application(&t.id, &format!("{display}-admin"), vec![], vec![], false).await.map_err(ArmError::from)?;
-            let (_, secret) = st.id.add_password(&app.app_id, "bootstrap", 365 * 86400).await.map_err(ArmError::from)?;
-            ok(StatusCode::CREATED, json!({"tenantId": t.id, "displayName": display, "clientId": app.app_id, "clientSecret": secret.expose()}))
+            let (app, _) = st
+                .id
+                .create_application(&t.id, &format!("{display}-admin"), vec![], vec![], false)
+                .await
+                .map_err(ArmError::from)?;
+            let (_, secret) = st
+                .id
+                .add_password(&app.app_id, "bootstrap", 365 * 86400)
+                .await
+                .map_err(ArmError::from)?;
+            ok(
+                StatusCode::CREATED,
+                json!({"tenantId": t.id, "displayName": display, "clientId": app.app_id, "clientSecret": secret.expose()}),
+            )
         }
         (Method::GET, ["cloister.directory", "tenants"]) => {
-            st.rbac.authorize(&caller.object_id, "Cloister.Directory/tenants/read", &root)?;
+            st.rbac
+                .authorize(&caller.object_id, "Cloister.Directory/tenants/read", &root)?;
             let v: Vec<Value> = st.store.tenant_list().await.map_err(store_err)?.iter().map(|t| json!({"tenantId": t.id, "displayName": t.display_name, "isHome": t.is_home})).collect();
             ok(StatusCode::OK, json!({ "value": v }))
         }
@@ -284,8 +541,14 @@ pub async fn delete_binding(
     axum::extract::State(st): axum::extract::State<std::sync::Arc<AppState>>,
     headers: axum::http::HeaderMap,
 ) -> Res {
-    let Some(secret) = headers.get("x-identity-header").and_then(|v| v.to_str().ok()) else {
-        return Err(ArmError::bad_request("MissingIdentityHeader", "X-IDENTITY-HEADER is required."));
+    let Some(secret) = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(ArmError::bad_request(
+            "MissingIdentityHeader",
+            "X-IDENTITY-HEADER is required.",
+        ));
     };
     match st.id.delete_binding(secret).await.map_err(ArmError::from)? {
         true => Ok(StatusCode::OK.into_response()),

@@ -19,7 +19,10 @@ pub struct Caller {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ArmError;
 
-    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
             return Err(ArmError::new(
                 401,
@@ -38,9 +41,15 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 ));
             }
         };
-        let claims = st.id.validate(token, &st.management_audiences).map_err(|e| {
-            ArmError::unauthenticated(format!("The access token is invalid: {e}."))
-        })?;
-        Ok(Caller { object_id: claims.oid, tenant_id: claims.tid, app_id: claims.app_id, idtyp: claims.idtyp })
+        let claims = st
+            .id
+            .validate(token, &st.management_audiences)
+            .map_err(|e| ArmError::unauthenticated(format!("The access token is invalid: {e}.")))?;
+        Ok(Caller {
+            object_id: claims.oid,
+            tenant_id: claims.tid,
+            app_id: claims.app_id,
+            idtyp: claims.idtyp,
+        })
     }
 }

@@ -7,7 +7,7 @@ use crate::tls::write_file_0600;
 use cloister_core::clock::now_secs;
 use cloister_core::new_guid;
 use cloister_identity::Identity;
-use cloister_store::{ResourceGroup, Resource, RoleAssignmentRow, Store, Subscription, Tenant};
+use cloister_store::{Resource, ResourceGroup, RoleAssignmentRow, Store, Subscription, Tenant};
 use serde_json::json;
 
 pub const OWNER_ROLE_ID: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
@@ -26,13 +26,23 @@ pub struct Bootstrap {
 
 /// Ensures the home tenant and subscription exist. Runs before the identity service opens.
 pub async fn ensure_tenant(store: &Store) -> anyhow::Result<(String, String)> {
-    if let (Some(t), Some(s)) = (store.meta_get("home_tenant").await?, store.meta_get("default_subscription").await?) {
+    if let (Some(t), Some(s)) = (
+        store.meta_get("home_tenant").await?,
+        store.meta_get("default_subscription").await?,
+    ) {
         return Ok((t, s));
     }
     let tenant = new_guid();
     if store.meta_insert_if_absent("home_tenant", &tenant).await? {
         let now = now_secs();
-        store.tenant_create(&Tenant { id: tenant.clone(), display_name: "Cloister".into(), is_home: true, created_at: now }).await?;
+        store
+            .tenant_create(&Tenant {
+                id: tenant.clone(),
+                display_name: "Cloister".into(),
+                is_home: true,
+                created_at: now,
+            })
+            .await?;
         let sub = new_guid();
         store
             .subscription_upsert(&Subscription {
@@ -48,7 +58,10 @@ pub async fn ensure_tenant(store: &Store) -> anyhow::Result<(String, String)> {
     }
     // Another node won the race; wait for it to finish.
     for _ in 0..100 {
-        if let (Some(t), Some(s)) = (store.meta_get("home_tenant").await?, store.meta_get("default_subscription").await?) {
+        if let (Some(t), Some(s)) = (
+            store.meta_get("home_tenant").await?,
+            store.meta_get("default_subscription").await?,
+        ) {
             return Ok((t, s));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -59,7 +72,13 @@ pub async fn ensure_tenant(store: &Store) -> anyhow::Result<(String, String)> {
 /// Creates the admin principal and host resource if missing, and (re)writes
 /// `bootstrap.json` when it is absent. A lost file gets a fresh secret: the old one cannot
 /// be recovered, since only its keyed hash is stored.
-pub async fn ensure_admin(cfg: &ServerConfig, store: &Store, id: &Identity, tenant: &str, sub: &str) -> anyhow::Result<Bootstrap> {
+pub async fn ensure_admin(
+    cfg: &ServerConfig,
+    store: &Store,
+    id: &Identity,
+    tenant: &str,
+    sub: &str,
+) -> anyhow::Result<Bootstrap> {
     let path = cfg.data_dir.join("bootstrap.json");
     let now = now_secs();
     let admin_app = match store.meta_get("bootstrap_app_id").await? {
@@ -90,7 +109,12 @@ pub async fn ensure_admin(cfg: &ServerConfig, store: &Store, id: &Identity, tena
         "/subscriptions/{sub}/resourceGroups/{SYSTEM_RG}/providers/Cloister.Platform/hosts/{}",
         cfg.host_name
     );
-    if store.meta_get(cloister_identity::mi::HOST_RESOURCE_KEY).await?.as_deref() != Some(host_id.as_str()) {
+    if store
+        .meta_get(cloister_identity::mi::HOST_RESOURCE_KEY)
+        .await?
+        .as_deref()
+        != Some(host_id.as_str())
+    {
         store
             .rg_upsert(&ResourceGroup {
                 subscription_id: sub.into(),
@@ -118,7 +142,9 @@ pub async fn ensure_admin(cfg: &ServerConfig, store: &Store, id: &Identity, tena
             };
             store.resource_put(&r, &[sp], &[]).await?;
         }
-        store.meta_set(cloister_identity::mi::HOST_RESOURCE_KEY, &host_id).await?;
+        store
+            .meta_set(cloister_identity::mi::HOST_RESOURCE_KEY, &host_id)
+            .await?;
     }
     if store.application_get(CLI_CLIENT_ID).await?.is_none() {
         let app = cloister_store::Application {
@@ -153,5 +179,10 @@ pub async fn ensure_admin(cfg: &ServerConfig, store: &Store, id: &Identity, tena
         write_file_0600(&path, serde_json::to_string_pretty(&body)?.as_bytes())?;
         tracing::info!(path = %path.display(), "wrote bootstrap credentials");
     }
-    Ok(Bootstrap { tenant_id: tenant.into(), subscription_id: sub.into(), admin_app_id: admin_app, host_resource_id: host_id })
+    Ok(Bootstrap {
+        tenant_id: tenant.into(),
+        subscription_id: sub.into(),
+        admin_app_id: admin_app,
+        host_resource_id: host_id,
+    })
 }

@@ -56,19 +56,29 @@ impl ServerConfig {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", p.display()))?
             }
             None => ServerConfig::default(),
         };
-        let env = |k: &str| std::env::var(format!("CLOISTER_{k}")).ok().filter(|v| !v.is_empty());
+        let env = |k: &str| {
+            std::env::var(format!("CLOISTER_{k}"))
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
         if let Some(v) = env("DATA_DIR") {
             cfg.data_dir = v.into();
         }
         if let Some(v) = env("LISTEN") {
-            cfg.listen = v.parse().map_err(|e| anyhow::anyhow!("CLOISTER_LISTEN: {e}"))?;
+            cfg.listen = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("CLOISTER_LISTEN: {e}"))?;
         }
         if let Some(v) = env("HTTP_LISTEN") {
-            cfg.http_listen = Some(v.parse().map_err(|e| anyhow::anyhow!("CLOISTER_HTTP_LISTEN: {e}"))?);
+            cfg.http_listen = Some(
+                v.parse()
+                    .map_err(|e| anyhow::anyhow!("CLOISTER_HTTP_LISTEN: {e}"))?,
+            );
         }
         if let Some(v) = env("STORE") {
             cfg.store = Some(v);
@@ -89,11 +99,20 @@ impl ServerConfig {
     }
 
     pub fn store_url(&self) -> String {
-        self.store.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("cloister.db").display()))
+        self.store.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("cloister.db").display()
+            )
+        })
     }
 
     pub fn public_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("https://{}", self.listen)).trim_end_matches('/').to_string()
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
     }
 
     pub fn http_base(&self) -> Option<String> {

@@ -25,9 +25,15 @@ type St = State<Arc<AppState>>;
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1.0/applications", post(create_app).get(list_apps))
-        .route("/v1.0/applications/{id}", get(get_app).delete(delete_app).patch(patch_app))
+        .route(
+            "/v1.0/applications/{id}",
+            get(get_app).delete(delete_app).patch(patch_app),
+        )
         .route("/v1.0/applications/{id}/addPassword", post(add_password))
-        .route("/v1.0/applications/{id}/removePassword", post(remove_password))
+        .route(
+            "/v1.0/applications/{id}/removePassword",
+            post(remove_password),
+        )
         .route("/v1.0/applications/{id}/keyCredentials", post(add_key))
         .route("/v1.0/servicePrincipals", get(list_sps))
         .route("/v1.0/servicePrincipals/{id}", get(get_sp))
@@ -37,21 +43,38 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1.0/groups/{id}", get(get_group).delete(delete_group))
         .route("/v1.0/groups/{id}/members", get(list_members))
         .route("/v1.0/groups/{id}/members/$ref", post(add_member))
-        .route("/v1.0/groups/{id}/members/{member}/$ref", axum::routing::delete(remove_member))
+        .route(
+            "/v1.0/groups/{id}/members/{member}/$ref",
+            axum::routing::delete(remove_member),
+        )
 }
 
 fn authz(st: &AppState, c: &Caller, action: &str) -> Result<(), ArmError> {
-    st.rbac.authorize(&c.object_id, &format!("Cloister.Directory/{action}"), &scope("/")?)
+    st.rbac.authorize(
+        &c.object_id,
+        &format!("Cloister.Directory/{action}"),
+        &scope("/")?,
+    )
 }
 
 fn graph_err(code: &str, status: u16, msg: impl Into<String>) -> ArmError {
     ArmError::new(status, code, msg)
 }
 fn not_found(what: &str, id: &str) -> ArmError {
-    graph_err("Request_ResourceNotFound", 404, format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present. ({what})"))
+    graph_err(
+        "Request_ResourceNotFound",
+        404,
+        format!(
+            "Resource '{id}' does not exist or one of its queried reference-property objects are not present. ({what})"
+        ),
+    )
 }
 
-fn app_json(a: &Application, secrets: &[cloister_store::ClientSecretRow], certs: &[cloister_store::ClientCertificateRow]) -> Value {
+fn app_json(
+    a: &Application,
+    secrets: &[cloister_store::ClientSecretRow],
+    certs: &[cloister_store::ClientCertificateRow],
+) -> Value {
     json!({
         "id": a.object_id,
         "appId": a.app_id,
@@ -99,38 +122,69 @@ fn okv(v: Value) -> Res {
 fn uris(v: Option<&Value>) -> Result<Vec<String>, ArmError> {
     match v {
         None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).ok_or_else(|| ArmError::invalid("URI lists must hold strings."))).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ArmError::invalid("URI lists must hold strings."))
+            })
+            .collect(),
         _ => Err(ArmError::invalid("URI lists must be arrays.")),
     }
 }
 
 async fn app_by_object_id(st: &AppState, id: &str) -> Result<Application, ArmError> {
-    let a = st.store.application_by_object_id(id).await.map_err(store_err)?;
+    let a = st
+        .store
+        .application_by_object_id(id)
+        .await
+        .map_err(store_err)?;
     let a = match a {
         Some(a) => Some(a),
         None => st.store.application_get(id).await.map_err(store_err)?,
     };
-    a.filter(|a| a.tenant_id == st.id.home_tenant).ok_or_else(|| not_found("application", id))
+    a.filter(|a| a.tenant_id == st.id.home_tenant)
+        .ok_or_else(|| not_found("application", id))
 }
 
 async fn create_app(State(st): St, c: Caller, body: Bytes) -> Res {
     authz(&st, &c, "applications/write")?;
     let b = parse_body(&body)?;
-    let name = b.get("displayName").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'displayName' is required."))?;
+    let name = b
+        .get("displayName")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'displayName' is required."))?;
     let web = uris(b.get("web").and_then(|w| w.get("redirectUris")))?;
     let public = uris(b.get("publicClient").and_then(|w| w.get("redirectUris")))?;
-    let is_public = b.get("isFallbackPublicClient").and_then(|v| v.as_bool()).unwrap_or(!public.is_empty());
+    let is_public = b
+        .get("isFallbackPublicClient")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(!public.is_empty());
     let ids = uris(b.get("identifierUris"))?;
     let redirects: Vec<String> = web.into_iter().chain(public).collect();
-    let (app, _) = st.id.create_application(&st.id.home_tenant, name, redirects, ids, is_public).await.map_err(ArmError::from)?;
+    let (app, _) = st
+        .id
+        .create_application(&st.id.home_tenant, name, redirects, ids, is_public)
+        .await
+        .map_err(ArmError::from)?;
     created(app_json(&app, &[], &[]))
 }
 
 async fn list_apps(State(st): St, c: Caller) -> Res {
     authz(&st, &c, "applications/read")?;
     let mut out = vec![];
-    for a in st.store.application_list(&st.id.home_tenant).await.map_err(store_err)? {
-        let s = st.store.secrets_for_app(&a.app_id).await.map_err(store_err)?;
+    for a in st
+        .store
+        .application_list(&st.id.home_tenant)
+        .await
+        .map_err(store_err)?
+    {
+        let s = st
+            .store
+            .secrets_for_app(&a.app_id)
+            .await
+            .map_err(store_err)?;
         let k = st.store.certs_for_app(&a.app_id).await.map_err(store_err)?;
         out.push(app_json(&a, &s, &k));
     }
@@ -140,7 +194,11 @@ async fn list_apps(State(st): St, c: Caller) -> Res {
 async fn get_app(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "applications/read")?;
     let a = app_by_object_id(&st, &id).await?;
-    let s = st.store.secrets_for_app(&a.app_id).await.map_err(store_err)?;
+    let s = st
+        .store
+        .secrets_for_app(&a.app_id)
+        .await
+        .map_err(store_err)?;
     let k = st.store.certs_for_app(&a.app_id).await.map_err(store_err)?;
     okv(app_json(&a, &s, &k))
 }
@@ -164,7 +222,8 @@ async fn patch_app(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes
         a.identifier_uris = uris(Some(i))?;
     }
     for u in a.redirect_uris.iter().chain(a.identifier_uris.iter()) {
-        url::Url::parse(u).map_err(|e| ArmError::invalid(format!("'{u}' is not a valid URI: {e}")))?;
+        url::Url::parse(u)
+            .map_err(|e| ArmError::invalid(format!("'{u}' is not a valid URI: {e}")))?;
     }
     st.store.application_update(&a).await.map_err(store_err)?;
     st.id.invalidate_client(&a.tenant_id, &a.app_id);
@@ -174,18 +233,32 @@ async fn patch_app(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes
 async fn delete_app(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "applications/delete")?;
     let a = app_by_object_id(&st, &id).await?;
-    st.store.application_delete(&a.app_id).await.map_err(store_err)?;
+    st.store
+        .application_delete(&a.app_id)
+        .await
+        .map_err(store_err)?;
     st.id.invalidate_client(&a.tenant_id, &a.app_id);
-    st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac
+        .changed()
+        .await
+        .map_err(|e| ArmError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn add_password(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes) -> Res {
     authz(&st, &c, "applications/credentials/write")?;
     let a = app_by_object_id(&st, &id).await?;
-    let b = if body.is_empty() { Default::default() } else { parse_body(&body)? };
+    let b = if body.is_empty() {
+        Default::default()
+    } else {
+        parse_body(&body)?
+    };
     let pc = b.get("passwordCredential").cloned().unwrap_or(json!({}));
-    let name = pc.get("displayName").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let name = pc
+        .get("displayName")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     let lifetime = match pc.get("endDateTime").and_then(|v| v.as_str()) {
         Some(s) => {
             let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
@@ -197,7 +270,11 @@ async fn add_password(State(st): St, c: Caller, Path(id): Path<String>, body: By
     if lifetime <= 0 {
         return Err(ArmError::invalid("'endDateTime' must be in the future."));
     }
-    let (row, secret): (_, Secret) = st.id.add_password(&a.app_id, &name, lifetime).await.map_err(ArmError::from)?;
+    let (row, secret): (_, Secret) = st
+        .id
+        .add_password(&a.app_id, &name, lifetime)
+        .await
+        .map_err(ArmError::from)?;
     okv(json!({
         "keyId": row.key_id, "displayName": row.display_name, "hint": row.hint,
         "secretText": secret.expose(), "startDateTime": format_rfc3339(row.created_at), "endDateTime": format_rfc3339(row.expires_at),
@@ -208,8 +285,16 @@ async fn remove_password(State(st): St, c: Caller, Path(id): Path<String>, body:
     authz(&st, &c, "applications/credentials/write")?;
     let a = app_by_object_id(&st, &id).await?;
     let b = parse_body(&body)?;
-    let key = b.get("keyId").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'keyId' is required."))?;
-    if !st.store.secret_remove(&a.app_id, key).await.map_err(store_err)? {
+    let key = b
+        .get("keyId")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'keyId' is required."))?;
+    if !st
+        .store
+        .secret_remove(&a.app_id, key)
+        .await
+        .map_err(store_err)?
+    {
         return Err(not_found("passwordCredential", key));
     }
     st.id.invalidate_client(&a.tenant_id, &a.app_id);
@@ -221,9 +306,15 @@ async fn add_key(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes) 
     authz(&st, &c, "applications/credentials/write")?;
     let a = app_by_object_id(&st, &id).await?;
     let b = parse_body(&body)?;
-    let key = b.get("key").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'key' (the certificate, PEM or base64 DER) is required."))?;
+    let key = b.get("key").and_then(|v| v.as_str()).ok_or_else(|| {
+        ArmError::invalid("'key' (the certificate, PEM or base64 DER) is required.")
+    })?;
     let name = b.get("displayName").and_then(|v| v.as_str()).unwrap_or("");
-    let row = st.id.add_certificate(&a.app_id, name, key.as_bytes()).await.map_err(ArmError::from)?;
+    let row = st
+        .id
+        .add_certificate(&a.app_id, name, key.as_bytes())
+        .await
+        .map_err(ArmError::from)?;
     created(json!({
         "keyId": row.key_id, "displayName": row.display_name, "customKeyIdentifier": row.thumbprint_sha1,
         "endDateTime": format_rfc3339(row.not_after), "type": "AsymmetricX509Cert", "usage": "Verify",
@@ -234,7 +325,10 @@ async fn list_sps(State(st): St, c: Caller, Query(q): Query<HashMap<String, Stri
     authz(&st, &c, "servicePrincipals/read")?;
     let filter_app = q.get("$filter").and_then(|f| {
         let f = f.trim();
-        f.to_ascii_lowercase().starts_with("appid eq").then(|| f.split('\'').nth(1).map(str::to_string)).flatten()
+        f.to_ascii_lowercase()
+            .starts_with("appid eq")
+            .then(|| f.split('\'').nth(1).map(str::to_string))
+            .flatten()
     });
     let out: Vec<Value> = st
         .store
@@ -242,7 +336,11 @@ async fn list_sps(State(st): St, c: Caller, Query(q): Query<HashMap<String, Stri
         .await
         .map_err(store_err)?
         .iter()
-        .filter(|sp| filter_app.as_ref().is_none_or(|a| sp.app_id.eq_ignore_ascii_case(a)))
+        .filter(|sp| {
+            filter_app
+                .as_ref()
+                .is_none_or(|a| sp.app_id.eq_ignore_ascii_case(a))
+        })
         .map(sp_json)
         .collect();
     okv(json!({ "value": out }))
@@ -252,7 +350,12 @@ async fn get_sp(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "servicePrincipals/read")?;
     let sp = match st.store.sp_get(&id).await.map_err(store_err)? {
         Some(s) => s,
-        None => st.store.sp_by_app_id(&id).await.map_err(store_err)?.ok_or_else(|| not_found("servicePrincipal", &id))?,
+        None => st
+            .store
+            .sp_by_app_id(&id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| not_found("servicePrincipal", &id))?,
     };
     okv(sp_json(&sp))
 }
@@ -260,34 +363,54 @@ async fn get_sp(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
 async fn create_user(State(st): St, c: Caller, body: Bytes) -> Res {
     authz(&st, &c, "users/write")?;
     let b = parse_body(&body)?;
-    let upn = b.get("userPrincipalName").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'userPrincipalName' is required."))?;
+    let upn = b
+        .get("userPrincipalName")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'userPrincipalName' is required."))?;
     let name = b.get("displayName").and_then(|v| v.as_str()).unwrap_or(upn);
     let pw = b
         .get("passwordProfile")
         .and_then(|p| p.get("password"))
         .and_then(|v| v.as_str())
         .ok_or_else(|| ArmError::invalid("'passwordProfile.password' is required."))?;
-    match st.id.create_user(&st.id.home_tenant, upn, name, Secret::new(pw.to_string())).await {
+    match st
+        .id
+        .create_user(&st.id.home_tenant, upn, name, Secret::new(pw.to_string()))
+        .await
+    {
         Ok(u) => created(user_json(&u)),
-        Err(cloister_identity::IdentityError::Store(cloister_store::StoreError::Conflict(_))) => Err(graph_err(
-            "Request_BadRequest",
-            400,
-            "Another object with the same value for property userPrincipalName already exists.",
-        )),
+        Err(cloister_identity::IdentityError::Store(cloister_store::StoreError::Conflict(_))) => {
+            Err(graph_err(
+                "Request_BadRequest",
+                400,
+                "Another object with the same value for property userPrincipalName already exists.",
+            ))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 async fn list_users(State(st): St, c: Caller) -> Res {
     authz(&st, &c, "users/read")?;
-    let v: Vec<Value> = st.store.user_list(&st.id.home_tenant).await.map_err(store_err)?.iter().map(user_json).collect();
+    let v: Vec<Value> = st
+        .store
+        .user_list(&st.id.home_tenant)
+        .await
+        .map_err(store_err)?
+        .iter()
+        .map(user_json)
+        .collect();
     okv(json!({ "value": v }))
 }
 
 async fn find_user(st: &AppState, id: &str) -> Result<User, ArmError> {
     let u = match st.store.user_get(id).await.map_err(store_err)? {
         Some(u) => Some(u),
-        None => st.store.user_by_upn(&st.id.home_tenant, id).await.map_err(store_err)?,
+        None => st
+            .store
+            .user_by_upn(&st.id.home_tenant, id)
+            .await
+            .map_err(store_err)?,
     };
     u.ok_or_else(|| not_found("user", id))
 }
@@ -301,27 +424,48 @@ async fn delete_user(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "users/delete")?;
     let u = find_user(&st, &id).await?;
     st.store.user_delete(&u.id).await.map_err(store_err)?;
-    st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac
+        .changed()
+        .await
+        .map_err(|e| ArmError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn create_group(State(st): St, c: Caller, body: Bytes) -> Res {
     authz(&st, &c, "groups/write")?;
     let b = parse_body(&body)?;
-    let name = b.get("displayName").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'displayName' is required."))?;
+    let name = b
+        .get("displayName")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'displayName' is required."))?;
     let desc = b.get("description").and_then(|v| v.as_str()).unwrap_or("");
-    let g = st.id.create_group(&st.id.home_tenant, name, desc).await.map_err(ArmError::from)?;
+    let g = st
+        .id
+        .create_group(&st.id.home_tenant, name, desc)
+        .await
+        .map_err(ArmError::from)?;
     created(group_json(&g))
 }
 
 async fn list_groups(State(st): St, c: Caller) -> Res {
     authz(&st, &c, "groups/read")?;
-    let v: Vec<Value> = st.store.group_list(&st.id.home_tenant).await.map_err(store_err)?.iter().map(group_json).collect();
+    let v: Vec<Value> = st
+        .store
+        .group_list(&st.id.home_tenant)
+        .await
+        .map_err(store_err)?
+        .iter()
+        .map(group_json)
+        .collect();
     okv(json!({ "value": v }))
 }
 
 async fn find_group(st: &AppState, id: &str) -> Result<Group, ArmError> {
-    st.store.group_get(id).await.map_err(store_err)?.ok_or_else(|| not_found("group", id))
+    st.store
+        .group_get(id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| not_found("group", id))
 }
 
 async fn get_group(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
@@ -333,7 +477,10 @@ async fn delete_group(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "groups/delete")?;
     let g = find_group(&st, &id).await?;
     st.store.group_delete(&g.id).await.map_err(store_err)?;
-    st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac
+        .changed()
+        .await
+        .map_err(|e| ArmError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -342,7 +489,12 @@ async fn list_members(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     let g = find_group(&st, &id).await?;
     let mut out = vec![];
     for m in st.store.group_members(&g.id).await.map_err(store_err)? {
-        let (kind, name) = st.id.principal_kind(&m).await.map_err(ArmError::from)?.unwrap_or(("Unknown".into(), String::new()));
+        let (kind, name) = st
+            .id
+            .principal_kind(&m)
+            .await
+            .map_err(ArmError::from)?
+            .unwrap_or(("Unknown".into(), String::new()));
         let odata = match kind.as_str() {
             "User" => "#microsoft.graph.user",
             "Group" => "#microsoft.graph.group",
@@ -357,27 +509,69 @@ async fn add_member(State(st): St, c: Caller, Path(id): Path<String>, body: Byte
     authz(&st, &c, "groups/members/write")?;
     let g = find_group(&st, &id).await?;
     let b = parse_body(&body)?;
-    let odata = b.get("@odata.id").and_then(|v| v.as_str()).ok_or_else(|| ArmError::invalid("'@odata.id' is required."))?;
-    let member = odata.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_ascii_lowercase();
-    if st.id.principal_kind(&member).await.map_err(ArmError::from)?.is_none() {
+    let odata = b
+        .get("@odata.id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'@odata.id' is required."))?;
+    let member = odata
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if st
+        .id
+        .principal_kind(&member)
+        .await
+        .map_err(ArmError::from)?
+        .is_none()
+    {
         return Err(not_found("directoryObject", &member));
     }
     if member == g.id {
-        return Err(graph_err("Request_BadRequest", 400, "A group cannot be a member of itself."));
+        return Err(graph_err(
+            "Request_BadRequest",
+            400,
+            "A group cannot be a member of itself.",
+        ));
     }
-    if !st.store.group_add_member(&g.id, &member).await.map_err(store_err)? {
-        return Err(graph_err("Request_BadRequest", 400, "One or more added object references already exist for the following modified properties: 'members'."));
+    if !st
+        .store
+        .group_add_member(&g.id, &member)
+        .await
+        .map_err(store_err)?
+    {
+        return Err(graph_err(
+            "Request_BadRequest",
+            400,
+            "One or more added object references already exist for the following modified properties: 'members'.",
+        ));
     }
-    st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac
+        .changed()
+        .await
+        .map_err(|e| ArmError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn remove_member(State(st): St, c: Caller, Path((id, member)): Path<(String, String)>) -> Res {
+async fn remove_member(
+    State(st): St,
+    c: Caller,
+    Path((id, member)): Path<(String, String)>,
+) -> Res {
     authz(&st, &c, "groups/members/write")?;
     let g = find_group(&st, &id).await?;
-    if !st.store.group_remove_member(&g.id, &member.to_ascii_lowercase()).await.map_err(store_err)? {
+    if !st
+        .store
+        .group_remove_member(&g.id, &member.to_ascii_lowercase())
+        .await
+        .map_err(store_err)?
+    {
         return Err(not_found("member", &member));
     }
-    st.rbac.changed().await.map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac
+        .changed()
+        .await
+        .map_err(|e| ArmError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

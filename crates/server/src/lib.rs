@@ -42,7 +42,8 @@ pub fn master_key(cfg: &ServerConfig) -> anyhow::Result<MasterKey> {
     {
         return MasterKey::from_base64(&v).map_err(|e| anyhow::anyhow!("CLOISTER_MASTER_KEY: {e}"));
     }
-    MasterKey::load_or_create(&cfg.data_dir.join("master.key")).map_err(|e| anyhow::anyhow!("master key: {e}"))
+    MasterKey::load_or_create(&cfg.data_dir.join("master.key"))
+        .map_err(|e| anyhow::anyhow!("master key: {e}"))
 }
 
 /// Builds everything and serves until the process is stopped.
@@ -56,15 +57,29 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let mk = Arc::new(master_key(&cfg)?);
     let store = cloister_store::Store::open(&cfg.store_url())
         .await
-        .map_err(|e| anyhow::anyhow!("opening store {}: {e}", cloister_store::redact_url(&cfg.store_url())))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "opening store {}: {e}",
+                cloister_store::redact_url(&cfg.store_url())
+            )
+        })?;
     let (tenant, sub) = bootstrap::ensure_tenant(&store).await?;
     let ca = tls::load_or_create_ca(&store, &mk, &cfg.data_dir).await?;
-    let id = Identity::open(store.clone(), mk.clone(), cfg.identity.clone(), cfg.public_url(), cfg.http_base(), tenant.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("identity service: {e}"))?;
+    let id = Identity::open(
+        store.clone(),
+        mk.clone(),
+        cfg.identity.clone(),
+        cfg.public_url(),
+        cfg.http_base(),
+        tenant.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("identity service: {e}"))?;
     bootstrap::ensure_admin(&cfg, &store, &id, &tenant, &sub).await?;
     let rbac = rbac::Rbac::load(store.clone()).await?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
     let acceptor = tls::acceptor(&ca, &cfg.listen, &cfg.tls_names)?;
     let st = Arc::new(AppState {
         management_audiences: vec![
@@ -117,7 +132,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
-    println!("cloister: ready on https://{} (data dir {})", cfg.listen, cfg.data_dir.display());
+    println!(
+        "cloister: ready on https://{} (data dir {})",
+        cfg.listen,
+        cfg.data_dir.display()
+    );
     let tls_task = tokio::spawn(tls::serve_tls(https, acceptor, app.clone()));
     if let Some(l) = http {
         tokio::spawn(async move {
@@ -134,7 +153,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -146,7 +166,10 @@ pub fn router(st: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(arm::router())
         .merge(graph::router())
-        .route("/providers/Cloister.Identity/bindings/current", delete(arm_tenant::delete_binding))
+        .route(
+            "/providers/Cloister.Identity/bindings/current",
+            delete(arm_tenant::delete_binding),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -157,7 +180,9 @@ pub fn router(st: Arc<AppState>) -> Router {
         .merge(cloister_identity::api::router(st.id.clone()))
         .merge(api)
         .layer(axum::middleware::from_fn(observe))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(st.cfg.max_body_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            st.cfg.max_body_bytes,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ArmError::internal("The request could not be processed.").into_response()
         }))
@@ -174,22 +199,36 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
-    let body = st.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = st
+        .prometheus
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     let mut r = body.into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }
 
 async fn openapi_doc() -> Response {
     let mut r = openapi::document().to_string().into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 async fn fallback(req: Request) -> ArmError {
     ArmError::not_found(
         "NotFound",
-        format!("No API matches {} {}.", req.method(), req.uri().path().chars().take(300).collect::<String>()),
+        format!(
+            "No API matches {} {}.",
+            req.method(),
+            req.uri().path().chars().take(300).collect::<String>()
+        ),
     )
 }
 
@@ -197,7 +236,11 @@ async fn fallback(req: Request) -> ArmError {
 /// headers, which can carry secrets).
 async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
@@ -207,8 +250,10 @@ async fn observe(req: Request, next: Next) -> Response {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics::counter!("cloister_http_requests_total", "route" => route.clone(), "status" => class).increment(1);
-    metrics::histogram!("cloister_http_request_seconds", "route" => route.clone()).record(start.elapsed().as_secs_f64());
+    metrics::counter!("cloister_http_requests_total", "route" => route.clone(), "status" => class)
+        .increment(1);
+    metrics::histogram!("cloister_http_request_seconds", "route" => route.clone())
+        .record(start.elapsed().as_secs_f64());
     if status >= 500 {
         tracing::error!(%method, %route, status, "request failed");
     } else {

@@ -61,7 +61,9 @@ impl Rbac {
 
     /// The one authorization call every handler makes.
     pub fn authorize(&self, principal: &str, action: &str, scope: &Scope) -> Result<(), ArmError> {
-        let d = self.engine.check(principal, &Action::Control(action.to_string()), scope);
+        let d = self
+            .engine
+            .check(principal, &Action::Control(action.to_string()), scope);
         if d.allowed {
             Ok(())
         } else {
@@ -73,8 +75,15 @@ impl Rbac {
     }
 
     /// A data-plane check (for data actions such as session execution).
-    pub fn authorize_data(&self, principal: &str, data_action: &str, scope: &Scope) -> Result<(), ArmError> {
-        let d = self.engine.check(principal, &Action::Data(data_action.to_string()), scope);
+    pub fn authorize_data(
+        &self,
+        principal: &str,
+        data_action: &str,
+        scope: &Scope,
+    ) -> Result<(), ArmError> {
+        let d = self
+            .engine
+            .check(principal, &Action::Data(data_action.to_string()), scope);
         if d.allowed {
             Ok(())
         } else {
@@ -94,7 +103,11 @@ impl Rbac {
 }
 
 async fn current_generation(store: &Store) -> anyhow::Result<i64> {
-    Ok(store.meta_get(GENERATION_KEY).await?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(store
+        .meta_get(GENERATION_KEY)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 async fn build(store: &Store) -> anyhow::Result<(Snapshot, Vec<RoleDefinition>)> {

@@ -20,8 +20,15 @@ const CA_CERT_KEY: &str = "ca_cert_pem";
 const CA_KEY_KEY: &str = "ca_key_sealed";
 
 /// Loads the CA from the store or creates it, and writes its certificate to `ca.pem`.
-pub async fn load_or_create_ca(store: &Store, mk: &MasterKey, data_dir: &Path) -> anyhow::Result<Ca> {
-    let ca = match (store.meta_get(CA_CERT_KEY).await?, store.meta_get(CA_KEY_KEY).await?) {
+pub async fn load_or_create_ca(
+    store: &Store,
+    mk: &MasterKey,
+    data_dir: &Path,
+) -> anyhow::Result<Ca> {
+    let ca = match (
+        store.meta_get(CA_CERT_KEY).await?,
+        store.meta_get(CA_KEY_KEY).await?,
+    ) {
         (Some(cert), Some(sealed)) => {
             let key = mk
                 .open(&STANDARD.decode(sealed)?, b"cloister ca key")
@@ -30,7 +37,8 @@ pub async fn load_or_create_ca(store: &Store, mk: &MasterKey, data_dir: &Path) -
         }
         _ => {
             let ca = Ca::generate("Cloister Private CA")?;
-            let sealed = STANDARD.encode(mk.seal(ca.key_pem().expose().as_bytes(), b"cloister ca key"));
+            let sealed =
+                STANDARD.encode(mk.seal(ca.key_pem().expose().as_bytes(), b"cloister ca key"));
             // Two nodes starting at once: the first insert wins, the other re-reads.
             if store.meta_insert_if_absent(CA_KEY_KEY, &sealed).await? {
                 store.meta_set(CA_CERT_KEY, &ca.cert_pem()).await?;
@@ -50,7 +58,12 @@ pub fn write_file_0600(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -58,7 +71,11 @@ pub fn write_file_0600(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// A rustls acceptor with a fresh server certificate from the CA.
-pub fn acceptor(ca: &Ca, listen: &SocketAddr, extra_names: &[String]) -> anyhow::Result<TlsAcceptor> {
+pub fn acceptor(
+    ca: &Ca,
+    listen: &SocketAddr,
+    extra_names: &[String],
+) -> anyhow::Result<TlsAcceptor> {
     let mut names = vec!["localhost".to_string()];
     names.extend(extra_names.iter().cloned());
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
@@ -72,13 +89,16 @@ pub fn acceptor(ca: &Ca, listen: &SocketAddr, extra_names: &[String]) -> anyhow:
         ips.push(listen.ip());
     }
     let issued = ca.issue_server_cert(&names, &ips, 397)?;
-    let certs = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let certs =
+        rustls_pemfile::certs(&mut issued.chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut issued.key_pem.expose().as_bytes())?
         .ok_or_else(|| anyhow::anyhow!("issued key is not PEM"))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -98,14 +118,21 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Router
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
                 Ok(Ok(s)) => s,
                 _ => return,
             };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
@@ -115,5 +142,9 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Router
 
 /// Serves `app` over plain HTTP.
 pub async fn serve_http(listener: TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }

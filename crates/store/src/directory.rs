@@ -156,22 +156,29 @@ fn cert(r: &AnyRow) -> Result<ClientCertificateRow> {
 impl Store {
     // ---- tenants -------------------------------------------------------------------------
     pub async fn tenant_create(&self, t: &Tenant) -> Result<()> {
-        sqlx::query("INSERT INTO tenants (id, display_name, is_home, created_at) VALUES ($1,$2,$3,$4)")
-            .bind(&t.id)
-            .bind(&t.display_name)
-            .bind(t.is_home as i64)
-            .bind(t.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::map_unique(e, "tenant exists"))?;
+        sqlx::query(
+            "INSERT INTO tenants (id, display_name, is_home, created_at) VALUES ($1,$2,$3,$4)",
+        )
+        .bind(&t.id)
+        .bind(&t.display_name)
+        .bind(t.is_home as i64)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::map_unique(e, "tenant exists"))?;
         Ok(())
     }
     pub async fn tenant_get(&self, id: &str) -> Result<Option<Tenant>> {
-        let r = sqlx::query("SELECT * FROM tenants WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         r.as_ref().map(tenant).transpose()
     }
     pub async fn tenant_list(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT * FROM tenants ORDER BY created_at").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM tenants ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tenant).collect()
     }
 
@@ -193,7 +200,10 @@ impl Store {
         Ok(())
     }
     pub async fn user_get(&self, id: &str) -> Result<Option<User>> {
-        let r = sqlx::query("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         r.as_ref().map(user).transpose()
     }
     pub async fn user_by_upn(&self, tenant_id: &str, upn: &str) -> Result<Option<User>> {
@@ -213,8 +223,15 @@ impl Store {
     }
     pub async fn user_delete(&self, id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM group_members WHERE member_id = $1").bind(id).execute(&mut *tx).await?;
-        let n = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+        sqlx::query("DELETE FROM group_members WHERE member_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -232,7 +249,10 @@ impl Store {
         Ok(())
     }
     pub async fn group_get(&self, id: &str) -> Result<Option<Group>> {
-        let r = sqlx::query("SELECT * FROM groups_ WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM groups_ WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         r.as_ref().map(group).transpose()
     }
     pub async fn group_list(&self, tenant_id: &str) -> Result<Vec<Group>> {
@@ -248,7 +268,11 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let n = sqlx::query("DELETE FROM groups_ WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+        let n = sqlx::query("DELETE FROM groups_ WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -272,16 +296,23 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
     pub async fn group_members(&self, group_id: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT member_id FROM group_members WHERE group_id = $1 ORDER BY member_id")
-            .bind(group_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT member_id FROM group_members WHERE group_id = $1 ORDER BY member_id",
+        )
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
     /// Every (group, member) edge; the RBAC engine computes transitive membership from these.
     pub async fn group_edges(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT group_id, member_id FROM group_members").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))).collect())
+        let rows = sqlx::query("SELECT group_id, member_id FROM group_members")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect())
     }
 
     // ---- applications and service principals ---------------------------------------------
@@ -344,31 +375,51 @@ impl Store {
         r.as_ref().map(application).transpose()
     }
     pub async fn application_list(&self, tenant_id: &str) -> Result<Vec<Application>> {
-        let rows = sqlx::query("SELECT * FROM applications WHERE tenant_id = $1 ORDER BY display_name")
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM applications WHERE tenant_id = $1 ORDER BY display_name")
+                .bind(tenant_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(application).collect()
     }
     /// Deletes an application with its service principal, credentials and memberships.
     /// Returns the deleted service principal's id.
     pub async fn application_delete(&self, app_id: &str) -> Result<Option<String>> {
         let mut tx = self.pool.begin().await?;
-        let sp_id: Option<String> = sqlx::query("SELECT id FROM service_principals WHERE app_id = $1")
+        let sp_id: Option<String> =
+            sqlx::query("SELECT id FROM service_principals WHERE app_id = $1")
+                .bind(app_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get(0));
+        let n = sqlx::query("DELETE FROM applications WHERE app_id = $1")
             .bind(app_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.get(0));
-        let n = sqlx::query("DELETE FROM applications WHERE app_id = $1").bind(app_id).execute(&mut *tx).await?;
+            .execute(&mut *tx)
+            .await?;
         if n.rows_affected() == 0 {
             return Ok(None);
         }
-        sqlx::query("DELETE FROM service_principals WHERE app_id = $1").bind(app_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM client_secrets WHERE app_id = $1").bind(app_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM client_certificates WHERE app_id = $1").bind(app_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM service_principals WHERE app_id = $1")
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM client_secrets WHERE app_id = $1")
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM client_certificates WHERE app_id = $1")
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await?;
         if let Some(id) = &sp_id {
-            sqlx::query("DELETE FROM group_members WHERE member_id = $1").bind(id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM group_members WHERE member_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(sp_id)
@@ -412,10 +463,12 @@ impl Store {
         r.as_ref().map(sp).transpose()
     }
     pub async fn sp_list(&self, tenant_id: &str) -> Result<Vec<ServicePrincipal>> {
-        let rows = sqlx::query("SELECT * FROM service_principals WHERE tenant_id = $1 ORDER BY display_name")
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM service_principals WHERE tenant_id = $1 ORDER BY display_name",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(sp).collect()
     }
 
@@ -436,10 +489,11 @@ impl Store {
         Ok(())
     }
     pub async fn secrets_for_app(&self, app_id: &str) -> Result<Vec<ClientSecretRow>> {
-        let rows = sqlx::query("SELECT * FROM client_secrets WHERE app_id = $1 ORDER BY created_at")
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM client_secrets WHERE app_id = $1 ORDER BY created_at")
+                .bind(app_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(secret).collect()
     }
     pub async fn secret_remove(&self, app_id: &str, key_id: &str) -> Result<bool> {
@@ -466,10 +520,11 @@ impl Store {
         Ok(())
     }
     pub async fn certs_for_app(&self, app_id: &str) -> Result<Vec<ClientCertificateRow>> {
-        let rows = sqlx::query("SELECT * FROM client_certificates WHERE app_id = $1 ORDER BY created_at")
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM client_certificates WHERE app_id = $1 ORDER BY created_at")
+                .bind(app_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(cert).collect()
     }
     pub async fn cert_remove(&self, app_id: &str, key_id: &str) -> Result<bool> {

@@ -136,11 +136,13 @@ impl Store {
     /// Inserts `key` only if absent; returns true when this call inserted it. Used to make
     /// first-start bootstrap safe when several nodes start at once.
     pub async fn meta_insert_if_absent(&self, key: &str, value: &str) -> Result<bool> {
-        let r = sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -178,16 +180,20 @@ pub fn redact_url(url: &str) -> String {
 }
 
 pub(crate) fn s(row: &AnyRow, col: &str) -> Result<String> {
-    row.try_get::<String, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<String, _>(col)
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 pub(crate) fn os(row: &AnyRow, col: &str) -> Result<Option<String>> {
-    row.try_get::<Option<String>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<Option<String>, _>(col)
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 pub(crate) fn i(row: &AnyRow, col: &str) -> Result<i64> {
-    row.try_get::<i64, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<i64, _>(col)
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 pub(crate) fn oi(row: &AnyRow, col: &str) -> Result<Option<i64>> {
-    row.try_get::<Option<i64>, _>(col).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    row.try_get::<Option<i64>, _>(col)
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 pub(crate) fn json_vec(row: &AnyRow, col: &str) -> Result<Vec<String>> {
     serde_json::from_str(&s(row, col)?).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))

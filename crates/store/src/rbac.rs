@@ -36,12 +36,20 @@ fn ra(r: &AnyRow) -> Result<RoleAssignmentRow> {
     })
 }
 fn jr(r: &AnyRow) -> Result<JsonRow> {
-    Ok(JsonRow { id: s(r, "id")?, body: s(r, "body")?, created_at: i(r, "created_at")? })
+    Ok(JsonRow {
+        id: s(r, "id")?,
+        body: s(r, "body")?,
+        created_at: i(r, "created_at")?,
+    })
 }
 
 /// The `LIKE` pattern that matches every scope strictly below `scope_lc`.
 pub(crate) fn below(scope_lc: &str) -> String {
-    let esc = scope_lc.trim_end_matches('/').replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let esc = scope_lc
+        .trim_end_matches('/')
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
     format!("{esc}/%")
 }
 
@@ -65,9 +73,10 @@ impl Store {
         r.as_ref().map(jr).transpose()
     }
     pub async fn role_definition_list(&self) -> Result<Vec<JsonRow>> {
-        let rows = sqlx::query("SELECT id, body, created_at FROM role_definitions ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, body, created_at FROM role_definitions ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(jr).collect()
     }
     /// Deletes a custom role; refuses while assignments use it.
@@ -78,7 +87,9 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if used.is_some() {
-            return Err(StoreError::Conflict("role definition is in use by role assignments".into()));
+            return Err(StoreError::Conflict(
+                "role definition is in use by role assignments".into(),
+            ));
         }
         let n = sqlx::query("DELETE FROM role_definitions WHERE id = $1")
             .bind(id.to_lowercase())
@@ -104,7 +115,9 @@ impl Store {
         if let Some(r) = dup {
             let existing: String = sqlx::Row::get(&r, 0);
             if existing != a.id {
-                return Err(StoreError::Conflict(format!("role assignment already exists: {existing}")));
+                return Err(StoreError::Conflict(format!(
+                    "role assignment already exists: {existing}"
+                )));
             }
             return Ok(());
         }
@@ -139,21 +152,36 @@ impl Store {
             .bind(id.to_lowercase())
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(row) = r.as_ref().map(ra).transpose()? else { return Ok(None) };
-        sqlx::query("DELETE FROM role_assignments WHERE id = $1").bind(&row.id).execute(&mut *tx).await?;
+        let Some(row) = r.as_ref().map(ra).transpose()? else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM role_assignments WHERE id = $1")
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(row))
     }
     pub async fn role_assignment_list_all(&self) -> Result<Vec<RoleAssignmentRow>> {
-        let rows = sqlx::query("SELECT * FROM role_assignments ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM role_assignments ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(ra).collect()
     }
     pub async fn role_assignment_count(&self) -> Result<i64> {
-        let r = sqlx::query("SELECT COUNT(*) FROM role_assignments").fetch_one(&self.pool).await?;
+        let r = sqlx::query("SELECT COUNT(*) FROM role_assignments")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(sqlx::Row::get::<i64, _>(&r, 0))
     }
 
-    pub async fn deny_assignment_upsert(&self, id: &str, scope: &str, body: &str, now: i64) -> Result<()> {
+    pub async fn deny_assignment_upsert(
+        &self,
+        id: &str,
+        scope: &str,
+        body: &str,
+        now: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO deny_assignments (id, scope_lc, body, created_at) VALUES ($1,$2,$3,$4) ON CONFLICT (id) DO UPDATE SET body = excluded.body, scope_lc = excluded.scope_lc",
         )
@@ -166,9 +194,10 @@ impl Store {
         Ok(())
     }
     pub async fn deny_assignment_list(&self) -> Result<Vec<JsonRow>> {
-        let rows = sqlx::query("SELECT id, body, created_at FROM deny_assignments ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, body, created_at FROM deny_assignments ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(jr).collect()
     }
     pub async fn deny_assignment_delete(&self, id: &str) -> Result<bool> {

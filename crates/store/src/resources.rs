@@ -129,7 +129,9 @@ impl Store {
         r.as_ref().map(mg).transpose()
     }
     pub async fn mg_list(&self) -> Result<Vec<ManagementGroup>> {
-        let rows = sqlx::query("SELECT * FROM management_groups ORDER BY name_lc").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM management_groups ORDER BY name_lc")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(mg).collect()
     }
     /// Deletes an empty management group (no child groups, no subscriptions).
@@ -153,7 +155,10 @@ impl Store {
             .await?
             .rows_affected();
         let scope = format!("/providers/microsoft.management/managementgroups/{lc}");
-        sqlx::query("DELETE FROM role_assignments WHERE scope_lc = $1").bind(&scope).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM role_assignments WHERE scope_lc = $1")
+            .bind(&scope)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -180,7 +185,9 @@ impl Store {
         r.as_ref().map(sub).transpose()
     }
     pub async fn subscription_list(&self) -> Result<Vec<Subscription>> {
-        let rows = sqlx::query("SELECT * FROM subscriptions ORDER BY created_at").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM subscriptions ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(sub).collect()
     }
 
@@ -202,34 +209,43 @@ impl Store {
         Ok(!existed)
     }
     pub async fn rg_get(&self, sub: &str, name: &str) -> Result<Option<ResourceGroup>> {
-        let r = sqlx::query("SELECT * FROM resource_groups WHERE subscription_id = $1 AND name_lc = $2")
-            .bind(sub.to_lowercase())
-            .bind(name.to_lowercase())
-            .fetch_optional(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "SELECT * FROM resource_groups WHERE subscription_id = $1 AND name_lc = $2",
+        )
+        .bind(sub.to_lowercase())
+        .bind(name.to_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
         r.as_ref().map(rg).transpose()
     }
     pub async fn rg_list(&self, sub: &str) -> Result<Vec<ResourceGroup>> {
-        let rows = sqlx::query("SELECT * FROM resource_groups WHERE subscription_id = $1 ORDER BY name_lc")
-            .bind(sub.to_lowercase())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM resource_groups WHERE subscription_id = $1 ORDER BY name_lc",
+        )
+        .bind(sub.to_lowercase())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(rg).collect()
     }
     /// Deletes a resource group with every resource in it, their system-assigned identities,
     /// and every role assignment at or below its scope, in one transaction.
     pub async fn rg_delete(&self, sub: &str, name: &str) -> Result<Option<Removed>> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("DELETE FROM resource_groups WHERE subscription_id = $1 AND name_lc = $2")
-            .bind(sub.to_lowercase())
-            .bind(name.to_lowercase())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n =
+            sqlx::query("DELETE FROM resource_groups WHERE subscription_id = $1 AND name_lc = $2")
+                .bind(sub.to_lowercase())
+                .bind(name.to_lowercase())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if n == 0 {
             return Ok(None);
         }
-        let scope_lc = format!("/subscriptions/{}/resourcegroups/{}", sub.to_lowercase(), name.to_lowercase());
+        let scope_lc = format!(
+            "/subscriptions/{}/resourcegroups/{}",
+            sub.to_lowercase(),
+            name.to_lowercase()
+        );
         let rows = sqlx::query("SELECT * FROM resources WHERE id_lc LIKE $1 ESCAPE '\\'")
             .bind(below(&scope_lc))
             .fetch_all(&mut *tx)
@@ -249,11 +265,12 @@ impl Store {
             .await?;
         removed.role_assignments += delete_assignments_at_or_below(&mut tx, &scope_lc).await?;
         for p in &removed.principals {
-            removed.role_assignments += sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
-                .bind(p)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            removed.role_assignments +=
+                sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
         }
         tx.commit().await?;
         Ok(Some(removed))
@@ -268,7 +285,12 @@ impl Store {
         r.as_ref().map(res).transpose()
     }
     /// Resources of one type (lowercase match) in a subscription, optionally one resource group.
-    pub async fn resource_list(&self, sub: &str, rg: Option<&str>, type_: Option<&str>) -> Result<Vec<Resource>> {
+    pub async fn resource_list(
+        &self,
+        sub: &str,
+        rg: Option<&str>,
+        type_: Option<&str>,
+    ) -> Result<Vec<Resource>> {
         let rows = sqlx::query(
             "SELECT * FROM resources WHERE subscription_id = $1 AND ($2 = '' OR resource_group_lc = $2) AND ($3 = '' OR type_lc = $3) ORDER BY id_lc",
         )
@@ -306,7 +328,10 @@ impl Store {
         }
         for p in drop_principals {
             delete_principal(&mut tx, p).await?;
-            sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1").bind(p).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
+                .bind(p)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query(
             "INSERT INTO resources (id_lc, id, type_lc, subscription_id, resource_group_lc, name, location, tags, properties, system_principal_id, user_identities, created_at, updated_at) \
@@ -338,11 +363,12 @@ impl Store {
     pub async fn resource_delete(&self, id: &str) -> Result<Option<Removed>> {
         let id_lc = id.to_lowercase();
         let mut tx = self.pool.begin().await?;
-        let mut rows = sqlx::query("SELECT * FROM resources WHERE id_lc = $1 OR id_lc LIKE $2 ESCAPE '\\'")
-            .bind(&id_lc)
-            .bind(below(&id_lc))
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut rows =
+            sqlx::query("SELECT * FROM resources WHERE id_lc = $1 OR id_lc LIKE $2 ESCAPE '\\'")
+                .bind(&id_lc)
+                .bind(below(&id_lc))
+                .fetch_all(&mut *tx)
+                .await?;
         if !rows.iter().any(|r| r.get::<String, _>("id_lc") == id_lc) {
             return Ok(None);
         }
@@ -352,11 +378,12 @@ impl Store {
             removed.resources.push(r.id.clone());
             for p in identity_principals_of(&mut tx, &r).await? {
                 delete_principal(&mut tx, &p).await?;
-                removed.role_assignments += sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
-                    .bind(&p)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                removed.role_assignments +=
+                    sqlx::query("DELETE FROM role_assignments WHERE principal_id = $1")
+                        .bind(&p)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                 removed.principals.push(p);
             }
         }
@@ -373,12 +400,17 @@ impl Store {
 
 /// Principals owned by a resource: its system-assigned identity, and if it is itself a
 /// user-assigned identity, that identity.
-async fn identity_principals_of(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &Resource) -> Result<Vec<String>> {
+async fn identity_principals_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    r: &Resource,
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     if let Some(p) = &r.system_principal_id {
         out.push(p.clone());
     }
-    if r.type_.eq_ignore_ascii_case("microsoft.managedidentity/userassignedidentities") {
+    if r.type_
+        .eq_ignore_ascii_case("microsoft.managedidentity/userassignedidentities")
+    {
         let row = sqlx::query("SELECT id FROM service_principals WHERE lower(mi_resource_id) = $1")
             .bind(r.id.to_lowercase())
             .fetch_optional(&mut **tx)
@@ -391,16 +423,27 @@ async fn identity_principals_of(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &R
 }
 
 async fn delete_principal(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<()> {
-    sqlx::query("DELETE FROM service_principals WHERE id = $1").bind(id).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM group_members WHERE member_id = $1").bind(id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM service_principals WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM group_members WHERE member_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
-async fn delete_assignments_at_or_below(tx: &mut sqlx::Transaction<'_, sqlx::Any>, scope_lc: &str) -> Result<u64> {
-    Ok(sqlx::query("DELETE FROM role_assignments WHERE scope_lc = $1 OR scope_lc LIKE $2 ESCAPE '\\'")
-        .bind(scope_lc)
-        .bind(below(scope_lc))
-        .execute(&mut **tx)
-        .await?
-        .rows_affected())
+async fn delete_assignments_at_or_below(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    scope_lc: &str,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM role_assignments WHERE scope_lc = $1 OR scope_lc LIKE $2 ESCAPE '\\'",
+    )
+    .bind(scope_lc)
+    .bind(below(scope_lc))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }

@@ -110,13 +110,20 @@ impl Store {
         Ok(())
     }
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>> {
-        let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY created_at").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(key).collect()
     }
     /// Promotes `next_kid` to active and retires the current active key, atomically. Returns
     /// false (and changes nothing) if `next_kid` is no longer the `next` key, so two nodes
     /// rotating at once do not both rotate.
-    pub async fn signing_key_promote(&self, next_kid: &str, now: i64, remove_after: i64) -> Result<bool> {
+    pub async fn signing_key_promote(
+        &self,
+        next_kid: &str,
+        now: i64,
+        remove_after: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query("UPDATE signing_keys SET state = 'active', activated_at = $2 WHERE kid = $1 AND state = 'next'")
             .bind(next_kid)
@@ -140,11 +147,13 @@ impl Store {
     }
     /// Drops retired keys whose every token has expired.
     pub async fn signing_keys_purge(&self, now: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND remove_after <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM signing_keys WHERE state = 'retired' AND remove_after <= $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     pub async fn auth_code_insert(&self, c: &AuthCodeRow) -> Result<()> {
@@ -190,12 +199,20 @@ impl Store {
                     .bind(code_hash)
                     .fetch_optional(&self.pool)
                     .await?;
-                if used.is_some() { Err(StoreError::Conflict("code already redeemed".into())) } else { Ok(None) }
+                if used.is_some() {
+                    Err(StoreError::Conflict("code already redeemed".into()))
+                } else {
+                    Ok(None)
+                }
             }
         }
     }
     pub async fn auth_codes_purge(&self, now: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM auth_codes WHERE expires_at < $1").bind(now - 3600).execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query("DELETE FROM auth_codes WHERE expires_at < $1")
+            .bind(now - 3600)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     pub async fn refresh_insert(&self, t: &RefreshTokenRow) -> Result<()> {
@@ -216,7 +233,11 @@ impl Store {
     }
     /// Redeems a refresh token once and, in the same transaction, stores its successor.
     /// A second presentation revokes the whole family.
-    pub async fn refresh_rotate(&self, token_hash: &str, successor: impl FnOnce(&RefreshTokenRow) -> RefreshTokenRow) -> Result<Redeem> {
+    pub async fn refresh_rotate(
+        &self,
+        token_hash: &str,
+        successor: impl FnOnce(&RefreshTokenRow) -> RefreshTokenRow,
+    ) -> Result<Redeem> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1 AND used = 0 RETURNING token_hash, family_id, tenant_id, client_id, user_id, scope, expires_at, created_at",
@@ -232,10 +253,12 @@ impl Store {
             return match fam {
                 Some(f) => {
                     let family: String = sqlx::Row::get(&f, 0);
-                    sqlx::query("UPDATE refresh_tokens SET used = 1, expires_at = 0 WHERE family_id = $1")
-                        .bind(&family)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE refresh_tokens SET used = 1, expires_at = 0 WHERE family_id = $1",
+                    )
+                    .bind(&family)
+                    .execute(&mut *tx)
+                    .await?;
                     tx.commit().await?;
                     Ok(Redeem::Reused)
                 }
@@ -261,7 +284,13 @@ impl Store {
         Ok(Redeem::Ok(row))
     }
 
-    pub async fn consent_put(&self, user_id: &str, client_id: &str, resource: &str, now: i64) -> Result<()> {
+    pub async fn consent_put(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        resource: &str,
+        now: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO consents (user_id, client_id, resource, created_at) VALUES ($1,$2,$3,$4) ON CONFLICT (user_id, client_id, resource) DO NOTHING",
         )
@@ -273,14 +302,21 @@ impl Store {
         .await?;
         Ok(())
     }
-    pub async fn consent_exists(&self, user_id: &str, client_id: &str, resource: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT user_id FROM consents WHERE user_id = $1 AND client_id = $2 AND resource = $3")
-            .bind(user_id)
-            .bind(client_id)
-            .bind(resource)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+    pub async fn consent_exists(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        resource: &str,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT user_id FROM consents WHERE user_id = $1 AND client_id = $2 AND resource = $3",
+        )
+        .bind(user_id)
+        .bind(client_id)
+        .bind(resource)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
     }
 
     pub async fn binding_insert(&self, b: &BindingRow) -> Result<()> {
@@ -315,14 +351,22 @@ impl Store {
         }
     }
     pub async fn binding_delete(&self, secret_hash: &str) -> Result<bool> {
-        Ok(sqlx::query("DELETE FROM identity_bindings WHERE secret_hash = $1")
-            .bind(secret_hash)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            > 0)
+        Ok(
+            sqlx::query("DELETE FROM identity_bindings WHERE secret_hash = $1")
+                .bind(secret_hash)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
     pub async fn bindings_purge(&self, now: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM identity_bindings WHERE expires_at < $1").bind(now).execute(&self.pool).await?.rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM identity_bindings WHERE expires_at < $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 }

@@ -20,7 +20,11 @@ pub struct Server {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn bin() -> PathBuf {
@@ -29,11 +33,20 @@ pub fn bin() -> PathBuf {
 
 /// A fresh PostgreSQL database when CLOISTER_TEST_PG is set.
 pub async fn fresh_store() -> Option<String> {
-    let base = std::env::var("CLOISTER_TEST_PG").ok().filter(|v| !v.is_empty())?;
+    let base = std::env::var("CLOISTER_TEST_PG")
+        .ok()
+        .filter(|v| !v.is_empty())?;
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     sqlx::any::install_default_drivers();
-    let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{base}/postgres")).await.expect("connect to CLOISTER_TEST_PG");
-    sqlx::Executor::execute(&mut c, sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create database");
+    let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{base}/postgres"))
+        .await
+        .expect("connect to CLOISTER_TEST_PG");
+    sqlx::Executor::execute(
+        &mut c,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .expect("create database");
     Some(format!("{base}/{name}"))
 }
 
@@ -137,7 +150,13 @@ impl Server {
 
     /// POST the v2 token endpoint with a form; returns (status, body).
     pub async fn token_raw(&self, form: &[(&str, &str)]) -> (u16, Value) {
-        let r = self.http.post(self.url(&format!("/{}/oauth2/v2.0/token", self.tenant()))).form(form).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(&format!("/{}/oauth2/v2.0/token", self.tenant())))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
@@ -145,18 +164,34 @@ impl Server {
     pub async fn client_token(&self, id: &str, secret: &str, resource: &str) -> String {
         let scope = format!("{}/.default", resource.trim_end_matches('/'));
         let (s, v) = self
-            .token_raw(&[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret), ("scope", &scope)])
+            .token_raw(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", id),
+                ("client_secret", secret),
+                ("scope", &scope),
+            ])
             .await;
         assert_eq!(s, 200, "token: {v}");
         v["access_token"].as_str().unwrap().to_string()
     }
 
     pub async fn admin_token(&self) -> String {
-        self.client_token(&self.admin_id(), &self.admin_secret(), &format!("https://127.0.0.1:{}/", self.port)).await
+        self.client_token(
+            &self.admin_id(),
+            &self.admin_secret(),
+            &format!("https://127.0.0.1:{}/", self.port),
+        )
+        .await
     }
 
     /// Calls a management/directory API with a bearer token.
-    pub async fn call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut r = self.http.request(m, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
@@ -165,18 +200,42 @@ impl Server {
         let r = r.send().await.unwrap();
         let s = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
-        (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Creates an application + service principal + secret; returns (appId, objectId of SP, secret).
     pub async fn new_sp(&self, admin: &str, name: &str) -> (String, String, String) {
-        let (s, app) = self.call(admin, "POST", "/v1.0/applications", Some(json!({"displayName": name}))).await;
+        let (s, app) = self
+            .call(
+                admin,
+                "POST",
+                "/v1.0/applications",
+                Some(json!({"displayName": name})),
+            )
+            .await;
         assert_eq!(s, 201, "{app}");
         let obj = app["id"].as_str().unwrap();
         let app_id = app["appId"].as_str().unwrap().to_string();
-        let (s, pw) = self.call(admin, "POST", &format!("/v1.0/applications/{obj}/addPassword"), Some(json!({}))).await;
+        let (s, pw) = self
+            .call(
+                admin,
+                "POST",
+                &format!("/v1.0/applications/{obj}/addPassword"),
+                Some(json!({})),
+            )
+            .await;
         assert_eq!(s, 200, "{pw}");
-        let (_, sps) = self.call(admin, "GET", &format!("/v1.0/servicePrincipals?$filter=appId eq '{app_id}'"), None).await;
+        let (_, sps) = self
+            .call(
+                admin,
+                "GET",
+                &format!("/v1.0/servicePrincipals?$filter=appId eq '{app_id}'"),
+                None,
+            )
+            .await;
         let sp = sps["value"][0]["id"].as_str().unwrap().to_string();
         (app_id, sp, pw["secretText"].as_str().unwrap().to_string())
     }
@@ -185,7 +244,13 @@ impl Server {
         format!("https://127.0.0.1:{}/", self.port)
     }
 
-    pub async fn assign(&self, admin: &str, scope: &str, role_guid: &str, principal: &str) -> Value {
+    pub async fn assign(
+        &self,
+        admin: &str,
+        scope: &str,
+        role_guid: &str,
+        principal: &str,
+    ) -> Value {
         let prefix = if scope == "/" { "" } else { scope };
         let id = uuid::Uuid::new_v4();
         let (s, v) = self
@@ -202,7 +267,15 @@ impl Server {
 
     pub async fn create_rg(&self, admin: &str, name: &str) {
         let (s, v) = self
-            .call(admin, "PUT", &format!("/subscriptions/{}/resourcegroups/{name}?api-version=2021-04-01", self.sub()), Some(json!({"location": "local"})))
+            .call(
+                admin,
+                "PUT",
+                &format!(
+                    "/subscriptions/{}/resourcegroups/{name}?api-version=2021-04-01",
+                    self.sub()
+                ),
+                Some(json!({"location": "local"})),
+            )
             .await;
         assert!(s == 201 || s == 200, "rg: {v}");
     }
@@ -214,7 +287,11 @@ impl Server {
             .env("CLOISTER_CONFIG_DIR", self.dir.path().join("cli"))
             .output()
             .expect("run cli");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 }
 
@@ -233,10 +310,20 @@ pub const MI_OPERATOR: &str = "f1a07417-d97a-45cb-824c-7a7467783830";
 pub fn claims(token: &str) -> Value {
     use base64::Engine;
     let p = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
 }
 pub fn header(token: &str) -> Value {
     use base64::Engine;
     let p = token.split('.').next().unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
 }
