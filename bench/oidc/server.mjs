@@ -14,7 +14,7 @@ const jwk = { ...privateKey.export({ format: 'jwk' }), alg, use: 'sig', kid: 'be
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients: [{
     client_id: 'bench', client_secret: 'bench-secret-bench-secret', grant_types: ['client_credentials'],
-    redirect_uris: [], response_types: [], token_endpoint_auth_method: 'client_secret_post',
+    redirect_uris: [], response_types: [], token_endpoint_auth_method: 'client_secret_post', id_token_signed_response_alg: alg,
   }],
   jwks: { keys: [jwk] },
   features: {

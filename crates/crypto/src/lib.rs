@@ -81,6 +81,8 @@ pub fn new_client_secret() -> Secret {
 /// The 256-bit master key. Everything sealed at rest is sealed under keys derived from it.
 pub struct MasterKey {
     key: [u8; 32],
+    /// HMAC keys derived per purpose, cached (derivation is on the token hot path).
+    hmac_keys: std::sync::RwLock<std::collections::HashMap<String, hmac::Key>>,
 }
 
 struct Len32;
@@ -96,7 +98,7 @@ impl MasterKey {
     pub fn generate() -> MasterKey {
         let mut key = [0u8; 32];
         fill(&mut key);
-        MasterKey { key }
+        MasterKey { key, hmac_keys: Default::default() }
     }
 
     pub fn from_base64(s: &str) -> Result<MasterKey> {
@@ -106,7 +108,7 @@ impl MasterKey {
         let key: [u8; 32] = raw
             .try_into()
             .map_err(|_| Error::Key("master key must be 32 bytes".into()))?;
-        Ok(MasterKey { key })
+        Ok(MasterKey { key, hmac_keys: Default::default() })
     }
 
     /// Loads the key file (base64), or creates it with mode 0600 if absent.
