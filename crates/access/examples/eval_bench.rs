@@ -21,13 +21,24 @@ fn world(total: usize) -> (Snapshot, Vec<(String, Scope)>) {
         let scope = match i % 3 {
             0 => format!("/subscriptions/s{sub}"),
             1 => format!("/subscriptions/s{sub}/resourceGroups/rg{rg}"),
-            _ => format!("/subscriptions/s{sub}/resourceGroups/rg{rg}/providers/Contoso.Widgets/widgets/w{}", i % 50),
+            _ => format!(
+                "/subscriptions/s{sub}/resourceGroups/rg{rg}/providers/Contoso.Widgets/widgets/w{}",
+                i % 50
+            ),
         };
-        let principal = if i % 4 == 0 { format!("g{}", i % 100) } else { format!("p{}", i % 1000) };
+        let principal = if i % 4 == 0 {
+            format!("g{}", i % 100)
+        } else {
+            format!("p{}", i % 1000)
+        };
         a.push(RoleAssignment {
             id: format!("a{i}"),
             scope,
-            role_definition_id: if i % 2 == 0 { READER.into() } else { CONTRIB.into() },
+            role_definition_id: if i % 2 == 0 {
+                READER.into()
+            } else {
+                CONTRIB.into()
+            },
             principal_id: principal,
             principal_type: "User".into(),
         });
@@ -43,12 +54,23 @@ fn world(total: usize) -> (Snapshot, Vec<(String, Scope)>) {
             let j = (q * 7919) % total;
             let sub = j % subs;
             let rg = (j / subs) % 20;
-            let principal = if q % 2 == 0 { format!("p{}", j % 1000) } else { format!("p{}", (q * 13) % 1000) };
-            let s = Scope::parse(&format!("/subscriptions/s{sub}/resourceGroups/rg{rg}/providers/Contoso.Widgets/widgets/w{}", q % 50)).unwrap();
+            let principal = if q % 2 == 0 {
+                format!("p{}", j % 1000)
+            } else {
+                format!("p{}", (q * 13) % 1000)
+            };
+            let s = Scope::parse(&format!(
+                "/subscriptions/s{sub}/resourceGroups/rg{rg}/providers/Contoso.Widgets/widgets/w{}",
+                q % 50
+            ))
+            .unwrap();
             (principal, s)
         })
         .collect();
-    (Snapshot::build(builtin_roles(), a, vec![], memberships, vec![]), queries)
+    (
+        Snapshot::build(builtin_roles(), a, vec![], memberships, vec![]),
+        queries,
+    )
 }
 
 fn pct(mut v: Vec<u64>, p: f64) -> u64 {
@@ -57,12 +79,20 @@ fn pct(mut v: Vec<u64>, p: f64) -> u64 {
 }
 
 fn main() {
-    let actions = [Action::Control("Contoso.Widgets/widgets/read".into()), Action::Control("Contoso.Widgets/widgets/write".into()), Action::Control("Microsoft.Authorization/roleAssignments/write".into())];
+    let actions = [
+        Action::Control("Contoso.Widgets/widgets/read".into()),
+        Action::Control("Contoso.Widgets/widgets/write".into()),
+        Action::Control("Microsoft.Authorization/roleAssignments/write".into()),
+    ];
     println!("| assignments | avg on chain | path | decisions/s | p50 | p99 | allowed |");
     println!("|---|---|---|---|---|---|---|");
     for total in [1_000usize, 10_000, 100_000] {
         let (snap, queries) = world(total);
-        let on_chain: usize = queries.iter().map(|(_, s)| snap.assignments_on_chain(s)).sum::<usize>() / queries.len();
+        let on_chain: usize = queries
+            .iter()
+            .map(|(_, s)| snap.assignments_on_chain(s))
+            .sum::<usize>()
+            / queries.len();
         // Uncached path.
         let mut lat = Vec::with_capacity(200_000);
         let mut allowed = 0usize;
@@ -77,7 +107,12 @@ fn main() {
         }
         let n = lat.len();
         let rate = n as f64 / start.elapsed().as_secs_f64();
-        println!("| {total} | {on_chain} | snapshot (uncached) | {rate:.0} | {:.2} µs | {:.2} µs | {:.0}% |", pct(lat.clone(), 0.5) as f64 / 1000.0, pct(lat, 0.99) as f64 / 1000.0, allowed as f64 * 100.0 / n as f64);
+        println!(
+            "| {total} | {on_chain} | snapshot (uncached) | {rate:.0} | {:.2} µs | {:.2} µs | {:.0}% |",
+            pct(lat.clone(), 0.5) as f64 / 1000.0,
+            pct(lat, 0.99) as f64 / 1000.0,
+            allowed as f64 * 100.0 / n as f64
+        );
         // Cached engine path.
         let engine = Engine::new(snap);
         let mut lat = Vec::with_capacity(200_000);
@@ -90,6 +125,10 @@ fn main() {
             }
         }
         let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
-        println!("| {total} | {on_chain} | engine (decision cache) | {rate:.0} | {:.2} µs | {:.2} µs | |", pct(lat.clone(), 0.5) as f64 / 1000.0, pct(lat, 0.99) as f64 / 1000.0);
+        println!(
+            "| {total} | {on_chain} | engine (decision cache) | {rate:.0} | {:.2} µs | {:.2} µs | |",
+            pct(lat.clone(), 0.5) as f64 / 1000.0,
+            pct(lat, 0.99) as f64 / 1000.0
+        );
     }
 }

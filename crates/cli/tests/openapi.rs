@@ -8,7 +8,15 @@ use common::*;
 async fn every_documented_operation_is_served() {
     let s = Server::start().await;
     let admin = s.admin_token().await;
-    let doc: serde_json::Value = s.http.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() > 40);
@@ -35,11 +43,22 @@ async fn every_documented_operation_is_served() {
             let sep = if concrete.contains('?') { '&' } else { '?' };
             let url = s.url(&format!("{concrete}{sep}api-version=2022-04-01"));
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let r = s.http.request(m, &url).bearer_auth(&admin).header("content-type", "application/json").body("{}").send().await.unwrap();
+            let r = s
+                .http
+                .request(m, &url)
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
             let st = r.status().as_u16();
             let body = r.text().await.unwrap_or_default();
             assert!(st < 500, "{method} {path} -> {st} {body}");
-            assert!(!body.contains("No API matches"), "{method} {path} is documented but not routed");
+            assert!(
+                !body.contains("No API matches"),
+                "{method} {path} is documented but not routed"
+            );
             checked += 1;
         }
     }

@@ -98,7 +98,10 @@ impl MasterKey {
     pub fn generate() -> MasterKey {
         let mut key = [0u8; 32];
         fill(&mut key);
-        MasterKey { key, hmac_keys: Default::default() }
+        MasterKey {
+            key,
+            hmac_keys: Default::default(),
+        }
     }
 
     pub fn from_base64(s: &str) -> Result<MasterKey> {
@@ -108,7 +111,10 @@ impl MasterKey {
         let key: [u8; 32] = raw
             .try_into()
             .map_err(|_| Error::Key("master key must be 32 bytes".into()))?;
-        Ok(MasterKey { key, hmac_keys: Default::default() })
+        Ok(MasterKey {
+            key,
+            hmac_keys: Default::default(),
+        })
     }
 
     /// Loads the key file (base64), or creates it with mode 0600 if absent.
