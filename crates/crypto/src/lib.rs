@@ -225,11 +225,7 @@ impl MasterKey {
     /// HMAC-SHA256 under a per-purpose key derived from the master key, base64url. Used to
     /// store high-entropy secrets (client secrets, codes, refresh tokens) without the secret.
     pub fn keyed_hash(&self, purpose: &str, data: &[u8]) -> String {
-        let k = hmac::Key::new(
-            hmac::HMAC_SHA256,
-            &self.derive(format!("cloister hash {purpose}").as_bytes()),
-        );
-        URL_SAFE_NO_PAD.encode(hmac::sign(&k, data).as_ref())
+        URL_SAFE_NO_PAD.encode(hmac::sign(&self.hmac_key(purpose), data).as_ref())
     }
 
     /// Constant-time check of a keyed hash.
@@ -237,11 +233,27 @@ impl MasterKey {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(expected) else {
             return false;
         };
+        hmac::verify(&self.hmac_key(purpose), data, &tag).is_ok()
+    }
+
+    /// The HMAC key for a purpose, derived once (derivation is on the token hot path).
+    fn hmac_key(&self, purpose: &str) -> hmac::Key {
+        if let Some(k) = self
+            .hmac_keys
+            .read()
+            .ok()
+            .and_then(|m| m.get(purpose).cloned())
+        {
+            return k;
+        }
         let k = hmac::Key::new(
             hmac::HMAC_SHA256,
             &self.derive(format!("cloister hash {purpose}").as_bytes()),
         );
-        hmac::verify(&k, data, &tag).is_ok()
+        if let Ok(mut m) = self.hmac_keys.write() {
+            m.insert(purpose.to_string(), k.clone());
+        }
+        k
     }
 }
 
