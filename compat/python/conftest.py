@@ -2,7 +2,6 @@
 CLOISTER_TEST_PG is set) and offers helpers that run client code in a clean subprocess."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,21 +15,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CLOISTER_BIN", os.path.join(ROOT, "target", "debug", "cloister"))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 class Server:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="cloister-compat-")
-        self.port = free_port()
-        self.http_port = free_port()
-        args = [BIN, "serve", "--data-dir", self.dir, "--listen", f"127.0.0.1:{self.port}",
-                "--http-listen", f"127.0.0.1:{self.http_port}"]
+        # Port 0: the server picks free ports and reports them in endpoints.json.
+        args = [BIN, "serve", "--data-dir", self.dir, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
         pg = os.environ.get("CLOISTER_TEST_PG")
         if pg:
             name = "c_" + uuid.uuid4().hex
@@ -39,10 +28,14 @@ class Server:
         env = dict(os.environ, CLOISTER_LOG_LEVEL="warn")
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
         boot = os.path.join(self.dir, "bootstrap.json")
+        endpoints = os.path.join(self.dir, "endpoints.json")
         deadline = time.time() + 60
         while True:
-            if os.path.exists(boot):
+            if os.path.exists(boot) and os.path.exists(endpoints):
                 try:
+                    ep = json.load(open(endpoints))
+                    self.port = int(ep["https"].rsplit(":", 1)[1])
+                    self.http_port = int(ep["http"].rsplit(":", 1)[1])
                     self.boot = json.load(open(boot))
                     self.ca = os.path.join(self.dir, "ca.pem")
                     if requests.get(self.url("/healthz"), verify=self.ca, timeout=2).ok:

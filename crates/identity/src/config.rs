@@ -11,6 +11,8 @@ pub struct IdentityConfig {
     pub key_rotation_secs: i64,
     /// How long a new key is published in the JWKS before it may sign.
     pub key_publish_lead_secs: i64,
+    /// How often key rotation and purges are checked.
+    pub key_check_secs: u64,
     /// App tokens live a random time in this range (Entra: 60-90 minutes).
     pub app_token_min_secs: i64,
     pub app_token_max_secs: i64,
@@ -33,6 +35,7 @@ impl Default for IdentityConfig {
             signing_alg: "ES256".into(),
             key_rotation_secs: 30 * 86400,
             key_publish_lead_secs: 2 * 86400,
+            key_check_secs: 60,
             app_token_min_secs: 3600,
             app_token_max_secs: 5400,
             mi_token_secs: 86400,

@@ -68,6 +68,7 @@ impl Identity {
             identifier_uris,
             redirect_uris,
             public_client,
+            app_roles: "[]".into(),
             created_at: now,
         };
         let sp = ServicePrincipal {

@@ -226,6 +226,7 @@ impl Identity {
                 &res,
                 Subject::App { sp: &rec.sp, acr },
                 lifetime,
+                &self.roles_for(&rec.sp.id, &res).await,
             )
             .map_err(|e| AadError::server_error(e.to_string()))?;
         let expires_in = m.exp - now_secs();
@@ -469,6 +470,7 @@ impl Identity {
                 }
             })
             .collect();
+        let roles = self.roles_for(&user.id, &res).await;
         let m = self
             .mint_access(
                 tenant,
@@ -480,6 +482,7 @@ impl Identity {
                     acr,
                 },
                 self.cfg.user_token_secs,
+                &roles,
             )
             .map_err(|e| AadError::server_error(e.to_string()))?;
         let expires_in = m.exp - now_secs();

@@ -261,6 +261,7 @@ impl Identity {
                 &res,
                 Subject::ManagedIdentity { sp },
                 lifetime,
+                &self.roles_for(&sp.id, &res).await,
             )
             .map_err(|e| MiError::Unavailable(e.to_string()))?;
         let t = Arc::new(CachedToken {

@@ -94,6 +94,7 @@ impl Identity {
         resource: &ResolvedResource,
         subject: Subject<'_>,
         lifetime: i64,
+        roles: &[String],
     ) -> Result<Minted, crate::IdentityError> {
         let now = now_secs();
         let (iat, nbf, exp) = (now, now - 300, now + lifetime);
@@ -155,6 +156,9 @@ impl Identity {
         } else {
             c.insert("azp".into(), json!(client));
             c.insert("azpacr".into(), json!(acr));
+        }
+        if !roles.is_empty() {
+            c.insert("roles".into(), json!(roles));
         }
         let token = self.sign(&Value::Object(c))?;
         metrics::counter!("cloister_tokens_issued_total").increment(1);
@@ -253,6 +257,34 @@ impl Identity {
             exp: c.get("exp").and_then(|v| v.as_i64()).unwrap_or(0),
             tid,
         })
+    }
+}
+
+impl Identity {
+    /// The values of the app roles `principal` holds on the resource application (the
+    /// `roles` claim); empty for first-party resources.
+    pub async fn roles_for(&self, principal: &str, res: &ResolvedResource) -> Vec<String> {
+        let Some(app_id) = &res.app_id else {
+            return vec![];
+        };
+        let Ok(Some(app)) = self.store.application_get(app_id).await else {
+            return vec![];
+        };
+        let defs: Vec<Value> = serde_json::from_str(&app.app_roles).unwrap_or_default();
+        let held = self
+            .store
+            .app_roles_of(principal, app_id)
+            .await
+            .unwrap_or_default();
+        defs.iter()
+            .filter(|d| d.get("isEnabled").and_then(|v| v.as_bool()).unwrap_or(true))
+            .filter(|d| {
+                d.get("id")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|id| held.iter().any(|h| h.eq_ignore_ascii_case(id)))
+            })
+            .filter_map(|d| d.get("value").and_then(|v| v.as_str()).map(str::to_string))
+            .collect()
     }
 }
 

@@ -155,6 +155,7 @@ pub async fn ensure_admin(
             identifier_uris: vec![],
             redirect_uris: vec!["http://localhost".into()],
             public_client: true,
+            app_roles: "[]".into(),
             created_at: now,
         };
         if let Err(e) = store.application_create(&app, &new_guid()).await {

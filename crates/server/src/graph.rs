@@ -37,6 +37,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1.0/applications/{id}/keyCredentials", post(add_key))
         .route("/v1.0/servicePrincipals", get(list_sps))
         .route("/v1.0/servicePrincipals/{id}", get(get_sp))
+        .route(
+            "/v1.0/servicePrincipals/{id}/appRoleAssignedTo",
+            post(assign_app_role).get(list_app_role_assignments),
+        )
         .route("/v1.0/users", post(create_user).get(list_users))
         .route("/v1.0/users/{id}", get(get_user).delete(delete_user))
         .route("/v1.0/groups", post(create_group).get(list_groups))
@@ -84,6 +88,7 @@ fn app_json(
         "publicClient": {"redirectUris": if a.public_client { a.redirect_uris.clone() } else { vec![] }},
         "web": {"redirectUris": if a.public_client { vec![] } else { a.redirect_uris.clone() }},
         "createdDateTime": format_rfc3339(a.created_at),
+        "appRoles": serde_json::from_str::<Value>(&a.app_roles).unwrap_or(json!([])),
         "passwordCredentials": secrets.iter().map(|s| json!({
             "keyId": s.key_id, "displayName": s.display_name, "hint": s.hint,
             "endDateTime": format_rfc3339(s.expires_at), "startDateTime": format_rfc3339(s.created_at), "secretText": null,
@@ -220,6 +225,9 @@ async fn patch_app(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes
     }
     if let Some(i) = b.get("identifierUris") {
         a.identifier_uris = uris(Some(i))?;
+    }
+    if let Some(r) = b.get("appRoles") {
+        a.app_roles = validate_app_roles(r)?.to_string();
     }
     for u in a.redirect_uris.iter().chain(a.identifier_uris.iter()) {
         url::Url::parse(u)
@@ -574,4 +582,161 @@ async fn remove_member(
         .await
         .map_err(|e| ArmError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Checks an `appRoles` array: each role has a GUID `id`, a `value` without spaces, and
+/// allowedMemberTypes from {Application, User}.
+fn validate_app_roles(v: &Value) -> Result<Value, ArmError> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| ArmError::invalid("'appRoles' must be an array."))?;
+    let mut out = vec![];
+    let mut seen = std::collections::HashSet::new();
+    for r in arr {
+        let id = r
+            .get("id")
+            .and_then(|x| x.as_str())
+            .filter(|x| cloister_core::is_guid(x))
+            .ok_or_else(|| ArmError::invalid("each app role needs an 'id' that is a GUID."))?;
+        let value = r
+            .get("value")
+            .and_then(|x| x.as_str())
+            .filter(|x| !x.is_empty() && x.len() <= 249 && !x.contains(char::is_whitespace))
+            .ok_or_else(|| ArmError::invalid("each app role needs a 'value' without spaces."))?;
+        if !seen.insert(value.to_ascii_lowercase()) {
+            return Err(ArmError::invalid(format!(
+                "the app role value '{value}' appears twice."
+            )));
+        }
+        let types: Vec<String> = r
+            .get("allowedMemberTypes")
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["Application".into()]);
+        if types.is_empty() || types.iter().any(|t| t != "Application" && t != "User") {
+            return Err(ArmError::invalid(
+                "allowedMemberTypes may hold 'Application' and 'User'.",
+            ));
+        }
+        out.push(json!({
+            "id": id.to_ascii_lowercase(), "value": value, "allowedMemberTypes": types,
+            "displayName": r.get("displayName").and_then(|x| x.as_str()).unwrap_or(value),
+            "description": r.get("description").and_then(|x| x.as_str()).unwrap_or(""),
+            "isEnabled": r.get("isEnabled").and_then(|x| x.as_bool()).unwrap_or(true),
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// `POST /v1.0/servicePrincipals/{id}/appRoleAssignedTo`: grants `principalId` an app role
+/// of the resource application whose service principal is `{id}`.
+async fn assign_app_role(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes) -> Res {
+    authz(&st, &c, "servicePrincipals/appRoleAssignedTo/write")?;
+    let resource = st
+        .store
+        .sp_get(&id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| not_found("servicePrincipal", &id))?;
+    let b = parse_body(&body)?;
+    let principal = b
+        .get("principalId")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'principalId' is required."))?
+        .to_ascii_lowercase();
+    let role = b
+        .get("appRoleId")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ArmError::invalid("'appRoleId' is required."))?
+        .to_ascii_lowercase();
+    if let Some(r) = b.get("resourceId").and_then(|v| v.as_str())
+        && !r.eq_ignore_ascii_case(&resource.id)
+    {
+        return Err(graph_err(
+            "Request_BadRequest",
+            400,
+            "'resourceId' must be the service principal in the URL.",
+        ));
+    }
+    let app = st
+        .store
+        .application_get(&resource.app_id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| not_found("application", &resource.app_id))?;
+    let roles: Value = serde_json::from_str(&app.app_roles).unwrap_or(json!([]));
+    let Some(def) = roles
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"].as_str() == Some(role.as_str())))
+    else {
+        return Err(graph_err(
+            "Request_BadRequest",
+            400,
+            format!(
+                "Permission being assigned was not found on application '{}'.",
+                app.app_id
+            ),
+        ));
+    };
+    let (kind, _) = st
+        .id
+        .principal_kind(&principal)
+        .await
+        .map_err(ArmError::from)?
+        .ok_or_else(|| not_found("principal", &principal))?;
+    let wanted = if kind == "User" {
+        "User"
+    } else {
+        "Application"
+    };
+    if !def["allowedMemberTypes"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|t| t == wanted))
+    {
+        return Err(graph_err(
+            "Request_BadRequest",
+            400,
+            format!("The app role does not allow members of type {wanted}."),
+        ));
+    }
+    let row = cloister_store::AppRoleAssignmentRow {
+        id: cloister_core::new_guid(),
+        principal_id: principal.clone(),
+        resource_app_id: app.app_id.clone(),
+        app_role_id: role.clone(),
+        created_at: cloister_core::clock::now_secs(),
+    };
+    match st.store.app_role_assignment_create(&row).await {
+        Ok(()) => {}
+        Err(cloister_store::StoreError::Conflict(m)) => {
+            return Err(graph_err("Request_BadRequest", 400, m));
+        }
+        Err(e) => return Err(store_err(e)),
+    }
+    created(
+        json!({"id": row.id, "principalId": principal, "principalType": kind, "resourceId": resource.id, "appRoleId": role, "createdDateTime": format_rfc3339(row.created_at)}),
+    )
+}
+
+async fn list_app_role_assignments(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
+    authz(&st, &c, "servicePrincipals/read")?;
+    let resource = st
+        .store
+        .sp_get(&id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| not_found("servicePrincipal", &id))?;
+    let v: Vec<Value> = st
+        .store
+        .app_role_assignments_to(&resource.app_id)
+        .await
+        .map_err(store_err)?
+        .iter()
+        .map(|r| json!({"id": r.id, "principalId": r.principal_id, "resourceId": resource.id, "appRoleId": r.app_role_id, "createdDateTime": format_rfc3339(r.created_at)}))
+        .collect();
+    okv(json!({ "value": v }))
 }

@@ -47,7 +47,7 @@ pub fn master_key(cfg: &ServerConfig) -> anyhow::Result<MasterKey> {
 }
 
 /// Builds everything and serves until the process is stopped.
-pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     std::fs::create_dir_all(&cfg.data_dir)?;
     {
@@ -55,6 +55,23 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let mk = Arc::new(master_key(&cfg)?);
+    // Bind first: with port 0 the real ports decide the public URL (the token issuer).
+    let https = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
+    cfg.listen = https.local_addr()?;
+    tracing::info!(addr = %cfg.listen, "serving HTTPS");
+    let http = match cfg.http_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {a}: {e}"))?;
+            cfg.http_listen = Some(l.local_addr()?);
+            tracing::info!(addr = %l.local_addr()?, "serving HTTP");
+            Some(l)
+        }
+        None => None,
+    };
     let store = cloister_store::Store::open(&cfg.store_url())
         .await
         .map_err(|e| {
@@ -97,21 +114,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     });
     let app = router(st.clone());
 
-    let https = tokio::net::TcpListener::bind(cfg.listen).await?;
-    tracing::info!(addr = %https.local_addr()?, "serving HTTPS");
-    let http = match cfg.http_listen {
-        Some(a) => {
-            let l = tokio::net::TcpListener::bind(a).await?;
-            tracing::info!(addr = %l.local_addr()?, "serving HTTP");
-            Some(l)
-        }
-        None => None,
-    };
     // Background upkeep: key rotation and purges every minute; RBAC changes from other nodes every second.
     {
         let id = id.clone();
+        let every = Duration::from_secs(cfg.identity.key_check_secs.max(1));
         tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(60));
+            let mut t = tokio::time::interval(every);
             loop {
                 t.tick().await;
                 if let Err(e) = id.tick().await {
@@ -132,6 +140,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
+    // The addresses actually served, for tools that started us on port 0.
+    let endpoints = serde_json::json!({"https": format!("https://{}", cfg.listen), "http": cfg.http_base(), "authority": cfg.public_url()});
+    tls::write_file_0600(
+        &cfg.data_dir.join("endpoints.json"),
+        endpoints.to_string().as_bytes(),
+    )?;
     println!(
         "cloister: ready on https://{} (data dir {})",
         cfg.listen,

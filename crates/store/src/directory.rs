@@ -42,6 +42,17 @@ pub struct Application {
     pub identifier_uris: Vec<String>,
     pub redirect_uris: Vec<String>,
     pub public_client: bool,
+    /// JSON array of app roles.
+    pub app_roles: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRoleAssignmentRow {
+    pub id: String,
+    pub principal_id: String,
+    pub resource_app_id: String,
+    pub app_role_id: String,
     pub created_at: i64,
 }
 
@@ -116,6 +127,17 @@ fn application(r: &AnyRow) -> Result<Application> {
         identifier_uris: json_vec(r, "identifier_uris")?,
         redirect_uris: json_vec(r, "redirect_uris")?,
         public_client: i(r, "public_client")? != 0,
+        app_roles: s(r, "app_roles")?,
+        created_at: i(r, "created_at")?,
+    })
+}
+
+fn ara(r: &AnyRow) -> Result<AppRoleAssignmentRow> {
+    Ok(AppRoleAssignmentRow {
+        id: s(r, "id")?,
+        principal_id: s(r, "principal_id")?,
+        resource_app_id: s(r, "resource_app_id")?,
+        app_role_id: s(r, "app_role_id")?,
         created_at: i(r, "created_at")?,
     })
 }
@@ -232,6 +254,10 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM app_role_assignments WHERE principal_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -320,7 +346,7 @@ impl Store {
     pub async fn application_create(&self, a: &Application, sp_id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO applications (app_id, object_id, tenant_id, display_name, identifier_uris, redirect_uris, public_client, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+            "INSERT INTO applications (app_id, object_id, tenant_id, display_name, identifier_uris, redirect_uris, public_client, created_at, app_roles) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         )
         .bind(&a.app_id)
         .bind(&a.object_id)
@@ -330,6 +356,7 @@ impl Store {
         .bind(serde_json::to_string(&a.redirect_uris).unwrap_or_default())
         .bind(a.public_client as i64)
         .bind(a.created_at)
+        .bind(&a.app_roles)
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::map_unique(e, "application exists"))?;
@@ -349,13 +376,14 @@ impl Store {
     }
     pub async fn application_update(&self, a: &Application) -> Result<()> {
         sqlx::query(
-            "UPDATE applications SET display_name=$2, identifier_uris=$3, redirect_uris=$4, public_client=$5 WHERE app_id=$1",
+            "UPDATE applications SET display_name=$2, identifier_uris=$3, redirect_uris=$4, public_client=$5, app_roles=$6 WHERE app_id=$1",
         )
         .bind(&a.app_id)
         .bind(&a.display_name)
         .bind(serde_json::to_string(&a.identifier_uris).unwrap_or_default())
         .bind(serde_json::to_string(&a.redirect_uris).unwrap_or_default())
         .bind(a.public_client as i64)
+        .bind(&a.app_roles)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -420,7 +448,15 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM app_role_assignments WHERE principal_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
+        sqlx::query("DELETE FROM app_role_assignments WHERE resource_app_id = $1")
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(sp_id)
     }
@@ -470,6 +506,65 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(sp).collect()
+    }
+
+    // ---- app role assignments ------------------------------------------------------------
+    pub async fn app_role_assignment_create(&self, a: &AppRoleAssignmentRow) -> Result<()> {
+        let dup = sqlx::query("SELECT id FROM app_role_assignments WHERE principal_id = $1 AND resource_app_id = $2 AND app_role_id = $3")
+            .bind(&a.principal_id)
+            .bind(&a.resource_app_id)
+            .bind(&a.app_role_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if dup.is_some() {
+            return Err(StoreError::Conflict(
+                "the app role is already assigned to this principal".into(),
+            ));
+        }
+        sqlx::query("INSERT INTO app_role_assignments (id, principal_id, resource_app_id, app_role_id, created_at) VALUES ($1,$2,$3,$4,$5)")
+            .bind(&a.id)
+            .bind(&a.principal_id)
+            .bind(&a.resource_app_id)
+            .bind(&a.app_role_id)
+            .bind(a.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+    /// App role ids held by `principal_id` on the application `resource_app_id`.
+    pub async fn app_roles_of(
+        &self,
+        principal_id: &str,
+        resource_app_id: &str,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT app_role_id FROM app_role_assignments WHERE principal_id = $1 AND resource_app_id = $2")
+            .bind(principal_id)
+            .bind(resource_app_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+    pub async fn app_role_assignments_to(
+        &self,
+        resource_app_id: &str,
+    ) -> Result<Vec<AppRoleAssignmentRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM app_role_assignments WHERE resource_app_id = $1 ORDER BY created_at",
+        )
+        .bind(resource_app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ara).collect()
+    }
+    pub async fn app_role_assignment_delete(&self, id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM app_role_assignments WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
 
     // ---- credentials ---------------------------------------------------------------------

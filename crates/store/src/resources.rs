@@ -427,6 +427,10 @@ async fn delete_principal(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -
         .bind(id)
         .execute(&mut **tx)
         .await?;
+    sqlx::query("DELETE FROM app_role_assignments WHERE principal_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("DELETE FROM group_members WHERE member_id = $1")
         .bind(id)
         .execute(&mut **tx)

@@ -17,6 +17,9 @@ pub struct Server {
     pub boot: Value,
     pub http: reqwest::Client,
     pub extra_args: Vec<String>,
+    pub extra_env: Vec<(String, String)>,
+    /// When set, the server logs at debug level into this file.
+    pub log_file: Option<PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -67,6 +70,62 @@ impl Server {
             boot: Value::Null,
             http: reqwest::Client::new(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_env: vec![],
+            log_file: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Starts with a TOML configuration file.
+    pub async fn start_with_config(toml: &str) -> Server {
+        let cfg_dir = tempfile::tempdir().unwrap().keep();
+        let path = cfg_dir.join("cloister.toml");
+        std::fs::write(&path, toml).unwrap();
+        Self::start_with(&["--config", path.to_str().unwrap()]).await
+    }
+
+    /// Starts with debug logging captured in `DATA_DIR/server.log`.
+    pub async fn start_logged() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fresh_store().await;
+        let log = dir.path().join("server.log");
+        let mut s = Server {
+            dir,
+            port: free_port(),
+            http_port: free_port(),
+            child: None,
+            store,
+            boot: Value::Null,
+            http: reqwest::Client::new(),
+            extra_args: vec![
+                "--log-level".into(),
+                "debug".into(),
+                "--log-format".into(),
+                "json".into(),
+            ],
+            extra_env: vec![],
+            log_file: Some(log),
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// A second node on the same store (PostgreSQL only), sharing the master key.
+    pub async fn second_node(&self) -> Server {
+        let mk = std::fs::read_to_string(self.dir.path().join("master.key")).unwrap();
+        let mut s = Server {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            http_port: free_port(),
+            child: None,
+            store: self.store.clone(),
+            boot: Value::Null,
+            http: reqwest::Client::new(),
+            // Nodes behind one name share the public URL (the token issuer).
+            extra_args: vec!["--public-url".into(), self.url("")],
+            extra_env: vec![("CLOISTER_MASTER_KEY".into(), mk.trim().to_string())],
+            log_file: None,
         };
         s.spawn().await;
         s
@@ -78,21 +137,48 @@ impl Server {
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("127.0.0.1:0")
             .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("127.0.0.1:0")
             .args(&self.extra_args)
             .env("CLOISTER_LOG_LEVEL", "warn")
+            .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(f) = &self.log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .unwrap();
+            cmd.stderr(Stdio::from(file));
+        }
         if let Some(st) = &self.store {
             cmd.arg("--store").arg(st);
         }
+        let _ = std::fs::remove_file(self.dir.path().join("endpoints.json"));
         self.child = Some(cmd.spawn().expect("spawn cloister"));
         let deadline = Instant::now() + Duration::from_secs(60);
         let boot_path = self.dir.path().join("bootstrap.json");
+        let ep_path = self.dir.path().join("endpoints.json");
+        // The server binds port 0 and reports its ports in endpoints.json.
         loop {
+            if let Ok(text) = std::fs::read_to_string(&ep_path)
+                && let Ok(ep) = serde_json::from_str::<Value>(&text)
+            {
+                let port_of = |k: &str| {
+                    ep[k]
+                        .as_str()
+                        .and_then(|u| u.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                };
+                if let (Some(p), Some(h)) = (port_of("https"), port_of("http")) {
+                    self.port = p;
+                    self.http_port = h;
+                }
+            }
             if boot_path.exists()
+                && ep_path.exists()
                 && let Ok(text) = std::fs::read_to_string(&boot_path)
                 && let Ok(v) = serde_json::from_str::<Value>(&text)
             {
