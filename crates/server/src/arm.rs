@@ -439,10 +439,7 @@ pub async fn after_removal(
     st.id.invalidate_identity_sets();
     if !removed.principals.is_empty() || removed.role_assignments > 0 {
         st.id.invalidate_all_clients();
-        st.rbac
-            .changed()
-            .await
-            .map_err(|e| ArmError::internal(e.to_string()))?;
+        st.rbac.changed().await?;
     }
     Ok(())
 }
@@ -703,10 +700,7 @@ async fn role_assignment(
                 }
                 Err(e) => return Err(store_err(e)),
             }
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             let stored = st
                 .store
                 .role_assignment_get(id)
@@ -753,10 +747,7 @@ async fn role_assignment(
                 .role_assignment_delete(id)
                 .await
                 .map_err(store_err)?;
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(
                 StatusCode::OK,
                 role_assignment_json(&a, sc.subscription_id()),
@@ -1004,10 +995,7 @@ async fn role_definition(
                 .role_definition_upsert(id, &body, now_secs())
                 .await
                 .map_err(store_err)?;
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(
                 if existing.is_some() {
                     StatusCode::OK
@@ -1041,10 +1029,7 @@ async fn role_definition(
                 }
                 Err(e) => return Err(store_err(e)),
             }
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(StatusCode::OK, role_definition_json(&d, sc))
         }
         _ => Err(method_not_allowed(method)),
@@ -1204,10 +1189,7 @@ async fn deny_assignment(
                 .deny_assignment_upsert(id, &d.scope, &body, now_secs())
                 .await
                 .map_err(store_err)?;
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(StatusCode::CREATED, deny_json(&d))
         }
         Method::GET => {
@@ -1237,10 +1219,7 @@ async fn deny_assignment(
                 .deny_assignment_delete(id)
                 .await
                 .map_err(store_err)?;
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(StatusCode::OK, deny_json(&d))
         }
         _ => Err(method_not_allowed(method)),

@@ -360,10 +360,7 @@ async fn put(
         .map_err(store_err)?;
     st.id.invalidate_identity_sets();
     if !drop_principals.is_empty() {
-        st.rbac
-            .changed()
-            .await
-            .map_err(|e| ArmError::internal(e.to_string()))?;
+        st.rbac.changed().await?;
     }
     let stored = st
         .store

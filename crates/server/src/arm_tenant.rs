@@ -164,10 +164,7 @@ pub async fn management_groups(
                             .unwrap_or_else(now_secs),
                     };
                     st.store.mg_upsert(&m).await.map_err(store_err)?;
-                    st.rbac
-                        .changed()
-                        .await
-                        .map_err(|e| ArmError::internal(e.to_string()))?;
+                    st.rbac.changed().await?;
                     ok(
                         if existing.is_some() {
                             StatusCode::OK
@@ -185,10 +182,7 @@ pub async fn management_groups(
                     )?;
                     match st.store.mg_delete(name).await {
                         Ok(true) => {
-                            st.rbac
-                                .changed()
-                                .await
-                                .map_err(|e| ArmError::internal(e.to_string()))?;
+                            st.rbac.changed().await?;
                             Ok(StatusCode::OK.into_response())
                         }
                         Ok(false) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -241,10 +235,7 @@ pub async fn management_groups(
                 .subscription_upsert(&sub)
                 .await
                 .map_err(store_err)?;
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(
                 StatusCode::OK,
                 json!({
@@ -342,10 +333,7 @@ pub async fn alias(
                 .subscription_upsert(&sub)
                 .await
                 .map_err(store_err)?;
-            st.rbac
-                .changed()
-                .await
-                .map_err(|e| ArmError::internal(e.to_string()))?;
+            st.rbac.changed().await?;
             ok(StatusCode::CREATED, body_of(&sub.id))
         }
         _ => Err(method_not_allowed(method)),

@@ -246,10 +246,7 @@ async fn delete_app(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
         .await
         .map_err(store_err)?;
     st.id.invalidate_client(&a.tenant_id, &a.app_id);
-    st.rbac
-        .changed()
-        .await
-        .map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac.changed().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -432,10 +429,7 @@ async fn delete_user(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "users/delete")?;
     let u = find_user(&st, &id).await?;
     st.store.user_delete(&u.id).await.map_err(store_err)?;
-    st.rbac
-        .changed()
-        .await
-        .map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac.changed().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -485,10 +479,7 @@ async fn delete_group(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "groups/delete")?;
     let g = find_group(&st, &id).await?;
     st.store.group_delete(&g.id).await.map_err(store_err)?;
-    st.rbac
-        .changed()
-        .await
-        .map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac.changed().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -555,10 +546,7 @@ async fn add_member(State(st): St, c: Caller, Path(id): Path<String>, body: Byte
             "One or more added object references already exist for the following modified properties: 'members'.",
         ));
     }
-    st.rbac
-        .changed()
-        .await
-        .map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac.changed().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -577,10 +565,7 @@ async fn remove_member(
     {
         return Err(not_found("member", &member));
     }
-    st.rbac
-        .changed()
-        .await
-        .map_err(|e| ArmError::internal(e.to_string()))?;
+    st.rbac.changed().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

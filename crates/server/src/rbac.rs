@@ -36,7 +36,16 @@ impl Rbac {
 
     /// Rebuilds the snapshot now. Called after every write that changes access, before the
     /// write's response is sent, so the next request sees it.
-    pub async fn changed(&self) -> anyhow::Result<()> {
+    pub async fn changed(&self) -> Result<(), ArmError> {
+        self.reload_after_change().await.map_err(|e| {
+            tracing::error!("rbac reload: {e}");
+            ArmError::internal(
+                "The change was saved but access could not be refreshed; retry the request.",
+            )
+        })
+    }
+
+    async fn reload_after_change(&self) -> anyhow::Result<()> {
         let g = self.store.bump_counter(GENERATION_KEY).await?;
         let _guard = self.reload_lock.lock().await;
         let (snap, defs) = build(&self.store).await?;
