@@ -100,6 +100,8 @@ async fn malformed_requests_get_4xx() {
             ),
         ),
         ("GET", "/nothing/here".into(), None),
+        ("PUT", "/v1.0/users".into(), Some("{}")),
+        ("DELETE", "/healthz".into(), None),
     ];
     for (m, path, body) in cases {
         let mut r = s

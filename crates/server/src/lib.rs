@@ -193,6 +193,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .merge(cloister_identity::api::router(st.id.clone()))
         .merge(api)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             st.cfg.max_body_bytes,
@@ -233,6 +234,18 @@ async fn openapi_doc() -> Response {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+async fn method_not_allowed(req: Request) -> ArmError {
+    ArmError::new(
+        405,
+        "MethodNotAllowed",
+        format!(
+            "The HTTP method '{}' is not supported for {}.",
+            req.method(),
+            req.uri().path().chars().take(300).collect::<String>()
+        ),
+    )
 }
 
 async fn fallback(req: Request) -> ArmError {
