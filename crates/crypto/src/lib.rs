@@ -399,6 +399,11 @@ pub struct StoredKey {
 
 /// A JWT signing key with its self-signed certificate.
 pub struct SigningKey {
+    /// The parsed private key, built once: parsing and checking a PKCS#8 key costs as much as
+    /// a signature, so it must not happen per token.
+    signer: Signer,
+    /// `base64url(header JSON)`: the same for every token this key signs.
+    header_b64: String,
     alg: SigningAlg,
     kid: String,
     cert_der: Vec<u8>,
@@ -431,6 +436,23 @@ impl SigningKey {
 
     fn from_parts(alg: SigningAlg, pkcs8_der: Vec<u8>, cert_der: Vec<u8>) -> Result<SigningKey> {
         let kid = x5t_sha1(&cert_der);
+        let signer = match alg {
+            SigningAlg::Es256 => Signer::Ec(
+                aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &pkcs8_der,
+                )
+                .map_err(|e| Error::Key(format!("P-256 key: {e}")))?,
+            ),
+            SigningAlg::Rs256 => Signer::Rsa(
+                aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&pkcs8_der)
+                    .map_err(|e| Error::Key(format!("RSA key: {e}")))?,
+            ),
+        };
+        let header_b64 = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"typ": "JWT", "alg": alg.name(), "kid": kid, "x5t": kid})
+                .to_string(),
+        );
         let encoding = match alg {
             SigningAlg::Es256 => EncodingKey::from_ec_der(&pkcs8_der),
             SigningAlg::Rs256 => EncodingKey::from_rsa_pem(pkcs8_pem(&pkcs8_der).as_bytes())
@@ -455,6 +477,8 @@ impl SigningKey {
             }
         }
         Ok(SigningKey {
+            signer,
+            header_b64,
             alg,
             kid,
             cert_der,
@@ -467,6 +491,36 @@ impl SigningKey {
 
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// Signs `claims` as a compact JWT whose header is
+    /// `{"typ":"JWT","alg":…,"kid":…,"x5t":…}` (Entra's header; `x5t` = `kid`).
+    pub fn sign_jwt(&self, claims: &serde_json::Value) -> Result<String> {
+        let mut out = String::with_capacity(1024);
+        out.push_str(&self.header_b64);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut out);
+        let sig = match &self.signer {
+            Signer::Ec(k) => k
+                .sign(&SystemRandom::new(), out.as_bytes())
+                .map_err(|e| Error::Key(format!("signing: {e}")))?
+                .as_ref()
+                .to_vec(),
+            Signer::Rsa(k) => {
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    out.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|e| Error::Key(format!("signing: {e}")))?;
+                sig
+            }
+        };
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(sig, &mut out);
+        Ok(out)
     }
     pub fn x5t_s256(&self) -> String {
         x5t_s256(&self.cert_der)
@@ -514,6 +568,11 @@ impl SigningKey {
         }
         Ok(k)
     }
+}
+
+enum Signer {
+    Ec(aws_lc_rs::signature::EcdsaKeyPair),
+    Rsa(aws_lc_rs::signature::RsaKeyPair),
 }
 
 // ---- client certificates ---------------------------------------------------------------------

@@ -64,6 +64,12 @@ fn sign_and_verify(alg: SigningAlg) {
     v.validate_aud = false;
     jsonwebtoken::decode::<serde_json::Value>(&t, &dk, &v).unwrap();
     jsonwebtoken::decode::<serde_json::Value>(&t, k.decoding_key(), &v).unwrap();
+    // Our own signer produces tokens the standard verifier accepts, with Entra's header.
+    let own = k.sign_jwt(&claims).unwrap();
+    let data = jsonwebtoken::decode::<serde_json::Value>(&own, &dk, &v).unwrap();
+    assert_eq!(data.claims["sub"], "x");
+    assert_eq!(data.header.kid.as_deref(), Some(k.kid()));
+    assert_eq!(data.header.x5t.as_deref(), Some(k.kid()));
     assert!(k.public_jwk().get("d").is_none());
     // kid = x5t of the certificate in x5c.
     let der = STANDARD

@@ -84,9 +84,14 @@ impl Identity {
         if seg == "common" || seg == "organizations" {
             return Ok(self.home_tenant.clone());
         }
+        if seg == self.home_tenant || self.tenants.contains_key(&seg) {
+            return Ok(seg);
+        }
         if cloister_core::is_guid(&seg)
             && let Ok(Some(t)) = self.store.tenant_get(&seg).await
         {
+            // Tenants are never deleted, so a positive answer can be remembered.
+            self.tenants.insert(t.id.clone(), ());
             return Ok(t.id);
         }
         Err(AadError::invalid_request(

@@ -82,6 +82,8 @@ pub struct Identity {
     pub(crate) mi_cache: moka::sync::Cache<(String, String), Arc<mi::CachedToken>>,
     pub(crate) bindings: moka::sync::Cache<String, Arc<(i64, Arc<mi::IdentitySet>)>>,
     pub(crate) jti_seen: moka::sync::Cache<String, ()>,
+    /// Tenant ids known to exist (tenants are never deleted).
+    pub(crate) tenants: moka::sync::Cache<String, ()>,
     failures: DefaultKeyedRateLimiter<String>,
     locked: dashmap::DashMap<String, Instant>,
 }
@@ -117,6 +119,7 @@ impl Identity {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(5))
                 .build(),
+            tenants: moka::sync::Cache::builder().max_capacity(100_000).build(),
             jti_seen: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(3600))

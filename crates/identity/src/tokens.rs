@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cloister_core::clock::now_secs;
 use cloister_store::{ServicePrincipal, User};
-use jsonwebtoken::{Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Validation, errors::ErrorKind};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -78,12 +78,9 @@ pub enum TokenError {
 impl Identity {
     /// Signs `claims` with the active key; header carries `kid` and `x5t` (= kid), as Entra's.
     pub fn sign(&self, claims: &Value) -> Result<String, crate::IdentityError> {
-        let key = self.keys.active();
-        let mut h = Header::new(key.jwt_algorithm());
-        h.kid = Some(key.kid().to_string());
-        h.x5t = Some(key.kid().to_string());
-        h.typ = Some("JWT".into());
-        jsonwebtoken::encode(&h, claims, key.encoding_key())
+        self.keys
+            .active()
+            .sign_jwt(claims)
             .map_err(|e| crate::IdentityError::Internal(format!("signing: {e}")))
     }
 
