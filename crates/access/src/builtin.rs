@@ -1,6 +1,21 @@
 //! Built-in roles with Azure's names, ids and permissions (assignable at `/`).
 
 use crate::{Permission, RoleDefinition, RoleType};
+use std::sync::LazyLock;
+
+/// Owner: every control-plane action.
+pub const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+/// Contributor: every control-plane action except managing access.
+pub const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+/// Reader: `*/read`.
+pub const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+pub const MANAGED_IDENTITY_OPERATOR: &str = "f1a07417-d97a-45cb-824c-7a7467783830";
+pub const SESSION_EXECUTOR: &str = "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0";
+pub const SIGNALR_APP_SERVER: &str = "420fcaa2-552c-430f-98ca-3264be4806c7";
+pub const SIGNALR_REST_API_OWNER: &str = "fd53cd77-2268-407a-8f46-7e7863d0f521";
+pub const SIGNALR_REST_API_READER: &str = "ddde6b66-c0df-4114-a159-3618637b3035";
+pub const SIGNALR_SERVICE_OWNER: &str = "7e4f1700-ea5a-4f59-8f37-079cfe29dce3";
+pub const SIGNALR_ACCESS_KEY_READER: &str = "04165923-9d83-45d5-8227-78b77b0a687e";
 
 fn role(
     id: &str,
@@ -26,15 +41,31 @@ fn role(
     }
 }
 
-/// Every built-in role.
+static BUILTINS: LazyLock<Vec<RoleDefinition>> = LazyLock::new(table);
+
+/// Every built-in role: Owner, Contributor, Reader, Managed Identity Operator, Azure
+/// ContainerApps Session Executor and the five SignalR roles, with Azure's names, GUIDs and
+/// permissions, all assignable at `/`.
 ///
-/// Azure ContainerApps Session Executor's exact permissions are not published; it is given
-/// the only session actions the Microsoft.App provider lists: `sessionPools/sessions/generatesessions/action`
-/// and the data action `sessionPools/interpreters/execute/action`.
+/// Azure ContainerApps Session Executor (`0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0`): the GUID is
+/// Azure's, but its role JSON is not published. Its permissions here are **inferred**: the
+/// Microsoft.App provider lists exactly one session-creating control action,
+/// `Microsoft.App/sessionPools/sessions/generatesessions/action`, and exactly one data action,
+/// `Microsoft.App/sessionPools/interpreters/execute/action` ("Execute Code"), so the role holds
+/// those two and nothing else.
 pub fn builtin_roles() -> Vec<RoleDefinition> {
+    BUILTINS.clone()
+}
+
+/// A built-in role by its GUID, ignoring case.
+pub fn builtin_by_id(id: &str) -> Option<&'static RoleDefinition> {
+    BUILTINS.iter().find(|r| r.id.eq_ignore_ascii_case(id))
+}
+
+fn table() -> Vec<RoleDefinition> {
     vec![
         role(
-            "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+            OWNER,
             "Owner",
             "Grants full access to manage all resources, including the ability to assign roles in Azure RBAC.",
             &["*"],
@@ -42,7 +73,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             &[],
         ),
         role(
-            "b24988ac-6180-42a0-ab88-20f7382dd24c",
+            CONTRIBUTOR,
             "Contributor",
             "Grants full access to manage all resources, but does not allow you to assign roles in Azure RBAC, manage assignments in Azure Blueprints, or share image galleries.",
             &["*"],
@@ -62,7 +93,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             &[],
         ),
         role(
-            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            READER,
             "Reader",
             "View all resources, but does not allow you to make any changes.",
             &["*/read"],
@@ -70,7 +101,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             &[],
         ),
         role(
-            "f1a07417-d97a-45cb-824c-7a7467783830",
+            MANAGED_IDENTITY_OPERATOR,
             "Managed Identity Operator",
             "Read and Assign User Assigned Identity",
             &[
@@ -86,7 +117,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             &[],
         ),
         role(
-            "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0",
+            SESSION_EXECUTOR,
             "Azure ContainerApps Session Executor",
             "Grants permission to execute sessions in a session pool.",
             &["Microsoft.App/sessionPools/sessions/generatesessions/action"],
@@ -94,7 +125,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             &["Microsoft.App/sessionPools/interpreters/execute/action"],
         ),
         role(
-            "420fcaa2-552c-430f-98ca-3264be4806c7",
+            SIGNALR_APP_SERVER,
             "SignalR App Server",
             "Lets your app server access SignalR Service with AAD auth options.",
             &[],
@@ -106,7 +137,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             ],
         ),
         role(
-            "fd53cd77-2268-407a-8f46-7e7863d0f521",
+            SIGNALR_REST_API_OWNER,
             "SignalR REST API Owner",
             "Full access to Azure SignalR Service REST APIs",
             &[],
@@ -120,7 +151,7 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             ],
         ),
         role(
-            "ddde6b66-c0df-4114-a159-3618637b3035",
+            SIGNALR_REST_API_READER,
             "SignalR REST API Reader",
             "Read-only access to Azure SignalR Service REST APIs",
             &[],
@@ -132,19 +163,31 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
             ],
         ),
         role(
-            "7e4f1700-ea5a-4f59-8f37-079cfe29dce3",
+            SIGNALR_SERVICE_OWNER,
             "SignalR Service Owner",
             "Full access to Azure SignalR Service REST APIs",
             &[],
             &[],
             &["Microsoft.SignalRService/SignalR/*"],
         ),
+        role(
+            SIGNALR_ACCESS_KEY_READER,
+            "SignalR AccessKey Reader",
+            "Read SignalR Service Access Keys",
+            &[
+                "Microsoft.SignalRService/*/read",
+                "Microsoft.SignalRService/SignalR/listkeys/action",
+            ],
+            &[],
+            &[],
+        ),
     ]
 }
 
-/// A built-in role by name, ignoring case.
+/// A built-in role by name, ignoring case (`"contributor"`, `"SignalR App Server"`).
 pub fn builtin_by_name(name: &str) -> Option<RoleDefinition> {
-    builtin_roles()
-        .into_iter()
-        .find(|r| r.role_name.eq_ignore_ascii_case(name))
+    BUILTINS
+        .iter()
+        .find(|r| r.role_name.eq_ignore_ascii_case(name.trim()))
+        .cloned()
 }
