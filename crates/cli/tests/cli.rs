@@ -141,6 +141,16 @@ async fn az_shaped_commands() {
         &scope,
     ]);
     assert_eq!(c, 0, "{err}");
+    // A second identity, created and deleted.
+    let (c, _, err) = s.cli(&["identity", "create", "-n", "short-lived", "-g", "cli-rg"]);
+    assert_eq!(c, 0, "{err}");
+    let (c, out, _) = s.cli(&["identity", "list", "-g", "cli-rg", "-o", "table"]);
+    assert_eq!(c, 0);
+    assert!(out.contains("short-lived") && out.contains("cli-id"), "{out}");
+    let (c, _, err) = s.cli(&["identity", "delete", "-n", "short-lived", "-g", "cli-rg"]);
+    assert_eq!(c, 0, "{err}");
+    let (c, _, _) = s.cli(&["identity", "show", "-n", "short-lived", "-g", "cli-rg"]);
+    assert_ne!(c, 0);
     // Errors exit non-zero with a message.
     let (c, _, err) = s.cli(&["identity", "show", "-n", "missing", "-g", "cli-rg"]);
     assert_ne!(c, 0);
