@@ -146,7 +146,10 @@ async fn az_shaped_commands() {
     assert_eq!(c, 0, "{err}");
     let (c, out, _) = s.cli(&["identity", "list", "-g", "cli-rg", "-o", "table"]);
     assert_eq!(c, 0);
-    assert!(out.contains("short-lived") && out.contains("cli-id"), "{out}");
+    assert!(
+        out.contains("short-lived") && out.contains("cli-id"),
+        "{out}"
+    );
     let (c, _, err) = s.cli(&["identity", "delete", "-n", "short-lived", "-g", "cli-rg"]);
     assert_eq!(c, 0, "{err}");
     let (c, _, _) = s.cli(&["identity", "show", "-n", "short-lived", "-g", "cli-rg"]);

@@ -128,6 +128,32 @@ async fn malformed_requests_get_4xx() {
 }
 
 #[tokio::test]
+async fn oversized_bodies_get_413_in_arm_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    // Announce a 2 MiB body (the limit is 1 MiB) on the plain listener and read the answer,
+    // which comes before the body is sent.
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", s.http_port))
+        .await
+        .unwrap();
+    let req = format!(
+        "PUT /subscriptions/{}/resourcegroups/big?api-version=2021-04-01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{",
+        s.sub(),
+        2 << 20
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.contains("\"code\":\"RequestEntityTooLarge\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn fuzzed_token_requests_never_5xx() {
     let s = Server::start().await;
     let url = s.url(&format!("/{}/oauth2/v2.0/token", s.tenant()));

@@ -198,6 +198,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             st.cfg.max_body_bytes,
         ))
+        .layer(axum::middleware::from_fn(error_shape))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ArmError::internal("The request could not be processed.").into_response()
         }))
@@ -257,6 +258,36 @@ async fn fallback(req: Request) -> ArmError {
             req.uri().path().chars().take(300).collect::<String>()
         ),
     )
+}
+
+/// Errors produced below the handlers (body limits, extractor rejections) come as plain
+/// text; give them ARM's error body so every API error has one shape.
+async fn error_shape(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.contains("json") || ct.contains("html") {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        405 => "MethodNotAllowed",
+        s if s >= 500 => "InternalServerError",
+        _ => "BadRequest",
+    };
+    let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    ArmError::new(status.as_u16(), code, text).into_response()
 }
 
 /// Request metrics and a debug-level log line per request (never with query strings or
