@@ -181,6 +181,9 @@ impl Identity {
         self.store.auth_codes_purge(now).await?;
         self.store.bindings_purge(now).await?;
         self.locked.retain(|_, until| *until > Instant::now());
+        // Forget failure budgets that have fully recovered, so that spraying random client
+        // ids cannot grow memory without bound.
+        self.failures.retain_recent();
         Ok(())
     }
 }
