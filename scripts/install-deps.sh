@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates; do
+for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -1,0 +1,187 @@
+//! Hostile code against the sandbox: it must not see or touch the host, gain privileges,
+//! reach the host's network, or outgrow its limits; and stopping a sandbox leaves nothing.
+//! Needs root (CI runs as root) and bubblewrap.
+
+use cloister_sandbox::{Sandbox, SandboxConfig, SandboxError};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn start() -> (Sandbox, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SandboxConfig::new(dir.path().to_path_buf());
+    cfg.limits.memory_bytes = 128 << 20;
+    cfg.limits.pids = 32;
+    (Sandbox::start(&cfg).await.expect("sandbox starts"), dir)
+}
+
+async fn run(s: &mut Sandbox, code: &str) -> cloister_sandbox::ExecResult {
+    s.exec(code, T).await.expect("exec")
+}
+
+#[tokio::test]
+async fn runs_code_and_keeps_state() {
+    let (mut s, _d) = start().await;
+    let r = run(&mut s, "x = 20\nprint('hello')\nx + 1").await;
+    assert_eq!(
+        (r.status.as_str(), r.stdout.as_str(), r.result.as_deref()),
+        ("Succeeded", "hello\n", Some("21"))
+    );
+    assert_eq!(run(&mut s, "x * 2").await.result.as_deref(), Some("40"));
+    let r = run(&mut s, "1/0").await;
+    assert_eq!(r.status, "Failed");
+    assert!(r.stderr.contains("ZeroDivisionError"));
+    // Writing to fd 1 directly cannot corrupt the protocol.
+    let r = run(
+        &mut s,
+        "import os\nos.write(1, b'{\"garbage\": 1}\\n')\n'ok'",
+    )
+    .await;
+    assert_eq!(r.result.as_deref(), Some("'ok'"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cannot_see_or_touch_the_host() {
+    let (mut s, _d) = start().await;
+    let code = r#"
+import os
+out = {}
+out["uid"] = os.getuid()
+out["host_dirs"] = [p for p in ["/root", "/home", "/work", "/var", "/etc/shadow", "/etc/passwd"] if os.path.exists(p)]
+try:
+    open("/usr/evil", "w"); out["usr_writable"] = True
+except OSError:
+    out["usr_writable"] = False
+out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+out["caps"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+try:
+    os.setuid(0); out["setuid"] = True
+except OSError:
+    out["setuid"] = False
+out["ifaces"] = [l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]]
+out
+"#;
+    let r = run(&mut s, code).await;
+    assert_eq!(r.status, "Succeeded", "{r:?}");
+    let v = r
+        .result
+        .unwrap()
+        .replace('\'', "\"")
+        .replace("False", "false")
+        .replace("True", "true");
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["uid"], 65534);
+    assert_eq!(v["host_dirs"], serde_json::json!([]), "host paths visible");
+    assert_eq!(v["usr_writable"], false);
+    assert!(
+        v["pids"].as_array().unwrap().len() <= 3,
+        "host processes visible: {}",
+        v["pids"]
+    );
+    assert_eq!(v["caps"], "0000000000000000");
+    assert_eq!(v["setuid"], false);
+    assert_eq!(v["ifaces"], serde_json::json!(["lo"]));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cannot_reach_the_hosts_network() {
+    // A listener on the host's loopback; the sandbox has its own network namespace.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut s, _d) = start().await;
+    let r = run(&mut s, &format!("import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); r = 'connected'\nexcept OSError as e:\n    r = type(e).__name__\nr")).await;
+    assert_ne!(r.result.as_deref(), Some("'connected'"), "{r:?}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "the host saw a connection from the sandbox"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn seccomp_refuses_dangerous_syscalls() {
+    let (mut s, _d) = start().await;
+    let code = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def tryit(f, *a):
+    r = f(*a)
+    return (r, ctypes.get_errno())
+res = {
+  "ptrace": tryit(libc.ptrace, 16, os.getppid(), 0, 0),
+  "unshare_user": tryit(libc.unshare, 0x10000000),
+  "mount": tryit(libc.mount, b"none", b"/tmp", b"tmpfs", 0, None),
+  "chroot": tryit(libc.chroot, b"/tmp"),
+  "bpf": tryit(libc.syscall, 321, 0, 0, 0),
+  "keyctl": tryit(libc.syscall, 250, 0, 0, 0),
+}
+res
+"#;
+    let r = run(&mut s, code).await;
+    assert_eq!(r.status, "Succeeded", "{r:?}");
+    let out = r.result.unwrap();
+    for name in ["ptrace", "unshare_user", "mount", "chroot", "bpf", "keyctl"] {
+        assert!(
+            out.contains(&format!("'{name}': (-1, 1)")),
+            "{name} was not refused with EPERM: {out}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn fork_bomb_is_contained() {
+    let (mut s, _d) = start().await;
+    let code = r#"
+import os, time
+n = 0
+err = None
+try:
+    for _ in range(1000):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    err = type(e).__name__
+(n, err)
+"#;
+    let r = run(&mut s, code).await;
+    let out = r.result.unwrap_or_default();
+    assert!(
+        out.contains("BlockingIOError"),
+        "fork was not stopped: {out}"
+    );
+    assert!(s.process_count() <= 32, "{} processes", s.process_count());
+    // The sandbox still answers.
+    assert_eq!(run(&mut s, "2 + 2").await.result.as_deref(), Some("4"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn memory_bomb_is_killed_and_cleaned_up() {
+    let (mut s, _d) = start().await;
+    let e = s
+        .exec("b = b'x' * (512 << 20)\nlen(b)", T)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SandboxError::Died { .. }), "{e:?}");
+    assert!(!s.cgroup_exists(), "cgroup left behind");
+    assert!(s.exec("1", T).await.is_err());
+}
+
+#[tokio::test]
+async fn runaway_code_times_out_and_leaves_nothing() {
+    let (mut s, _d) = start().await;
+    let e = s
+        .exec("while True: pass", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SandboxError::Timeout(_)), "{e:?}");
+    assert_eq!(s.process_count(), 0);
+    assert!(!s.cgroup_exists());
+}
