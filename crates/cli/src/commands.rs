@@ -25,6 +25,7 @@ pub enum Command {
     Account(AccountCmd),
     Run(RunArgs),
     Rest(RestArgs),
+    Containerapp(crate::containerapp::ContainerappCmd),
 }
 
 #[derive(Args)]
@@ -356,6 +357,7 @@ pub async fn dispatch(cmd: Command, out: &str) -> Result<i32> {
                 Command::Ad(a) => ad(&mut s, a).await?,
                 Command::Role(r) => role(&mut s, r).await?,
                 Command::Account(a) => account(&mut s, a).await?,
+                Command::Containerapp(c) => crate::containerapp::run(&mut s, c).await?,
                 Command::Rest(r) => {
                     let m = Method::from_bytes(r.method.to_uppercase().as_bytes())?;
                     let body = r.body.map(|b| read_json_arg(&b)).transpose()?;

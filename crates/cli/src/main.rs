@@ -2,6 +2,7 @@
 //! client shaped like the Azure CLI (`az`) where `az` has the command.
 
 mod commands;
+mod containerapp;
 mod output;
 mod profile;
 
@@ -47,6 +48,9 @@ enum Cmd {
     Account(commands::AccountCmd),
     /// Run a command that gets tokens for a managed identity with no secret.
     Run(commands::RunArgs),
+    /// Session pools and code-interpreter sessions (like `az containerapp`).
+    #[command(subcommand)]
+    Containerapp(containerapp::ContainerappCmd),
     /// Call any Cloister API with the profile's token (like `az rest`).
     Rest(commands::RestArgs),
 }
@@ -117,6 +121,7 @@ fn cmd_into(c: Cmd) -> commands::Command {
         Cmd::Account(a) => commands::Command::Account(a),
         Cmd::Run(r) => commands::Command::Run(r),
         Cmd::Rest(r) => commands::Command::Rest(r),
+        Cmd::Containerapp(c) => commands::Command::Containerapp(c),
         Cmd::Serve(_) => unreachable!("serve handled in main"),
     }
 }

@@ -39,7 +39,9 @@ async fn every_documented_operation_is_served() {
                 .replace("{groupId}", "mg-x")
                 .replace("{aliasName}", "alias-x")
                 .replace("{id}", "00000000-0000-0000-0000-0000000000dd")
-                .replace("{memberId}", "00000000-0000-0000-0000-0000000000ee");
+                .replace("{memberId}", "00000000-0000-0000-0000-0000000000ee")
+                .replace("{fileName}", "f.txt")
+                .replace("{executionId}", "e1");
             let sep = if concrete.contains('?') { '&' } else { '?' };
             let url = s.url(&format!("{concrete}{sep}api-version=2022-04-01"));
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

@@ -730,3 +730,8 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Hex SHA-256 of `data` (for names derived from paths; not for secrets).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, data).as_ref())
+}

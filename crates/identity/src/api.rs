@@ -17,6 +17,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Only the App-Service-style managed-identity endpoint (`/msi/token`): what code inside a
+/// session may reach, through the sandbox's identity socket.
+pub fn msi_router(id: Arc<Identity>) -> Router {
+    Router::new()
+        .route("/msi/token", get(app_service))
+        .with_state(id)
+}
+
 pub fn router(id: Arc<Identity>) -> Router {
     Router::new()
         .route("/common/discovery/instance", get(instance_discovery))

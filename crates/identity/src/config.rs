@@ -47,6 +47,8 @@ impl Default for IdentityConfig {
                 "https://management.azure.com",
                 "https://management.core.windows.net",
                 "https://dynamicsessions.io",
+                "https://acasessions.io",
+                "https://azure-api.net/authorization-manager",
                 "https://vault.azure.net",
                 "https://storage.azure.com",
                 "https://ml.azure.com",

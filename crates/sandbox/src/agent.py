@@ -1,45 +1,659 @@
-# Cloister's in-sandbox Python agent: reads one JSON request per line on stdin, runs the code
-# in a persistent namespace, and answers one JSON line on stdout. Standard library only.
-import ast, contextlib, io, json, os, sys, traceback
+# Cloister's in-sandbox agent. It speaks JSON lines on fd 4 (a socketpair end the supervisor
+# passed in; see the crate docs), runs code in one persistent IPython InteractiveShell (or, when
+# IPython is not importable, a plain exec/eval loop with repr results), and serves file requests
+# confined to /mnt/data. fd 0 is /dev/null; fds 1 and 2 are pipes the agent drains itself, so
+# whatever user code, C extensions or subprocesses write there is captured (capped) and can never
+# reach the protocol channel.
+import base64, builtins, errno, fcntl, io, json, os, select, shutil, signal, socket, stat, sys
+import threading, time, traceback, warnings
 
-proto_in = os.fdopen(os.dup(0), "r", encoding="utf-8")
-proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-devnull = os.open(os.devnull, os.O_RDWR)
-os.dup2(devnull, 0)
-os.dup2(devnull, 1)  # user code writing to fd 1 directly cannot corrupt the protocol
+PROTO_FD = 4
+DATA = "/mnt/data"
+DEFAULT_MAX_OUTPUT = 65536
+IDENTITY_PORT = 42356
 
-namespace = {"__name__": "__main__"}
+# --- file descriptors -------------------------------------------------------------------------
+try:
+    os.close(3)  # bwrap's seccomp program, if still open
+except OSError:
+    pass
+# Close-on-exec and out of the way: no subprocess inherits the channel.
+_proto = fcntl.fcntl(PROTO_FD, fcntl.F_DUPFD_CLOEXEC, 100)
+os.close(PROTO_FD)
+_devnull = os.open(os.devnull, os.O_RDWR)
+os.dup2(_devnull, 0)
+os.close(_devnull)
+_out_r, _out_w = os.pipe()
+_err_r, _err_w = os.pipe()
+os.dup2(_out_w, 1)
+os.dup2(_err_w, 2)
+_sock = socket.socket(fileno=_proto)
+_rfile = _sock.makefile("rb")
+_wfile = _sock.makefile("wb")
+sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
 
 
-def run(code):
-    out, err = io.StringIO(), io.StringIO()
-    result = None
-    status = "Succeeded"
+class Capture:
+    """Drains one pipe on a thread into a capped buffer; writers never block for long."""
+
+    def __init__(self, rfd):
+        self.fd = rfd
+        self.lock = threading.Lock()
+        self.buf = bytearray()
+        self.limit = 4 * DEFAULT_MAX_OUTPUT
+        os.set_blocking(rfd, False)
+        threading.Thread(target=self._pump, daemon=True, name="cloister-capture").start()
+
+    def _pump(self):
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while True:
+            poller.poll()
+            with self.lock:
+                self._drain()
+
+    def _drain(self):  # call with the lock held
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            room = self.limit - len(self.buf)
+            if room > 0:
+                self.buf += chunk[:room]
+
+    def start(self, limit):
+        with self.lock:
+            self._drain()
+            self.buf = bytearray()
+            self.limit = limit
+
+    def take(self):
+        with self.lock:
+            self._drain()
+            data = bytes(self.buf)
+            self.buf = bytearray()
+            return data
+
+
+OUT = Capture(_out_r)
+ERR = Capture(_err_r)
+
+
+def _streams():
+    """(Re)attaches fds 1/2 and sys.stdout/stderr to the capture pipes (user code may have
+    closed or replaced them)."""
+    for w, fd in ((_out_w, 1), (_err_w, 2)):
+        try:
+            os.dup2(w, fd)
+        except OSError:
+            pass
+    sys.stdout = sys.__stdout__ = _STDOUT
+    sys.stderr = sys.__stderr__ = _STDERR
+
+
+_STDOUT = open(1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+_STDERR = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+_streams()
+
+# --- environment --------------------------------------------------------------------------------
+_identity_sock = os.environ.pop("CLOISTER_IDENTITY_SOCKET", "")
+_preload = [m for m in os.environ.pop("CLOISTER_PRELOAD", "").split(",") if m]
+_mpl_cache = os.environ.pop("CLOISTER_MPL_CACHE", "")
+try:
+    os.chdir(DATA)
+except OSError:
+    pass
+if _mpl_cache and os.path.isdir(_mpl_cache):
+    _dst = os.environ.get("MPLCONFIGDIR") or "/tmp/.config/matplotlib"
     try:
-        tree = ast.parse(code, mode="exec")
+        os.makedirs(_dst, exist_ok=True)
+        for _f in os.listdir(_mpl_cache):
+            shutil.copyfile(os.path.join(_mpl_cache, _f), os.path.join(_dst, _f))
+    except OSError:
+        pass
+
+
+# Compiled under a pseudo file name so tracebacks show `File <sandbox>, in input(prompt)`
+# rather than the agent's source.
+_ns = {}
+exec(
+    compile(
+        "def input(prompt=''):\n"
+        "    raise EOFError('input() is not supported: the sandbox has no interactive stdin')\n",
+        "<sandbox>",
+        "exec",
+    ),
+    _ns,
+)
+builtins.input = _ns["input"]
+warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
+
+
+MAX_IMAGE_BYTES = 32 << 20  # base64 characters of images per reply
+
+
+class Cell:
+    result = None
+    images = []
+    image_bytes = 0
+
+
+def add_image(b64):
+    if Cell.image_bytes + len(b64) > MAX_IMAGE_BYTES:
+        sys.stderr.write("cloister: image dropped, the reply already holds 32 MiB of images\n")
+        return
+    Cell.image_bytes += len(b64)
+    Cell.images.append(b64)
+
+
+# --- matplotlib -------------------------------------------------------------------------------
+def capture_figures():
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    try:
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            add_image(base64.b64encode(buf.getvalue()).decode("ascii"))
+        plt.close("all")
+    except Exception:
+        traceback.print_exc()
+
+
+def _show(*args, **kwargs):
+    capture_figures()
+
+
+class _PyplotHook:
+    """Makes `plt.show()` capture the open figures (and close them, as Jupyter's inline backend
+    does) instead of warning that Agg cannot show anything."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "matplotlib.pyplot":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        real = spec.loader.exec_module
+
+        def exec_module(module):
+            real(module)
+            module.show = _show
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _PyplotHook())
+
+
+# --- interrupts -------------------------------------------------------------------------------
+_running = False
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    if _running:
+        _interrupted = True
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, _on_sigint)
+
+
+# --- the two code runners ---------------------------------------------------------------------
+def make_ipython():
+    from traitlets import Type
+    from traitlets.config import Config
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+
+    class Hook(DisplayHook):
+        def start_displayhook(self):
+            pass
+
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            Cell.result = format_dict.get("text/plain")
+
+        def finish_displayhook(self):
+            pass
+
+    class Pub(DisplayPublisher):
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
+            png = data.get("image/png")
+            if png is not None:
+                if isinstance(png, bytes):
+                    png = base64.b64encode(png).decode("ascii")
+                add_image(png)
+            elif "text/plain" in data:
+                print(data["text/plain"])
+
+        def clear_output(self, wait=False):
+            pass
+
+    class Shell(InteractiveShell):
+        displayhook_class = Type(Hook)
+        display_pub_class = Type(Pub)
+
+        def _showtraceback(self, etype, evalue, stb):
+            sys.stderr.write(self.InteractiveTB.stb2text(stb) + "\n")
+            sys.stderr.flush()
+
+        def system(self, cmd):
+            # `!cmd`: a plain subprocess on the captured fds 1/2 (not a pty: no \r\n).
+            return self.system_raw(cmd)
+
+        def ask_exit(self):
+            # exit()/quit(): a session ends when the supervisor says so.
+            pass
+
+    c = Config()
+    c.HistoryManager.enabled = False
+    c.InteractiveShell.colors = "nocolor"
+    c.InteractiveShell.xmode = "Context"
+    c.InteractiveShell.autoindent = False
+    shell = Shell.instance(config=c)
+    shell.colors = "nocolor"
+
+    def run(code):
+        res = shell.run_cell(code, store_history=True)
+        return res.success
+
+    return run
+
+
+_namespace = {"__name__": "__main__", "__builtins__": builtins}
+
+
+def run_plain(code):
+    import ast
+
+    try:
+        tree = ast.parse(code, "<cell>", "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            exec(compile(tree, "<code>", "exec"), namespace)
-            if last is not None:
-                value = eval(compile(last, "<code>", "eval"), namespace)
-                if value is not None:
-                    result = repr(value)
+        exec(compile(tree, "<cell>", "exec"), _namespace)
+        if last is not None:
+            value = eval(compile(last, "<cell>", "eval"), _namespace)
+            if value is not None:
+                Cell.result = repr(value)
+                _namespace["_"] = value
+        return True
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != "<cell>":
+            tb = tb.tb_next
+        if isinstance(e, SyntaxError):
+            tb = None
+        sys.stderr.write("".join(traceback.format_exception(type(e), e, tb)))
+        return False
+
+
+try:
+    RUN = make_ipython()
+    FLAVOUR = "ipython"
+except ImportError:
+    RUN = run_plain
+    FLAVOUR = "plain"
+
+for _m in _preload:
+    try:
+        __import__(_m)
+    except Exception:
+        pass
+
+
+def _text(data, limit):
+    return data.decode("utf-8", "replace")[:limit]
+
+
+def op_exec(req):
+    global _running, _interrupted
+    limit = req.get("max_output")
+    limit = DEFAULT_MAX_OUTPUT if limit is None else max(0, int(limit))
+    _streams()
+    OUT.start(4 * limit)
+    ERR.start(4 * limit)
+    Cell.result = None
+    Cell.images = []
+    Cell.image_bytes = 0
+    _interrupted = False
+    ok = False
+    t0 = time.monotonic()
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+        _running = True
+        try:
+            ok = RUN(req.get("code", ""))
+            capture_figures()
+        finally:
+            _running = False
+    except KeyboardInterrupt:
+        _interrupted = True
+        sys.stderr.write("KeyboardInterrupt\n")
     except BaseException:
-        status = "Failed"
-        err.write(traceback.format_exc())
-    return {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue(), "result": result}
+        traceback.print_exc()
+    for s in (sys.stdout, sys.stderr, _STDOUT, _STDERR):
+        try:
+            s.flush()
+        except Exception:
+            pass
+    _streams()
+    return {
+        "status": "Succeeded" if ok and not _interrupted else "Failed",
+        "stdout": _text(OUT.take(), limit),
+        "stderr": _text(ERR.take(), limit),
+        "result": Cell.result if ok else None,
+        "images": Cell.images,
+        "duration_ms": int((time.monotonic() - t0) * 1000),
+        "interrupted": _interrupted,
+    }
 
 
-proto_out.write(json.dumps({"ready": True}) + "\n")
-proto_out.flush()
-for line in proto_in:
+# --- files ------------------------------------------------------------------------------------
+class FileError(Exception):
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _inside(p):
+    return p == DATA or p.startswith(DATA + "/")
+
+
+def resolve(name, follow=True, allow_root=False):
+    """Maps a request path (relative to /mnt/data, or absolute under it) to a real path that is
+    inside /mnt/data, or raises Invalid. `follow=False` keeps a final symlink itself."""
+    if not isinstance(name, str) or "\0" in name:
+        raise FileError("Invalid", "invalid path")
+    p = os.path.normpath(name if name.startswith("/") else os.path.join(DATA, name))
+    if p.startswith("//"):
+        p = p[1:]
+    if not _inside(p):
+        raise FileError("Invalid", "%r is outside %s" % (name, DATA))
+    if p == DATA:
+        if not allow_root:
+            raise FileError("Invalid", "%r names the data directory itself" % name)
+        return DATA
+    parent = os.path.realpath(os.path.dirname(p))
+    if not _inside(parent):
+        raise FileError("Invalid", "%r resolves outside %s" % (name, DATA))
+    full = os.path.join(parent, os.path.basename(p))
+    if follow:
+        full = os.path.realpath(full)
+        if not _inside(full):
+            raise FileError("Invalid", "%r resolves outside %s" % (name, DATA))
+        if full == DATA and not allow_root:
+            raise FileError("Invalid", "%r names the data directory itself" % name)
+    return full
+
+
+UPLOAD_PREFIX = ".cloister-upload-"
+
+
+def entry(path):
+    st = os.lstat(path)
+    is_dir = stat.S_ISDIR(st.st_mode)
+    return {
+        "name": os.path.basename(path) or path,
+        "path": path,
+        "is_dir": is_dir,
+        "size": 0 if is_dir else st.st_size,
+        "modified": st.st_mtime,
+    }
+
+
+_upload = None
+
+
+def abort_upload():
+    global _upload
+    if _upload is not None:
+        try:
+            os.close(_upload["fd"])
+        except OSError:
+            pass
+        try:
+            os.unlink(_upload["tmp"])
+        except OSError:
+            pass
+        _upload = None
+
+
+def op_write(req):
+    global _upload
+    if req.get("first"):
+        abort_upload()
+        path = resolve(req.get("path"))
+        if os.path.isdir(path):
+            raise FileError("Invalid", "%s is a directory" % path)
+        size = int(req.get("size") or 0)
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        st = os.statvfs(DATA)
+        free = st.f_bavail * st.f_frsize
+        try:
+            free += os.stat(path).st_size  # replaced on success
+        except OSError:
+            pass
+        if size > free:
+            raise FileError(
+                "TooLarge",
+                "%d bytes do not fit: %d bytes free of %d in %s"
+                % (size, free, st.f_blocks * st.f_frsize, DATA),
+            )
+        tmp = os.path.join(parent, UPLOAD_PREFIX + str(os.getpid()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        _upload = {"fd": fd, "tmp": tmp, "path": path}
+    elif _upload is None:
+        raise FileError("Invalid", "no upload in progress")
+    try:
+        data = base64.b64decode(req.get("data") or "")
+        view = memoryview(data)
+        while view:
+            n = os.write(_upload["fd"], view)
+            view = view[n:]
+        if req.get("last"):
+            os.close(_upload["fd"])
+            os.rename(_upload["tmp"], _upload["path"])
+            path = _upload["path"]
+            _upload = None
+            return {"entry": entry(path)}
+        return {}
+    except BaseException:
+        abort_upload()
+        raise
+
+
+def op_read(req):
+    path = resolve(req.get("path"))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FileError("Invalid", "%s is a directory" % path)
+        offset = int(req.get("offset") or 0)
+        length = int(req.get("length") or (1 << 20))
+        data = os.pread(fd, length, offset)
+        return {
+            "data": base64.b64encode(data).decode("ascii"),
+            "size": st.st_size,
+            "eof": len(data) < length or offset + len(data) >= st.st_size,
+        }
+    finally:
+        os.close(fd)
+
+
+def op_list(req):
+    base = resolve(req.get("path") or DATA, allow_root=True)
+    if not os.path.isdir(base):
+        if os.path.lexists(base):
+            raise FileError("Invalid", "%s is not a directory" % base)
+        raise FileError("NotFound", "%s does not exist" % base)
+    out = []
+    if req.get("recursive"):
+        for root, dirs, files in os.walk(base):
+            dirs.sort()
+            for n in sorted(dirs) + sorted(files):
+                if not n.startswith(UPLOAD_PREFIX):
+                    try:
+                        out.append(entry(os.path.join(root, n)))
+                    except FileNotFoundError:
+                        pass
+    else:
+        for n in sorted(os.listdir(base)):
+            if not n.startswith(UPLOAD_PREFIX):
+                try:
+                    out.append(entry(os.path.join(base, n)))
+                except FileNotFoundError:
+                    pass
+    return {"entries": out}
+
+
+def op_stat(req):
+    return {"entry": entry(resolve(req.get("path"), follow=False, allow_root=True))}
+
+
+def op_delete(req):
+    path = resolve(req.get("path"), follow=False)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    return {}
+
+
+def op_ping(req):
+    return {"pong": True}
+
+
+OPS = {
+    "exec": op_exec,
+    "write": op_write,
+    "read": op_read,
+    "list": op_list,
+    "stat": op_stat,
+    "delete": op_delete,
+    "ping": op_ping,
+}
+
+
+def file_error(e):
+    if isinstance(e, FileError):
+        return {"kind": e.kind, "message": e.message}
+    if isinstance(e, FileNotFoundError):
+        return {"kind": "NotFound", "message": "%s does not exist" % (e.filename or "file")}
+    if isinstance(e, (IsADirectoryError, NotADirectoryError)):
+        return {"kind": "Invalid", "message": str(e)}
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return {"kind": "TooLarge", "message": "%s is full: %s" % (DATA, e.strerror)}
+    if isinstance(e, OSError) and e.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+        return {"kind": "Invalid", "message": str(e)}
+    return {"kind": "Other", "message": "%s: %s" % (type(e).__name__, e)}
+
+
+# --- identity forwarder -----------------------------------------------------------------------
+def _pump(src, dst):
+    try:
+        while True:
+            b = src.recv(65536)
+            if not b:
+                break
+            dst.sendall(b)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _forward(conn, path):
+    try:
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.connect(path)
+    except OSError:
+        conn.close()
+        return
+    t = threading.Thread(target=_pump, args=(up, conn), daemon=True)
+    t.start()
+    _pump(conn, up)
+    t.join()
+    up.close()
+    conn.close()
+
+
+def start_identity_forwarder(path):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", IDENTITY_PORT))
+    srv.listen(16)
+
+    def loop():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=_forward, args=(conn, path), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True, name="cloister-identity").start()
+
+
+if _identity_sock:
+    start_identity_forwarder(_identity_sock)
+
+
+# --- main loop --------------------------------------------------------------------------------
+def reap():
+    """Collects children the supervisor killed after the previous request."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def send(obj):
+    _wfile.write(json.dumps(obj).encode("utf-8") + b"\n")
+    _wfile.flush()
+
+
+send({"ready": True, "pid": os.getpid(), "flavour": FLAVOUR, "python": sys.version.split()[0]})
+while True:
+    line = _rfile.readline()
+    if not line:
+        break
+    rid = None
     try:
         req = json.loads(line)
-        resp = run(req.get("code", ""))
-        resp["id"] = req.get("id")
-    except Exception as e:  # a malformed request never kills the agent
-        resp = {"status": "Failed", "stdout": "", "stderr": "bad request: %s" % e, "result": None}
-    proto_out.write(json.dumps(resp) + "\n")
-    proto_out.flush()
+        rid = req.get("id")
+        op = req.get("op", "exec")
+        reap()
+        if op != "write":
+            abort_upload()
+        resp = OPS[op](req)
+    except KeyboardInterrupt:  # a late interrupt, after the cell had finished
+        resp = {"error": {"kind": "Other", "message": "interrupted"}}
+    except BaseException as e:
+        resp = {"error": file_error(e)}
+    resp["id"] = rid
+    send(resp)

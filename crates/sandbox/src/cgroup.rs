@@ -7,6 +7,54 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
+/// The parent group when none is configured.
+pub const DEFAULT_PARENT: &str = "cloister";
+
+/// Kills every process in every group under `parent` and removes the groups: what a server
+/// that was killed (SIGKILL, power loss) left behind. Returns how many groups were removed.
+pub fn sweep(parent: &str) -> usize {
+    if parent.is_empty() || parent.contains('/') || parent.contains("..") {
+        return 0;
+    }
+    let bases: Vec<PathBuf> = match detect() {
+        Layout::V1 => ["memory", "pids", "cpu"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join(parent))
+            .collect(),
+        Layout::V2 => vec![Path::new(ROOT).join(parent)],
+    };
+    let mut removed = 0;
+    for base in &bases {
+        let Ok(rd) = std::fs::read_dir(base) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let dir = e.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for _ in 0..50 {
+                let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    // SAFETY: plain kill(2) on a pid read from the group.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -41,14 +89,20 @@ pub struct Cgroup {
 
 impl Cgroup {
     pub fn create(name: &str, limits: Limits) -> std::io::Result<Cgroup> {
+        Self::create_in(DEFAULT_PARENT, name, limits)
+    }
+
+    /// Creates the group under `parent` (one parent per server, so a restarted server can
+    /// [`sweep`] what its previous process left without touching anyone else's).
+    pub fn create_in(parent: &str, name: &str, limits: Limits) -> std::io::Result<Cgroup> {
         let layout = detect();
         let dirs: Vec<PathBuf> = match layout {
             Layout::V1 => ["memory", "pids", "cpu"]
                 .iter()
-                .map(|c| Path::new(ROOT).join(c).join("cloister").join(name))
+                .map(|c| Path::new(ROOT).join(c).join(parent).join(name))
                 .collect(),
             Layout::V2 => {
-                let parent = Path::new(ROOT).join("cloister");
+                let parent = Path::new(ROOT).join(parent);
                 std::fs::create_dir_all(&parent)?;
                 let _ = std::fs::write(
                     Path::new(ROOT).join("cgroup.subtree_control"),

@@ -1,71 +1,221 @@
 //! Cloister's sandbox: one bubblewrap jail per session, with every namespace unshared, an
 //! unprivileged uid, no capabilities, a seccomp filter ([`seccomp`]), a cgroup capping memory,
 //! pids and CPU ([`cgroup`]), a read-only runtime and size-capped writable `/tmp` and
-//! `/mnt/data`. Inside runs a small stdlib-only Python agent that executes code in a
-//! persistent namespace and answers over its stdin/stdout.
+//! `/mnt/data`. Inside runs a Python agent (`agent.py`, embedded in this crate) that executes
+//! code in one persistent IPython `InteractiveShell` and serves file requests.
 //!
 //! This crate knows nothing about session pools.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), cloister_sandbox::SandboxError> {
-//! let cfg = cloister_sandbox::SandboxConfig::new(std::env::temp_dir().join("cloister-sbx"));
+//! use std::time::Duration;
+//! let cfg = cloister_sandbox::SandboxConfig::new(std::env::temp_dir().join("cloister-sbx"))
+//!     .with_runtime(cloister_sandbox::DEFAULT_RUNTIME_DIR);
 //! let mut sbx = cloister_sandbox::Sandbox::start(&cfg).await?;
-//! let r = sbx.exec("1 + 1", std::time::Duration::from_secs(5)).await?;
+//! let r = sbx.exec("1 + 1", Duration::from_secs(5), 4096).await?;
 //! assert_eq!(r.result.as_deref(), Some("2"));
 //! sbx.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # The runtime
+//! `scripts/sandbox-runtime.sh DIR` builds a venv at `DIR` (default [`DEFAULT_RUNTIME_DIR`]) from
+//! Debian's `/usr/bin/python3` and the pins in `crates/sandbox/runtime-requirements.txt`
+//! (IPython, numpy, pandas, matplotlib, scipy, scikit-learn, setuptools < 81). The jail binds it
+//! read-only at the same path (a venv holds absolute paths) and runs `DIR/bin/python`
+//! ([`SandboxConfig::with_runtime`]). Plain `/usr/bin/python3` works too: the agent then falls
+//! back to `exec`/`eval` with `repr` results ([`Sandbox::flavour`] says which one runs).
+//!
+//! # The protocol channel
+//! The supervisor makes a `socketpair(AF_UNIX, SOCK_STREAM)` and hands one end to bwrap as
+//! fd 4 (fd 3 carries the seccomp program); the agent moves it to a close-on-exec descriptor
+//! (≥ 100) at start, so no subprocess inherits it. Requests and replies are JSON lines with an
+//! `id`; the supervisor skips lines that are not JSON or answer another request (left over from
+//! a cancelled call), and kills the sandbox on a line longer than [`MAX_REPLY`]. User code runs
+//! in the agent's process and could write to the channel on purpose: that can only confuse its
+//! own session, never the supervisor.
+//! The agent points fd 0 at `/dev/null` and fds 1 and 2 at pipes that it drains on two threads
+//! into capped buffers, so whatever user code, C extensions or subprocesses write to
+//! stdout/stderr is captured into the reply and can never reach the protocol. Binary file data
+//! travels base64-encoded, in chunks of [`FILE_CHUNK`] bytes.
+//!
+//! # Timeouts, interrupts, strays and OOM
+//! When [`Sandbox::exec`] times out, the supervisor sends SIGINT to the agent (host pid found
+//! through the cgroup and `/proc/PID/status` `NSpid`), the cell ends with `KeyboardInterrupt`,
+//! and the call returns [`SandboxError::Timeout`] with the sandbox still usable. If no reply
+//! comes within [`SandboxConfig::interrupt_grace`] (code that ignores SIGINT, or a long C call)
+//! the whole sandbox is killed: still `Timeout`, but [`Sandbox::is_alive`] is then false.
+//! After every `exec` the supervisor SIGKILLs every process in the sandbox's cgroup except
+//! bwrap's two processes and the agent: background processes never outlive the call that
+//! started them (so neither does a `multiprocessing` pool; threads do). If the agent dies (the
+//! memory cgroup's OOM killer, `os._exit`, ...) the call returns [`SandboxError::Died`] with
+//! `oom` read from the cgroup; the sandbox is then gone and the caller replaces it.
+//!
+//! # Files
+//! [`Sandbox::write_file`], [`Sandbox::read_file`], [`Sandbox::list_files`],
+//! [`Sandbox::stat_file`] and [`Sandbox::delete_file`] go through the agent, so every path is
+//! resolved inside the jail. Names are relative to `/mnt/data` or absolute under it; anything
+//! that resolves outside (`..`, symlinks leading out; checked with `realpath`) is refused with
+//! [`FileErrorKind::Invalid`]. The jail stays the real boundary: user code running in the
+//! sandbox can reach no more than the agent can. `/mnt/data` is a tmpfs of
+//! [`SandboxConfig::data_bytes`]; an upload larger than the free space is refused up front with
+//! [`FileErrorKind::TooLarge`]. tmpfs pages are charged to the sandbox's memory cgroup, so the
+//! memory limit should exceed `data_bytes + tmp_bytes` plus the interpreter's ~100 MB, or a
+//! full disk turns into an OOM kill instead of `ENOSPC`.
+//!
+//! # Network and identity
+//! [`Network::Disabled`] leaves the sandbox with a loopback-only network namespace;
+//! [`Network::Enabled`] adds outbound access through slirp4netns ([`net`]). When
+//! [`SandboxConfig::identity_socket`] is set, that host unix socket is bound at
+//! [`IDENTITY_SOCKET_PATH`] and the agent forwards TCP connections to `127.0.0.1:42356` (in the
+//! sandbox's own network namespace) to it byte for byte; `IDENTITY_ENDPOINT` and
+//! `IDENTITY_HEADER` are set as Azure's managed-identity clients expect.
+//!
+//! # Known limits
+//! * bwrap started by root maps the sandbox's uid 65534 to host uid 0 (with no capabilities
+//!   outside the sandbox's user namespaces). Starting bwrap as an unprivileged host uid would
+//!   add a layer, at the price of world-readable work and runtime dirs and identity socket.
+//! * Enabled egress is not filtered (see [`net`]).
+//! * The runtime is read-only: `pip install` inside a sandbox does not work.
 
 pub mod cgroup;
+pub mod net;
 pub mod seccomp;
 
 use cgroup::{Cgroup, Limits};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::Child;
 
 const AGENT: &str = include_str!("agent.py");
+const HOSTS: &str = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+const RESOLV: &str = "nameserver 10.0.2.3\n";
+
+/// Where `scripts/sandbox-runtime.sh` builds the Python runtime by default.
+pub const DEFAULT_RUNTIME_DIR: &str = "/var/lib/cloister/runtime/python";
+/// The `max_output` the agent applies when a request carries none.
+pub const DEFAULT_MAX_OUTPUT: usize = 65536;
+/// Where [`SandboxConfig::identity_socket`] appears inside the jail.
+pub const IDENTITY_SOCKET_PATH: &str = "/run/cloister/identity.sock";
+/// The in-sandbox loopback port the agent forwards to the identity socket.
+pub const IDENTITY_PORT: u16 = 42356;
+/// Bytes of file data per protocol message.
+pub const FILE_CHUNK: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileErrorKind {
+    /// No such file or directory.
+    NotFound,
+    /// A path outside `/mnt/data`, a directory where a file was expected, and the like.
+    Invalid,
+    /// Larger than the free space of `/mnt/data`.
+    TooLarge,
+    Other,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("the sandbox could not be started: {0}")]
     Start(String),
-    #[error("the code ran longer than {0:?} and the sandbox was stopped")]
+    /// The code ran longer than allowed. If the interrupt worked the sandbox is still usable
+    /// ([`Sandbox::is_alive`]); otherwise it was killed.
+    #[error("the code ran longer than {0:?}")]
     Timeout(Duration),
     #[error("the sandbox stopped{}", if *.oom { " (out of memory)" } else { "" })]
     Died { oom: bool },
+    #[error("{message}")]
+    File {
+        kind: FileErrorKind,
+        message: String,
+    },
+    #[error("the agent answered something unexpected: {0}")]
+    Protocol(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Loopback only (its own network namespace, nothing attached).
+    #[default]
+    Disabled,
+    /// Outbound access through slirp4netns; the host's loopback stays unreachable.
+    Enabled,
+}
+
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Host directory for the agent script (bound read-only into every sandbox).
+    /// Host directory for the agent script and generated `/etc` files (bound read-only).
     pub work_dir: PathBuf,
     pub limits: Limits,
-    /// Size cap of `/tmp` and of `/mnt/data`, each.
-    pub tmpfs_bytes: u64,
+    /// Size cap of `/tmp`.
+    pub tmp_bytes: u64,
+    /// Size cap of `/mnt/data`.
+    pub data_bytes: u64,
+    /// The interpreter that runs the agent (`DIR/bin/python` for a runtime venv).
     pub python: PathBuf,
+    /// A runtime directory bound read-only at the same path.
+    pub runtime_dir: Option<PathBuf>,
+    /// Modules the agent imports before it reports ready (missing ones are skipped).
+    pub preload: Vec<String>,
+    pub network: Network,
+    /// A host unix socket bound at [`IDENTITY_SOCKET_PATH`] and forwarded from
+    /// `127.0.0.1:`[`IDENTITY_PORT`] inside.
+    pub identity_socket: Option<PathBuf>,
+    /// The value of `IDENTITY_HEADER` inside the sandbox.
+    pub identity_header: String,
+    /// Extra environment variables (they may override the defaults).
+    pub env: Vec<(String, String)>,
     pub start_timeout: Duration,
+    /// The cgroup parent of this sandbox (one per server; see [`cgroup::sweep`]).
+    pub cgroup_parent: String,
+    /// How long an interrupted cell may take to stop before the sandbox is killed.
+    pub interrupt_grace: Duration,
+    /// Limit for each file request (one chunk).
+    pub file_timeout: Duration,
 }
 
 impl SandboxConfig {
+    /// Plain `/usr/bin/python3`, no network, 512 MiB of memory, 64 pids, one CPU, 64 MiB `/tmp`
+    /// and 256 MiB `/mnt/data`.
     pub fn new(work_dir: PathBuf) -> SandboxConfig {
         SandboxConfig {
             work_dir,
             limits: Limits {
-                memory_bytes: 256 << 20,
+                memory_bytes: 512 << 20,
                 pids: 64,
                 cpu_percent: 100,
             },
-            tmpfs_bytes: 64 << 20,
+            tmp_bytes: 64 << 20,
+            data_bytes: 256 << 20,
             python: PathBuf::from("/usr/bin/python3"),
+            runtime_dir: None,
+            preload: vec![],
+            network: Network::Disabled,
+            identity_socket: None,
+            identity_header: String::new(),
+            env: vec![],
             start_timeout: Duration::from_secs(15),
+            interrupt_grace: Duration::from_secs(2),
+            cgroup_parent: cgroup::DEFAULT_PARENT.to_string(),
+            file_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Runs the runtime venv at `dir` (see `scripts/sandbox-runtime.sh`) and preloads numpy.
+    pub fn with_runtime(mut self, dir: impl Into<PathBuf>) -> SandboxConfig {
+        let dir = dir.into();
+        self.python = dir.join("bin").join("python");
+        self.runtime_dir = Some(dir);
+        self.preload = vec!["numpy".into()];
+        self
     }
 }
 
@@ -76,18 +226,124 @@ pub struct ExecResult {
     pub status: String,
     pub stdout: String,
     pub stderr: String,
-    /// `repr` of the last expression, if any.
+    /// IPython's `text/plain` of the last expression (plain `repr` without IPython), if any.
     pub result: Option<String>,
+    /// PNGs, base64: matplotlib figures (shown, or still open when the cell ended) and
+    /// `display()`ed images, in order.
+    pub images: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// A file or directory under `/mnt/data`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub name: String,
+    /// Absolute, under `/mnt/data`.
+    pub path: String,
+    pub is_dir: bool,
+    /// 0 for directories.
+    pub size: u64,
+    /// Unix seconds.
+    pub modified: f64,
+}
+
+/// The longest protocol line the supervisor accepts; a longer one (only user code writing to
+/// the channel's descriptor can produce it) kills the sandbox rather than the supervisor's memory.
+pub const MAX_REPLY: usize = 128 << 20;
+
+/// Newline-delimited frames with a length cap. Cancel-safe: bytes taken from the socket stay
+/// in `partial` until their line is complete.
+struct LineReader {
+    inner: BufReader<OwnedReadHalf>,
+    partial: Vec<u8>,
+}
+
+impl LineReader {
+    fn new(r: OwnedReadHalf) -> LineReader {
+        LineReader {
+            inner: BufReader::with_capacity(1 << 16, r),
+            partial: Vec::new(),
+        }
+    }
+
+    async fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            let avail = self.inner.fill_buf().await?;
+            if avail.is_empty() {
+                return Ok(None);
+            }
+            if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+                self.partial.extend_from_slice(&avail[..i]);
+                self.inner.consume(i + 1);
+                return Ok(Some(std::mem::take(&mut self.partial)));
+            }
+            let n = avail.len();
+            self.partial.extend_from_slice(avail);
+            self.inner.consume(n);
+            if self.partial.len() > MAX_REPLY {
+                self.partial = Vec::new();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a reply longer than {MAX_REPLY} bytes"),
+                ));
+            }
+        }
+    }
+}
+
+/// The last few KiB of a child's stderr, for error messages.
+#[derive(Clone, Default)]
+pub(crate) struct Tail(Arc<Mutex<Vec<u8>>>);
+
+impl Tail {
+    const KEEP: usize = 4096;
+
+    pub(crate) fn spawn<R: AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> Tail {
+        let tail = Tail::default();
+        if let Some(mut r) = r {
+            let t = tail.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut v = t.0.lock().unwrap_or_else(|e| e.into_inner());
+                    v.extend_from_slice(&buf[..n]);
+                    if v.len() > Self::KEEP {
+                        let cut = v.len() - Self::KEEP;
+                        v.drain(..cut);
+                    }
+                }
+            });
+        }
+        tail
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
 }
 
 pub struct Sandbox {
     id: String,
     child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
+    writer: OwnedWriteHalf,
+    reader: LineReader,
     cgroup: Cgroup,
+    slirp: Option<net::Slirp>,
+    /// Host pids that the after-exec sweep spares: bwrap (both) and the agent.
+    keep: Vec<i32>,
+    agent_pid: Option<i32>,
+    flavour: String,
+    data_bytes: u64,
+    interrupt_grace: Duration,
+    file_timeout: Duration,
+    stderr: Tail,
     next: u64,
     dead: bool,
+    /// Whether the memory cgroup had OOM-killed something when the sandbox died.
+    oom: bool,
 }
 
 fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
@@ -112,26 +368,133 @@ fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// Writes `content` to `dir/name` unless it is already there (atomically, for concurrent starts).
+fn install(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(content) {
+        let tmp = dir.join(format!(
+            "{name}.{}.{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&tmp, content)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// The pid namespace ids of a host process (`NSpid`: host first, innermost last).
+fn ns_pids(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(true)
+}
+
+fn check_env(k: &str, v: &str) -> Result<(), SandboxError> {
+    if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+        return Err(SandboxError::Start(format!(
+            "invalid environment variable {k:?}"
+        )));
+    }
+    Ok(())
+}
+
 impl Sandbox {
-    /// Starts a sandbox and waits until its interpreter answers.
+    /// Starts a sandbox and waits until its interpreter answers (and, for
+    /// [`Network::Enabled`], until its network is up).
     pub async fn start(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         std::fs::create_dir_all(&cfg.work_dir)?;
-        let agent = cfg.work_dir.join("agent.py");
-        if std::fs::read_to_string(&agent).ok().as_deref() != Some(AGENT) {
-            let tmp = cfg
-                .work_dir
-                .join(format!("agent.py.{}", std::process::id()));
-            std::fs::write(&tmp, AGENT)?;
-            std::fs::rename(&tmp, &agent)?;
+        let agent = install(&cfg.work_dir, "agent.py", AGENT)?;
+        let hosts = install(&cfg.work_dir, "hosts", HOSTS)?;
+        if !cfg.python.exists() {
+            return Err(SandboxError::Start(format!(
+                "no interpreter at {} (build the runtime with scripts/sandbox-runtime.sh)",
+                cfg.python.display()
+            )));
         }
+        let mut env: Vec<(String, String)> = vec![];
+        let mut path = String::new();
+        if let Some(rt) = &cfg.runtime_dir {
+            path = format!("{}/bin:", rt.display());
+            let cache = rt.join("share/cloister/matplotlib");
+            if cache.is_dir() {
+                env.push(("CLOISTER_MPL_CACHE".into(), cache.display().to_string()));
+            }
+        }
+        path.push_str("/usr/local/bin:/usr/bin:/bin");
+        for (k, v) in [
+            ("PATH", path.as_str()),
+            ("HOME", "/tmp"),
+            ("LANG", "C.UTF-8"),
+            ("TERM", "dumb"),
+            ("PAGER", "cat"),
+            ("MPLBACKEND", "Agg"),
+            ("MPLCONFIGDIR", "/tmp/.config/matplotlib"),
+            ("IPYTHONDIR", "/tmp/.ipython"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+        ] {
+            env.push((k.into(), v.into()));
+        }
+        if !cfg.preload.is_empty() {
+            env.push(("CLOISTER_PRELOAD".into(), cfg.preload.join(",")));
+        }
+        if let Some(sock) = &cfg.identity_socket {
+            if !sock.exists() {
+                return Err(SandboxError::Start(format!(
+                    "identity socket {} does not exist",
+                    sock.display()
+                )));
+            }
+            env.push((
+                "CLOISTER_IDENTITY_SOCKET".into(),
+                IDENTITY_SOCKET_PATH.into(),
+            ));
+            env.push((
+                "IDENTITY_ENDPOINT".into(),
+                format!("http://127.0.0.1:{IDENTITY_PORT}/msi/token"),
+            ));
+            env.push(("IDENTITY_HEADER".into(), cfg.identity_header.clone()));
+        }
+        env.extend(cfg.env.iter().cloned());
+        for (k, v) in &env {
+            check_env(k, v)?;
+        }
+
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let cgroup = Cgroup::create(&id, cfg.limits)
+        let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let filter = seccomp::compile().map_err(SandboxError::Start)?;
-        let memfd = memfd_with(&filter)?;
-        let seccomp_fd = memfd.as_raw_fd();
+        let fail = |cgroup: &Cgroup, e: SandboxError| {
+            cgroup.destroy();
+            e
+        };
+        let filter = seccomp::compile()
+            .map_err(SandboxError::Start)
+            .map_err(|e| fail(&cgroup, e))?;
+        let memfd = memfd_with(&filter).map_err(|e| fail(&cgroup, e.into()))?;
+        let (host_end, jail_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| fail(&cgroup, e.into()))?;
+        let fds = [memfd.as_raw_fd(), jail_end.as_raw_fd()];
         let procs = cgroup.procs_paths();
-        let size = cfg.tmpfs_bytes.to_string();
+        let tmp_size = cfg.tmp_bytes.to_string();
+        let data_size = cfg.data_bytes.to_string();
+
         let mut cmd = tokio::process::Command::new("bwrap");
         cmd.args([
             "--unshare-all",
@@ -143,12 +506,11 @@ impl Sandbox {
             "65534",
             "--gid",
             "65534",
+            "--hostname",
+            "sandbox",
         ])
-        .args(["--hostname", "sandbox"])
+        .args(["--ro-bind", "/usr", "/usr"])
         .args([
-            "--ro-bind",
-            "/usr",
-            "/usr",
             "--symlink",
             "usr/lib",
             "/lib",
@@ -165,118 +527,243 @@ impl Sandbox {
             "/sbin",
         ])
         .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
-        .args(["--proc", "/proc", "--dev", "/dev"])
-        .args(["--size", &size, "--perms", "1777", "--tmpfs", "/tmp"])
-        .args(["--size", &size, "--perms", "0777", "--tmpfs", "/mnt/data"])
         .arg("--ro-bind")
-        .arg(&agent)
-        .arg("/opt/cloister/agent.py")
-        .args(["--chdir", "/mnt/data", "--clearenv"])
+        .arg(&hosts)
+        .arg("/etc/hosts")
+        .args(["--proc", "/proc", "--dev", "/dev"])
+        .args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
         .args([
-            "--setenv",
-            "PATH",
-            "/usr/bin:/bin",
-            "--setenv",
-            "HOME",
+            "--size",
+            &data_size,
+            "--perms",
+            "0777",
+            "--tmpfs",
             "/mnt/data",
-            "--setenv",
-            "LANG",
-            "C.UTF-8",
-        ])
-        .args(["--seccomp", "3"])
-        .arg(&cfg.python)
-        .args(["-I", "-S", "-u", "/opt/cloister/agent.py"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-        // SAFETY: the hook only calls dup2 and cgroup writes (open/write/close), which are
-        // async-signal-safe, on data prepared before fork.
+        ]);
+        if let Some(rt) = &cfg.runtime_dir {
+            cmd.arg("--ro-bind").arg(rt).arg(rt);
+        }
+        if cfg.network == Network::Enabled {
+            let resolv = install(&cfg.work_dir, "resolv.conf", RESOLV)?;
+            cmd.arg("--ro-bind")
+                .arg(&resolv)
+                .arg("/etc/resolv.conf")
+                .args(["--ro-bind-try", "/etc/ssl", "/etc/ssl"])
+                .args([
+                    "--ro-bind-try",
+                    "/etc/ca-certificates",
+                    "/etc/ca-certificates",
+                ]);
+        }
+        if let Some(sock) = &cfg.identity_socket {
+            cmd.arg("--ro-bind").arg(sock).arg(IDENTITY_SOCKET_PATH);
+        }
+        cmd.arg("--ro-bind")
+            .arg(&agent)
+            .arg("/opt/cloister/agent.py")
+            .args(["--chdir", "/mnt/data", "--clearenv"]);
+        for (k, v) in &env {
+            cmd.arg("--setenv").arg(k).arg(v);
+        }
+        cmd.args(["--seccomp", "3"])
+            .arg(&cfg.python)
+            .args(["-I", "-B", "/opt/cloister/agent.py"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: the hook only calls fcntl, dup2 and cgroup writes (open/write/close), which
+        // are async-signal-safe, on data prepared before fork.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(seccomp_fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // Move both descriptors out of the way first, so that dup2 onto 3 and 4 can
+                // neither clobber the other nor be a no-op that keeps close-on-exec.
+                let mut high = [0; 2];
+                for (h, fd) in high.iter_mut().zip(fds) {
+                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if *h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (target, h) in (3..).zip(high) {
+                    if libc::dup2(h, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Cgroup::join_self(&procs)
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            cgroup.destroy();
-            SandboxError::Start(format!("bwrap: {e}"))
+            fail(
+                &cgroup,
+                SandboxError::Start(if e.kind() == std::io::ErrorKind::NotFound {
+                    "bwrap is not installed (apt-get install bubblewrap)".into()
+                } else {
+                    format!("bwrap: {e}")
+                }),
+            )
         })?;
-        drop(memfd);
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| SandboxError::Start("no stdin".into()))?;
-        let stdout = BufReader::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| SandboxError::Start("no stdout".into()))?,
-        )
-        .lines();
+        drop((memfd, jail_end));
+        let stderr = Tail::spawn(child.stderr.take());
+        host_end.set_nonblocking(true)?;
+        let (r, w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
         let mut sbx = Sandbox {
             id,
             child,
-            stdin,
-            stdout,
+            writer: w,
+            reader: LineReader::new(r),
             cgroup,
+            slirp: None,
+            keep: vec![],
+            agent_pid: None,
+            flavour: String::new(),
+            data_bytes: cfg.data_bytes,
+            interrupt_grace: cfg.interrupt_grace,
+            file_timeout: cfg.file_timeout,
+            stderr,
             next: 0,
             dead: false,
+            oom: false,
         };
-        match tokio::time::timeout(cfg.start_timeout, sbx.stdout.next_line()).await {
-            Ok(Ok(Some(line))) if line.contains("\"ready\"") => Ok(sbx),
-            Ok(Ok(other)) => {
+        let ready = match tokio::time::timeout(cfg.start_timeout, sbx.reader.next_line()).await {
+            Ok(Ok(Some(line))) => serde_json::from_slice::<Value>(&line)
+                .ok()
+                .filter(|v| v["ready"] == true)
+                .ok_or_else(|| String::from_utf8_lossy(&line).into_owned()),
+            Ok(Ok(None)) => Err("no answer".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        };
+        let ready = match ready {
+            Ok(v) => v,
+            Err(why) => {
                 sbx.kill();
-                Err(SandboxError::Start(format!(
-                    "the interpreter did not start ({other:?})"
-                )))
+                let _ = sbx.child.wait().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(SandboxError::Start(format!(
+                    "the interpreter did not start ({why}): {}",
+                    sbx.stderr.text().trim()
+                )));
             }
-            Ok(Err(e)) => {
-                sbx.kill();
-                Err(SandboxError::Start(e.to_string()))
-            }
-            Err(_) => {
-                sbx.kill();
-                Err(SandboxError::Start(
-                    "the interpreter did not answer in time".into(),
-                ))
+        };
+        sbx.flavour = ready["flavour"].as_str().unwrap_or("plain").to_string();
+        let agent_ns = ready["pid"].as_i64().unwrap_or(-1) as i32;
+        if let Some(outer) = sbx.child.id() {
+            sbx.keep.push(outer as i32);
+        }
+        for p in sbx.cgroup.pids() {
+            match ns_pids(p).as_slice() {
+                [_, 1] => sbx.keep.push(p),
+                [_, n] if *n == agent_ns => {
+                    sbx.keep.push(p);
+                    sbx.agent_pid = Some(p);
+                }
+                _ => {}
             }
         }
+        if sbx.agent_pid.is_none() {
+            sbx.kill();
+            let _ = sbx.child.wait().await;
+            return Err(SandboxError::Start(
+                "the agent's host pid was not found in its cgroup".into(),
+            ));
+        }
+        if cfg.network == Network::Enabled {
+            match net::Slirp::start(sbx.agent_pid.unwrap_or(-1), cfg.start_timeout).await {
+                Ok(s) => sbx.slirp = Some(s),
+                Err(e) => {
+                    sbx.kill();
+                    let _ = sbx.child.wait().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sbx)
     }
 
     pub fn id(&self) -> &str {
         &self.id
     }
 
-    /// Runs `code`; state persists between calls. On a timeout or a crash the sandbox is
-    /// destroyed and every later call fails.
-    pub async fn exec(
-        &mut self,
-        code: &str,
-        timeout: Duration,
-    ) -> Result<ExecResult, SandboxError> {
+    /// `ipython` (the runtime) or `plain` (no IPython importable: `exec`/`repr`).
+    pub fn flavour(&self) -> &str {
+        &self.flavour
+    }
+
+    /// False once the sandbox has been killed (after a crash, an OOM kill, an interrupt that
+    /// did not work, or [`Sandbox::kill`]).
+    pub fn is_alive(&self) -> bool {
+        !self.dead
+    }
+
+    /// The agent's pid in the host's pid namespace.
+    pub fn agent_pid(&self) -> Option<i32> {
+        self.agent_pid
+    }
+
+    /// The slirp4netns helper's pid, for [`Network::Enabled`] sandboxes.
+    pub fn network_helper_pid(&self) -> Option<u32> {
+        self.slirp.as_ref().and_then(|s| s.pid())
+    }
+
+    fn died(&mut self) -> SandboxError {
+        self.oom = self.cgroup.oom_killed();
+        self.kill();
+        SandboxError::Died { oom: self.oom }
+    }
+
+    fn check_alive(&self) -> Result<(), SandboxError> {
         if self.dead {
-            return Err(SandboxError::Died {
-                oom: self.cgroup.oom_killed(),
-            });
+            return Err(SandboxError::Died { oom: self.oom });
         }
+        Ok(())
+    }
+
+    async fn send(&mut self, mut req: Value) -> Result<u64, SandboxError> {
+        self.check_alive()?;
         self.next += 1;
-        let line = serde_json::json!({"id": self.next, "code": code}).to_string() + "\n";
+        req["id"] = json!(self.next);
+        let mut line =
+            serde_json::to_vec(&req).map_err(|e| SandboxError::Protocol(e.to_string()))?;
+        line.push(b'\n');
         let io = async {
-            self.stdin.write_all(line.as_bytes()).await?;
-            self.stdin.flush().await?;
-            self.stdout.next_line().await
+            self.writer.write_all(&line).await?;
+            self.writer.flush().await
         };
-        match tokio::time::timeout(timeout, io).await {
-            Ok(Ok(Some(resp))) => serde_json::from_str(&resp)
-                .map_err(|e| SandboxError::Start(format!("agent reply: {e}"))),
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                let oom = self.cgroup.oom_killed();
-                self.kill();
-                Err(SandboxError::Died { oom })
+        match io.await {
+            Ok(()) => Ok(self.next),
+            Err(_) => Err(self.died()),
+        }
+    }
+
+    /// The reply to request `id` (cancel-safe: so is [`LineReader::next_line`]). Lines that
+    /// are not JSON, or answer another request, are skipped: only user code writing to the
+    /// channel's descriptor produces the former, a cancelled call the latter.
+    async fn recv(&mut self, id: u64) -> Result<Value, SandboxError> {
+        loop {
+            match self.reader.next_line().await {
+                Ok(Some(line)) => {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&line)
+                        && v["id"].as_u64() == Some(id)
+                    {
+                        return Ok(v);
+                    }
+                }
+                Ok(None) => return Err(self.died()),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    self.kill();
+                    return Err(SandboxError::Protocol(e.to_string()));
+                }
+                Err(_) => return Err(self.died()),
             }
+        }
+    }
+
+    /// One request with a deadline; on timeout the sandbox is killed.
+    async fn request(&mut self, req: Value, timeout: Duration) -> Result<Value, SandboxError> {
+        let id = self.send(req).await?;
+        match tokio::time::timeout(timeout, self.recv(id)).await {
+            Ok(r) => r.and_then(reply_error),
             Err(_) => {
                 self.kill();
                 Err(SandboxError::Timeout(timeout))
@@ -284,33 +771,232 @@ impl Sandbox {
         }
     }
 
+    /// Runs `code`; state persists between calls. stdout and stderr are each cut to
+    /// `max_output` characters. On timeout the cell is interrupted (see the crate docs).
+    pub async fn exec(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecResult, SandboxError> {
+        let id = self
+            .send(json!({"op": "exec", "code": code, "max_output": max_output}))
+            .await?;
+        let reply = match tokio::time::timeout(timeout, self.recv(id)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                self.interrupt();
+                match tokio::time::timeout(self.interrupt_grace, self.recv(id)).await {
+                    Ok(Ok(v)) if v["interrupted"] == true => {
+                        self.sweep().await;
+                        return Err(SandboxError::Timeout(timeout));
+                    }
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        self.kill();
+                        return Err(SandboxError::Timeout(timeout));
+                    }
+                }
+            }
+        };
+        self.sweep().await;
+        if let Some(e) = reply.get("error") {
+            return Err(SandboxError::Protocol(e["message"].to_string()));
+        }
+        serde_json::from_value(reply).map_err(|e| SandboxError::Protocol(e.to_string()))
+    }
+
+    /// Sends SIGINT to the agent: a running cell stops with `KeyboardInterrupt`; an idle agent
+    /// ignores it.
+    pub fn interrupt(&self) {
+        if let (Some(pid), false) = (self.agent_pid, self.dead) {
+            // SAFETY: signalling the agent, a live process of our own sandbox.
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
+        }
+    }
+
+    /// Kills every process in the cgroup but bwrap's and the agent's; then lets the agent reap
+    /// the ones that were its children.
+    async fn sweep(&mut self) {
+        if self.dead || self.keep.is_empty() {
+            return;
+        }
+        let mut killed = 0;
+        for _ in 0..200 {
+            let strays: Vec<i32> = self
+                .cgroup
+                .pids()
+                .into_iter()
+                .filter(|p| !self.keep.contains(p) && !is_zombie(*p))
+                .collect();
+            if strays.is_empty() {
+                break;
+            }
+            for p in strays {
+                // SAFETY: signalling a process read from our sandbox's cgroup.
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
+                }
+                killed += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if killed > 0 {
+            tracing::debug!(sandbox = %self.id, killed, "killed background processes");
+            let _ = self.request(json!({"op": "ping"}), self.file_timeout).await;
+        }
+    }
+
+    /// Writes `data` to `name` (relative to `/mnt/data` or absolute under it), creating parent
+    /// directories and replacing an existing file atomically.
+    pub async fn write_file(&mut self, name: &str, data: &[u8]) -> Result<FileEntry, SandboxError> {
+        use base64::Engine as _;
+        if data.len() as u64 > self.data_bytes {
+            return Err(SandboxError::File {
+                kind: FileErrorKind::TooLarge,
+                message: format!(
+                    "{} bytes exceed the {} bytes of /mnt/data",
+                    data.len(),
+                    self.data_bytes
+                ),
+            });
+        }
+        let mut chunks: Vec<&[u8]> = data.chunks(FILE_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+            let reply = self
+                .request(
+                    json!({"op": "write", "path": name, "size": data.len(), "first": i == 0,
+                           "last": i + 1 == n, "data": b64}),
+                    self.file_timeout,
+                )
+                .await?;
+            if i + 1 == n {
+                return entry(&reply);
+            }
+        }
+        unreachable!("the last chunk returns")
+    }
+
+    /// Reads a whole file.
+    pub async fn read_file(&mut self, name: &str) -> Result<Vec<u8>, SandboxError> {
+        use base64::Engine as _;
+        let mut out = Vec::new();
+        loop {
+            let reply = self
+                .request(
+                    json!({"op": "read", "path": name, "offset": out.len(), "length": FILE_CHUNK}),
+                    self.file_timeout,
+                )
+                .await?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(reply["data"].as_str().unwrap_or_default())
+                .map_err(|e| SandboxError::Protocol(e.to_string()))?;
+            let done = data.is_empty() || reply["eof"] == true;
+            out.extend_from_slice(&data);
+            if done || out.len() as u64 > self.data_bytes {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Lists a directory (`""` or `/mnt/data` for the top), depth-first when `recursive`.
+    pub async fn list_files(
+        &mut self,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Vec<FileEntry>, SandboxError> {
+        let reply = self
+            .request(
+                json!({"op": "list", "path": path, "recursive": recursive}),
+                self.file_timeout,
+            )
+            .await?;
+        serde_json::from_value(reply["entries"].clone())
+            .map_err(|e| SandboxError::Protocol(e.to_string()))
+    }
+
+    /// Metadata of one file or directory (a final symlink is described, not followed).
+    pub async fn stat_file(&mut self, name: &str) -> Result<FileEntry, SandboxError> {
+        let reply = self
+            .request(json!({"op": "stat", "path": name}), self.file_timeout)
+            .await?;
+        entry(&reply)
+    }
+
+    /// Deletes a file, a symlink, or a directory with everything in it.
+    pub async fn delete_file(&mut self, name: &str) -> Result<(), SandboxError> {
+        self.request(json!({"op": "delete", "path": name}), self.file_timeout)
+            .await
+            .map(|_| ())
+    }
+
     /// The number of processes in the sandbox's cgroup.
     pub fn process_count(&self) -> usize {
         self.cgroup.pids().len()
     }
 
-    fn kill(&mut self) {
+    /// Kills every process of the sandbox and removes its cgroup (idempotent).
+    pub fn kill(&mut self) {
+        if !self.dead {
+            tracing::debug!(sandbox = %self.id, "killing the sandbox");
+        }
         self.dead = true;
         let _ = self.child.start_kill();
         self.cgroup.destroy();
+        if let Some(s) = &mut self.slirp {
+            s.kill();
+        }
     }
 
     /// Stops the sandbox and removes everything it had.
     pub async fn shutdown(mut self) {
         self.kill();
         let _ = self.child.wait().await;
+        if let Some(s) = &mut self.slirp {
+            s.wait().await;
+        }
     }
 
-    /// True once the cgroup is gone (for tests and leak checks).
+    /// True while the cgroup exists (for tests and leak checks).
     pub fn cgroup_exists(&self) -> bool {
         self.cgroup.exists()
     }
+}
+
+fn reply_error(v: Value) -> Result<Value, SandboxError> {
+    let Some(e) = v.get("error") else {
+        return Ok(v);
+    };
+    let kind = serde_json::from_value(e["kind"].clone()).unwrap_or(FileErrorKind::Other);
+    let message = e["message"].as_str().unwrap_or("error").to_string();
+    Err(SandboxError::File { kind, message })
+}
+
+fn entry(reply: &Value) -> Result<FileEntry, SandboxError> {
+    serde_json::from_value(reply["entry"].clone())
+        .map_err(|e| SandboxError::Protocol(e.to_string()))
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if !self.dead {
             self.kill();
+        } else if let Some(s) = &mut self.slirp {
+            s.kill();
         }
     }
+}
+
+#[allow(dead_code)]
+fn assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Sandbox>();
 }

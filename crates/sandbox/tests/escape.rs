@@ -1,22 +1,28 @@
 //! Hostile code against the sandbox: it must not see or touch the host, gain privileges,
 //! reach the host's network, or outgrow its limits; and stopping a sandbox leaves nothing.
-//! Needs root (CI runs as root) and bubblewrap.
+//! Needs root (CI runs as root) and bubblewrap; runs on the IPython runtime (see
+//! `common/mod.rs`).
 
-use cloister_sandbox::{Sandbox, SandboxConfig, SandboxError};
+mod common;
+
+use cloister_sandbox::{DEFAULT_MAX_OUTPUT, Sandbox, SandboxError};
+use common::finish;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
 async fn start() -> (Sandbox, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = SandboxConfig::new(dir.path().to_path_buf());
-    cfg.limits.memory_bytes = 128 << 20;
+    let mut cfg = common::config(dir.path());
+    cfg.limits.memory_bytes = 192 << 20;
+    cfg.tmp_bytes = 16 << 20;
+    cfg.data_bytes = 16 << 20;
     cfg.limits.pids = 32;
     (Sandbox::start(&cfg).await.expect("sandbox starts"), dir)
 }
 
 async fn run(s: &mut Sandbox, code: &str) -> cloister_sandbox::ExecResult {
-    s.exec(code, T).await.expect("exec")
+    s.exec(code, T, DEFAULT_MAX_OUTPUT).await.expect("exec")
 }
 
 #[tokio::test]
@@ -38,7 +44,7 @@ async fn runs_code_and_keeps_state() {
     )
     .await;
     assert_eq!(r.result.as_deref(), Some("'ok'"));
-    s.shutdown().await;
+    finish(s).await;
 }
 
 #[tokio::test]
@@ -48,7 +54,9 @@ async fn cannot_see_or_touch_the_host() {
 import os
 out = {}
 out["uid"] = os.getuid()
-out["host_dirs"] = [p for p in ["/root", "/home", "/work", "/var", "/etc/shadow", "/etc/passwd"] if os.path.exists(p)]
+out["host_dirs"] = [p for p in ["/root", "/home", "/work", "/var/log", "/var/lib/dpkg", "/etc/shadow", "/etc/passwd", "/run/systemd"] if os.path.exists(p)]
+# Only the read-only runtime is bound under /var.
+out["var"] = [r for r, d, f in os.walk("/var") if f and "/var/lib/cloister/runtime/" not in r + "/"]
 try:
     open("/usr/evil", "w"); out["usr_writable"] = True
 except OSError:
@@ -73,6 +81,11 @@ out
     let v: serde_json::Value = serde_json::from_str(&v).unwrap();
     assert_eq!(v["uid"], 65534);
     assert_eq!(v["host_dirs"], serde_json::json!([]), "host paths visible");
+    assert_eq!(
+        v["var"],
+        serde_json::json!([]),
+        "host files under /var visible"
+    );
     assert_eq!(v["usr_writable"], false);
     assert!(
         v["pids"].as_array().unwrap().len() <= 3,
@@ -82,7 +95,7 @@ out
     assert_eq!(v["caps"], "0000000000000000");
     assert_eq!(v["setuid"], false);
     assert_eq!(v["ifaces"], serde_json::json!(["lo"]));
-    s.shutdown().await;
+    finish(s).await;
 }
 
 #[tokio::test]
@@ -98,7 +111,7 @@ async fn cannot_reach_the_hosts_network() {
         listener.accept().is_err(),
         "the host saw a connection from the sandbox"
     );
-    s.shutdown().await;
+    finish(s).await;
 }
 
 #[tokio::test]
@@ -129,7 +142,7 @@ res
             "{name} was not refused with EPERM: {out}"
         );
     }
-    s.shutdown().await;
+    finish(s).await;
 }
 
 #[tokio::test]
@@ -159,29 +172,65 @@ except OSError as e:
     assert!(s.process_count() <= 32, "{} processes", s.process_count());
     // The sandbox still answers.
     assert_eq!(run(&mut s, "2 + 2").await.result.as_deref(), Some("4"));
-    s.shutdown().await;
+    finish(s).await;
 }
 
 #[tokio::test]
 async fn memory_bomb_is_killed_and_cleaned_up() {
     let (mut s, _d) = start().await;
     let e = s
-        .exec("b = b'x' * (512 << 20)\nlen(b)", T)
+        .exec("b = b'x' * (512 << 20)\nlen(b)", T, DEFAULT_MAX_OUTPUT)
         .await
         .unwrap_err();
-    assert!(matches!(e, SandboxError::Died { .. }), "{e:?}");
+    assert!(matches!(e, SandboxError::Died { oom: true }), "{e:?}");
+    assert!(!s.is_alive());
     assert!(!s.cgroup_exists(), "cgroup left behind");
-    assert!(s.exec("1", T).await.is_err());
+    assert!(s.exec("1", T, DEFAULT_MAX_OUTPUT).await.is_err());
+    finish(s).await;
 }
 
 #[tokio::test]
-async fn runaway_code_times_out_and_leaves_nothing() {
+async fn code_that_ignores_interrupts_is_killed_and_leaves_nothing() {
     let (mut s, _d) = start().await;
+    let t0 = std::time::Instant::now();
     let e = s
-        .exec("while True: pass", Duration::from_secs(1))
+        .exec(
+            "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+            Duration::from_secs(1),
+            DEFAULT_MAX_OUTPUT,
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, SandboxError::Timeout(_)), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    assert!(!s.is_alive());
     assert_eq!(s.process_count(), 0);
     assert!(!s.cgroup_exists());
+    finish(s).await;
+}
+
+#[tokio::test]
+async fn the_protocol_channel_cannot_be_abused_against_the_supervisor() {
+    let (mut s, _d) = start().await;
+    // Finding the channel and writing junk lines to it changes nothing.
+    let r = run(
+        &mut s,
+        "import os\nfd = [int(f) for f in os.listdir('/proc/self/fd') if int(f) >= 100][0]\n\
+         os.write(fd, b'junk\\n{\"id\": 999}\\n')\n'ok'",
+    )
+    .await;
+    assert_eq!(r.result.as_deref(), Some("'ok'"));
+    assert_eq!(run(&mut s, "1 + 1").await.result.as_deref(), Some("2"));
+    // An endless line kills the sandbox, not the supervisor's memory.
+    let e = s
+        .exec(
+            "chunk = b'x' * (1 << 20)\nwhile True:\n    os.write(fd, chunk)",
+            T,
+            DEFAULT_MAX_OUTPUT,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SandboxError::Protocol(_)), "{e:?}");
+    assert!(!s.is_alive());
+    finish(s).await;
 }

@@ -437,6 +437,7 @@ pub async fn after_removal(
     removed: &cloister_store::Removed,
 ) -> Result<(), ArmError> {
     st.id.invalidate_identity_sets();
+    crate::sessions::removed(st, &removed.resources).await;
     if !removed.principals.is_empty() || removed.role_assignments > 0 {
         st.id.invalidate_all_clients();
         st.rbac.changed().await?;

@@ -41,6 +41,9 @@ pub async fn resource_json(st: &AppState, r: &Resource) -> Value {
         props["principalId"] = json!(sp.id);
         props["clientId"] = json!(sp.app_id);
     }
+    if crate::sessions::is_pool(&t) {
+        crate::sessions::decorate(st, r, &mut props);
+    }
     props["provisioningState"] = json!("Succeeded");
     let mut v = json!({
         "id": r.id,
@@ -261,7 +264,8 @@ async fn put(
         Some(Value::Object(m)) => r.tags = Value::Object(m.clone()).to_string(),
         _ => return Err(ArmError::invalid("'tags' must be an object.")),
     }
-    match b.get("properties") {
+    // Session pools validate and normalise their own properties below.
+    match b.get("properties").filter(|_| !crate::sessions::is_pool(t)) {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             let mut m = m.clone();
@@ -280,6 +284,7 @@ async fn put(
         _ => return Err(ArmError::invalid("'properties' must be an object.")),
     }
     r.updated_at = now_secs();
+    let pool = crate::sessions::is_pool(t);
     let mut new_principals: Vec<ServicePrincipal> = vec![];
     let mut drop_principals: Vec<String> = vec![];
     if is_uami(t) {
@@ -354,6 +359,14 @@ async fn put(
         }
         r.user_identities = canonical;
     }
+    if pool {
+        r.properties = crate::sessions::prepare(
+            &r,
+            b.get("properties"),
+            *method == Method::PATCH,
+            sc.name().unwrap_or_default(),
+        )?;
+    }
     st.store
         .resource_put(&r, &new_principals, &drop_principals)
         .await
@@ -368,6 +381,9 @@ async fn put(
         .await
         .map_err(store_err)?
         .unwrap_or(r);
+    if pool {
+        crate::sessions::apply(st, &stored).await;
+    }
     ok(
         if existing.is_some() {
             StatusCode::OK

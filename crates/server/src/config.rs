@@ -29,6 +29,41 @@ pub struct ServerConfig {
     /// Maximum request body size in bytes.
     pub max_body_bytes: usize,
     pub identity: IdentityConfig,
+    pub sessions: SessionsConfig,
+}
+
+/// Dynamic sessions: the sandbox runtime and per-session limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Serve session pools (needs bubblewrap and root for cgroups).
+    pub enabled: bool,
+    /// The interpreter of the runtime built by `scripts/sandbox-runtime.sh`.
+    pub python: PathBuf,
+    /// Memory cap per session (MiB), process cap, CPU share (percent of one core).
+    pub memory_mb: u64,
+    pub pids: u64,
+    pub cpu_percent: u32,
+    /// Size caps of `/mnt/data` and `/tmp` in each session (MiB).
+    pub data_mb: u64,
+    pub tmp_mb: u64,
+    /// Ready sessions started at once while refilling a pool.
+    pub refill_parallelism: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            python: PathBuf::from("/var/lib/cloister/runtime/python/bin/python"),
+            memory_mb: 1024,
+            pids: 128,
+            cpu_percent: 100,
+            data_mb: 256,
+            tmp_mb: 64,
+            refill_parallelism: 2,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -45,6 +80,7 @@ impl Default for ServerConfig {
             host_name: "local".into(),
             max_body_bytes: 1 << 20,
             identity: IdentityConfig::default(),
+            sessions: SessionsConfig::default(),
         }
     }
 }
@@ -91,6 +127,12 @@ impl ServerConfig {
         }
         if let Some(v) = env("LOG_LEVEL") {
             cfg.log_level = v;
+        }
+        if let Some(v) = env("SANDBOX_PYTHON") {
+            cfg.sessions.python = v.into();
+        }
+        if let Some(v) = env("SESSIONS") {
+            cfg.sessions.enabled = !matches!(v.as_str(), "0" | "false" | "off");
         }
         if let Some(v) = env("SIGNING_ALG") {
             cfg.identity.signing_alg = v;

@@ -18,6 +18,7 @@ pub mod config;
 pub mod graph;
 pub mod openapi;
 pub mod rbac;
+pub mod sessions;
 pub mod state;
 pub mod tls;
 
@@ -111,7 +112,22 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         rbac: rbac.clone(),
         prometheus,
         default_subscription: sub,
+        sessions: sessions::build_manager(&cfg),
+        pool_bindings: Default::default(),
     });
+    sessions::serve_identity_socket(&st).await?;
+    sessions::load_all(&st).await?;
+    {
+        let st = st.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(86400));
+            t.tick().await;
+            loop {
+                t.tick().await;
+                sessions::renew(&st).await;
+            }
+        });
+    }
     let app = router(st.clone());
 
     // Background upkeep: key rotation and purges every minute; RBAC changes from other nodes every second.
@@ -163,6 +179,9 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         _ = tls_task => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
+    if let Some(m) = &st.sessions {
+        m.shutdown().await;
+    }
     Ok(())
 }
 
@@ -190,14 +209,28 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi_doc))
         .fallback(fallback)
         .with_state(st.clone());
-    Router::new()
+    let mut app = Router::new()
         .merge(cloister_identity::api::router(st.id.clone()))
         .merge(api)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             st.cfg.max_body_bytes,
-        ))
+        ));
+    // The session data plane takes uploads up to 128 MB and enforces its own limits.
+    if let Some(m) = &st.sessions {
+        let dp = Arc::new(cloister_sessions::api::DataPlane {
+            manager: m.clone(),
+            auth: Arc::new(sessions::TokenAuthorizer {
+                id: st.id.clone(),
+                rbac: st.rbac.clone(),
+            }),
+            public_url: st.cfg.public_url(),
+        });
+        app = app.merge(
+            cloister_sessions::api::router(dp).layer(axum::extract::DefaultBodyLimit::disable()),
+        );
+    }
+    app.layer(axum::middleware::from_fn(observe))
         .layer(axum::middleware::from_fn(error_shape))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ArmError::internal("The request could not be processed.").into_response()

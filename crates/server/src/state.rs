@@ -7,6 +7,9 @@ use cloister_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
+/// A pool's in-session identity binding: (principals, secret, expiry).
+pub type PoolBinding = (Vec<String>, String, i64);
+
 pub struct AppState {
     pub cfg: ServerConfig,
     pub store: Store,
@@ -16,4 +19,8 @@ pub struct AppState {
     pub management_audiences: Vec<String>,
     pub prometheus: Option<PrometheusHandle>,
     pub default_subscription: String,
+    /// Session pools (None when this host cannot run sandboxes).
+    pub sessions: Option<Arc<cloister_sessions::Manager>>,
+    /// Per pool: (principals, binding secret, expiry) of its in-session identities.
+    pub pool_bindings: std::sync::Mutex<std::collections::HashMap<String, PoolBinding>>,
 }

@@ -1,0 +1,1039 @@
+//! The pool's data plane, served at its `poolManagementEndpoint`
+//! (`{public url}/dynamicsessions/subscriptions/{s}/resourceGroups/{rg}/sessionPools/{name}`).
+//!
+//! One router serves both API generations: the legacy `code/execute`, `files/upload`,
+//! `files/content/{name}` (2024-02-02-preview, 2024-08-02-preview) and the current
+//! `executions`, `files/{name}[/content]`, `session`, `listSessions`, `metadata`
+//! (2024-10-02-preview and later). The response shape follows the path; where a path exists
+//! in both (`GET files`) it follows the api-version.
+
+use crate::Manager;
+use crate::error::DpError;
+use crate::ident::{Query, validate};
+use crate::pool::{Execution, Pool, PoolError, Session, now_ms};
+use crate::runtime::{ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const PREFIX: &str = "/dynamicsessions";
+/// Uploads larger than this get 413, as on Azure.
+pub const MAX_UPLOAD: usize = 128 * 1024 * 1024;
+const MAX_CODE_BODY: usize = 8 * 1024 * 1024;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 220;
+const NEW_API_DEFAULT_OUTPUT: usize = 4096;
+const LEGACY_OUTPUT: usize = 4 * 1024 * 1024;
+const LIST_PAGE: usize = 300;
+
+/// Authenticates the caller and checks the Session Executor data action on the pool.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Returns the caller's object id.
+    fn authorize(&self, authorization: Option<&str>, pool_id: &str) -> Result<String, DpError>;
+}
+
+pub struct DataPlane {
+    pub manager: Arc<Manager>,
+    pub auth: Arc<dyn Authorizer>,
+    /// The server's public base URL (scheme, host, port).
+    pub public_url: String,
+}
+
+/// The data-plane endpoint of a pool resource.
+pub fn endpoint(public_url: &str, pool_id: &str) -> String {
+    // /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.App/sessionPools/{name}
+    let p: Vec<&str> = pool_id.trim_matches('/').split('/').collect();
+    let (s, rg, name) = (
+        p.get(1).copied().unwrap_or(""),
+        p.get(3).copied().unwrap_or(""),
+        p.last().copied().unwrap_or(""),
+    );
+    format!(
+        "{}{PREFIX}/subscriptions/{s}/resourceGroups/{rg}/sessionPools/{name}",
+        public_url.trim_end_matches('/')
+    )
+}
+
+pub fn router(dp: Arc<DataPlane>) -> Router {
+    Router::new()
+        .route(&format!("{PREFIX}/{{*rest}}"), axum::routing::any(handle))
+        .with_state(dp)
+}
+
+type Res = Result<Response, DpError>;
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn is_legacy(api_version: &str) -> bool {
+    api_version.get(..10).unwrap_or(api_version) < "2024-10-02"
+}
+
+fn json_resp(status: StatusCode, v: Value) -> Response {
+    let mut r = (status, v.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+fn pool_err(e: PoolError) -> DpError {
+    match e {
+        PoolError::MaxSessions(_) => {
+            let mut d = DpError::new(429, "MaxConcurrentSessionsReached", e.to_string());
+            d.retry_after = Some(5);
+            d
+        }
+        PoolError::Start(_) => {
+            let mut d = DpError::new(503, "SessionAllocationFailed", e.to_string());
+            d.retry_after = Some(1);
+            d
+        }
+        PoolError::Closed => DpError::not_found("SessionPoolNotFound", e.to_string()),
+    }
+}
+
+fn file_err(e: FileError) -> DpError {
+    match e.kind {
+        FileErrorKind::NotFound => DpError::not_found("FileNotFound", e.message),
+        FileErrorKind::Invalid => DpError::bad(e.message),
+        FileErrorKind::TooLarge => DpError::new(413, "RequestEntityTooLarge", e.message),
+        FileErrorKind::Other => DpError::new(500, "InternalServerError", e.message),
+    }
+}
+
+async fn handle(State(dp): State<Arc<DataPlane>>, req: Request) -> Response {
+    match route(&dp, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn decode_seg(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+struct Ctx {
+    pool: Arc<Pool>,
+    q: Query,
+    api: String,
+    endpoint: String,
+}
+
+impl Ctx {
+    fn identifier(&self) -> Result<String, DpError> {
+        let id = self.q.get("identifier").ok_or_else(|| {
+            DpError::validation("The 'identifier' query parameter is required.")
+                .target("identifier")
+        })?;
+        validate(id).map_err(|m| DpError::validation(m).target("identifier"))?;
+        Ok(id.to_string())
+    }
+}
+
+async fn route(dp: &DataPlane, req: Request) -> Res {
+    let path = req.uri().path().to_string();
+    let rest = path.strip_prefix(PREFIX).unwrap_or(&path);
+    let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let ok_prefix = segs.len() >= 6
+        && segs[0].eq_ignore_ascii_case("subscriptions")
+        && segs[2].eq_ignore_ascii_case("resourceGroups")
+        && segs[4].eq_ignore_ascii_case("sessionPools");
+    if !ok_prefix {
+        return Err(DpError::not_found(
+            "NotFound",
+            "A pool endpoint looks like /dynamicsessions/subscriptions/{id}/resourceGroups/{name}/sessionPools/{name}/….",
+        ));
+    }
+    let pool_id = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.App/sessionPools/{}",
+        segs[1], segs[3], segs[5]
+    );
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    dp.auth.authorize(authz, &pool_id)?;
+    let pool = dp.manager.pool(&pool_id).ok_or_else(|| {
+        DpError::not_found(
+            "SessionPoolNotFound",
+            format!("The session pool '{}' was not found.", segs[5]),
+        )
+    })?;
+    let mut tail: Vec<String> = segs[6..].iter().map(|s| decode_seg(s)).collect();
+    while tail.last().is_some_and(|s| s.is_empty()) {
+        tail.pop();
+    }
+    let q = Query::parse(req.uri().query());
+    let api = q.get("api-version").map(str::to_string).ok_or_else(|| {
+        DpError::new(
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )
+    })?;
+    let ctx = Ctx {
+        endpoint: endpoint(&dp.public_url, &pool_id),
+        pool,
+        q,
+        api,
+    };
+    let t: Vec<&str> = tail.iter().map(String::as_str).collect();
+    let lc: Vec<String> = t.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let l: Vec<&str> = lc.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    match (&method, l.as_slice()) {
+        (&Method::POST, ["code", "execute"]) => legacy_execute(&ctx, req).await,
+        (&Method::POST, ["executions"]) => execute(&ctx, req).await,
+        (&Method::GET, ["executions", _]) => get_execution(&ctx, t[1]).await,
+        (&Method::POST, ["files", "upload"]) => upload(&ctx, req, true).await,
+        (&Method::POST, ["files"]) => upload(&ctx, req, false).await,
+        (&Method::GET, ["files"]) => list_files(&ctx).await,
+        (&Method::GET, ["files", "content", ..]) if t.len() > 2 => {
+            download(&ctx, &t[2..].join("/")).await
+        }
+        (&Method::GET, ["files", .., "content"]) if t.len() > 2 => {
+            download(&ctx, &t[1..t.len() - 1].join("/")).await
+        }
+        (&Method::GET, ["files", ..]) if t.len() > 1 => stat(&ctx, &t[1..].join("/")).await,
+        (&Method::DELETE, ["files", ..]) if t.len() > 1 => {
+            delete_file(&ctx, &t[1..].join("/")).await
+        }
+        (&Method::GET, ["session"]) => get_session(&ctx, false).await,
+        (&Method::DELETE, ["session"]) => delete_session(&ctx, false).await,
+        (&Method::GET, ["listsessions"]) => list_sessions(&ctx, false).await,
+        (&Method::POST, [".management", "getsession"]) => get_session(&ctx, true).await,
+        (&Method::POST, [".management", "listsessions"]) => list_sessions(&ctx, true).await,
+        (&Method::POST, [".management", "stopsession"]) => delete_session(&ctx, true).await,
+        (&Method::GET, ["metadata"]) => metadata(dp, &ctx).await,
+        _ => Err(DpError::not_found(
+            "SessionRequestNotSupported",
+            format!(
+                "{method} {} is not an operation of the session pool API (api-version {}).",
+                if t.is_empty() {
+                    "/".to_string()
+                } else {
+                    t.join("/")
+                },
+                ctx.api
+            ),
+        )),
+    }
+}
+
+// ---- execution ------------------------------------------------------------------------
+
+struct ExecReq {
+    code: String,
+    asynchronous: bool,
+    timeout: Duration,
+    max_output: Option<usize>,
+}
+
+fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    let m = v.as_object()?;
+    m.get(key).or_else(|| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes, DpError> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            DpError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("The request body is larger than {limit} bytes."),
+            )
+        })
+}
+
+fn parse_exec(body: &[u8]) -> Result<ExecReq, DpError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        DpError::new(
+            400,
+            "InvalidRequestContent",
+            format!("The request body is not valid JSON: {e}."),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(DpError::new(
+            400,
+            "InvalidRequestContent",
+            "The request body must be a JSON object.",
+        ));
+    }
+    // Wrapped (`{"properties": {...}}`) or flat: clients send both.
+    let p = match get_ci(&v, "properties") {
+        Some(p @ Value::Object(_)) => p,
+        _ => &v,
+    };
+    if get_ci(p, "shellCommand").is_some() {
+        return Err(DpError::bad(
+            "'shellCommand' is for Shell pools; this is a PythonLTS pool, send 'code'.",
+        )
+        .target("shellCommand"));
+    }
+    let code = match get_ci(p, "code") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(DpError::bad("'code' must be a string.").target("code")),
+        None => {
+            return Err(DpError::new(
+                400,
+                "SessionPropertiesMissing",
+                "The request must carry 'code' (and optionally codeInputType, executionType, timeoutInSeconds).",
+            )
+            .target("code"));
+        }
+    };
+    let input = match get_ci(p, "codeInputType") {
+        None | Some(Value::Null) => "inline".to_string(),
+        Some(Value::String(s)) => s.to_ascii_lowercase(),
+        Some(_) => return Err(DpError::bad("'codeInputType' must be a string.")),
+    };
+    let code = match input.as_str() {
+        "inline" | "inlinetext" => code,
+        "inlinebase64" => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(code.trim())
+                .map_err(|_| DpError::bad("'code' is not valid base64.").target("code"))?;
+            String::from_utf8(raw)
+                .map_err(|_| DpError::bad("The decoded 'code' is not UTF-8.").target("code"))?
+        }
+        other => {
+            return Err(DpError::bad(format!(
+                "'codeInputType' must be Inline, InlineBase64 or InlineText; got '{other}'."
+            ))
+            .target("codeInputType"));
+        }
+    };
+    let asynchronous = match get_ci(p, "executionType") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("synchronous") => false,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("asynchronous") => true,
+        Some(x) => {
+            return Err(DpError::bad(format!(
+                "'executionType' must be Synchronous or Asynchronous; got {x}."
+            ))
+            .target("executionType"));
+        }
+    };
+    let timeout = match get_ci(p, "timeoutInSeconds") {
+        None | Some(Value::Null) => DEFAULT_TIMEOUT_SECS,
+        Some(x) => match x.as_u64().or_else(|| x.as_f64().map(|f| f as u64)) {
+            Some(n) if (1..=DEFAULT_TIMEOUT_SECS).contains(&n) => n,
+            _ => {
+                return Err(DpError::bad(format!(
+                    "'timeoutInSeconds' must be an integer from 1 to {DEFAULT_TIMEOUT_SECS}."
+                ))
+                .target("timeoutInSeconds"));
+            }
+        },
+    };
+    let max_output = match get_ci(p, "outputStreamsMaxLength") {
+        None | Some(Value::Null) => None,
+        Some(x) => match x.as_u64() {
+            Some(n) if n >= 1 => Some(n.min(LEGACY_OUTPUT as u64) as usize),
+            _ => {
+                return Err(
+                    DpError::bad("'outputStreamsMaxLength' must be a positive integer.")
+                        .target("outputStreamsMaxLength"),
+                );
+            }
+        },
+    };
+    Ok(ExecReq {
+        code,
+        asynchronous,
+        timeout: Duration::from_secs(timeout),
+        max_output,
+    })
+}
+
+const TIMED_OUT: &str = "Request timed out waiting for code execution to complete";
+
+/// stderr as the client sees it, with Azure's messages for timeouts and aborts.
+fn client_stderr(o: &ExecOutcome) -> String {
+    let note = match o.status {
+        ExecStatus::TimedOut => TIMED_OUT,
+        ExecStatus::Aborted => "Execution aborted",
+        _ => return o.stderr.clone(),
+    };
+    if o.stderr.is_empty() {
+        note.to_string()
+    } else {
+        format!("{}\n{note}", o.stderr.trim_end())
+    }
+}
+
+/// Runs code in the identifier's session. A sandbox that died under the code (out of memory,
+/// killed interpreter, a timeout it would not yield to) is deleted with its session, so the
+/// next request gets a fresh one.
+async fn run_in(
+    pool: &Arc<Pool>,
+    sess: &Arc<Session>,
+    mut guard: tokio::sync::OwnedMutexGuard<Option<Box<dyn Instance>>>,
+    code: &str,
+    timeout: Duration,
+    max_output: usize,
+) -> ExecOutcome {
+    let Some(inst) = guard.as_mut() else {
+        return ExecOutcome {
+            status: ExecStatus::Aborted,
+            stdout: String::new(),
+            stderr: "the session ended".into(),
+            result: None,
+            images: vec![],
+            duration_ms: 0,
+        };
+    };
+    let t0 = Instant::now();
+    let mut out = inst.exec(code, timeout, max_output).await;
+    if out.duration_ms == 0 {
+        out.duration_ms = t0.elapsed().as_millis() as u64;
+    }
+    metrics::histogram!("cloister_session_execution_seconds").record(t0.elapsed().as_secs_f64());
+    sess.touch();
+    if !inst.is_alive() {
+        pool.delete_session(sess, Some(guard)).await;
+    }
+    out
+}
+
+/// `result` of the legacy API: an image object for a plot, the typed value when the repr is
+/// a JSON number (so `6*7` gives 42), the repr string otherwise, "" when there is none.
+pub fn legacy_result(o: &ExecOutcome) -> Value {
+    if let Some(img) = o.images.last() {
+        return json!({"type": "image", "format": "png", "base64_data": img});
+    }
+    match &o.result {
+        None => json!(""),
+        Some(t) => match serde_json::from_str::<Value>(t.trim()) {
+            Ok(Value::Number(n)) if n.is_i64() || n.is_u64() || n.to_string() == t.trim() => {
+                Value::Number(n)
+            }
+            _ => json!(t),
+        },
+    }
+}
+
+async fn legacy_execute(ctx: &Ctx, req: Request) -> Res {
+    let identifier = ctx.identifier()?;
+    let b = body_bytes(req, MAX_CODE_BODY).await?;
+    let r = parse_exec(&b)?;
+    let (sess, guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let o = run_in(
+        &ctx.pool,
+        &sess,
+        guard,
+        &r.code,
+        r.timeout,
+        r.max_output.unwrap_or(LEGACY_OUTPUT),
+    )
+    .await;
+    let status = if o.status == ExecStatus::Succeeded {
+        "Success"
+    } else {
+        "Failure"
+    };
+    Ok(json_resp(
+        StatusCode::OK,
+        json!({
+            "$id": "1",
+            "properties": {
+                "$id": "2",
+                "status": status,
+                "stdout": o.stdout,
+                "stderr": client_stderr(&o),
+                "result": legacy_result(&o),
+                "executionTimeInMilliseconds": o.duration_ms,
+            }
+        }),
+    ))
+}
+
+fn execution_json(identifier: &str, e: &Execution) -> Value {
+    let (status, result) = match &e.outcome {
+        None => ("Running", Value::Null),
+        Some(o) => (
+            if o.status == ExecStatus::Succeeded {
+                "Succeeded"
+            } else {
+                "Failed"
+            },
+            json!({
+                "stdout": o.stdout,
+                "stderr": client_stderr(o),
+                "executionResult": o.result,
+                "executionTimeInMilliseconds": o.duration_ms,
+            }),
+        ),
+    };
+    json!({
+        "id": e.id,
+        "identifier": identifier,
+        "executionType": if e.asynchronous { "Asynchronous" } else { "Synchronous" },
+        "status": status,
+        "result": result,
+    })
+}
+
+fn operation_id(headers: &HeaderMap) -> String {
+    headers
+        .get("operation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn with_operation(mut r: Response, ctx: &Ctx, identifier: &str, id: &str) -> Response {
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let loc = format!(
+        "{}/executions/{}?api-version={}&identifier={}",
+        ctx.endpoint,
+        enc(id),
+        enc(&ctx.api),
+        enc(identifier)
+    );
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        r.headers_mut().insert("operation-location", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut().insert("operation-id", v);
+    }
+    r
+}
+
+async fn execute(ctx: &Ctx, req: Request) -> Res {
+    let identifier = ctx.identifier()?;
+    let op = operation_id(req.headers());
+    let b = body_bytes(req, MAX_CODE_BODY).await?;
+    let r = parse_exec(&b)?;
+    let max_output = r.max_output.unwrap_or(NEW_API_DEFAULT_OUTPUT);
+    let (sess, guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let mut e = Execution {
+        id: op.clone(),
+        asynchronous: r.asynchronous,
+        outcome: None,
+    };
+    if r.asynchronous {
+        sess.record(e.clone());
+        let pool = ctx.pool.clone();
+        let s2 = sess.clone();
+        let (code, timeout) = (r.code, r.timeout);
+        tokio::spawn(async move {
+            let o = run_in(&pool, &s2, guard, &code, timeout, max_output).await;
+            e.outcome = Some(o);
+            s2.record(e);
+        });
+        let rec = sess.execution(&op).expect("just recorded");
+        let resp = json_resp(StatusCode::ACCEPTED, execution_json(&identifier, &rec));
+        return Ok(with_operation(resp, ctx, &identifier, &op));
+    }
+    let o = run_in(&ctx.pool, &sess, guard, &r.code, r.timeout, max_output).await;
+    e.outcome = Some(o);
+    sess.record(e.clone());
+    let code = if ctx.api.get(..10).unwrap_or("") >= "2025-10-02" {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let resp = json_resp(code, execution_json(&identifier, &e));
+    Ok(with_operation(resp, ctx, &identifier, &op))
+}
+
+async fn get_execution(ctx: &Ctx, id: &str) -> Res {
+    let identifier = ctx.identifier()?;
+    let sess = ctx.pool.get(&identifier).ok_or_else(|| {
+        DpError::not_found(
+            "SessionNotFound",
+            format!("There is no session with identifier '{identifier}'."),
+        )
+    })?;
+    sess.touch();
+    let e = sess.execution(id).ok_or_else(|| {
+        DpError::not_found(
+            "ExecutionNotFound",
+            format!("There is no execution '{id}' in session '{identifier}'."),
+        )
+    })?;
+    Ok(json_resp(StatusCode::OK, execution_json(&identifier, &e)))
+}
+
+// ---- files ------------------------------------------------------------------------------
+
+/// A file name or path from a client, relative to /mnt/data. Absolute `/mnt/data/…` names
+/// (LlamaIndex and Semantic Kernel send those) are accepted; nothing may leave /mnt/data.
+pub fn clean_path(raw: &str) -> Result<String, DpError> {
+    let s = raw.trim();
+    let rel = if let Some(r) = s.strip_prefix("/mnt/data") {
+        if !(r.is_empty() || r.starts_with('/')) {
+            return Err(DpError::bad(format!("'{raw}' is not under /mnt/data.")));
+        }
+        r.trim_start_matches('/')
+    } else if s.starts_with('/') {
+        return Err(DpError::bad(format!(
+            "'{raw}' is outside /mnt/data; files live in /mnt/data."
+        )));
+    } else {
+        s
+    };
+    let mut parts = vec![];
+    for p in rel.split('/').filter(|p| !p.is_empty()) {
+        if p == "." || p == ".." {
+            return Err(DpError::bad(format!(
+                "'{raw}' contains '{p}'; paths may not walk between directories."
+            )));
+        }
+        if let Some(c) = p
+            .chars()
+            .find(|c| !(c.is_alphanumeric() || " -_.@$&=;,#%^()+~[]{}!'".contains(*c)))
+        {
+            return Err(DpError::bad(format!(
+                "The file name '{raw}' contains {c:?}, which is not allowed."
+            )));
+        }
+        if p.len() > 255 {
+            return Err(DpError::bad("A file name may be at most 255 bytes."));
+        }
+        parts.push(p);
+    }
+    Ok(parts.join("/"))
+}
+
+fn content_type(name: &str) -> &'static str {
+    let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "txt" | "log" | "md" => "text/plain",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "yaml" | "yml" => "application/yaml",
+        "py" => "text/x-python",
+        "html" | "htm" => "text/html",
+        "xml" => "application/xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        _ => "application/octet-stream",
+    }
+}
+
+fn legacy_file(f: &FileInfo, n: &mut u32) -> Value {
+    let a = *n;
+    *n += 2;
+    json!({
+        "$id": (a).to_string(),
+        "properties": {
+            "$id": (a + 1).to_string(),
+            "filename": f.rel_path(),
+            "size": f.size,
+            "lastModifiedTime": rfc3339_ms((f.modified * 1000.0) as i64),
+        }
+    })
+}
+
+fn new_file(f: &FileInfo) -> Value {
+    let dir = if f.directory.is_empty() {
+        "/mnt/data".to_string()
+    } else {
+        format!("/mnt/data/{}", f.directory)
+    };
+    json!({
+        "name": f.name,
+        "type": if f.is_dir { "Directory" } else { "File" },
+        "contentType": if f.is_dir { Value::Null } else { json!(content_type(&f.name)) },
+        "sizeInBytes": f.size,
+        "lastModifiedAt": rfc3339_ms((f.modified * 1000.0) as i64),
+        "directory": dir,
+    })
+}
+
+async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
+    let identifier = ctx.identifier()?;
+    let dir = if legacy {
+        String::new()
+    } else {
+        clean_path(ctx.q.get("path").unwrap_or(""))?
+    };
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+        return Err(DpError::new(
+            415,
+            "UnsupportedMediaType",
+            "Upload a file as multipart/form-data with a 'file' field.",
+        ));
+    }
+    let mut mp = axum::extract::Multipart::from_request(req, &())
+        .await
+        .map_err(|e| DpError::bad(format!("The multipart body could not be read: {e}")))?;
+    let mut uploaded = vec![];
+    while let Some(mut field) = mp
+        .next_field()
+        .await
+        .map_err(|e| DpError::bad(format!("The multipart body could not be read: {e}")))?
+    {
+        let Some(fname) = field.file_name().map(str::to_string) else {
+            continue;
+        };
+        let name = clean_path(&fname)?;
+        if name.is_empty() {
+            return Err(DpError::bad("The uploaded file has no name."));
+        }
+        let full = if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        };
+        let mut data: Vec<u8> = vec![];
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| DpError::bad(format!("The upload was cut short: {e}")))?
+        {
+            if data.len() + chunk.len() > MAX_UPLOAD {
+                return Err(DpError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("A file may be at most {} MB.", MAX_UPLOAD >> 20),
+                ));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        uploaded.push((full, data));
+    }
+    if uploaded.is_empty() {
+        return Err(DpError::bad(
+            "The multipart body has no file part (send it in a field named 'file').",
+        ));
+    }
+    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let inst = guard.as_mut().ok_or_else(gone)?;
+    let mut infos = vec![];
+    for (path, data) in uploaded {
+        infos.push(inst.write_file(&path, data).await.map_err(file_err)?);
+    }
+    sess.touch();
+    if legacy {
+        let mut n = 2;
+        let value: Vec<Value> = infos.iter().map(|f| legacy_file(f, &mut n)).collect();
+        return Ok(json_resp(
+            StatusCode::OK,
+            json!({"$id": "1", "value": value}),
+        ));
+    }
+    Ok(json_resp(StatusCode::OK, new_file(&infos[0])))
+}
+
+fn gone() -> DpError {
+    DpError::new(
+        503,
+        "SessionAllocationFailed",
+        "The session ended while the request was being served; retry.",
+    )
+}
+
+async fn list_files(ctx: &Ctx) -> Res {
+    let identifier = ctx.identifier()?;
+    let legacy = is_legacy(&ctx.api);
+    let dir = clean_path(ctx.q.get("path").unwrap_or(""))?;
+    let recursive = legacy
+        || ctx
+            .q
+            .get("recursive")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let inst = guard.as_mut().ok_or_else(gone)?;
+    let files = inst.list_files(&dir, recursive).await.map_err(file_err)?;
+    sess.touch();
+    if legacy {
+        let mut n = 2;
+        let value: Vec<Value> = files
+            .iter()
+            .filter(|f| !f.is_dir)
+            .map(|f| legacy_file(f, &mut n))
+            .collect();
+        return Ok(json_resp(
+            StatusCode::OK,
+            json!({"$id": "1", "value": value}),
+        ));
+    }
+    let value: Vec<Value> = files.iter().map(new_file).collect();
+    Ok(json_resp(
+        StatusCode::OK,
+        json!({"value": value, "nextLink": null}),
+    ))
+}
+
+async fn download(ctx: &Ctx, name: &str) -> Res {
+    let identifier = ctx.identifier()?;
+    let path = clean_path(name)?;
+    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let inst = guard.as_mut().ok_or_else(gone)?;
+    let data = inst.read_file(&path).await.map_err(file_err)?;
+    sess.touch();
+    let mut r = Response::new(Body::from(data));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+async fn stat(ctx: &Ctx, name: &str) -> Res {
+    let identifier = ctx.identifier()?;
+    let path = clean_path(name)?;
+    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let inst = guard.as_mut().ok_or_else(gone)?;
+    let f = inst.stat_file(&path).await.map_err(file_err)?;
+    sess.touch();
+    Ok(json_resp(StatusCode::OK, new_file(&f)))
+}
+
+async fn delete_file(ctx: &Ctx, name: &str) -> Res {
+    let identifier = ctx.identifier()?;
+    let path = clean_path(name)?;
+    if path.is_empty() {
+        return Err(DpError::bad("Name a file to delete."));
+    }
+    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
+    let inst = guard.as_mut().ok_or_else(gone)?;
+    inst.delete_file(&path).await.map_err(file_err)?;
+    sess.touch();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- sessions and metadata ---------------------------------------------------------------
+
+fn session_json(pool: &Pool, s: &Session, management: bool) -> Value {
+    let spec = pool.spec();
+    let mut expire = match spec.lifecycle {
+        crate::spec::Lifecycle::Timed => s.last_access_ms() + spec.cooldown_secs as i64 * 1000,
+        crate::spec::Lifecycle::OnContainerExit => i64::MAX,
+    };
+    if let Some(m) = spec.max_alive_secs {
+        expire = expire.min(s.created_ms + m as i64 * 1000);
+    }
+    let expire = if expire == i64::MAX {
+        Value::Null
+    } else {
+        json!(rfc3339_ms(expire))
+    };
+    let mut v = json!({
+        "identifier": s.identifier,
+        "createdAt": rfc3339_ms(s.created_ms),
+        "lastAccessedAt": rfc3339_ms(s.last_access_ms()),
+        "etag": s.etag,
+    });
+    v[if management { "expiresAt" } else { "expireAt" }] = expire;
+    v
+}
+
+async fn get_session(ctx: &Ctx, management: bool) -> Res {
+    let identifier = ctx.identifier()?;
+    match ctx.pool.get(&identifier) {
+        Some(s) => Ok(json_resp(
+            StatusCode::OK,
+            session_json(&ctx.pool, &s, management),
+        )),
+        None if management => Err(DpError::new(
+            400,
+            "SessionWithIdentifierNotFound",
+            format!("There is no session with identifier '{identifier}'."),
+        )),
+        None => Err(DpError::not_found(
+            "SessionNotFound",
+            format!("There is no session with identifier '{identifier}'."),
+        )),
+    }
+}
+
+async fn delete_session(ctx: &Ctx, management: bool) -> Res {
+    let identifier = ctx.identifier()?;
+    let existed = ctx.pool.delete_identifier(&identifier).await;
+    if management {
+        if !existed {
+            return Err(DpError::new(
+                400,
+                "SessionWithIdentifierNotFound",
+                format!("There is no session with identifier '{identifier}'."),
+            ));
+        }
+        let name = ctx.pool.id.rsplit('/').next().unwrap_or("");
+        let mut r = format!("Session {identifier} in session pool {name} stopped.").into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return Ok(r);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_sessions(ctx: &Ctx, management: bool) -> Res {
+    let skip: usize = match ctx.q.get("skip") {
+        None | Some("") => 0,
+        Some(s) => s
+            .parse()
+            .map_err(|_| DpError::bad("'skip' must be a non-negative integer.").target("skip"))?,
+    };
+    let all = ctx.pool.sessions();
+    let count = all.len();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(skip)
+        .take(LIST_PAGE)
+        .map(|s| session_json(&ctx.pool, s, management))
+        .collect();
+    let next = if skip + LIST_PAGE < count {
+        let path = if management {
+            ".management/listSessions"
+        } else {
+            "listSessions"
+        };
+        json!(format!(
+            "{}/{path}?api-version={}&skip={}",
+            ctx.endpoint,
+            ctx.api,
+            skip + LIST_PAGE
+        ))
+    } else {
+        Value::Null
+    };
+    if management {
+        return Ok(json_resp(
+            StatusCode::OK,
+            json!({"value": page, "count": count, "nextLink": next}),
+        ));
+    }
+    Ok(json_resp(
+        StatusCode::OK,
+        json!({"sessions": page, "nextLink": next}),
+    ))
+}
+
+async fn metadata(dp: &DataPlane, ctx: &Ctx) -> Res {
+    let info = dp.manager.runtime().info();
+    let pkgs: Vec<Value> = info
+        .packages
+        .iter()
+        .map(|(n, v)| json!({"name": n, "version": v}))
+        .collect();
+    Ok(json_resp(
+        StatusCode::OK,
+        json!({
+            "runtimes": [{"name": "python", "version": info.python_version}],
+            "preInstalledPackages": pkgs,
+            "createdAt": rfc3339_ms(ctx.pool.created_ms),
+            "lastUpdatedAt": rfc3339_ms(ctx.pool.updated_ms()),
+            "jupyterKernel": {
+                "name": "python3",
+                "version": info.python_version,
+                "projectUrl": "https://ipython.org",
+                "description": "IPython's InteractiveShell inside Cloister's sandbox agent",
+            },
+        }),
+    ))
+}
+
+#[allow(dead_code)]
+fn _now() -> i64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(result: Option<&str>) -> ExecOutcome {
+        ExecOutcome {
+            status: ExecStatus::Succeeded,
+            stdout: String::new(),
+            stderr: String::new(),
+            result: result.map(str::to_string),
+            images: vec![],
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn legacy_results() {
+        assert_eq!(legacy_result(&o(Some("42"))), json!(42));
+        assert_eq!(legacy_result(&o(Some("2.5"))), json!(2.5));
+        assert_eq!(legacy_result(&o(None)), json!(""));
+        assert_eq!(legacy_result(&o(Some("'nan'"))), json!("'nan'"));
+        assert_eq!(legacy_result(&o(Some("nan"))), json!("nan"));
+        let big = "1000000000000000000000000000000";
+        assert_eq!(legacy_result(&o(Some(big))), json!(big));
+        assert_eq!(legacy_result(&o(Some("True"))), json!("True"));
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(clean_path("/mnt/data/a.txt").unwrap(), "a.txt");
+        assert_eq!(clean_path("sub/b c.csv").unwrap(), "sub/b c.csv");
+        assert_eq!(clean_path("").unwrap(), "");
+        assert!(clean_path("../etc/passwd").is_err());
+        assert!(clean_path("/etc/passwd").is_err());
+        assert!(clean_path("/mnt/database").is_err());
+        assert!(clean_path("a\0b").is_err());
+        assert!(clean_path("a\\b").is_err());
+    }
+
+    #[test]
+    fn exec_bodies() {
+        let r = parse_exec(br#"{"properties":{"codeInputType":"inline","executionType":"synchronous","code":"1"}}"#).unwrap();
+        assert_eq!(r.code, "1");
+        let r = parse_exec(br#"{"CodeInputType":"InlineBase64","ExecutionType":"Asynchronous","Code":"MSsx","timeoutInSeconds":5}"#).unwrap();
+        assert_eq!(
+            (r.code.as_str(), r.asynchronous, r.timeout.as_secs()),
+            ("1+1", true, 5)
+        );
+        for bad in [
+            &br#"{}"#[..],
+            br#"[]"#,
+            br#"{"code": 5}"#,
+            br#"{"code":"1","timeoutInSeconds":0}"#,
+            br#"{"code":"1","timeoutInSeconds":500}"#,
+            br#"{"code":"1","executionType":"later"}"#,
+            br#"{"code":"1","codeInputType":"file"}"#,
+            br#"not json"#,
+        ] {
+            assert!(parse_exec(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Dynamic sessions: code-interpreter session pools, wire-compatible with Azure Container Apps.
+//!
+//! - [`spec`]: the `Microsoft.App/sessionPools` resource's properties;
+//! - [`pool`]: ready pools, the identifier table, limits and cooldown;
+//! - [`runtime`]: the sandbox behind a trait, with [`bwrap`] as the embedded default;
+//! - [`api`]: the pool's data plane (both API generations).
+
+pub mod api;
+pub mod bwrap;
+pub mod error;
+pub mod ident;
+pub mod pool;
+pub mod runtime;
+pub mod spec;
+
+pub use pool::Manager;

@@ -1,0 +1,578 @@
+//! Session pools: a ready pool of started sandboxes kept at `readySessionInstances`, the
+//! `identifier → session` table, `maxConcurrentSessions` enforced under one lock, and the
+//! cooldown / max-alive reaper.
+//!
+//! Invariants:
+//! - a session is created and counted against `maxConcurrentSessions` under the pool lock, so
+//!   any burst allocates at most `max` sessions;
+//! - a session's sandbox slot is locked from the moment the session is inserted until its
+//!   sandbox has answered, so concurrent first requests for one identifier all wait for, and
+//!   then reach, the same sandbox;
+//! - a session leaves the table before its sandbox is shut down, so no request can reach a
+//!   sandbox that is being destroyed (it sees an empty slot and allocates afresh).
+
+use crate::runtime::{ExecOutcome, Instance, Runtime, SessionSpec, StartError};
+use crate::spec::{Lifecycle, PoolSpec};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub type Slot = Arc<AsyncMutex<Option<Box<dyn Instance>>>>;
+
+/// One execution, kept so `GET executions/{id}` can answer (asynchronous runs especially).
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub id: String,
+    pub asynchronous: bool,
+    /// None while running.
+    pub outcome: Option<ExecOutcome>,
+}
+
+pub struct Session {
+    pub identifier: String,
+    pub etag: String,
+    pub created_ms: i64,
+    last_access_ms: AtomicI64,
+    pub slot: Slot,
+    executions: Mutex<VecDeque<Execution>>,
+}
+
+const KEPT_EXECUTIONS: usize = 200;
+
+impl Session {
+    fn new(identifier: &str) -> Session {
+        let now = now_ms();
+        Session {
+            identifier: identifier.to_string(),
+            etag: uuid::Uuid::new_v4().to_string(),
+            created_ms: now,
+            last_access_ms: AtomicI64::new(now),
+            slot: Arc::new(AsyncMutex::new(None)),
+            executions: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_access_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_access_ms(&self) -> i64 {
+        self.last_access_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn record(&self, e: Execution) {
+        let mut q = self.executions.lock().unwrap();
+        if let Some(x) = q.iter_mut().find(|x| x.id == e.id) {
+            *x = e;
+            return;
+        }
+        if q.len() >= KEPT_EXECUTIONS {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    pub fn execution(&self, id: &str) -> Option<Execution> {
+        self.executions
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|x| x.id.eq_ignore_ascii_case(id))
+            .cloned()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    #[error(
+        "The session pool has reached its maximum of {0} concurrent sessions; try again when a session ends (cooldown) or delete one."
+    )]
+    MaxSessions(u32),
+    #[error("A session could not be started: {0}")]
+    Start(String),
+    #[error("The session pool is being deleted.")]
+    Closed,
+}
+
+struct Inner {
+    ready: VecDeque<Box<dyn Instance>>,
+    starting: u32,
+    sessions: HashMap<String, Arc<Session>>,
+}
+
+pub struct Pool {
+    pub id: String,
+    spec: RwLock<PoolSpec>,
+    session_spec: RwLock<SessionSpec>,
+    inner: Mutex<Inner>,
+    refill: Notify,
+    closed: AtomicBool,
+    runtime: Arc<dyn Runtime>,
+    pub created_ms: i64,
+    updated_ms: AtomicI64,
+    /// Server-side allocation latency samples (microseconds), for the benchmark endpoint.
+    alloc_us: Mutex<VecDeque<u64>>,
+    started_total: AtomicU64,
+    pub refill_parallelism: u32,
+}
+
+impl Pool {
+    pub fn spec(&self) -> PoolSpec {
+        self.spec.read().unwrap().clone()
+    }
+
+    pub fn updated_ms(&self) -> i64 {
+        self.updated_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.inner.lock().unwrap().ready.len()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.inner.lock().unwrap().sessions.len()
+    }
+
+    pub fn started_total(&self) -> u64 {
+        self.started_total.load(Ordering::Relaxed)
+    }
+
+    /// The allocation latencies recorded so far (microseconds), oldest first.
+    pub fn allocation_samples(&self) -> Vec<u64> {
+        self.alloc_us.lock().unwrap().iter().copied().collect()
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<_> = self
+            .inner
+            .lock()
+            .unwrap()
+            .sessions
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.created_ms);
+        v
+    }
+
+    pub fn get(&self, identifier: &str) -> Option<Arc<Session>> {
+        self.inner.lock().unwrap().sessions.get(identifier).cloned()
+    }
+
+    /// The session for `identifier`, allocating one (from the ready pool, or started on
+    /// demand if the pool is empty) if there is none. Returns the session with its sandbox
+    /// slot locked.
+    pub async fn session(
+        self: &Arc<Self>,
+        identifier: &str,
+    ) -> Result<(Arc<Session>, OwnedMutexGuard<Option<Box<dyn Instance>>>), PoolError> {
+        for _ in 0..5 {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(PoolError::Closed);
+            }
+            let t0 = Instant::now();
+            enum Found {
+                Existing(Arc<Session>),
+                New(
+                    Arc<Session>,
+                    OwnedMutexGuard<Option<Box<dyn Instance>>>,
+                    Option<Box<dyn Instance>>,
+                ),
+                Full(u32),
+            }
+            let found = {
+                let mut inner = self.inner.lock().unwrap();
+                if let Some(s) = inner.sessions.get(identifier) {
+                    Found::Existing(s.clone())
+                } else {
+                    let max = self.spec.read().unwrap().max_concurrent;
+                    if inner.sessions.len() >= max as usize {
+                        Found::Full(max)
+                    } else {
+                        let s = Arc::new(Session::new(identifier));
+                        let g = s
+                            .slot
+                            .clone()
+                            .try_lock_owned()
+                            .expect("a new session's slot is free");
+                        inner.sessions.insert(identifier.to_string(), s.clone());
+                        let r = inner.ready.pop_front();
+                        Found::New(s, g, r)
+                    }
+                }
+            };
+            let (sess, mut guard, from_ready) = match found {
+                Found::Existing(s) => {
+                    s.touch();
+                    let g = s.slot.clone().lock_owned().await;
+                    if g.is_some() {
+                        return Ok((s, g));
+                    }
+                    // Its sandbox failed to start or it was just removed: try again.
+                    continue;
+                }
+                Found::Full(max) => {
+                    metrics::counter!("cloister_sessions_rejected_total").increment(1);
+                    return Err(PoolError::MaxSessions(max));
+                }
+                Found::New(s, g, r) => (s, g, r),
+            };
+            self.refill.notify_one();
+            let inst = match from_ready {
+                Some(i) if i.is_alive() => {
+                    let us = t0.elapsed().as_micros() as u64;
+                    let mut a = self.alloc_us.lock().unwrap();
+                    if a.len() >= 100_000 {
+                        a.pop_front();
+                    }
+                    a.push_back(us);
+                    metrics::histogram!("cloister_session_allocation_seconds")
+                        .record(us as f64 / 1e6);
+                    Ok(i)
+                }
+                other => {
+                    if let Some(dead) = other {
+                        tokio::spawn(dead.shutdown());
+                    }
+                    metrics::counter!("cloister_sessions_cold_started_total").increment(1);
+                    let spec = self.session_spec.read().unwrap().clone();
+                    let r = self.runtime.start(&spec).await;
+                    if r.is_ok() {
+                        self.started_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r
+                }
+            };
+            match inst {
+                Ok(i) => {
+                    *guard = Some(i);
+                    sess.touch();
+                    tracing::debug!(pool = %self.id, "session allocated");
+                    return Ok((sess, guard));
+                }
+                Err(StartError(e)) => {
+                    self.forget(&sess);
+                    drop(guard);
+                    return Err(PoolError::Start(e));
+                }
+            }
+        }
+        Err(PoolError::Start(
+            "the session was removed repeatedly while being reached".into(),
+        ))
+    }
+
+    /// Removes a session from the table (if it is still the one there).
+    fn forget(&self, sess: &Arc<Session>) -> bool {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.sessions.get(&sess.identifier) {
+            Some(s) if Arc::ptr_eq(s, sess) => {
+                inner.sessions.remove(&sess.identifier);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Deletes a session at once: it leaves the table, then its sandbox (processes, files,
+    /// cgroup) is destroyed. With `guard` the caller already holds the slot.
+    pub async fn delete_session(
+        &self,
+        sess: &Arc<Session>,
+        guard: Option<OwnedMutexGuard<Option<Box<dyn Instance>>>>,
+    ) {
+        self.forget(sess);
+        let mut g = match guard {
+            Some(g) => g,
+            None => sess.slot.clone().lock_owned().await,
+        };
+        if let Some(inst) = g.take() {
+            inst.shutdown().await;
+        }
+        drop(g);
+        self.refill.notify_one();
+    }
+
+    /// Deletes the session of `identifier`; false if there was none.
+    pub async fn delete_identifier(&self, identifier: &str) -> bool {
+        match self.get(identifier) {
+            Some(s) => {
+                self.delete_session(&s, None).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn update(&self, spec: PoolSpec, session_spec: SessionSpec) {
+        *self.spec.write().unwrap() = spec;
+        let changed = *self.session_spec.read().unwrap() != session_spec;
+        *self.session_spec.write().unwrap() = session_spec;
+        if changed {
+            // Ready sandboxes were made with the old network or identity settings.
+            let stale: Vec<_> = self.inner.lock().unwrap().ready.drain(..).collect();
+            for i in stale {
+                tokio::spawn(i.shutdown());
+            }
+        }
+        self.updated_ms.store(now_ms(), Ordering::Relaxed);
+        self.refill.notify_one();
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.refill.notify_one();
+        let (ready, sessions) = {
+            let mut inner = self.inner.lock().unwrap();
+            let r: Vec<_> = inner.ready.drain(..).collect();
+            let s: Vec<_> = inner.sessions.drain().map(|(_, s)| s).collect();
+            (r, s)
+        };
+        for i in ready {
+            i.shutdown().await;
+        }
+        for s in sessions {
+            if let Some(i) = s.slot.lock().await.take() {
+                i.shutdown().await;
+            }
+        }
+    }
+
+    /// Keeps the ready pool at its target. Runs until the pool is closed.
+    async fn refill_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                break;
+            }
+            let (target, have) = {
+                let spec = self.spec.read().unwrap();
+                let inner = self.inner.lock().unwrap();
+                (
+                    spec.ready as usize,
+                    inner.ready.len() + inner.starting as usize,
+                )
+            };
+            // Trim a ready pool that is now larger than asked.
+            if have > target {
+                let extra: Vec<_> = {
+                    let mut inner = self.inner.lock().unwrap();
+                    let n = inner.ready.len().saturating_sub(target);
+                    inner.ready.drain(..n).collect()
+                };
+                for i in extra {
+                    i.shutdown().await;
+                }
+            }
+            if have >= target {
+                tokio::select! {
+                    _ = self.refill.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            let n = (target - have).min(self.refill_parallelism.max(1) as usize);
+            self.inner.lock().unwrap().starting += n as u32;
+            let spec = self.session_spec.read().unwrap().clone();
+            let mut tasks = vec![];
+            for _ in 0..n {
+                let rt = self.runtime.clone();
+                let spec = spec.clone();
+                tasks.push(tokio::spawn(async move { rt.start(&spec).await }));
+            }
+            let mut failed = false;
+            for t in tasks {
+                let r = t.await;
+                let mut inner = self.inner.lock().unwrap();
+                inner.starting -= 1;
+                match r {
+                    Ok(Ok(i)) => {
+                        self.started_total.fetch_add(1, Ordering::Relaxed);
+                        if self.closed.load(Ordering::Acquire) {
+                            drop(inner);
+                            tokio::spawn(i.shutdown());
+                        } else {
+                            inner.ready.push_back(i);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        failed = true;
+                        tracing::warn!(pool = %self.id, "ready session failed to start: {e}");
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(pool = %self.id, "ready session task: {e}");
+                    }
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            } else {
+                backoff = Duration::from_millis(100);
+            }
+        }
+        // Anything started after close.
+        let ready: Vec<_> = self.inner.lock().unwrap().ready.drain(..).collect();
+        for i in ready {
+            i.shutdown().await;
+        }
+    }
+
+    /// Sessions idle past the cooldown, or alive past `maxAlivePeriodInSeconds`, are deleted.
+    /// A session busy running code is left until it is idle again.
+    async fn reap(&self) {
+        let spec = self.spec();
+        let now = now_ms();
+        let idle_ms = spec.cooldown_secs as i64 * 1000;
+        let mut expired = vec![];
+        for s in self.sessions() {
+            let idle = spec.lifecycle == Lifecycle::Timed && now - s.last_access_ms() >= idle_ms;
+            let old = spec
+                .max_alive_secs
+                .is_some_and(|m| now - s.created_ms >= m as i64 * 1000);
+            if idle || old {
+                expired.push(s);
+            }
+        }
+        for s in expired {
+            if let Ok(g) = s.slot.clone().try_lock_owned() {
+                tracing::debug!(pool = %self.id, "session expired");
+                metrics::counter!("cloister_sessions_expired_total").increment(1);
+                self.delete_session(&s, Some(g)).await;
+            }
+        }
+    }
+}
+
+/// Every pool of this server.
+pub struct Manager {
+    runtime: Arc<dyn Runtime>,
+    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    pub refill_parallelism: u32,
+}
+
+impl Manager {
+    pub fn new(runtime: Arc<dyn Runtime>) -> Arc<Manager> {
+        runtime.sweep();
+        let m = Arc::new(Manager {
+            runtime,
+            pools: RwLock::new(HashMap::new()),
+            refill_parallelism: 2,
+        });
+        let weak = Arc::downgrade(&m);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                t.tick().await;
+                let Some(m) = weak.upgrade() else { break };
+                let pools: Vec<_> = m.pools.read().unwrap().values().cloned().collect();
+                drop(m);
+                for p in pools {
+                    p.reap().await;
+                }
+            }
+        });
+        m
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    pub fn pool(&self, id: &str) -> Option<Arc<Pool>> {
+        self.pools.read().unwrap().get(&id.to_lowercase()).cloned()
+    }
+
+    /// Creates or updates a pool.
+    pub fn upsert(&self, id: &str, spec: PoolSpec, session_spec: SessionSpec) -> Arc<Pool> {
+        let key = id.to_lowercase();
+        if let Some(p) = self.pools.read().unwrap().get(&key) {
+            p.update(spec, session_spec);
+            return p.clone();
+        }
+        let mut pools = self.pools.write().unwrap();
+        if let Some(p) = pools.get(&key) {
+            p.update(spec, session_spec);
+            return p.clone();
+        }
+        let now = now_ms();
+        let p = Arc::new(Pool {
+            id: id.to_string(),
+            spec: RwLock::new(spec),
+            session_spec: RwLock::new(session_spec),
+            inner: Mutex::new(Inner {
+                ready: VecDeque::new(),
+                starting: 0,
+                sessions: HashMap::new(),
+            }),
+            refill: Notify::new(),
+            closed: AtomicBool::new(false),
+            runtime: self.runtime.clone(),
+            created_ms: now,
+            updated_ms: AtomicI64::new(now),
+            alloc_us: Mutex::new(VecDeque::new()),
+            started_total: AtomicU64::new(0),
+            refill_parallelism: self.refill_parallelism,
+        });
+        pools.insert(key, p.clone());
+        tokio::spawn(p.clone().refill_loop());
+        p
+    }
+
+    /// Deletes a pool and every sandbox it had.
+    pub async fn remove(&self, id: &str) {
+        let p = self.pools.write().unwrap().remove(&id.to_lowercase());
+        if let Some(p) = p {
+            p.close().await;
+        }
+    }
+
+    /// Removes every pool whose id starts with `prefix` (a deleted resource group).
+    pub async fn remove_below(&self, prefix: &str) {
+        let prefix = prefix.to_lowercase();
+        let ids: Vec<String> = self
+            .pools
+            .read()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for id in ids {
+            self.remove(&id).await;
+        }
+    }
+
+    pub fn pool_ids(&self) -> Vec<String> {
+        self.pools
+            .read()
+            .unwrap()
+            .values()
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// Stops every sandbox (server shutdown).
+    pub async fn shutdown(&self) {
+        let pools: Vec<_> = self
+            .pools
+            .write()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in pools {
+            p.close().await;
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The sandbox behind a trait: the session pool only needs "start an interpreter, run code,
+//! move files, stop". The embedded default is [`crate::bwrap::BwrapRuntime`] (bubblewrap on
+//! this host); a gVisor (`runsc`) or Kubernetes backend implements the same two traits.
+
+use crate::spec::Network;
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a new session's sandbox needs besides the runtime's own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSpec {
+    pub network: Network,
+    /// A host unix socket that answers managed-identity token requests for this pool
+    /// (present only when the pool has identities with lifecycle `Main`).
+    pub identity_socket: Option<PathBuf>,
+    pub identity_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    Succeeded,
+    /// The code raised; the traceback is in stderr.
+    Failed,
+    /// The code ran past its timeout and was interrupted (or the sandbox was stopped).
+    TimedOut,
+    /// The sandbox died under the code (out of memory, or the interpreter was killed).
+    Aborted,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecOutcome {
+    pub status: ExecStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The IPython text/plain repr of the last expression, if it had a value.
+    pub result: Option<String>,
+    /// PNG images (base64) produced by the code, e.g. matplotlib figures.
+    pub images: Vec<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileInfo {
+    /// The name relative to its directory.
+    pub name: String,
+    /// The directory, relative to `/mnt/data` ("" for the top level).
+    pub directory: String,
+    pub is_dir: bool,
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub modified: f64,
+}
+
+impl FileInfo {
+    /// Path relative to `/mnt/data`.
+    pub fn rel_path(&self) -> String {
+        if self.directory.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.directory, self.name)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileErrorKind {
+    NotFound,
+    Invalid,
+    TooLarge,
+    Other,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct FileError {
+    pub kind: FileErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// The interpreter and packages a runtime offers (for the `metadata` API).
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeInfo {
+    pub python_version: String,
+    pub packages: Vec<(String, String)>,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Starts a sandbox and returns once its interpreter has answered.
+    async fn start(&self, spec: &SessionSpec) -> Result<Box<dyn Instance>, StartError>;
+    fn info(&self) -> RuntimeInfo;
+    /// Removes whatever a previous process of this server left behind (cgroups, processes).
+    fn sweep(&self);
+}
+
+#[async_trait]
+pub trait Instance: Send {
+    /// A stable id for this sandbox (the session's `etag`).
+    fn id(&self) -> &str;
+    async fn exec(&mut self, code: &str, timeout: Duration, max_output: usize) -> ExecOutcome;
+    async fn write_file(&mut self, path: &str, data: Vec<u8>) -> Result<FileInfo, FileError>;
+    async fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FileError>;
+    async fn stat_file(&mut self, path: &str) -> Result<FileInfo, FileError>;
+    async fn list_files(&mut self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>, FileError>;
+    async fn delete_file(&mut self, path: &str) -> Result<(), FileError>;
+    fn is_alive(&self) -> bool;
+    /// Processes currently in the sandbox (for leak checks).
+    fn process_count(&self) -> usize;
+    async fn shutdown(self: Box<Self>);
+}

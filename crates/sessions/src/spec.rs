@@ -1,0 +1,390 @@
+//! The `Microsoft.App/sessionPools` resource's `properties`: parsed leniently from what ARM
+//! clients send (both `dynamicPoolConfiguration` forms, enum values in any case) and written
+//! back in the shape the request's api-version expects.
+
+use serde_json::{Map, Value, json};
+
+/// api-versions from 2025-01-01 on use `lifecycleConfiguration`; older ones `executionType`.
+pub fn uses_lifecycle_configuration(api_version: &str) -> bool {
+    api_version.get(..10).unwrap_or(api_version) >= "2025-01-01"
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    EgressDisabled,
+    EgressEnabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Timed,
+    OnContainerExit,
+}
+
+/// Whether a managed identity is available to code inside the pool's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySetting {
+    /// `system` or a user-assigned identity's resource id.
+    pub identity: String,
+    /// `None` (control plane only) or `Main` (also inside sessions).
+    pub main: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pub max_concurrent: u32,
+    pub ready: u32,
+    pub lifecycle: Lifecycle,
+    pub cooldown_secs: u64,
+    pub max_alive_secs: Option<u64>,
+    pub network: Network,
+    pub identities: Vec<IdentitySetting>,
+    pub environment_id: Option<String>,
+}
+
+pub const MAX_SESSIONS_LIMIT: u64 = 10_000;
+pub const DEFAULT_MAX_SESSIONS: u32 = 100;
+pub const DEFAULT_READY: u32 = 0;
+pub const DEFAULT_COOLDOWN: u64 = 300;
+
+fn obj<'a>(v: &'a Value, key: &str) -> Result<Option<&'a Map<String, Value>>, String> {
+    match get_ci(v, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(format!("'{key}' must be an object.")),
+    }
+}
+
+/// A member of an object, the key matched without regard to case.
+fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    let m = v.as_object()?;
+    m.get(key).or_else(|| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+fn uint(v: &Value, key: &str, path: &str, max: u64) -> Result<Option<u64>, String> {
+    match get_ci(v, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => {
+            let n = x
+                .as_u64()
+                .or_else(|| x.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| format!("'{path}' must be a non-negative integer."))?;
+            if n > max {
+                return Err(format!("'{path}' must be at most {max}."));
+            }
+            Ok(Some(n))
+        }
+    }
+}
+
+fn enum_str<'a>(
+    v: &Value,
+    key: &str,
+    path: &str,
+    allowed: &[&'a str],
+) -> Result<Option<&'a str>, String> {
+    match get_ci(v, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => allowed
+            .iter()
+            .find(|a| a.eq_ignore_ascii_case(s.trim()))
+            .copied()
+            .map(Some)
+            .ok_or_else(|| format!("'{path}' must be one of {}; got '{s}'.", allowed.join(", "))),
+        Some(_) => Err(format!("'{path}' must be a string.")),
+    }
+}
+
+impl PoolSpec {
+    /// Parses `properties` from a PUT (with `base` = None) or merges a PATCH onto `base`.
+    pub fn parse(props: &Value, base: Option<&PoolSpec>) -> Result<PoolSpec, String> {
+        if !props.is_object() && !props.is_null() {
+            return Err("'properties' must be an object.".into());
+        }
+        let mut s = base.cloned().unwrap_or(PoolSpec {
+            max_concurrent: DEFAULT_MAX_SESSIONS,
+            ready: DEFAULT_READY,
+            lifecycle: Lifecycle::Timed,
+            cooldown_secs: DEFAULT_COOLDOWN,
+            max_alive_secs: None,
+            network: Network::EgressDisabled,
+            identities: vec![],
+            environment_id: None,
+        });
+        match enum_str(
+            props,
+            "containerType",
+            "properties.containerType",
+            &[
+                "PythonLTS",
+                "CustomContainer",
+                "NodeLTS",
+                "Shell",
+                "GpuBase",
+            ],
+        )? {
+            None | Some("PythonLTS") => {}
+            Some(other) => {
+                return Err(format!(
+                    "containerType '{other}' is not supported yet; Cloister runs PythonLTS code-interpreter pools."
+                ));
+            }
+        }
+        match enum_str(
+            props,
+            "poolManagementType",
+            "properties.poolManagementType",
+            &["Dynamic", "Manual"],
+        )? {
+            None | Some("Dynamic") => {}
+            Some(_) => {
+                return Err("poolManagementType 'Manual' cannot be created; use 'Dynamic'.".into());
+            }
+        }
+        if let Some(sc) = obj(props, "scaleConfiguration")? {
+            let sc = Value::Object(sc.clone());
+            if let Some(n) = uint(
+                &sc,
+                "maxConcurrentSessions",
+                "properties.scaleConfiguration.maxConcurrentSessions",
+                MAX_SESSIONS_LIMIT,
+            )? {
+                if n == 0 {
+                    return Err(
+                        "'properties.scaleConfiguration.maxConcurrentSessions' must be at least 1."
+                            .into(),
+                    );
+                }
+                s.max_concurrent = n as u32;
+            }
+            if let Some(n) = uint(
+                &sc,
+                "readySessionInstances",
+                "properties.scaleConfiguration.readySessionInstances",
+                MAX_SESSIONS_LIMIT,
+            )? {
+                s.ready = n as u32;
+            }
+        }
+        if s.ready > s.max_concurrent {
+            return Err(format!(
+                "'readySessionInstances' ({}) cannot exceed 'maxConcurrentSessions' ({}).",
+                s.ready, s.max_concurrent
+            ));
+        }
+        if let Some(d) = obj(props, "dynamicPoolConfiguration")? {
+            let d = Value::Object(d.clone());
+            // The older form.
+            enum_str(
+                &d,
+                "executionType",
+                "properties.dynamicPoolConfiguration.executionType",
+                &["Timed"],
+            )?;
+            if let Some(c) = uint(
+                &d,
+                "cooldownPeriodInSeconds",
+                "properties.dynamicPoolConfiguration.cooldownPeriodInSeconds",
+                86_400,
+            )? {
+                s.cooldown_secs = c;
+            }
+            // The 2025-01-01+ form.
+            if let Some(l) = obj(&d, "lifecycleConfiguration")? {
+                let l = Value::Object(l.clone());
+                let p = "properties.dynamicPoolConfiguration.lifecycleConfiguration";
+                match enum_str(
+                    &l,
+                    "lifecycleType",
+                    &format!("{p}.lifecycleType"),
+                    &["Timed", "OnContainerExit"],
+                )? {
+                    Some("OnContainerExit") => s.lifecycle = Lifecycle::OnContainerExit,
+                    Some(_) => s.lifecycle = Lifecycle::Timed,
+                    None => {}
+                }
+                if let Some(c) = uint(
+                    &l,
+                    "cooldownPeriodInSeconds",
+                    &format!("{p}.cooldownPeriodInSeconds"),
+                    86_400,
+                )? {
+                    s.cooldown_secs = c;
+                }
+                if let Some(c) = uint(
+                    &l,
+                    "maxAlivePeriodInSeconds",
+                    &format!("{p}.maxAlivePeriodInSeconds"),
+                    30 * 86_400,
+                )? {
+                    s.max_alive_secs = if c == 0 { None } else { Some(c) };
+                }
+            }
+        }
+        if s.cooldown_secs == 0 {
+            return Err("'cooldownPeriodInSeconds' must be at least 1.".into());
+        }
+        if let Some(n) = obj(props, "sessionNetworkConfiguration")? {
+            match enum_str(
+                &Value::Object(n.clone()),
+                "status",
+                "properties.sessionNetworkConfiguration.status",
+                &["EgressDisabled", "EgressEnabled"],
+            )? {
+                Some("EgressEnabled") => s.network = Network::EgressEnabled,
+                Some(_) => s.network = Network::EgressDisabled,
+                None => {}
+            }
+        }
+        match get_ci(props, "managedIdentitySettings") {
+            None => {}
+            Some(Value::Null) => s.identities.clear(),
+            Some(Value::Array(items)) => {
+                let mut out = vec![];
+                for (i, it) in items.iter().enumerate() {
+                    let p = format!("properties.managedIdentitySettings[{i}]");
+                    let identity = get_ci(it, "identity")
+                        .and_then(|x| x.as_str())
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .ok_or_else(|| format!("'{p}.identity' is required."))?;
+                    let main = match enum_str(
+                        it,
+                        "lifecycle",
+                        &format!("{p}.lifecycle"),
+                        &["None", "Main", "Init", "All"],
+                    )? {
+                        None | Some("None") | Some("Init") => false,
+                        Some(_) => true,
+                    };
+                    let identity = if identity.eq_ignore_ascii_case("system") {
+                        "system".to_string()
+                    } else {
+                        identity.to_string()
+                    };
+                    if out
+                        .iter()
+                        .any(|x: &IdentitySetting| x.identity.eq_ignore_ascii_case(&identity))
+                    {
+                        return Err(format!("'{p}.identity' names '{identity}' twice."));
+                    }
+                    out.push(IdentitySetting { identity, main });
+                }
+                s.identities = out;
+            }
+            Some(_) => return Err("'properties.managedIdentitySettings' must be an array.".into()),
+        }
+        match get_ci(props, "environmentId") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(e)) => s.environment_id = Some(e.clone()),
+            Some(_) => return Err("'properties.environmentId' must be a string.".into()),
+        }
+        Ok(s)
+    }
+
+    /// The stored/returned `properties` (without the read-only, per-request fields).
+    pub fn to_properties(&self, api_version: &str) -> Value {
+        let dynamic = if uses_lifecycle_configuration(api_version) {
+            let mut l = json!({
+                "lifecycleType": match self.lifecycle { Lifecycle::Timed => "Timed", Lifecycle::OnContainerExit => "OnContainerExit" },
+                "cooldownPeriodInSeconds": self.cooldown_secs,
+            });
+            if let Some(m) = self.max_alive_secs {
+                l["maxAlivePeriodInSeconds"] = json!(m);
+            }
+            json!({ "lifecycleConfiguration": l })
+        } else {
+            json!({"executionType": "Timed", "cooldownPeriodInSeconds": self.cooldown_secs})
+        };
+        let mut v = json!({
+            "containerType": "PythonLTS",
+            "poolManagementType": "Dynamic",
+            "scaleConfiguration": {
+                "maxConcurrentSessions": self.max_concurrent,
+                "readySessionInstances": self.ready,
+            },
+            "dynamicPoolConfiguration": dynamic,
+            "sessionNetworkConfiguration": {
+                "status": match self.network { Network::EgressDisabled => "EgressDisabled", Network::EgressEnabled => "EgressEnabled" },
+            },
+        });
+        if !self.identities.is_empty() {
+            v["managedIdentitySettings"] = Value::Array(
+                self.identities
+                    .iter()
+                    .map(|i| json!({"identity": i.identity, "lifecycle": if i.main { "Main" } else { "None" }}))
+                    .collect(),
+            );
+        }
+        if let Some(e) = &self.environment_id {
+            v["environmentId"] = json!(e);
+        }
+        v
+    }
+
+    /// The canonical stored form: every field, in the newest shape.
+    pub fn to_stored(&self) -> Value {
+        self.to_properties("9999-12-31")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_dynamic_forms() {
+        let old = PoolSpec::parse(
+            &json!({"dynamicPoolConfiguration": {"executionType": "timed", "cooldownPeriodInSeconds": 600}}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(old.cooldown_secs, 600);
+        let new = PoolSpec::parse(
+            &json!({"dynamicPoolConfiguration": {"lifecycleConfiguration": {"lifecycleType": "Timed", "cooldownPeriodInSeconds": 900, "maxAlivePeriodInSeconds": 3600}}}),
+            None,
+        )
+        .unwrap();
+        assert_eq!((new.cooldown_secs, new.max_alive_secs), (900, Some(3600)));
+        let back = PoolSpec::parse(&new.to_stored(), None).unwrap();
+        assert_eq!(back, new);
+        assert_eq!(
+            new.to_properties("2024-03-01")["dynamicPoolConfiguration"]["cooldownPeriodInSeconds"],
+            900
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            json!({"containerType": "CustomContainer"}),
+            json!({"scaleConfiguration": {"maxConcurrentSessions": 0}}),
+            json!({"scaleConfiguration": {"maxConcurrentSessions": 2, "readySessionInstances": 3}}),
+            json!({"scaleConfiguration": {"maxConcurrentSessions": -1}}),
+            json!({"sessionNetworkConfiguration": {"status": "Open"}}),
+            json!({"managedIdentitySettings": [{"lifecycle": "Main"}]}),
+            json!({"dynamicPoolConfiguration": "x"}),
+        ] {
+            assert!(PoolSpec::parse(&bad, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_merges() {
+        let base = PoolSpec::parse(
+            &json!({"scaleConfiguration": {"maxConcurrentSessions": 5, "readySessionInstances": 2}}),
+            None,
+        )
+        .unwrap();
+        let p = PoolSpec::parse(
+            &json!({"scaleConfiguration": {"readySessionInstances": 4}}),
+            Some(&base),
+        )
+        .unwrap();
+        assert_eq!((p.max_concurrent, p.ready), (5, 4));
+    }
+}
