@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap slirp4netns util-linux; do
+for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap slirp4netns util-linux iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

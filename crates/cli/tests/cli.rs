@@ -264,3 +264,199 @@ async fn bootstrap_file_is_private_and_secrets_stay_out_of_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn containerapp_sessionpool_and_code_interpreter_commands() {
+    let s = Server::start().await;
+    let boot = s.data_dir().join("bootstrap.json");
+    let (c, _, err) = s.cli(&["login", "--bootstrap", boot.to_str().unwrap()]);
+    assert_eq!(c, 0, "{err}");
+    let (c, _, err) = s.cli(&["group", "create", "-n", "sp-rg"]);
+    assert_eq!(c, 0, "{err}");
+    let (c, out, err) = s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "create",
+        "-n",
+        "clipool",
+        "-g",
+        "sp-rg",
+        "--container-type",
+        "PythonLTS",
+        "--max-sessions",
+        "4",
+        "--ready-sessions",
+        "1",
+        "--cooldown-period",
+        "600",
+        "--network-status",
+        "EgressDisabled",
+        "--mi-system-assigned",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let pool = json_of(&out);
+    let pool_id = pool["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        pool["properties"]["scaleConfiguration"]["maxConcurrentSessions"],
+        4
+    );
+    assert_eq!(pool["identity"]["type"], "SystemAssigned");
+    assert!(pool["properties"]["poolManagementEndpoint"].is_string());
+    let (c, out, err) = s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "update",
+        "-n",
+        "clipool",
+        "-g",
+        "sp-rg",
+        "--max-sessions",
+        "6",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(
+        json_of(&out)["properties"]["scaleConfiguration"]["maxConcurrentSessions"],
+        6
+    );
+    assert_eq!(
+        json_of(&out)["properties"]["scaleConfiguration"]["readySessionInstances"],
+        1
+    );
+    let (c, out, _) = s.cli(&["containerapp", "sessionpool", "list", "-g", "sp-rg"]);
+    assert_eq!(c, 0);
+    assert_eq!(json_of(&out).as_array().unwrap().len(), 1);
+    let (c, out, _) = s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "show",
+        "-n",
+        "clipool",
+        "-g",
+        "sp-rg",
+    ]);
+    assert_eq!(c, 0);
+    assert_eq!(json_of(&out)["name"], "clipool");
+    // Bad input is refused with ARM's message.
+    let (c, _, err) = s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "create",
+        "-n",
+        "bad",
+        "-g",
+        "sp-rg",
+        "--container-type",
+        "CustomContainer",
+    ]);
+    assert_ne!(c, 0);
+    assert!(err.contains("not supported"), "{err}");
+    // Executing needs the Session Executor role, as on Azure.
+    let sess = ["--identifier", "cli-user", "-n", "clipool", "-g", "sp-rg"];
+    let exec = |code: &str| {
+        let mut a = vec![
+            "containerapp",
+            "session",
+            "code-interpreter",
+            "execute",
+            "--code",
+            code,
+        ];
+        a.extend(sess);
+        s.cli(&a)
+    };
+    let (c, _, err) = exec("1+1");
+    assert_ne!(c, 0);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let (c, _, err) = s.cli(&[
+        "role",
+        "assignment",
+        "create",
+        "--role",
+        "Azure ContainerApps Session Executor",
+        "--assignee",
+        s.admin_id().as_str(),
+        "--scope",
+        &pool_id,
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let (c, out, err) = exec("x = 20\nx + 22");
+    assert_eq!(c, 0, "{err}");
+    let r = json_of(&out);
+    assert_eq!(r["status"], "Succeeded");
+    assert_eq!(r["result"]["executionResult"], "42");
+    // Files.
+    let local = s.data_dir().join("upload-me.txt");
+    std::fs::write(&local, "uploaded by the cli").unwrap();
+    let mut a = vec![
+        "containerapp",
+        "session",
+        "code-interpreter",
+        "upload-file",
+        "--file-path",
+        local.to_str().unwrap(),
+    ];
+    a.extend(sess);
+    let (c, out, err) = s.cli(&a);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(json_of(&out)["name"], "upload-me.txt");
+    let mut a = vec!["containerapp", "session", "code-interpreter", "list-files"];
+    a.extend(sess);
+    let (c, out, err) = s.cli(&a);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(json_of(&out)[0]["name"], "upload-me.txt");
+    let mut a = vec![
+        "containerapp",
+        "session",
+        "code-interpreter",
+        "show-file-content",
+        "--filename",
+        "upload-me.txt",
+    ];
+    a.extend(sess);
+    let (c, out, err) = s.cli(&a);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(out, "uploaded by the cli");
+    let mut a = vec![
+        "containerapp",
+        "session",
+        "code-interpreter",
+        "delete-file",
+        "--filename",
+        "upload-me.txt",
+    ];
+    a.extend(sess);
+    let (c, _, err) = s.cli(&a);
+    assert_eq!(c, 0, "{err}");
+    let mut a = vec![
+        "containerapp",
+        "session",
+        "code-interpreter",
+        "show-file",
+        "--filename",
+        "upload-me.txt",
+    ];
+    a.extend(sess);
+    let (c, _, err) = s.cli(&a);
+    assert_ne!(c, 0);
+    assert!(err.contains("FileNotFound"), "{err}");
+    let (c, _, err) = s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "delete",
+        "-n",
+        "clipool",
+        "-g",
+        "sp-rg",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let (c, _, _) = s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "show",
+        "-n",
+        "clipool",
+        "-g",
+        "sp-rg",
+    ]);
+    assert_ne!(c, 0);
+}

@@ -553,6 +553,22 @@ async fn code_interpreter_both_api_generations() {
     .await;
     assert_eq!(st, 200);
     assert_eq!(v["runtimes"][0]["name"], "python");
+    let pkgs: Vec<&str> = v["preInstalledPackages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "numpy",
+        "pandas",
+        "matplotlib",
+        "scipy",
+        "scikit-learn",
+        "setuptools",
+    ] {
+        assert!(pkgs.contains(&want), "{want} missing from {pkgs:?}");
+    }
     // Unknown operations and missing api-version.
     let (st, v, h) = dp(
         &s,
@@ -904,6 +920,18 @@ async fn hostile_code_is_contained_and_reported() {
     )
     .await;
     assert_eq!(r["result"], "False");
+    // Filling /tmp and /mnt/data: the writes fail, the session goes on.
+    let fill = |dir: &str| {
+        format!(
+            "import os\ntry:\n    with open('{dir}/fill', 'wb') as f:\n        for _ in range(4096):\n            f.write(b'0' * (1 << 20)); f.flush()\n    r = 'filled'\nexcept OSError as e:\n    r = e.strerror\nos.remove('{dir}/fill')\nr"
+        )
+    };
+    for dir in ["/tmp", "/mnt/data"] {
+        let r = legacy_exec(&s, &p, "filler", &fill(dir)).await;
+        assert_eq!(r["result"], "'No space left on device'", "{dir}: {r}");
+    }
+    let r = legacy_exec(&s, &p, "filler", "'still here'").await;
+    assert_eq!(r["result"], "'still here'");
     // A flood of stdout is capped.
     let (st, v, _) = dp(
         &s,
@@ -1082,4 +1110,229 @@ async fn pool_identities_with_lifecycle_main_reach_code_in_sessions() {
         "lifecycle None keeps the identity out of sessions"
     );
     let _ = &pools[1].id;
+}
+
+/// A network namespace made by the test, joined to the host by a veth pair: the only
+/// non-loopback address any network test here sends traffic to.
+struct TestNetns {
+    name: String,
+    veth: String,
+    addr: String,
+    server: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+fn sh(args: &[&str]) {
+    let st = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{args:?}");
+}
+
+impl TestNetns {
+    fn new(dir: &std::path::Path) -> TestNetns {
+        let r = uuid::Uuid::new_v4().simple().to_string();
+        let n = (u32::from_str_radix(&r[..4], 16).unwrap() % 250) + 1;
+        let name = format!("clt{}", &r[..8]);
+        let veth = format!("vh{}", &r[..8]);
+        let peer = format!("vp{}", &r[..8]);
+        let addr = format!("10.254.{n}.2");
+        sh(&["ip", "netns", "add", &name]);
+        sh(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        sh(&["ip", "link", "set", &peer, "netns", &name]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.254.{n}.1/30"),
+            "dev",
+            &veth,
+        ]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            &peer,
+        ]);
+        sh(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", &peer, "up",
+        ]);
+        sh(&[
+            "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+        ]);
+        let log = dir.join(format!("{name}.log"));
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                &addr,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        TestNetns {
+            name,
+            veth,
+            addr,
+            server: Some(server),
+            log,
+        }
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(&format!("GET {path} "))
+            .count()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn egress_disabled_means_no_network_and_enabled_reaches_out() {
+    let s = Server::start().await;
+    let ns = TestNetns::new(s.data_dir());
+    // The host reaches the test's namespace (so a failure inside a sandbox is the sandbox's doing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = reqwest::Client::new()
+            .get(format!("http://{}:8080/from-host", ns.addr))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok();
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test namespace did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let admin = s.admin_token().await;
+    let closed = make_pool(&s, &admin, "net", "closed", json!({})).await;
+    let a = ns.addr.clone();
+    let code = [
+        "import socket, urllib.request",
+        "out = {}",
+        "def attempt(name, f):",
+        "    try:",
+        "        f(); out[name] = 'ok'",
+        "    except Exception as e:",
+        "        out[name] = type(e).__name__",
+        &format!("attempt('tcp', lambda: urllib.request.urlopen('http://{a}:8080/?from-closed', timeout=3))"),
+        &format!("attempt('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{a}', 53)))"),
+        "attempt('dns', lambda: socket.getaddrinfo('example.com', 80))",
+        "attempt('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))",
+        "attempt('packet', lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))",
+        "out['ifaces'] = sorted(n for _, n in socket.if_nameindex())",
+        "out",
+    ]
+    .join("\n");
+    let r = legacy_exec(&s, &closed, "netuser", &code).await;
+    assert_eq!(r["status"], "Success", "{r}");
+    let out = r["result"].as_str().unwrap().to_string();
+    for k in [
+        "'tcp': 'ok'",
+        "'udp': 'ok'",
+        "'dns': 'ok'",
+        "'raw': 'ok'",
+        "'packet': 'ok'",
+    ] {
+        assert!(!out.contains(k), "egress disabled yet {k}: {out}");
+    }
+    assert!(out.contains("'ifaces': ['lo']"), "{out}");
+    assert_eq!(ns.hits("/?from-closed"), 0);
+    // EgressEnabled: outbound through slirp4netns reaches the test's namespace.
+    let open = make_pool(
+        &s,
+        &admin,
+        "net",
+        "open",
+        json!({"sessionNetworkConfiguration": {"status": "EgressEnabled"}}),
+    )
+    .await;
+    let code = format!(
+        "import urllib.request\nurllib.request.urlopen('http://{a}:8080/?from-open', timeout=10).status"
+    );
+    let r = legacy_exec(&s, &open, "netuser", &code).await;
+    assert_eq!(r["result"], 200, "{r}");
+    assert_eq!(ns.hits("/?from-open"), 1);
+}
+
+#[tokio::test]
+async fn the_ready_pool_is_kept_full() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    let p = make_pool(
+        &s,
+        &admin,
+        "ready",
+        "rdy",
+        json!({"scaleConfiguration": {"maxConcurrentSessions": 10, "readySessionInstances": 3}}),
+    )
+    .await;
+    let node_count = || async {
+        let (_, v) = s
+            .call(
+                &admin,
+                "GET",
+                &format!("{}?api-version=2025-07-01", p.id),
+                None,
+            )
+            .await;
+        v["properties"]["nodeCount"].as_u64().unwrap()
+    };
+    let wait_for = |want: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = node_count().await;
+            if n == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodeCount stayed at {n}, wanted {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_for(3).await;
+    legacy_exec(&s, &p, "taker-1", "1").await;
+    legacy_exec(&s, &p, "taker-2", "1").await;
+    // Two sessions taken from the pool, and the pool refilled behind them.
+    wait_for(5).await;
 }
