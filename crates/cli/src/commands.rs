@@ -26,6 +26,7 @@ pub enum Command {
     Run(RunArgs),
     Rest(RestArgs),
     Containerapp(crate::containerapp::ContainerappCmd),
+    Apim(crate::apim::ApimCmd),
 }
 
 #[derive(Args)]
@@ -358,6 +359,7 @@ pub async fn dispatch(cmd: Command, out: &str) -> Result<i32> {
                 Command::Role(r) => role(&mut s, r).await?,
                 Command::Account(a) => account(&mut s, a).await?,
                 Command::Containerapp(c) => crate::containerapp::run(&mut s, c).await?,
+                Command::Apim(c) => crate::apim::run(&mut s, c).await?,
                 Command::Rest(r) => {
                     let m = Method::from_bytes(r.method.to_uppercase().as_bytes())?;
                     let body = r.body.map(|b| read_json_arg(&b)).transpose()?;

@@ -1,6 +1,7 @@
 //! `cloister`: the one binary. `cloister serve` runs the platform; the other commands are a
 //! client shaped like the Azure CLI (`az`) where `az` has the command.
 
+mod apim;
 mod commands;
 mod containerapp;
 mod output;
@@ -51,6 +52,9 @@ enum Cmd {
     /// Session pools and code-interpreter sessions (like `az containerapp`).
     #[command(subcommand)]
     Containerapp(containerapp::ContainerappCmd),
+    /// The credential manager: providers, connections, access policies, APIs (like `az apim`).
+    #[command(subcommand)]
+    Apim(apim::ApimCmd),
     /// Call any Cloister API with the profile's token (like `az rest`).
     Rest(commands::RestArgs),
 }
@@ -122,6 +126,7 @@ fn cmd_into(c: Cmd) -> commands::Command {
         Cmd::Run(r) => commands::Command::Run(r),
         Cmd::Rest(r) => commands::Command::Rest(r),
         Cmd::Containerapp(c) => commands::Command::Containerapp(c),
+        Cmd::Apim(c) => commands::Command::Apim(c),
         Cmd::Serve(_) => unreachable!("serve handled in main"),
     }
 }

@@ -137,6 +137,17 @@ impl Session {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
+        self.call_with_headers(method, path, body, None).await
+    }
+
+    /// `call` with one extra request header (e.g. `If-Match`).
+    pub async fn call_with_headers(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        header: Option<(&str, String)>,
+    ) -> Result<Value> {
         let t = self
             .token(&self.profile.management_endpoint.clone())
             .await?;
@@ -148,6 +159,9 @@ impl Session {
             format!("{base}{path}")
         };
         let mut req = self.http.request(method.clone(), &url).bearer_auth(token);
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

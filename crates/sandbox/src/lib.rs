@@ -71,10 +71,21 @@
 //! sandbox's own network namespace) to it byte for byte; `IDENTITY_ENDPOINT` and
 //! `IDENTITY_HEADER` are set as Azure's managed-identity clients expect.
 //!
+//! # Host uid
+//! A supervisor running as root joins the sandbox's cgroup in the child it forks and then drops
+//! to [`SANDBOX_UID`] (`nobody`/`nogroup`, no supplementary groups) before it execs bwrap, so
+//! bwrap runs unprivileged and builds its own user namespaces: every process of the sandbox is
+//! host uid/gid 65534 as well as 65534 inside (its `uid_map`, seen from the host, reads
+//! `65534 65534 1`), not host root. Everything bwrap binds must therefore be reachable by that
+//! uid: [`SandboxConfig::work_dir`] (made 0755 by [`Sandbox::start`], its files 0644; keep it
+//! out of private directories, see [`WORK_ROOT`]), the runtime (a+rX), and the identity socket
+//! (0666 in a 0755 directory; the binding secret is what guards it). The supervisor, still
+//! root, signals, inspects and kills the sandbox's processes and runs slirp4netns. A
+//! supervisor that is not root runs bwrap as its own uid ([`drops_privileges`]).
+//!
 //! # Known limits
-//! * bwrap started by root maps the sandbox's uid 65534 to host uid 0 (with no capabilities
-//!   outside the sandbox's user namespaces). Starting bwrap as an unprivileged host uid would
-//!   add a layer, at the price of world-readable work and runtime dirs and identity socket.
+//! * Processes of all sandboxes share host uid 65534, so its `RLIMIT_NPROC` (inherited from
+//!   the supervisor) counts all of them together, on top of each sandbox's pids cgroup.
 //! * Enabled egress is not filtered (see [`net`]).
 //! * The runtime is read-only: `pip install` inside a sandbox does not work.
 
@@ -108,6 +119,40 @@ pub const IDENTITY_SOCKET_PATH: &str = "/run/cloister/identity.sock";
 pub const IDENTITY_PORT: u16 = 42356;
 /// Bytes of file data per protocol message.
 pub const FILE_CHUNK: usize = 4 << 20;
+/// The uid and gid of sandboxed processes, inside their user namespace and, when the
+/// supervisor runs as root, on the host too (`nobody`/`nogroup`).
+pub const SANDBOX_UID: u32 = 65534;
+/// A root-owned, world-traversable place for the work dirs of a supervisor running as root:
+/// bwrap runs as [`SANDBOX_UID`] and must reach the files it binds, so they cannot sit in a
+/// private (0700) data directory.
+pub const WORK_ROOT: &str = "/var/lib/cloister/sandbox";
+
+/// True when sandboxes are started as host uid [`SANDBOX_UID`]: the supervisor runs as root
+/// (otherwise bwrap simply runs as the supervisor's own uid).
+pub fn drops_privileges() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Creates `dir` (and missing parents) readable and traversable by everyone (0755, whatever
+/// the umask), so that bwrap running as [`SANDBOX_UID`] can bind what is in it. Existing
+/// parents are left as they are.
+pub fn prepare_work_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for d in missing.iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != 0o755 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileErrorKind {
@@ -153,6 +198,8 @@ pub enum Network {
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Host directory for the agent script and generated `/etc` files (bound read-only).
+    /// [`Sandbox::start`] creates it 0755 with 0644 files; every directory above it must be
+    /// traversable by [`SANDBOX_UID`] (see [`WORK_ROOT`]).
     pub work_dir: PathBuf,
     pub limits: Limits,
     /// Size cap of `/tmp`.
@@ -167,7 +214,8 @@ pub struct SandboxConfig {
     pub preload: Vec<String>,
     pub network: Network,
     /// A host unix socket bound at [`IDENTITY_SOCKET_PATH`] and forwarded from
-    /// `127.0.0.1:`[`IDENTITY_PORT`] inside.
+    /// `127.0.0.1:`[`IDENTITY_PORT`] inside. [`SANDBOX_UID`] must be able to reach and connect
+    /// to it (mode 0666, traversable directories).
     pub identity_socket: Option<PathBuf>,
     /// The value of `IDENTITY_HEADER` inside the sandbox.
     pub identity_header: String,
@@ -368,17 +416,26 @@ fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(owned)
 }
 
-/// Writes `content` to `dir/name` unless it is already there (atomically, for concurrent starts).
+/// Writes `content` to `dir/name`, mode 0644 (bwrap reads it as [`SANDBOX_UID`]), unless it is
+/// already there (atomically, for concurrent starts).
 fn install(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(content) {
+    let current = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == 0o644)
+        && std::fs::read_to_string(&path).ok().as_deref() == Some(content);
+    if !current {
         let tmp = dir.join(format!(
             "{name}.{}.{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::write(&tmp, content)?;
-        std::fs::rename(&tmp, &path)?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        placed?;
     }
     Ok(path)
 }
@@ -420,7 +477,7 @@ impl Sandbox {
     /// Starts a sandbox and waits until its interpreter answers (and, for
     /// [`Network::Enabled`], until its network is up).
     pub async fn start(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
-        std::fs::create_dir_all(&cfg.work_dir)?;
+        prepare_work_dir(&cfg.work_dir)?;
         let agent = install(&cfg.work_dir, "agent.py", AGENT)?;
         let hosts = install(&cfg.work_dir, "hosts", HOSTS)?;
         if !cfg.python.exists() {
@@ -492,6 +549,8 @@ impl Sandbox {
             std::os::unix::net::UnixStream::pair().map_err(|e| fail(&cgroup, e.into()))?;
         let fds = [memfd.as_raw_fd(), jail_end.as_raw_fd()];
         let procs = cgroup.procs_paths();
+        let drop_to = drops_privileges().then_some(SANDBOX_UID);
+        let uid = SANDBOX_UID.to_string();
         let tmp_size = cfg.tmp_bytes.to_string();
         let data_size = cfg.data_bytes.to_string();
 
@@ -503,9 +562,9 @@ impl Sandbox {
             "--cap-drop",
             "ALL",
             "--uid",
-            "65534",
+            &uid,
             "--gid",
-            "65534",
+            &uid,
             "--hostname",
             "sandbox",
         ])
@@ -572,8 +631,9 @@ impl Sandbox {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the hook only calls fcntl, dup2 and cgroup writes (open/write/close), which
-        // are async-signal-safe, on data prepared before fork.
+        // SAFETY: the hook only calls fcntl, dup2, cgroup writes (open/write/close), setgroups,
+        // setgid and setuid, which are async-signal-safe (no allocation, no locks), on data
+        // prepared before fork.
         unsafe {
             cmd.pre_exec(move || {
                 // Move both descriptors out of the way first, so that dup2 onto 3 and 4 can
@@ -590,7 +650,18 @@ impl Sandbox {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                Cgroup::join_self(&procs)
+                // Joining the cgroup needs root; then become SANDBOX_UID on the host before bwrap
+                // runs (setuid from root clears every capability), so that the sandbox's user
+                // namespaces belong to, and map to, an unprivileged host uid.
+                Cgroup::join_self(&procs)?;
+                if let Some(host) = drop_to
+                    && (libc::setgroups(0, std::ptr::null()) < 0
+                        || libc::setgid(host) < 0
+                        || libc::setuid(host) < 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(|e| {

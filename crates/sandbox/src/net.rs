@@ -13,10 +13,13 @@
 //! forwarder at 10.0.2.3 (the sandbox's `/etc/resolv.conf` points there).
 //! `--disable-host-loopback` stops 10.0.2.2 from reaching the host's 127.0.0.1.
 //!
-//! Why `--userns-path`: bwrap run as root nests two user namespaces (the outer one, which owns
-//! the network namespace, and an inner one that maps uid 65534). slirp4netns would join the
-//! agent's (inner) user namespace and then lack the right to enter a network namespace owned by
-//! its parent, so the supervisor hands it the owner (found with `NS_GET_USERNS`) as fd 5.
+//! Why `--userns-path`: bwrap (run unprivileged, as host uid 65534) nests two user namespaces:
+//! the outer one, which owns the network namespace and maps its root to bwrap's host uid so
+//! that bwrap can set up `/dev`, and an inner one that maps uid 65534. slirp4netns would join
+//! the agent's (inner) user namespace and then lack the right to enter a network namespace
+//! owned by its parent, so the supervisor hands it the owner (found with `NS_GET_USERNS`) as
+//! fd 5. slirp4netns itself runs as host root, which holds every capability in both (they
+//! descend from the initial user namespace), so it can join them.
 //!
 //! slirp4netns runs outside the sandbox's cgroup, so the after-exec sweep never touches it. It
 //! exits when the write end of its exit pipe closes: when the sandbox is dropped or killed,

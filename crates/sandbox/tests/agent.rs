@@ -512,6 +512,12 @@ async fn identity_requests_reach_the_host_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("identity.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    {
+        // bwrap and the agent run as uid 65534: they must reach and connect to the socket.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     // A tiny HTTP responder: echoes the request line and the X-IDENTITY-HEADER it got.
     let server = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();

@@ -98,6 +98,72 @@ out
     finish(s).await;
 }
 
+/// The `Uid:`/`Gid:` fields (real, effective, saved, filesystem) and `Groups:` of a host
+/// process, as the host sees them; None once it is gone.
+fn host_ids(pid: i32) -> Option<(String, String, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    Some((field("Uid:")?, field("Gid:")?, field("Groups:")?))
+}
+
+#[tokio::test]
+async fn runs_as_an_unprivileged_host_uid() {
+    use std::os::unix::fs::MetadataExt;
+    let (mut s, _d) = start().await;
+    let id = s.id().to_string();
+    let agent = s.agent_pid().expect("agent pid");
+    // A cell that keeps a child process alive for a while, during which the host looks at
+    // every process in the sandbox's cgroup: bwrap (both), the agent and the child.
+    let code = "import os, subprocess, time\nopen('/tmp/mine', 'w').close()\n\
+                p = subprocess.Popen(['sleep', '30'])\ntime.sleep(3)\n\
+                st = os.stat('/tmp/mine')\n(st.st_uid, st.st_gid, os.getuid(), os.geteuid())";
+    let watch = async {
+        for _ in 0..500 {
+            let seen: Vec<_> = common::cgroup_pids(&id)
+                .into_iter()
+                .filter_map(|p| host_ids(p).map(|ids| (p, ids)))
+                .collect();
+            if seen.len() >= 4 {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the cell's child never showed up in the cgroup");
+    };
+    let (r, seen) = tokio::join!(s.exec(code, T, DEFAULT_MAX_OUTPUT), watch);
+    let r = r.expect("exec");
+    assert_eq!(
+        r.result.as_deref(),
+        Some("(65534, 65534, 65534, 65534)"),
+        "{r:?}"
+    );
+    assert!(seen.iter().any(|(p, _)| *p == agent), "{seen:?}");
+    let nobody = "65534 65534 65534 65534".to_string();
+    for (pid, (uid, gid, groups)) in &seen {
+        assert_eq!(uid, &nobody, "host uids of {pid}");
+        assert_eq!(gid, &nobody, "host gids of {pid}");
+        assert_eq!(groups, "", "supplementary groups of {pid}");
+    }
+    // The agent's user namespace maps 65534 to host 65534, not to host root.
+    for map in ["uid_map", "gid_map"] {
+        let m = std::fs::read_to_string(format!("/proc/{agent}/{map}")).unwrap();
+        assert_eq!(
+            m.split_whitespace().collect::<Vec<_>>(),
+            ["65534", "65534", "1"],
+            "{map}: {m}"
+        );
+    }
+    // The file the cell created belongs to host uid 65534 too.
+    let md = std::fs::metadata(format!("/proc/{agent}/root/tmp/mine")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    finish(s).await;
+}
+
 #[tokio::test]
 async fn cannot_reach_the_hosts_network() {
     // A listener on the host's loopback; the sandbox has its own network namespace.

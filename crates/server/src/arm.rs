@@ -164,6 +164,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     Query(q): Query<Q>,
+    headers: axum::http::HeaderMap,
     caller: Caller,
     body: Bytes,
 ) -> Res {
@@ -283,6 +284,28 @@ async fn dispatch(
                 &sub.id,
                 None,
                 Some(format!("{}/{}", segs[3], segs[4])),
+            )
+            .await
+        }
+        (n, Some("resourcegroups"))
+            if n >= 9
+                && lc(4).as_deref() == Some("providers")
+                && lc(5).as_deref() == Some("microsoft.apimanagement")
+                && lc(6).as_deref() == Some("service") =>
+        {
+            let instance = format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ApiManagement/service/{}",
+                sub.id, segs[3], segs[7]
+            );
+            crate::arm_credman::handle(
+                &st,
+                &caller,
+                &method,
+                &headers,
+                &instance,
+                &segs[8..],
+                uri.query(),
+                &body,
             )
             .await
         }
@@ -438,6 +461,16 @@ pub async fn after_removal(
 ) -> Result<(), ArmError> {
     st.id.invalidate_identity_sets();
     crate::sessions::removed(st, &removed.resources).await;
+    for r in &removed.resources {
+        if r.to_ascii_lowercase()
+            .contains("/providers/microsoft.apimanagement/service/")
+        {
+            let _ = st.store.cred_delete_instance(r).await;
+            if let Some(cm) = &st.credentials {
+                cm.invalidate();
+            }
+        }
+    }
     if !removed.principals.is_empty() || removed.role_assignments > 0 {
         st.id.invalidate_all_clients();
         st.rbac.changed().await?;

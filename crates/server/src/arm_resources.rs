@@ -44,6 +44,9 @@ pub async fn resource_json(st: &AppState, r: &Resource) -> Value {
     if crate::sessions::is_pool(&t) {
         crate::sessions::decorate(st, r, &mut props);
     }
+    if t.eq_ignore_ascii_case(crate::arm_credman::SERVICE_TYPE) {
+        props["gatewayUrl"] = json!(crate::arm_credman::gateway_url(st, &r.id));
+    }
     props["provisioningState"] = json!("Succeeded");
     let mut v = json!({
         "id": r.id,

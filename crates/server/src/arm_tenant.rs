@@ -418,6 +418,39 @@ pub async fn cloister_provider(
             .collect::<Vec<_>>()
             .as_slice(),
     ) {
+        (Method::POST, ["cloister.credentials", "keys", "rotate"]) => {
+            st.rbac.authorize(
+                &caller.object_id,
+                "Cloister.Credentials/keys/rotate/action",
+                &root,
+            )?;
+            let cm = st.credentials.as_ref().ok_or_else(|| {
+                ArmError::new(
+                    503,
+                    "ServiceUnavailable",
+                    "The credential manager is not running.",
+                )
+            })?;
+            let report = crate::credentials::rotate(cm)
+                .await
+                .map_err(|e| ArmError::internal(format!("key rotation: {e}")))?;
+            crate::arm::ok(axum::http::StatusCode::OK, report)
+        }
+        (Method::GET, ["cloister.credentials", "keys"]) => {
+            st.rbac
+                .authorize(&caller.object_id, "Cloister.Credentials/keys/read", &root)?;
+            let cm = st.credentials.as_ref().ok_or_else(|| {
+                ArmError::new(
+                    503,
+                    "ServiceUnavailable",
+                    "The credential manager is not running.",
+                )
+            })?;
+            crate::arm::ok(
+                axum::http::StatusCode::OK,
+                crate::credentials::key_status(cm).await,
+            )
+        }
         (Method::POST, ["cloister.identity", "bindings"]) => {
             let b = parse_body(body)?;
             let needle = b.get("identity").and_then(|v| v.as_str()).ok_or_else(|| {

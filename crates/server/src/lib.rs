@@ -10,11 +10,14 @@
 //! ```
 
 pub mod arm;
+pub mod arm_credman;
 pub mod arm_resources;
 pub mod arm_tenant;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod credentials;
+pub mod gateway;
 pub mod graph;
 pub mod openapi;
 pub mod rbac;
@@ -113,9 +116,29 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         prometheus,
         default_subscription: sub,
         sessions: sessions::build_manager(&cfg),
+        credentials: Some(
+            credentials::Credentials::open(
+                store.clone(),
+                mk.clone(),
+                std::fs::read(cfg.data_dir.join("ca.pem")).ok(),
+            )
+            .await?,
+        ),
         pool_bindings: Default::default(),
     });
     sessions::serve_identity_socket(&st).await?;
+    {
+        let st = st.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                t.tick().await;
+                if let Some(cm) = &st.credentials {
+                    credentials::upkeep(cm).await;
+                }
+            }
+        });
+    }
     sessions::load_all(&st).await?;
     {
         let st = st.clone();
@@ -211,6 +234,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st.clone());
     let mut app = Router::new()
         .merge(cloister_identity::api::router(st.id.clone()))
+        .merge(gateway::router(st.clone()))
         .merge(api)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(

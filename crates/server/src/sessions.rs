@@ -14,7 +14,7 @@ use cloister_sessions::runtime::SessionSpec;
 use cloister_sessions::spec::PoolSpec;
 use cloister_store::Resource;
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const POOL_TYPE: &str = "Microsoft.App/sessionPools";
@@ -49,7 +49,7 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
         return None;
     }
     let s = &cfg.sessions;
-    let mut sc = cloister_sandbox::SandboxConfig::new(cfg.data_dir.join("sandbox"));
+    let mut sc = cloister_sandbox::SandboxConfig::new(sandbox_dir(&cfg.data_dir));
     let python = if s.python.exists() {
         s.python.clone()
     } else {
@@ -79,6 +79,18 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
         mm.refill_parallelism = s.refill_parallelism.max(1);
     }
     Some(m)
+}
+
+/// The sandboxes' work directory (agent script, generated `/etc` files, identity socket). A
+/// server running as root starts bwrap as uid 65534, which cannot enter the private (0700) data
+/// directory, so it uses a world-traversable directory of its own under
+/// [`cloister_sandbox::WORK_ROOT`], named like its cgroup parent; nothing secret is in it.
+fn sandbox_dir(data_dir: &Path) -> PathBuf {
+    if cloister_sandbox::drops_privileges() {
+        Path::new(cloister_sandbox::WORK_ROOT).join(cgroup_parent(data_dir))
+    } else {
+        data_dir.join("sandbox")
+    }
 }
 
 /// One cgroup parent per data directory: a restarted server sweeps what its previous
@@ -204,8 +216,8 @@ pub fn decorate(st: &AppState, r: &Resource, props: &mut Value) {
 }
 
 /// The socket that code in sessions reaches the managed-identity endpoint through.
-pub fn identity_socket(cfg: &ServerConfig) -> std::path::PathBuf {
-    cfg.data_dir.join("sandbox").join("identity.sock")
+pub fn identity_socket(cfg: &ServerConfig) -> PathBuf {
+    sandbox_dir(&cfg.data_dir).join("identity.sock")
 }
 
 /// Serves `/msi/token` (and nothing else) on the identity socket.
@@ -214,16 +226,14 @@ pub async fn serve_identity_socket(st: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
     let path = identity_socket(&st.cfg);
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))?;
+    // Sandboxes (bwrap included) run as uid 65534: the directory is 0755 and the socket 0666;
+    // the binding secret, not the socket mode, is the guard.
+    cloister_sandbox::prepare_work_dir(path.parent().unwrap_or(Path::new("/")))?;
     let _ = std::fs::remove_file(&path);
     let l = tokio::net::UnixListener::bind(&path)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        // Sandboxes run as uid 65534; the binding secret, not the socket mode, is the guard.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-        if let Some(d) = path.parent() {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
-        }
     }
     let app = cloister_identity::api::msi_router(st.id.clone());
     tokio::spawn(async move {

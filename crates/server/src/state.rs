@@ -22,5 +22,7 @@ pub struct AppState {
     /// Session pools (None when this host cannot run sandboxes).
     pub sessions: Option<Arc<cloister_sessions::Manager>>,
     /// Per pool: (principals, binding secret, expiry) of its in-session identities.
+    /// The credential manager (vault, runtime).
+    pub credentials: Option<crate::credentials::Credentials>,
     pub pool_bindings: std::sync::Mutex<std::collections::HashMap<String, PoolBinding>>,
 }

@@ -12,11 +12,15 @@
 //! # Ok(()) }
 //! ```
 
+mod credentials;
+mod credman;
 mod directory;
 mod rbac;
 mod resources;
 mod tokens;
 
+pub use credentials::*;
+pub use credman::*;
 pub use directory::*;
 pub use rbac::*;
 pub use resources::*;

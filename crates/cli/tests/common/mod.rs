@@ -3,6 +3,8 @@
 //! and talks to it over HTTPS with its own CA, as a user would.
 #![allow(dead_code)]
 
+pub mod idp;
+
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -58,6 +58,23 @@ pub fn no_cgroup(id: &str) -> bool {
         .all(|c| !c.path().join("cloister").join(id).exists())
 }
 
+/// The host pids in this sandbox's cgroup (the pids controller on v1, the group on v2).
+pub fn cgroup_pids(id: &str) -> Vec<i32> {
+    ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|root| {
+            Path::new(root)
+                .join("cloister")
+                .join(id)
+                .join("cgroup.procs")
+        })
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// Shuts the sandbox down and checks that nothing of it is left.
 pub async fn finish(s: Sandbox) {
     let id = s.id().to_string();

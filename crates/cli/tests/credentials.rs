@@ -1,0 +1,661 @@
+//! The credential manager through its public interfaces: the ARM resources, the consent flow
+//! against a real OAuth provider (panva's oidc-provider, started by the test on loopback),
+//! the gateway's authorizationContext and proxy, refresh and its failure modes.
+
+mod common;
+use common::idp::Idp;
+use common::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const API: &str = "api-version=2024-05-01";
+
+struct Env {
+    s: Server,
+    admin: String,
+    instance: String,
+    gateway: String,
+}
+
+async fn instance(s: Server, name: &str) -> Env {
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "cm").await;
+    let instance = format!(
+        "/subscriptions/{}/resourceGroups/cm/providers/Microsoft.ApiManagement/service/{name}",
+        s.sub()
+    );
+    let (st, v) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{instance}?{API}"),
+            Some(json!({"location": "local", "properties": {"allowedPostLoginRedirectUrls": ["http://127.0.0.1:9/done*"]}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let gateway = v["properties"]["gatewayUrl"].as_str().unwrap().to_string();
+    Env {
+        s,
+        admin,
+        instance,
+        gateway,
+    }
+}
+
+fn redirect_uri(e: &Env, name: &str) -> String {
+    format!(
+        "{}/credential-manager/redirect/{}/cm/{name}",
+        e.s.url("").trim_end_matches('/'),
+        e.s.sub()
+    )
+}
+
+impl Env {
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.s
+            .call(
+                &self.admin,
+                "PUT",
+                &format!("{}/{path}?{API}", self.instance),
+                Some(body),
+            )
+            .await
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.s
+            .call(
+                &self.admin,
+                "GET",
+                &format!("{}/{path}?{API}", self.instance),
+                None,
+            )
+            .await
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.s
+            .call(
+                &self.admin,
+                "POST",
+                &format!("{}/{path}?{API}", self.instance),
+                Some(body),
+            )
+            .await
+    }
+    async fn delete(&self, path: &str, if_match: Option<&str>) -> u16 {
+        let mut r = self
+            .s
+            .http
+            .delete(self.s.url(&format!("{}/{path}?{API}", self.instance)))
+            .bearer_auth(&self.admin);
+        if let Some(m) = if_match {
+            r = r.header("if-match", m);
+        }
+        r.send().await.unwrap().status().as_u16()
+    }
+    async fn context(&self, token: &str, provider: &str, conn: &str, extra: &str) -> (u16, Value) {
+        let r = self
+            .s
+            .http
+            .post(format!(
+                "{}/authorizationContext?provider-id={provider}&authorization-id={conn}{extra}",
+                self.gateway
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        (st, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn policy_for_admin(&self, provider: &str, conn: &str, name: &str) {
+        let c = claims(&self.admin);
+        let (st, v) = self
+            .put(
+                &format!(
+                    "authorizationProviders/{provider}/authorizations/{conn}/accessPolicies/{name}"
+                ),
+                json!({"properties": {"tenantId": c["tid"], "objectId": c["oid"]}}),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+}
+
+async fn auth_code_provider(e: &Env, idp: &Idp, name: &str) {
+    let (st, v) = e
+        .put(
+            &format!("authorizationProviders/{name}"),
+            json!({"properties": {"displayName": "Test IdP", "identityProvider": "oauth2pkce", "oauth2": {"grantTypes": {"authorizationCode": {
+                "clientId": "app", "clientSecret": "app-secret-app-secret-app-secret", "scopes": "openid offline_access api.read",
+                "authorizationUrl": idp.authorization_url(), "tokenUrl": idp.token_url()}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert!(
+        !v.to_string().contains("app-secret-app-secret"),
+        "secret echoed: {v}"
+    );
+}
+
+/// Runs the consent flow for a connection and returns where the user ends up.
+async fn consent(e: &Env, idp: &Idp, provider: &str, conn: &str) -> String {
+    let (st, v) = e
+        .post(
+            &format!("authorizationProviders/{provider}/authorizations/{conn}/getLoginLinks"),
+            json!({"postLoginRedirectUrl": "http://127.0.0.1:9/done"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let link = v["loginLink"].as_str().unwrap().to_string();
+    // The anti-phishing page shows a consent code; confirming it skips the page.
+    let page = e.s.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let code = html
+        .split("id=\"consent-code\">")
+        .nth(1)
+        .and_then(|x| x.split('<').next())
+        .unwrap()
+        .to_string();
+    let (st, _) = e
+        .post(
+            &format!("authorizationProviders/{provider}/authorizations/{conn}/confirmConsentCode"),
+            json!({"consentCode": "WRONG123"}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, v) = e
+        .post(
+            &format!("authorizationProviders/{provider}/authorizations/{conn}/confirmConsentCode"),
+            json!({"consentCode": code}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let r = e.s.http.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let authorize = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        authorize.starts_with(&idp.authorization_url()),
+        "{authorize}"
+    );
+    assert!(authorize.contains("code_challenge_method=S256"));
+    let callback = idp.consent(&authorize).await;
+    let r = e.s.http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{}", r.text().await.unwrap_or_default());
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn consent_flow_context_refresh_and_policies() {
+    let e = instance(Server::start().await, "apim1").await;
+    let idp = Idp::start(&[&redirect_uri(&e, "apim1")], &[("IDP_AT_TTL", "10")]);
+    auth_code_provider(&e, &idp, "oidc").await;
+    let (st, v) = e
+        .put(
+            "authorizationProviders/oidc/authorizations/alice",
+            json!({"properties": {"authorizationType": "OAuth2", "oauth2grantType": "AuthorizationCode"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["properties"]["status"], "Error");
+    assert_eq!(v["properties"]["error"]["code"], "Unauthenticated");
+    // Before consent: the runtime says the connection is not connected.
+    e.policy_for_admin("oidc", "alice", "admin").await;
+    let (st, v) = e.context(&e.admin, "oidc", "alice", "").await;
+    assert_eq!(st, 500, "{v}");
+    let (st, v) = e
+        .context(&e.admin, "oidc", "alice", "&ignore-error=true")
+        .await;
+    assert_eq!((st, v), (200, Value::Null));
+    // A post-login redirect that is not allow-listed is refused.
+    let (st, v) = e
+        .post(
+            "authorizationProviders/oidc/authorizations/alice/getLoginLinks",
+            json!({"postLoginRedirectUrl": "https://evil.example/steal"}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let back = consent(&e, &idp, "oidc", "alice").await;
+    assert!(
+        back.starts_with("http://127.0.0.1:9/done?status=success"),
+        "{back}"
+    );
+    let (_, v) = e
+        .get("authorizationProviders/oidc/authorizations/alice")
+        .await;
+    assert_eq!(v["properties"]["status"], "Connected", "{v}");
+    // get-authorization-context.
+    let (st, v) = e.context(&e.admin, "oidc", "alice", "").await;
+    assert_eq!(st, 200, "{v}");
+    let first = v["AccessToken"].as_str().unwrap().to_string();
+    assert!(v["Claims"]["expires_in"].is_number());
+    assert!(v["Claims"].get("refresh_token").is_none());
+    // Someone without an access policy is refused.
+    let (app, _, secret) = e.s.new_sp(&e.admin, "outsider").await;
+    let outsider = e.s.client_token(&app, &secret, &e.s.mgmt()).await;
+    let (st, _) = e.context(&outsider, "oidc", "alice", "").await;
+    assert_eq!(st, 403);
+    // The token lives 10 s (less than 3 minutes, so it is served until it expires); then 1,000
+    // concurrent callers cause exactly one refresh at the provider and all get a valid token.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    idp.reset().await;
+    let mut tasks = vec![];
+    for _ in 0..1000 {
+        let http = e.s.http.clone();
+        let url = format!(
+            "{}/authorizationContext?provider-id=oidc&authorization-id=alice",
+            e.gateway
+        );
+        let tok = e.admin.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http.post(url).bearer_auth(tok).send().await.unwrap();
+            let st = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (st, v["AccessToken"].as_str().unwrap_or("").to_string())
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let (st, tok) = t.await.unwrap();
+        assert_eq!(st, 200);
+        tokens.insert(tok);
+    }
+    assert_eq!(
+        tokens.len(),
+        1,
+        "everyone got the same new token: {tokens:?}"
+    );
+    assert!(!tokens.contains(&first));
+    let stats = idp.stats().await;
+    assert_eq!(stats["refresh_token"], 1, "{stats}");
+    // Refresh tokens rotate: the rotated one was stored, so the next refresh works too.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (st, v) = e.context(&e.admin, "oidc", "alice", "").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(idp.stats().await["refresh_token"], 2);
+    // An expired refresh token: the connection needs re-authorization.
+    idp.expire_refresh_tokens().await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (st, v) = e.context(&e.admin, "oidc", "alice", "").await;
+    assert_eq!(st, 500, "{v}");
+    assert_eq!(v["error"]["code"], "RefreshTokenInvalid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = e
+            .get("authorizationProviders/oidc/authorizations/alice")
+            .await;
+        if v["properties"]["status"] == "Error" {
+            assert!(
+                v["properties"]["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("re-authorization required"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "status did not change: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Consent again and it works again.
+    let back = consent(&e, &idp, "oidc", "alice").await;
+    assert!(back.contains("status=success"), "{back}");
+    let (st, _) = e.context(&e.admin, "oidc", "alice", "").await;
+    assert_eq!(st, 200);
+    // Removing the access policy takes effect on the next request.
+    let (_, pol) =
+        e.s.call(
+            &e.admin,
+            "GET",
+            &format!(
+                "{}/authorizationProviders/oidc/authorizations/alice/accessPolicies/admin?{API}",
+                e.instance
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(pol["properties"]["objectId"], claims(&e.admin)["oid"]);
+    assert_eq!(
+        e.delete(
+            "authorizationProviders/oidc/authorizations/alice/accessPolicies/admin",
+            Some("*")
+        )
+        .await,
+        200
+    );
+    let (st, _) = e.context(&e.admin, "oidc", "alice", "").await;
+    assert_eq!(st, 403);
+}
+
+#[tokio::test]
+async fn client_credentials_transient_errors_and_bad_secrets() {
+    let e = instance(Server::start().await, "apim2").await;
+    let idp = Idp::start(&[&redirect_uri(&e, "apim2")], &[]);
+    let (st, v) = e
+        .put(
+            "authorizationProviders/svc",
+            json!({"properties": {"displayName": "Service", "identityProvider": "oauth2", "oauth2": {"grantTypes": {"clientCredentials": {
+                "clientId": "svc", "clientSecret": "svc-secret-svc-secret-svc-secret", "scopes": "api.read", "tokenUrl": idp.token_url()}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // Created Connected: the first token is fetched at once.
+    let (st, v) = e
+        .put(
+            "authorizationProviders/svc/authorizations/backend",
+            json!({"properties": {"authorizationType": "OAuth2", "oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["properties"]["status"], "Connected", "{v}");
+    e.policy_for_admin("svc", "backend", "admin").await;
+    let (st, v) = e.context(&e.admin, "svc", "backend", "").await;
+    assert_eq!(st, 200, "{v}");
+    // A connection-level secret that is wrong: the error says where to fix it.
+    let (st, v) = e
+        .put(
+            "authorizationProviders/svc/authorizations/wrong",
+            json!({"properties": {"oauth2grantType": "ClientCredentials", "parameters": {"clientId": "svc", "clientSecret": "not-the-secret"}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["properties"]["status"], "Error");
+    let msg = v["properties"]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("on the connection"), "{msg}");
+    assert!(!v.to_string().contains("not-the-secret"));
+    // 5xx and 429 from the provider are retried.
+    let (st, _) = e
+        .put(
+            "authorizationProviders/svc/authorizations/flaky",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    e.policy_for_admin("svc", "flaky", "admin").await;
+    idp.reset().await;
+    idp.fail(json!({"status": 500, "error": "server_error", "count": 1}))
+        .await;
+    idp.fail(json!({"status": 429, "error": "server_error", "count": 1}))
+        .await;
+    let (st, v) = e
+        .put(
+            "authorizationProviders/svc/authorizations/flaky2",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    assert_eq!(
+        v["properties"]["status"], "Connected",
+        "retried past a 500 and a 429: {v}"
+    );
+}
+
+#[tokio::test]
+async fn resources_etags_filters_limits_and_the_proxy() {
+    let e = instance(Server::start().await, "apim3").await;
+    let idp = Idp::start(&[&redirect_uri(&e, "apim3")], &[]);
+    for name in ["alpha", "beta", "gamma"] {
+        let (st, v) = e
+            .put(
+                &format!("authorizationProviders/{name}"),
+                json!({"properties": {"displayName": format!("{name} provider"), "identityProvider": "oauth2", "oauth2": {"grantTypes": {"clientCredentials": {
+                    "clientId": "svc", "clientSecret": "svc-secret-svc-secret-svc-secret", "tokenUrl": idp.token_url()}}}}}),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    // Secrets never come back.
+    let (st, v) = e.get("authorizationProviders/alpha").await;
+    assert_eq!(st, 200);
+    assert!(!v.to_string().contains("svc-secret"), "{v}");
+    // $filter, $top, $skip, nextLink.
+    let (_, v) =
+        e.s.call(
+            &e.admin,
+            "GET",
+            &format!(
+                "{}/authorizationProviders?{API}&$filter=startswith(name,'b')",
+                e.instance
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(v["value"].as_array().map(|a| a.len()), Some(1), "{v}");
+    assert_eq!(v["value"][0]["name"], "beta");
+    let (_, v) =
+        e.s.call(
+            &e.admin,
+            "GET",
+            &format!(
+                "{}/authorizationProviders?{API}&$filter=displayName eq 'gamma provider'",
+                e.instance
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(v["value"][0]["name"], "gamma");
+    let (_, v) =
+        e.s.call(
+            &e.admin,
+            "GET",
+            &format!("{}/authorizationProviders?{API}&$top=2", e.instance),
+            None,
+        )
+        .await;
+    assert_eq!(v["value"].as_array().unwrap().len(), 2);
+    let next = v["nextLink"].as_str().unwrap().to_string();
+    let (_, v) =
+        e.s.call(&e.admin, "GET", next.trim_start_matches(&e.s.url("")), None)
+            .await;
+    assert_eq!(v["value"].as_array().unwrap().len(), 1);
+    let (st, _) =
+        e.s.call(
+            &e.admin,
+            "GET",
+            &format!(
+                "{}/authorizationProviders?{API}&$filter=secret eq 'x'",
+                e.instance
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400);
+    // ETags: a stale If-Match is refused; DELETE needs If-Match.
+    let r =
+        e.s.http
+            .get(e.s.url(&format!(
+                "{}/authorizationProviders/alpha?{API}",
+                e.instance
+            )))
+            .bearer_auth(&e.admin)
+            .send()
+            .await
+            .unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let body = json!({"properties": {"displayName": "renamed", "identityProvider": "oauth2", "oauth2": {"grantTypes": {"clientCredentials": {"clientId": "svc", "tokenUrl": idp.token_url()}}}}});
+    let r =
+        e.s.http
+            .put(e.s.url(&format!(
+                "{}/authorizationProviders/alpha?{API}",
+                e.instance
+            )))
+            .bearer_auth(&e.admin)
+            .header("if-match", "\"stale\"")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 412);
+    let r =
+        e.s.http
+            .put(e.s.url(&format!(
+                "{}/authorizationProviders/alpha?{API}",
+                e.instance
+            )))
+            .bearer_auth(&e.admin)
+            .header("if-match", &etag)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let new_etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_etag, etag);
+    assert_eq!(e.delete("authorizationProviders/alpha", None).await, 428);
+    assert_eq!(
+        e.delete("authorizationProviders/alpha", Some(&etag)).await,
+        412
+    );
+    // Deleting a provider deletes its connections and their policies.
+    let (st, _) = e
+        .put(
+            "authorizationProviders/beta/authorizations/c1",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    e.policy_for_admin("beta", "c1", "p1").await;
+    assert_eq!(
+        e.delete("authorizationProviders/beta", Some("*")).await,
+        200
+    );
+    let (st, _) = e.get("authorizationProviders/beta/authorizations/c1").await;
+    assert_eq!(st, 404);
+    // Bad input.
+    for (path, body) in [
+        (
+            "authorizationProviders/bad1",
+            json!({"properties": {"displayName": "x", "identityProvider": "oauth2", "oauth2": {"grantTypes": {}}}}),
+        ),
+        (
+            "authorizationProviders/gamma/authorizations/c2",
+            json!({"properties": {"oauth2grantType": "AuthorizationCode"}}),
+        ),
+        (
+            "authorizationProviders/gamma/authorizations/nope/accessPolicies/p",
+            json!({"properties": {"tenantId": "t", "objectId": "o"}}),
+        ),
+    ] {
+        let (st, v) = e.put(path, body).await;
+        assert!(st == 400 || st == 404, "{path}: {st} {v}");
+    }
+    // 100 access policies per connection.
+    let (st, _) = e
+        .put(
+            "authorizationProviders/gamma/authorizations/many",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    for i in 0..100 {
+        let (st, v) = e
+            .put(
+                &format!("authorizationProviders/gamma/authorizations/many/accessPolicies/p{i}"),
+                json!({"properties": {"tenantId": "00000000-0000-0000-0000-000000000001", "objectId": format!("00000000-0000-0000-0000-{i:012}")}}),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let (st, v) = e
+        .put(
+            "authorizationProviders/gamma/authorizations/many/accessPolicies/p100",
+            json!({"properties": {"tenantId": "00000000-0000-0000-0000-000000000001", "objectId": "00000000-0000-0000-0000-000000000999"}}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    // The proxy: an API whose backend echoes the Authorization header it got.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = backend.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = backend.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or("").to_string();
+                let auth = req
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                    .map(|l| l[14..].trim().to_string())
+                    .unwrap_or_default();
+                let body = json!({"line": line, "authorization": auth}).to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let (st, _) = e
+        .put(
+            "authorizationProviders/gamma/authorizations/proxied",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    e.policy_for_admin("gamma", "proxied", "admin").await;
+    let (st, v) = e
+        .put(
+            "apis/echo",
+            json!({"properties": {"path": "echo", "serviceUrl": format!("http://127.0.0.1:{port}/base"),
+                "authorizationPolicy": {"providerId": "gamma", "authorizationId": "proxied"}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let r =
+        e.s.http
+            .get(format!("{}/echo/items/7?x=1", e.gateway))
+            .bearer_auth(&e.admin)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["line"], "GET /base/items/7?x=1 HTTP/1.1");
+    let (_, ctx) = e.context(&e.admin, "gamma", "proxied", "").await;
+    assert_eq!(
+        v["authorization"],
+        format!("Bearer {}", ctx["AccessToken"].as_str().unwrap())
+    );
+    // Without a bearer token the proxy refuses.
+    let r =
+        e.s.http
+            .get(format!("{}/echo/x", e.gateway))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn cloisters_own_identity_plane_as_a_provider() {
+    let e = instance(Server::start().await, "apim4").await;
+    let (app, _, secret) = e.s.new_sp(&e.admin, "downstream-caller").await;
+    let (st, v) = e
+        .put(
+            "authorizationProviders/self",
+            json!({"properties": {"displayName": "Cloister", "identityProvider": "cloister", "oauth2": {"grantTypes": {"clientCredentials": {
+                "clientId": app, "clientSecret": secret, "scopes": "https://dynamicsessions.io/.default"}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = e
+        .put(
+            "authorizationProviders/self/authorizations/me",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["properties"]["status"], "Connected", "{v}");
+    e.policy_for_admin("self", "me", "admin").await;
+    let (st, v) = e.context(&e.admin, "self", "me", "").await;
+    assert_eq!(st, 200, "{v}");
+    let c = claims(v["AccessToken"].as_str().unwrap());
+    assert_eq!(c["aud"], "https://dynamicsessions.io");
+    assert_eq!(c["appid"], app.as_str());
+}

@@ -1,0 +1,860 @@
+//! The credential manager's runtime surface: login links and the consent callback, the
+//! anti-phishing page, `authorizationContext` (get-authorization-context), and the API proxy
+//! that attaches a connection's access token.
+
+use crate::arm::store_err;
+use crate::arm_credman::{conn_ref, gateway_url, redirect_url};
+use crate::state::AppState;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get};
+use base64::Engine;
+use cloister_core::clock::now_secs;
+use cloister_core::error::ArmError;
+use cloister_credentials::model::{Grant, Provider};
+use cloister_credentials::runtime::RuntimeError;
+use cloister_store::LoginRow;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Res = Result<Response, ArmError>;
+
+const LOGIN_TTL: i64 = 600;
+const STATE_PURPOSE: &str = "credential-login-state";
+const LOGIN_AAD: &[u8] = b"cloister credential login v1";
+/// The audience of user/app tokens presented with `identity-type=jwt`.
+pub const AUTHORIZATION_MANAGER: &str = "https://azure-api.net/authorization-manager";
+
+pub fn router(st: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/credential-manager/login",
+            get(login_page).post(login_continue),
+        )
+        .route(
+            "/credential-manager/redirect/{sub}/{rg}/{svc}",
+            get(callback),
+        )
+        .route(
+            "/gateway/subscriptions/{sub}/resourceGroups/{rg}/service/{svc}/{*rest}",
+            any(gateway),
+        )
+        .with_state(st)
+}
+
+fn random_token() -> String {
+    cloister_crypto::random_token(32)
+}
+
+fn sha256_b64url(s: &str) -> String {
+    let hex = cloister_crypto::sha256_hex(s.as_bytes());
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0))
+        .collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn seal(st: &AppState, v: &Value) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(st.id.mk.seal(v.to_string().as_bytes(), LOGIN_AAD))
+}
+
+fn unseal(st: &AppState, s: &str) -> Option<Value> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    let plain = st.id.mk.open(&raw, LOGIN_AAD).ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+/// Whether `url` is on the instance's allow-list (`properties.allowedPostLoginRedirectUrls`:
+/// exact URLs, or prefixes ending in `*`).
+fn redirect_allowed(inst: &cloister_store::Resource, url: &str) -> bool {
+    let props: Value = serde_json::from_str(&inst.properties).unwrap_or(json!({}));
+    props["allowedPostLoginRedirectUrls"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .any(|e| match e.strip_suffix('*') {
+                    Some(prefix) => url.starts_with(prefix),
+                    None => url == e,
+                })
+        })
+        .unwrap_or(false)
+}
+
+/// `POST …/getLoginLinks {postLoginRedirectUrl}` → `{loginLink}`.
+pub async fn login_link(
+    st: &AppState,
+    inst: &cloister_store::Resource,
+    provider_id: &str,
+    conn_id: &str,
+    body: &Bytes,
+) -> Res {
+    let b: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+    let redirect = b["postLoginRedirectUrl"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if redirect.is_empty() {
+        return Err(ArmError::bad_request(
+            "ValidationError",
+            "'postLoginRedirectUrl' is required.",
+        ));
+    }
+    if !(redirect.starts_with("https://") || redirect.starts_with("http://")) {
+        return Err(ArmError::bad_request(
+            "ValidationError",
+            "'postLoginRedirectUrl' must be an absolute http(s) URL.",
+        ));
+    }
+    if !redirect_allowed(inst, &redirect) {
+        return Err(ArmError::bad_request(
+            "RedirectUrlNotAllowed",
+            format!(
+                "'{redirect}' is not in the service instance's properties.allowedPostLoginRedirectUrls; add it (or a prefix ending in *) first."
+            ),
+        ));
+    }
+    let provider = st
+        .store
+        .cred_get(provider_id)
+        .await
+        .map_err(store_err)?
+        .filter(|p| p.kind == "provider")
+        .ok_or_else(|| {
+            ArmError::not_found("ResourceNotFound", "The credential provider was not found.")
+        })?;
+    let conn = st
+        .store
+        .cred_get(conn_id)
+        .await
+        .map_err(store_err)?
+        .filter(|c| c.kind == "connection")
+        .ok_or_else(|| ArmError::not_found("ResourceNotFound", "The connection was not found."))?;
+    let p =
+        Provider::from_properties(&serde_json::from_str(&provider.properties).unwrap_or(json!({})))
+            .ok_or_else(|| ArmError::internal("The provider's stored settings are unreadable."))?;
+    if p.grant != Grant::AuthorizationCode {
+        return Err(ArmError::bad_request(
+            "ValidationError",
+            "Login links are for authorizationCode providers; client-credentials connections need no consent.",
+        ));
+    }
+    let state = random_token();
+    let verifier = random_token() + &random_token();
+    let consent_code = random_token()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect::<String>()
+        .to_uppercase();
+    let now = now_secs();
+    st.store
+        .login_insert(&LoginRow {
+            state_hash: st.id.mk.keyed_hash(STATE_PURPOSE, state.as_bytes()),
+            connection_lc: conn.id.to_lowercase(),
+            sealed: seal(st, &json!({
+                "verifier": verifier, "redirect": redirect, "consentCode": consent_code, "confirmed": false,
+                "provider": provider.id, "connection": conn.id, "instance": inst.id,
+            })),
+            expires_at: now + LOGIN_TTL,
+            created_at: now,
+        })
+        .await
+        .map_err(store_err)?;
+    let _ = st.store.login_purge(now).await;
+    let link = format!(
+        "{}/credential-manager/login?state={state}",
+        st.cfg.public_url()
+    );
+    Ok((StatusCode::OK, axum::Json(json!({"loginLink": link}))).into_response())
+}
+
+/// `POST …/confirmConsentCode {consentCode}`: the code the anti-phishing page showed; once
+/// confirmed, that login link goes straight to the identity provider.
+pub async fn confirm_consent_code(st: &AppState, conn_id: &str, body: &Bytes) -> Res {
+    let b: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+    let code = b["consentCode"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .to_uppercase();
+    if code.is_empty() {
+        return Err(ArmError::bad_request(
+            "ValidationError",
+            "'consentCode' is required.",
+        ));
+    }
+    // The code is unique among this connection's pending logins.
+    let pending = st
+        .store
+        .logins_of(&conn_id.to_lowercase(), now_secs())
+        .await
+        .map_err(store_err)?;
+    for l in pending {
+        if let Some(mut v) = unseal(st, &l.sealed)
+            && v["consentCode"].as_str() == Some(code.as_str())
+        {
+            v["confirmed"] = json!(true);
+            st.store
+                .login_update(&l.state_hash, &seal(st, &v))
+                .await
+                .map_err(store_err)?;
+            return Ok(StatusCode::OK.into_response());
+        }
+    }
+    Err(ArmError::bad_request(
+        "InvalidConsentCode",
+        "The consent code does not match a pending login of this connection.",
+    ))
+}
+
+fn page(title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>{title}</title></head><body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\">{body}</body></html>"
+    );
+    let mut r = Html(html).into_response();
+    r.headers_mut()
+        .insert("x-frame-options", HeaderValue::from_static("DENY"));
+    r.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+async fn pending_login(st: &AppState, state: &str) -> Option<(LoginRow, Value)> {
+    let h = st.id.mk.keyed_hash(STATE_PURPOSE, state.as_bytes());
+    let l = st.store.login_peek(&h).await.ok().flatten()?;
+    if l.expires_at < now_secs() {
+        return None;
+    }
+    let v = unseal(st, &l.sealed)?;
+    Some((l, v))
+}
+
+async fn authorize_redirect(st: &AppState, state: &str, v: &Value) -> Response {
+    let provider = match st
+        .store
+        .cred_get(v["provider"].as_str().unwrap_or(""))
+        .await
+    {
+        Ok(Some(p)) => p,
+        _ => {
+            return page(
+                "Not found",
+                "<h1>The credential provider no longer exists.</h1>",
+            );
+        }
+    };
+    let Some(p) =
+        Provider::from_properties(&serde_json::from_str(&provider.properties).unwrap_or(json!({})))
+    else {
+        return page("Error", "<h1>The provider's settings are unreadable.</h1>");
+    };
+    let challenge = sha256_b64url(v["verifier"].as_str().unwrap_or(""));
+    let redirect_uri = redirect_url(st, v["instance"].as_str().unwrap_or(""));
+    let mut url = url::Url::parse(&p.authorization_url).expect("validated on write");
+    {
+        let mut qp = url.query_pairs_mut();
+        qp.append_pair("response_type", "code")
+            .append_pair("client_id", &p.client_id)
+            .append_pair("redirect_uri", &redirect_uri)
+            .append_pair("state", state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        if !p.scopes.is_empty() {
+            qp.append_pair("scope", &p.scopes);
+        }
+        for (k, val) in &p.extra {
+            if let Some(s) = val.as_str()
+                && k.starts_with("authorize.")
+            {
+                qp.append_pair(&k["authorize.".len()..], s);
+            }
+        }
+    }
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(h) = HeaderValue::from_str(url.as_str()) {
+        r.headers_mut().insert(header::LOCATION, h);
+    }
+    r
+}
+
+/// The login link: the anti-phishing page, unless its consent code was confirmed.
+async fn login_page(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let state = q.get("state").cloned().unwrap_or_default();
+    let Some((_, v)) = pending_login(&st, &state).await else {
+        return (StatusCode::BAD_REQUEST, page("Link expired", "<h1>This login link is not valid or has expired.</h1><p>Ask the application for a new one.</p>")).into_response();
+    };
+    if v["confirmed"] == true {
+        return authorize_redirect(&st, &state, &v).await;
+    }
+    let provider = st
+        .store
+        .cred_get(v["provider"].as_str().unwrap_or(""))
+        .await
+        .ok()
+        .flatten();
+    let (pname, host) = provider
+        .and_then(|p| {
+            let pp = Provider::from_properties(&serde_json::from_str(&p.properties).ok()?)?;
+            let host = url::Url::parse(&pp.authorization_url)
+                .ok()?
+                .host_str()?
+                .to_string();
+            Some((pp.display_name, host))
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Connect {} to Cloister?</h1>\
+<p>An application asked to connect <b>{}</b> at <b>{}</b> to the connection <code>{}</code>. \
+Tokens you grant will be stored by Cloister and used by that application.</p>\
+<p><b>Only continue if you started this yourself.</b> If someone sent you this link, close this page.</p>\
+<p>Consent code: <b id=\"consent-code\">{}</b> (give it to the application if it asks; it then skips this page).</p>\
+<form method=\"post\" action=\"/credential-manager/login\"><input type=\"hidden\" name=\"state\" value=\"{}\">\
+<button type=\"submit\">Continue to {}</button></form>",
+        esc(&pname),
+        esc(&pname),
+        esc(&host),
+        esc(v["connection"].as_str().unwrap_or("")),
+        esc(v["consentCode"].as_str().unwrap_or("")),
+        esc(&state),
+        esc(&host)
+    );
+    page("Confirm the connection", &body)
+}
+
+async fn login_continue(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let state = form.get("state").cloned().unwrap_or_default();
+    match pending_login(&st, &state).await {
+        Some((_, v)) => authorize_redirect(&st, &state, &v).await,
+        None => (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Link expired",
+                "<h1>This login link is not valid or has expired.</h1>",
+            ),
+        )
+            .into_response(),
+    }
+}
+
+fn back(redirect: &str, params: &[(&str, &str)]) -> Response {
+    let mut u = match url::Url::parse(redirect) {
+        Ok(u) => u,
+        Err(_) => return page("Done", "<h1>Done.</h1>"),
+    };
+    {
+        let mut qp = u.query_pairs_mut();
+        for (k, v) in params {
+            qp.append_pair(k, v);
+        }
+    }
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(h) = HeaderValue::from_str(u.as_str()) {
+        r.headers_mut().insert(header::LOCATION, h);
+    }
+    r
+}
+
+async fn set_status(st: &AppState, conn_id: &str, status: &str, err: Option<(&str, &str)>) {
+    if let Ok(Some(c)) = st.store.cred_get(conn_id).await {
+        let mut props: Value = serde_json::from_str(&c.properties).unwrap_or(json!({}));
+        props["status"] = json!(status);
+        match err {
+            Some((code, message)) => props["error"] = json!({"code": code, "message": message}),
+            None => {
+                if let Some(m) = props.as_object_mut() {
+                    m.remove("error");
+                }
+            }
+        }
+        let _ = st
+            .store
+            .cred_set_properties(
+                &c.id,
+                &props.to_string(),
+                &uuid::Uuid::new_v4().simple().to_string(),
+                now_secs(),
+            )
+            .await;
+    }
+    if let Some(cm) = &st.credentials {
+        cm.invalidate();
+    }
+}
+
+/// The consent callback: one-time `state`, code redeemed with the PKCE verifier, tokens
+/// sealed and stored, the connection Connected, then back to `postLoginRedirectUrl`.
+async fn callback(
+    State(st): State<Arc<AppState>>,
+    Path((sub, rg, svc)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let state = q.get("state").cloned().unwrap_or_default();
+    let h = st.id.mk.keyed_hash(STATE_PURPOSE, state.as_bytes());
+    let login = match st.store.login_take(&h).await {
+        Ok(Some(l)) if l.expires_at >= now_secs() => l,
+        _ => {
+            return (StatusCode::BAD_REQUEST, page("Invalid state", "<h1>This sign-in response does not match a pending login (it expired or was already used).</h1>")).into_response();
+        }
+    };
+    let Some(v) = unseal(&st, &login.sealed) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            page("Invalid state", "<h1>The login could not be read.</h1>"),
+        )
+            .into_response();
+    };
+    let redirect = v["redirect"].as_str().unwrap_or("").to_string();
+    let conn_id = v["connection"].as_str().unwrap_or("").to_string();
+    let instance = v["instance"].as_str().unwrap_or("").to_string();
+    let expected_instance = format!(
+        "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ApiManagement/service/{svc}"
+    );
+    if !instance.eq_ignore_ascii_case(&expected_instance) {
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Invalid state",
+                "<h1>This sign-in response belongs to another instance.</h1>",
+            ),
+        )
+            .into_response();
+    }
+    if let Some(err) = q.get("error") {
+        let desc = q.get("error_description").cloned().unwrap_or_default();
+        let msg = format!("The identity provider answered {err}: {desc}");
+        set_status(&st, &conn_id, "Error", Some(("ConsentFailed", &msg))).await;
+        return back(&redirect, &[("status", "error"), ("error", err)]);
+    }
+    let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
+        set_status(
+            &st,
+            &conn_id,
+            "Error",
+            Some((
+                "ConsentFailed",
+                "The identity provider sent no authorization code.",
+            )),
+        )
+        .await;
+        return back(&redirect, &[("status", "error"), ("error", "missing_code")]);
+    };
+    let (Some(cm), Ok(Some(provider)), Ok(Some(conn))) = (
+        &st.credentials,
+        st.store
+            .cred_get(v["provider"].as_str().unwrap_or(""))
+            .await,
+        st.store.cred_get(&conn_id).await,
+    ) else {
+        return back(
+            &redirect,
+            &[("status", "error"), ("error", "connection_deleted")],
+        );
+    };
+    // RFC 9207: if the provider names itself, it must be the one we sent the user to.
+    let conn_props: Value = serde_json::from_str(&conn.properties).unwrap_or(json!({}));
+    let Some(cref) = conn_ref(&instance.to_lowercase(), &provider, &conn.id, &conn_props) else {
+        return back(
+            &redirect,
+            &[("status", "error"), ("error", "provider_unreadable")],
+        );
+    };
+    if let Some(iss) = q.get("iss") {
+        let auth_origin = url::Url::parse(&cref.provider.authorization_url)
+            .ok()
+            .map(|u| u.origin().ascii_serialization());
+        let iss_origin = url::Url::parse(iss)
+            .ok()
+            .map(|u| u.origin().ascii_serialization());
+        if auth_origin != iss_origin {
+            let msg = format!(
+                "The sign-in response came from '{iss}', not from the provider's authorization server."
+            );
+            set_status(&st, &conn_id, "Error", Some(("ConsentFailed", &msg))).await;
+            return back(
+                &redirect,
+                &[("status", "error"), ("error", "issuer_mismatch")],
+            );
+        }
+    }
+    let redirect_uri = redirect_url(&st, &instance);
+    match cm
+        .runtime
+        .redeem_code(
+            &cref,
+            code,
+            v["verifier"].as_str().unwrap_or(""),
+            &redirect_uri,
+        )
+        .await
+    {
+        Ok(()) => {
+            set_status(&st, &conn_id, "Connected", None).await;
+            back(&redirect, &[("status", "success")])
+        }
+        Err(e) => {
+            let code = match &e {
+                RuntimeError::NotConnected { code, .. } => code.clone(),
+                RuntimeError::ClientSecret { .. } => "ClientSecretInvalid".into(),
+                _ => "ConsentFailed".into(),
+            };
+            set_status(&st, &conn_id, "Error", Some((&code, &e.to_string()))).await;
+            back(&redirect, &[("status", "error"), ("error", &code)])
+        }
+    }
+}
+
+/// A gateway error in ARM's shape.
+fn gw_err(status: u16, code: &str, message: impl Into<String>) -> Response {
+    ArmError::new(status, code, message).into_response()
+}
+
+struct CallerId {
+    oid: String,
+    tid: String,
+    appid: String,
+}
+
+fn caller(
+    st: &AppState,
+    headers: &HeaderMap,
+    identity_type: &str,
+) -> Result<CallerId, Box<Response>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string())
+        .ok_or_else(|| Box::new(gw_err(401, "Unauthorized", "A bearer token is required: the caller's identity is checked against the connection's access policies.")))?;
+    let auds: Vec<String> = if identity_type == "jwt" {
+        vec![
+            AUTHORIZATION_MANAGER.to_string(),
+            format!("{AUTHORIZATION_MANAGER}/"),
+        ]
+    } else {
+        let mut a = st.management_audiences.clone();
+        a.push(AUTHORIZATION_MANAGER.to_string());
+        a
+    };
+    let claims = st.id.validate(&token, &auds).map_err(|e| {
+        gw_err(
+            401,
+            "InvalidAuthenticationToken",
+            format!("The token is invalid: {e}."),
+        )
+    })?;
+    Ok(CallerId {
+        oid: claims.oid,
+        tid: claims.tid,
+        appid: claims.app_id,
+    })
+}
+
+async fn gateway(
+    State(st): State<Arc<AppState>>,
+    Path((sub, rg, svc, rest)): Path<(String, String, String, String)>,
+    req: Request,
+) -> Response {
+    let instance = format!(
+        "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ApiManagement/service/{svc}"
+    );
+    if st.credentials.is_none() {
+        return gw_err(
+            503,
+            "ServiceUnavailable",
+            "The credential manager is not running.",
+        );
+    }
+    match st.store.resource_get(&instance).await {
+        Ok(Some(_)) => {}
+        _ => {
+            return gw_err(
+                404,
+                "NotFound",
+                format!("The service instance '{svc}' was not found."),
+            );
+        }
+    }
+    if rest.eq_ignore_ascii_case("authorizationContext") && req.method() == Method::POST {
+        return authorization_context(&st, &instance, req).await;
+    }
+    proxy(&st, &instance, &rest, req).await
+}
+
+/// `POST {gatewayUrl}/authorizationContext?provider-id=&authorization-id=&identity-type=&ignore-error=`
+async fn authorization_context(st: &AppState, instance: &str, req: Request) -> Response {
+    let q: HashMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| {
+        q.iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let provider_id = get("provider-id");
+    let authorization_id = get("authorization-id");
+    let identity_type = match get("identity-type").to_ascii_lowercase().as_str() {
+        "" | "managed" => "managed",
+        "jwt" => "jwt",
+        other => {
+            return gw_err(
+                400,
+                "BadRequest",
+                format!("identity-type must be managed or jwt; got '{other}'."),
+            );
+        }
+    };
+    let ignore_error = get("ignore-error").eq_ignore_ascii_case("true");
+    if provider_id.is_empty() || authorization_id.is_empty() {
+        return gw_err(
+            400,
+            "BadRequest",
+            "provider-id and authorization-id are required.",
+        );
+    }
+    let who = match caller(st, req.headers(), identity_type) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match context_for(st, instance, &provider_id, &authorization_id, &who).await {
+        Ok((token, claims)) => (
+            StatusCode::OK,
+            axum::Json(json!({"AccessToken": token, "Claims": claims})),
+        )
+            .into_response(),
+        Err((status, code, message)) => {
+            if status == 403 {
+                return gw_err(403, &code, message);
+            }
+            if ignore_error {
+                return (StatusCode::OK, axum::Json(Value::Null)).into_response();
+            }
+            // As the get-authorization-context policy does with ignore-error=false.
+            gw_err(status, &code, message)
+        }
+    }
+}
+
+type CtxErr = (u16, String, String);
+
+async fn context_for(
+    st: &AppState,
+    instance: &str,
+    provider_id: &str,
+    authorization_id: &str,
+    who: &CallerId,
+) -> Result<(String, Value), CtxErr> {
+    let cm = st.credentials.as_ref().expect("checked");
+    let pid = format!("{instance}/authorizationProviders/{provider_id}");
+    let cid = format!("{pid}/authorizations/{authorization_id}");
+    let (provider, conn, allowed) = cm
+        .lookup(
+            st,
+            &pid,
+            &cid,
+            who.oid.as_str(),
+            who.tid.as_str(),
+            who.appid.as_str(),
+        )
+        .await
+        .map_err(|e| (500, "InternalServerError".to_string(), e))?;
+    let (Some(provider), Some(conn)) = (provider, conn) else {
+        return Err((
+            500,
+            "ConnectionNotFound".into(),
+            format!("There is no connection '{authorization_id}' under provider '{provider_id}'."),
+        ));
+    };
+    if !allowed {
+        return Err((
+            403,
+            "AccessDenied".into(),
+            format!(
+                "The caller (object id {}) is not named by an access policy of connection '{authorization_id}'.",
+                who.oid
+            ),
+        ));
+    }
+    let props: Value = serde_json::from_str(&conn.properties).unwrap_or(json!({}));
+    let cref = conn_ref(&instance.to_lowercase(), &provider, &conn.id, &props).ok_or((
+        500,
+        "InternalServerError".to_string(),
+        "The provider's stored settings are unreadable.".to_string(),
+    ))?;
+    if let Some(t) = cm.runtime.cached(&cref) {
+        return Ok(t);
+    }
+    if props["status"] != "Connected"
+        && props["error"]["code"] == "Unauthenticated"
+        && cref.provider.grant == Grant::AuthorizationCode
+    {
+        return Err((
+            500,
+            "ConnectionNotConnected".into(),
+            format!(
+                "Connection '{authorization_id}' is not connected: {}",
+                props["error"]["message"]
+                    .as_str()
+                    .unwrap_or("consent is needed")
+            ),
+        ));
+    }
+    cm.runtime.token(&cref).await.map_err(|e| match e {
+        RuntimeError::RateLimited { .. } => (429, "TooManyRequests".into(), e.to_string()),
+        RuntimeError::NotConnected { code, message } => (500, code, message),
+        RuntimeError::ClientSecret { message } => (500, "ClientSecretInvalid".into(), message),
+        RuntimeError::Unavailable { message } => (502, "ProviderUnavailable".into(), message),
+        RuntimeError::Internal(m) => (500, "InternalServerError".into(), m),
+    })
+}
+
+const HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "content-length",
+];
+
+/// `{gatewayUrl}/{api path}/…` → the API's `serviceUrl/…` with the connection's token.
+async fn proxy(st: &AppState, instance: &str, rest: &str, req: Request) -> Response {
+    let apis = st
+        .store
+        .cred_children(&instance.to_lowercase(), "api")
+        .await
+        .unwrap_or_default();
+    let best = apis
+        .iter()
+        .filter_map(|a| {
+            let p: Value = serde_json::from_str(&a.properties).ok()?;
+            let path = p["path"].as_str()?.to_string();
+            let hit = rest == path || rest.starts_with(&format!("{path}/"));
+            hit.then_some((path, p))
+        })
+        .max_by_key(|(p, _)| p.len());
+    let Some((path, api)) = best else {
+        return gw_err(
+            404,
+            "NotFound",
+            format!("No API of this instance serves '/{rest}'."),
+        );
+    };
+    let pol = &api["authorizationPolicy"];
+    let identity_type = pol["identityType"].as_str().unwrap_or("managed");
+    let who = match caller(st, req.headers(), identity_type) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let (token, _) = match context_for(
+        st,
+        instance,
+        pol["providerId"].as_str().unwrap_or(""),
+        pol["authorizationId"].as_str().unwrap_or(""),
+        &who,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err((status, code, message)) => return gw_err(status, &code, message),
+    };
+    let tail = &rest[path.len()..];
+    let mut target = format!("{}{}", api["serviceUrl"].as_str().unwrap_or(""), tail);
+    if let Some(qs) = req.uri().query() {
+        target.push('?');
+        target.push_str(qs);
+    }
+    let method = req.method().clone();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in req.headers() {
+        if !HOP.contains(&k.as_str()) {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    let body = match axum::body::to_bytes(req.into_body(), 32 << 20).await {
+        Ok(b) => b,
+        Err(_) => {
+            return gw_err(
+                413,
+                "RequestEntityTooLarge",
+                "The request body is larger than 32 MiB.",
+            );
+        }
+    };
+    let cm = st.credentials.as_ref().expect("checked");
+    let resp = cm
+        .runtime
+        .http()
+        .request(method, &target)
+        .headers(headers)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await;
+    match resp {
+        Ok(r) => {
+            let mut out = Response::builder().status(r.status().as_u16());
+            for (k, v) in r.headers() {
+                if !HOP.contains(&k.as_str()) {
+                    out = out.header(k, v);
+                }
+            }
+            match r.bytes().await {
+                Ok(b) => out.body(Body::from(b)).unwrap_or_else(|_| {
+                    gw_err(
+                        502,
+                        "BadGateway",
+                        "The backend's answer could not be relayed.",
+                    )
+                }),
+                Err(e) => gw_err(
+                    502,
+                    "BadGateway",
+                    format!("The backend's answer was cut short: {e}"),
+                ),
+            }
+        }
+        Err(e) => gw_err(
+            502,
+            "BadGateway",
+            format!("The backend could not be reached: {e}"),
+        ),
+    }
+}
+
+pub fn gateway_url_of(st: &AppState, inst: &str) -> String {
+    gateway_url(st, inst)
+}
