@@ -659,3 +659,79 @@ async fn cloisters_own_identity_plane_as_a_provider() {
     assert_eq!(c["aud"], "https://dynamicsessions.io");
     assert_eq!(c["appid"], app.as_str());
 }
+
+/// Two nodes on one PostgreSQL store: an expired token is refreshed once in all.
+#[tokio::test]
+async fn refresh_is_single_flight_across_nodes() {
+    if std::env::var("CLOISTER_TEST_PG")
+        .map(|v| v.is_empty())
+        .unwrap_or(true)
+    {
+        eprintln!("skipped: two nodes need a shared PostgreSQL store (CLOISTER_TEST_PG)");
+        return;
+    }
+    let e = instance(Server::start().await, "apim5").await;
+    let idp = Idp::start(&[&redirect_uri(&e, "apim5")], &[("IDP_CC_TTL", "10")]);
+    let (st, v) = e
+        .put(
+            "authorizationProviders/svc",
+            json!({"properties": {"displayName": "Service", "identityProvider": "oauth2", "oauth2": {"grantTypes": {"clientCredentials": {
+                "clientId": "svc", "clientSecret": "svc-secret-svc-secret-svc-secret", "scopes": "api.read", "tokenUrl": idp.token_url()}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = e
+        .put(
+            "authorizationProviders/svc/authorizations/shared",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["properties"]["status"], "Connected", "{v}");
+    e.policy_for_admin("svc", "shared", "admin").await;
+    let b = e.s.second_node().await;
+    let gw_b = e
+        .gateway
+        .replace(&format!(":{}/", e.s.port), &format!(":{}/", b.port));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    idp.reset().await;
+    let mut tasks = vec![];
+    for i in 0..400 {
+        let http = if i % 2 == 0 {
+            e.s.http.clone()
+        } else {
+            b.http.clone()
+        };
+        let gw = if i % 2 == 0 {
+            e.gateway.clone()
+        } else {
+            gw_b.clone()
+        };
+        let tok = e.admin.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(format!(
+                    "{gw}/authorizationContext?provider-id=svc&authorization-id=shared"
+                ))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (st, v["AccessToken"].as_str().unwrap_or("").to_string())
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let (st, tok) = t.await.unwrap();
+        assert_eq!(st, 200);
+        tokens.insert(tok);
+    }
+    assert_eq!(
+        idp.stats().await["client_credentials"],
+        1,
+        "one refresh for both nodes"
+    );
+    assert_eq!(tokens.len(), 1);
+}

@@ -117,9 +117,11 @@ fn get_ci<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 }
 
 fn http_url(field: &str, u: &str) -> Result<(), String> {
-    let ok = (u.starts_with("https://") || u.starts_with("http://"))
-        && u.len() > 8
-        && !u.contains(char::is_whitespace);
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .unwrap_or("");
+    let ok = !rest.is_empty() && !rest.starts_with('/') && !u.contains(char::is_whitespace);
     if ok {
         Ok(())
     } else {

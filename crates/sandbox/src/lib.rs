@@ -97,6 +97,7 @@ use cgroup::{Cgroup, Limits};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,55 @@ pub fn prepare_work_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
+}
+
+/// The file in a work dir under [`WORK_ROOT`] that names the directory it serves.
+const OWNER_FILE: &str = "owner";
+
+/// Records (root-only, 0600) that `work_dir` serves `owner`, e.g. a server's data directory,
+/// so that [`sweep_work_dirs`] can tell when it is orphaned.
+pub fn mark_work_dir(work_dir: &Path, owner: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    prepare_work_dir(work_dir)?;
+    let tmp = work_dir.join(format!(".{OWNER_FILE}.{}", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let written = f
+        .write_all(owner.as_os_str().as_encoded_bytes())
+        .and_then(|()| std::fs::rename(&tmp, work_dir.join(OWNER_FILE)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Removes the work dirs directly under `root` whose recorded owner ([`mark_work_dir`]) no
+/// longer exists: what servers whose data directories were deleted (tests, retired servers)
+/// left behind. Directories without an owner record are left alone. Returns how many were
+/// removed.
+pub fn sweep_work_dirs(root: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let dir = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(owner) = std::fs::read(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let owner = Path::new(std::ffi::OsStr::from_bytes(&owner));
+        if owner.is_absolute() && !owner.exists() && std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1070,4 +1120,41 @@ impl Drop for Sandbox {
 fn assert_send() {
     fn is_send<T: Send>() {}
     is_send::<Sandbox>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn work_dirs_are_public_and_orphans_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let live = tempfile::tempdir().unwrap();
+        let gone = root.path().join("gone-owner");
+        let (a, b, c) = (
+            root.path().join("a"),
+            root.path().join("b/c"),
+            root.path().join("d"),
+        );
+        mark_work_dir(&a, &gone).unwrap();
+        mark_work_dir(&b, live.path()).unwrap();
+        prepare_work_dir(&c).unwrap();
+        for d in [&a, &b, &root.path().join("b"), &c] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{}", d.display());
+        }
+        let owner = std::fs::metadata(a.join(OWNER_FILE)).unwrap();
+        assert_eq!(owner.permissions().mode() & 0o777, 0o600);
+        let f = install(&c, "hosts", HOSTS).unwrap();
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert_eq!(sweep_work_dirs(root.path()), 1);
+        assert!(!a.exists());
+        // b has no owner record of its own (its child does), so "b" is left alone, as is d.
+        assert!(b.exists() && c.exists());
+        assert_eq!(sweep_work_dirs(root.path()), 0);
+    }
 }

@@ -49,7 +49,23 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
         return None;
     }
     let s = &cfg.sessions;
-    let mut sc = cloister_sandbox::SandboxConfig::new(sandbox_dir(&cfg.data_dir));
+    let work_dir = sandbox_dir(&cfg.data_dir);
+    if cloister_sandbox::drops_privileges() {
+        // Work dirs live outside data directories: remove those of data directories that are
+        // gone, and record ours.
+        let removed = cloister_sandbox::sweep_work_dirs(Path::new(cloister_sandbox::WORK_ROOT));
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed the sandbox work dirs of deleted data directories"
+            );
+        }
+        let owner = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+        if let Err(e) = cloister_sandbox::mark_work_dir(&work_dir, &owner) {
+            tracing::warn!("sandbox work dir {}: {e}", work_dir.display());
+        }
+    }
+    let mut sc = cloister_sandbox::SandboxConfig::new(work_dir);
     let python = if s.python.exists() {
         s.python.clone()
     } else {
@@ -67,6 +83,8 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
     } else {
         sc.python = python;
     }
+    // Starts queue behind a semaphore; on a loaded host an interpreter may still take a while.
+    sc.start_timeout = std::time::Duration::from_secs(60);
     sc.limits.memory_bytes = s.memory_mb << 20;
     sc.limits.pids = s.pids;
     sc.limits.cpu_percent = s.cpu_percent;

@@ -123,6 +123,9 @@ pub struct Pool {
     alloc_us: Mutex<VecDeque<u64>>,
     started_total: AtomicU64,
     pub refill_parallelism: u32,
+    /// Sandbox starts in flight across all pools: a burst of cold starts queues here instead
+    /// of starving every interpreter of CPU at once.
+    starts: Arc<tokio::sync::Semaphore>,
 }
 
 impl Pool {
@@ -245,6 +248,7 @@ impl Pool {
                     }
                     metrics::counter!("cloister_sessions_cold_started_total").increment(1);
                     let spec = self.session_spec.read().unwrap().clone();
+                    let _permit = self.starts.acquire().await;
                     let r = self.runtime.start(&spec).await;
                     if r.is_ok() {
                         self.started_total.fetch_add(1, Ordering::Relaxed);
@@ -387,7 +391,11 @@ impl Pool {
             for _ in 0..n {
                 let rt = self.runtime.clone();
                 let spec = spec.clone();
-                tasks.push(tokio::spawn(async move { rt.start(&spec).await }));
+                let starts = self.starts.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _permit = starts.acquire_owned().await;
+                    rt.start(&spec).await
+                }));
             }
             let mut failed = false;
             for t in tasks {
@@ -459,7 +467,11 @@ pub struct Manager {
     runtime: Arc<dyn Runtime>,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
     pub refill_parallelism: u32,
+    starts: Arc<tokio::sync::Semaphore>,
 }
+
+/// Sandbox starts allowed at once (per server).
+pub const CONCURRENT_STARTS: usize = 4;
 
 impl Manager {
     pub fn new(runtime: Arc<dyn Runtime>) -> Arc<Manager> {
@@ -468,6 +480,7 @@ impl Manager {
             runtime,
             pools: RwLock::new(HashMap::new()),
             refill_parallelism: 2,
+            starts: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS)),
         });
         let weak = Arc::downgrade(&m);
         tokio::spawn(async move {
@@ -523,6 +536,7 @@ impl Manager {
             alloc_us: Mutex::new(VecDeque::new()),
             started_total: AtomicU64::new(0),
             refill_parallelism: self.refill_parallelism,
+            starts: self.starts.clone(),
         });
         pools.insert(key, p.clone());
         tokio::spawn(p.clone().refill_loop());
