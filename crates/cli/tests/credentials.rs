@@ -735,3 +735,109 @@ async fn refresh_is_single_flight_across_nodes() {
     );
     assert_eq!(tokens.len(), 1);
 }
+
+#[tokio::test]
+async fn jwt_identity_type_and_the_cli() {
+    let e = instance(Server::start().await, "apim6").await;
+    let idp = Idp::start(&[&redirect_uri(&e, "apim6")], &[]);
+    // The CLI: provider, connection, access policy, key rotation.
+    let boot = e.s.data_dir().join("bootstrap.json");
+    let (c, _, err) = e.s.cli(&["login", "--bootstrap", boot.to_str().unwrap()]);
+    assert_eq!(c, 0, "{err}");
+    let provider = json!({"properties": {"displayName": "Service", "identityProvider": "oauth2", "oauth2": {"grantTypes": {"clientCredentials": {
+        "clientId": "svc", "clientSecret": "svc-secret-svc-secret-svc-secret", "scopes": "api.read", "tokenUrl": idp.token_url()}}}}})
+    .to_string();
+    let inst = ["--service-name", "apim6", "-g", "cm"];
+    let run = |args: &[&str]| {
+        let mut a: Vec<&str> = vec!["apim"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&inst);
+        e.s.cli(&a)
+    };
+    let (c, out, err) = run(&[
+        "authorization-provider",
+        "create",
+        "-n",
+        "svc",
+        "--body",
+        &provider,
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(!out.contains("svc-secret"), "{out}");
+    let (c, out, err) = run(&[
+        "authorization",
+        "create",
+        "--provider-id",
+        "svc",
+        "-n",
+        "conn",
+        "--body",
+        r#"{"properties":{"oauth2grantType":"ClientCredentials"}}"#,
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("\"Connected\""), "{out}");
+    let (c, out, _) = run(&[
+        "authorization-provider",
+        "list",
+        "--filter",
+        "name eq 'svc'",
+    ]);
+    assert_eq!(c, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // jwt identity: an app token for https://azure-api.net/authorization-manager.
+    let (app, sp, secret) = e.s.new_sp(&e.admin, "jwt-caller").await;
+    let jwt =
+        e.s.client_token(&app, &secret, "https://azure-api.net/authorization-manager")
+            .await;
+    let tid = claims(&jwt)["tid"].as_str().unwrap().to_string();
+    let body =
+        json!({"properties": {"tenantId": tid, "objectId": sp, "appIds": [app]}}).to_string();
+    let (c, _, err) = run(&[
+        "access-policy",
+        "create",
+        "--provider-id",
+        "svc",
+        "--authorization-id",
+        "conn",
+        "-n",
+        "jwt",
+        "--body",
+        &body,
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let (st, v) = e.context(&jwt, "svc", "conn", "&identity-type=jwt").await;
+    assert_eq!(st, 200, "{v}");
+    // A management token is not a jwt identity.
+    let mgmt = e.s.client_token(&app, &secret, &e.s.mgmt()).await;
+    let (st, _) = e.context(&mgmt, "svc", "conn", "&identity-type=jwt").await;
+    assert_eq!(st, 401);
+    // Key rotation from the CLI re-wraps everything; tokens still come out.
+    let (c, out, err) = e.s.cli(&["apim", "rotate-key"]);
+    assert_eq!(c, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["primaryVersion"], 2, "{r}");
+    assert_eq!(r["remaining"], 0);
+    assert!(r["rewrapped"].as_u64().unwrap() >= 2, "{r}");
+    let (st, _) = e.context(&jwt, "svc", "conn", "&identity-type=jwt").await;
+    assert_eq!(st, 200);
+    let (c, _, err) = run(&[
+        "access-policy",
+        "delete",
+        "--provider-id",
+        "svc",
+        "--authorization-id",
+        "conn",
+        "-n",
+        "jwt",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let (st, _) = e.context(&jwt, "svc", "conn", "&identity-type=jwt").await;
+    assert_eq!(st, 403);
+}
