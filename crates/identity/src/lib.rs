@@ -82,6 +82,9 @@ pub struct Identity {
     pub(crate) mi_cache: moka::sync::Cache<(String, String), Arc<mi::CachedToken>>,
     pub(crate) bindings: moka::sync::Cache<String, Arc<(i64, Arc<mi::IdentitySet>)>>,
     pub(crate) jti_seen: moka::sync::Cache<String, ()>,
+    /// Tokens that passed validation, by (audiences, token): their claims. A hit re-checks
+    /// lifetime and that the signing key is still published.
+    pub(crate) validated: moka::sync::Cache<(String, String), Arc<tokens::Claims>>,
     /// Tenant ids known to exist (tenants are never deleted).
     pub(crate) tenants: moka::sync::Cache<String, ()>,
     failures: DefaultKeyedRateLimiter<String>,
@@ -120,6 +123,10 @@ impl Identity {
                 .time_to_live(Duration::from_secs(5))
                 .build(),
             tenants: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            validated: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
             jti_seen: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(3600))

@@ -199,6 +199,30 @@ impl Identity {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
         let key = self.keys.find(kid).ok_or(TokenError::UnknownKey)?;
+        // A token validated before (same audiences) needs no second signature check: its
+        // bytes are the cache key, its key is still published (above), and its lifetime is
+        // checked again here.
+        let cache_key = (audiences.join(" "), token.to_string());
+        if let Some(c) = self.validated.get(&cache_key) {
+            if c.exp + self.cfg.clock_skew_secs as i64 > now_secs() {
+                return Ok((*c).clone());
+            }
+            self.validated.invalidate(&cache_key);
+            return Err(TokenError::Expired);
+        }
+        let claims = self.validate_uncached(token, audiences, &header, &key)?;
+        self.validated
+            .insert(cache_key, std::sync::Arc::new(claims.clone()));
+        Ok(claims)
+    }
+
+    fn validate_uncached(
+        &self,
+        token: &str,
+        audiences: &[String],
+        header: &jsonwebtoken::Header,
+        key: &cloister_crypto::SigningKey,
+    ) -> Result<Claims, TokenError> {
         if header.alg != key.jwt_algorithm() {
             return Err(TokenError::BadAlgorithm);
         }

@@ -18,6 +18,7 @@ pub struct Credentials {
     pub runtime: Arc<Runtime>,
     pub vault: Arc<Vault>,
     cache: moka::sync::Cache<String, Entry>,
+    instances: moka::sync::Cache<String, bool>,
 }
 
 impl Credentials {
@@ -78,11 +79,27 @@ impl Credentials {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(1))
                 .build(),
+            instances: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
         })
     }
 
     pub fn invalidate(&self) {
         self.cache.invalidate_all();
+        self.instances.invalidate_all();
+    }
+
+    /// Whether a service instance exists (cached like the rest, for the gateway's hot path).
+    pub async fn instance_exists(&self, st: &AppState, id: &str) -> bool {
+        let key = id.to_lowercase();
+        if let Some(b) = self.instances.get(&key) {
+            return b;
+        }
+        let b = matches!(st.store.resource_get(id).await, Ok(Some(_)));
+        self.instances.insert(key, b);
+        b
     }
 
     /// The provider and connection (None if missing) and whether the caller is allowed.

@@ -584,22 +584,19 @@ async fn gateway(
     let instance = format!(
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ApiManagement/service/{svc}"
     );
-    if st.credentials.is_none() {
+    let Some(cm) = &st.credentials else {
         return gw_err(
             503,
             "ServiceUnavailable",
             "The credential manager is not running.",
         );
-    }
-    match st.store.resource_get(&instance).await {
-        Ok(Some(_)) => {}
-        _ => {
-            return gw_err(
-                404,
-                "NotFound",
-                format!("The service instance '{svc}' was not found."),
-            );
-        }
+    };
+    if !cm.instance_exists(&st, &instance).await {
+        return gw_err(
+            404,
+            "NotFound",
+            format!("The service instance '{svc}' was not found."),
+        );
     }
     if rest.eq_ignore_ascii_case("authorizationContext") && req.method() == Method::POST {
         return authorization_context(&st, &instance, req).await;
