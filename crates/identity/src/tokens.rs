@@ -204,7 +204,7 @@ impl Identity {
         // checked again here.
         let cache_key = (audiences.join(" "), token.to_string());
         if let Some(c) = self.validated.get(&cache_key) {
-            if c.exp + self.cfg.clock_skew_secs as i64 > now_secs() {
+            if c.exp + self.cfg.clock_skew_secs > now_secs() {
                 return Ok((*c).clone());
             }
             self.validated.invalidate(&cache_key);
