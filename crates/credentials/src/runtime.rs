@@ -540,11 +540,35 @@ impl Runtime {
             .map_err(|e| RuntimeError::Internal(format!("token store: {e}")))
     }
 
-    /// For client credentials: gets the first token now (so a bad secret shows at once).
+    /// For client credentials: requests a token now, even if a stored one is still valid, so
+    /// that a new or changed secret, scope or URL shows at once in the connection's status.
     pub async fn connect(&self, c: &ConnRef) -> Result<(), RuntimeError> {
         self.forget(&c.connection_lc);
         let lock = self.lock_for(&c.connection_lc);
         let _g = lock.lock().await;
-        self.refresh(c).await.map(|_| ())
+        let deadline = now() + LEASE_SECS + 5;
+        loop {
+            let t = now();
+            let got = self
+                .store
+                .token_lease(&c.connection_lc, &self.node, t + LEASE_SECS, t)
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+            if got {
+                break;
+            }
+            if t > deadline {
+                return Err(RuntimeError::Unavailable {
+                    message: "another node is refreshing this connection and has not finished"
+                        .into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let r = self.refresh_locked(c).await;
+        if r.is_err() {
+            let _ = self.store.token_release(&c.connection_lc, &self.node).await;
+        }
+        r.map(|_| ())
     }
 }
