@@ -841,3 +841,186 @@ async fn jwt_identity_type_and_the_cli() {
     let (st, _) = e.context(&jwt, "svc", "conn", "&identity-type=jwt").await;
     assert_eq!(st, 403);
 }
+
+/// A scripted token endpoint (and a trivial authorize endpoint) for behaviour real providers
+/// do not show on demand: a refresh answer without `refresh_token`, one without `expires_in`.
+struct Scripted {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn scripted_provider(answers: Vec<Value>) -> Scripted {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(answers.into_iter()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = l.accept().await else {
+                break;
+            };
+            let seen = seen2.clone();
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let line = text.lines().next().unwrap_or("").to_string();
+                let resp = if line.starts_with("GET /authorize") {
+                    let q = line
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or("")
+                        .split_once('?')
+                        .map(|x| x.1)
+                        .unwrap_or("");
+                    let p: std::collections::HashMap<String, String> =
+                        url::form_urlencoded::parse(q.as_bytes())
+                            .into_owned()
+                            .collect();
+                    let loc = format!(
+                        "{}?code=code-1&state={}",
+                        p["redirect_uri"],
+                        url::form_urlencoded::byte_serialize(p["state"].as_bytes())
+                            .collect::<String>()
+                    );
+                    format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {loc}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                } else {
+                    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+                    seen.lock().unwrap().push(body);
+                    let a = answers
+                        .lock()
+                        .unwrap()
+                        .next()
+                        .unwrap_or(json!({"error": "invalid_grant"}));
+                    let status = if a.get("error").is_some() {
+                        "400 Bad Request"
+                    } else {
+                        "200 OK"
+                    };
+                    let b = a.to_string();
+                    format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                        b.len()
+                    )
+                };
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Scripted { url, seen }
+}
+
+#[tokio::test]
+async fn refresh_answers_without_refresh_token_or_expires_in() {
+    let e = instance(Server::start().await, "apim7").await;
+    let p = scripted_provider(vec![
+        json!({"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 1, "token_type": "Bearer"}),
+        // No refresh_token: the stored one (rt-1) must be kept.
+        json!({"access_token": "at-2", "expires_in": 1, "token_type": "Bearer"}),
+        // No expires_in: the documented default (an hour) applies, so no further refresh.
+        json!({"access_token": "at-3", "token_type": "Bearer"}),
+    ])
+    .await;
+    let (st, v) = e
+        .put(
+            "authorizationProviders/scripted",
+            json!({"properties": {"displayName": "Scripted", "identityProvider": "oauth2", "oauth2": {"grantTypes": {"authorizationCode": {
+                "clientId": "c", "clientSecret": "s", "authorizationUrl": format!("{}/authorize", p.url), "tokenUrl": format!("{}/token", p.url)}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _) = e
+        .put(
+            "authorizationProviders/scripted/authorizations/u",
+            json!({"properties": {"oauth2grantType": "AuthorizationCode"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    e.policy_for_admin("scripted", "u", "admin").await;
+    let (_, v) = e
+        .post(
+            "authorizationProviders/scripted/authorizations/u/getLoginLinks",
+            json!({"postLoginRedirectUrl": "http://127.0.0.1:9/done"}),
+        )
+        .await;
+    let link = v["loginLink"].as_str().unwrap().to_string();
+    let state = link.split("state=").nth(1).unwrap().to_string();
+    // Through the anti-phishing page's form, to the provider, back to Cloister.
+    let r =
+        e.s.http
+            .post(e.s.url("/credential-manager/login"))
+            .form(&[("state", state.as_str())])
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 302);
+    let authorize = r.headers()["location"].to_str().unwrap().to_string();
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap();
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let r = e.s.http.get(&callback).send().await.unwrap();
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("status=success")
+    );
+    let (st, v) = e.context(&e.admin, "scripted", "u", "").await;
+    assert_eq!((st, v["AccessToken"].as_str()), (200, Some("at-1")));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, v) = e.context(&e.admin, "scripted", "u", "").await;
+    assert_eq!(v["AccessToken"], "at-2");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (_, v) = e.context(&e.admin, "scripted", "u", "").await;
+    assert_eq!(v["AccessToken"], "at-3");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (st, v) = e.context(&e.admin, "scripted", "u", "").await;
+    assert_eq!(
+        (st, v["AccessToken"].as_str()),
+        (200, Some("at-3")),
+        "at-3 lives an hour"
+    );
+    let seen = p.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0].contains("grant_type=authorization_code") && seen[0].contains("code_verifier=")
+    );
+    assert!(seen[1].contains("refresh_token=rt-1"), "{}", seen[1]);
+    assert!(
+        seen[2].contains("refresh_token=rt-1"),
+        "the old refresh token was kept: {}",
+        seen[2]
+    );
+}
