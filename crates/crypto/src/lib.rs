@@ -262,6 +262,11 @@ pub fn x5t_sha1(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref())
 }
 
+/// The PKCE S256 code challenge of a verifier (RFC 7636 §4.2): base64url(SHA-256(verifier)).
+pub fn pkce_s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()).as_ref())
+}
+
 /// base64url(SHA-256(der)): the `x5t#S256` thumbprint.
 pub fn x5t_s256(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der).as_ref())

@@ -7,7 +7,7 @@ use crate::directory::ClientAuth;
 use crate::resources::{ScopeRequest, parse_scope};
 use crate::tokens::Subject;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use cloister_core::clock::now_secs;
 use cloister_core::error::AadError;
 use cloister_store::{Redeem, RefreshTokenRow, StoreError};
@@ -304,7 +304,6 @@ impl Identity {
             let verifier = req.form.get("code_verifier").ok_or_else(|| {
                 AadError::invalid_grant(501491, "The code_verifier parameter is missing but the authorization request had a code_challenge.")
             })?;
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
             let (method, challenge) = row
                 .code_challenge
                 .split_once(':')
@@ -312,7 +311,7 @@ impl Identity {
             let computed = if method == "plain" {
                 verifier.clone()
             } else {
-                URL_SAFE_NO_PAD.encode(digest.as_ref())
+                cloister_crypto::pkce_s256(verifier)
             };
             if computed != challenge {
                 return Err(AadError::invalid_grant(

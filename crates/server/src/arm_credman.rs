@@ -343,201 +343,115 @@ pub async fn handle(
     let full_path = format!("{instance_id}/{}", segs.join("/"));
     let sc = scope(&full_path).or_else(|_| scope(&instance_id))?;
     let act = |a: &str| st.rbac.authorize(&caller.object_id, a, &sc);
-    let ty = |k: &str| format!("{}/{}", item_type(k), "");
-    let _ = ty;
-    match (l.as_slice(), method) {
-        (["authorizationproviders"], &Method::GET) => {
-            act("Microsoft.ApiManagement/service/authorizationProviders/read")?;
-            let items = st
-                .store
-                .cred_children(&inst_lc, "provider")
-                .await
-                .map_err(store_err)?;
-            list(st, items, &pairs, &full_path)
-        }
-        (["authorizationproviders", _], _) => {
-            let id = format!("{instance_id}/{PROVIDERS}/{}", segs[1]);
-            match *method {
-                Method::GET => {
-                    act("Microsoft.ApiManagement/service/authorizationProviders/read")?;
-                    get_item(st, &id, "provider").await
-                }
-                Method::PUT => {
-                    act("Microsoft.ApiManagement/service/authorizationProviders/write")?;
-                    valid_name(segs[1])?;
-                    put_provider(st, cm, headers, &inst, &id, segs[1], body).await
-                }
-                Method::DELETE => {
-                    act("Microsoft.ApiManagement/service/authorizationProviders/delete")?;
-                    delete_item(st, cm, headers, &id, "provider").await
-                }
-                _ => Err(crate::arm::method_not_allowed(method)),
-            }
-        }
-        (["authorizationproviders", _, "authorizations"], &Method::GET) => {
-            act("Microsoft.ApiManagement/service/authorizationProviders/authorizations/read")?;
-            let parent = format!("{instance_id}/{PROVIDERS}/{}", segs[1]);
-            require(st, &parent, "provider").await?;
-            let items = st
-                .store
-                .cred_children(&parent, "connection")
-                .await
-                .map_err(store_err)?;
-            list(st, items, &pairs, &full_path)
-        }
-        (["authorizationproviders", _, "authorizations", _], _) => {
-            let parent = format!("{instance_id}/{PROVIDERS}/{}", segs[1]);
-            let id = format!("{parent}/{CONNECTIONS}/{}", segs[3]);
-            match *method {
-                Method::GET => {
-                    act(
-                        "Microsoft.ApiManagement/service/authorizationProviders/authorizations/read",
-                    )?;
-                    get_item(st, &id, "connection").await
-                }
-                Method::PUT => {
-                    act(
-                        "Microsoft.ApiManagement/service/authorizationProviders/authorizations/write",
-                    )?;
-                    valid_name(segs[3])?;
-                    put_connection(st, cm, headers, &inst_lc, &parent, &id, segs[3], body).await
-                }
-                Method::DELETE => {
-                    act(
-                        "Microsoft.ApiManagement/service/authorizationProviders/authorizations/delete",
-                    )?;
-                    delete_item(st, cm, headers, &id, "connection").await
-                }
-                _ => Err(crate::arm::method_not_allowed(method)),
-            }
-        }
-        (
-            [
-                "authorizationproviders",
-                _,
-                "authorizations",
-                _,
-                "getloginlinks",
-            ],
-            &Method::POST,
-        ) => {
-            act(
-                "Microsoft.ApiManagement/service/authorizationProviders/authorizations/getLoginLinks/action",
-            )?;
-            let parent = format!("{instance_id}/{PROVIDERS}/{}", segs[1]);
-            let id = format!("{parent}/{CONNECTIONS}/{}", segs[3]);
-            crate::gateway::login_link(st, &inst, &parent, &id, body).await
-        }
-        (
-            [
-                "authorizationproviders",
-                _,
-                "authorizations",
-                _,
-                "confirmconsentcode",
-            ],
-            &Method::POST,
-        ) => {
-            act(
-                "Microsoft.ApiManagement/service/authorizationProviders/authorizations/confirmConsentCode/action",
-            )?;
-            let parent = format!("{instance_id}/{PROVIDERS}/{}", segs[1]);
-            let id = format!("{parent}/{CONNECTIONS}/{}", segs[3]);
-            crate::gateway::confirm_consent_code(st, &id, body).await
-        }
-        (
-            [
-                "authorizationproviders",
-                _,
-                "authorizations",
-                _,
-                "accesspolicies",
-            ],
-            &Method::GET,
-        ) => {
-            act(
-                "Microsoft.ApiManagement/service/authorizationProviders/authorizations/accessPolicies/read",
-            )?;
-            let parent = format!(
-                "{instance_id}/{PROVIDERS}/{}/{CONNECTIONS}/{}",
-                segs[1], segs[3]
-            );
-            require(st, &parent, "connection").await?;
-            let items = st
-                .store
-                .cred_children(&parent, "policy")
-                .await
-                .map_err(store_err)?;
-            list(st, items, &pairs, &full_path)
-        }
-        (
-            [
-                "authorizationproviders",
-                _,
-                "authorizations",
-                _,
-                "accesspolicies",
-                _,
-            ],
+    const CONN_ACTIONS: &str =
+        "Microsoft.ApiManagement/service/authorizationProviders/authorizations";
+    let provider_id = |i: usize| format!("{instance_id}/{PROVIDERS}/{}", segs[i]);
+    let connection_id = |i: usize| format!("{}/{CONNECTIONS}/{}", provider_id(i), segs[i + 2]);
+    // Connection actions first; then every kind is a collection with items, by path shape:
+    // (kind, its parent's id, the parent's kind if it must exist, the item name, its actions).
+    let (kind, parent, parent_kind, name, actions) = match l.as_slice() {
+        [
+            "authorizationproviders",
             _,
-        ) => {
-            let parent = format!(
-                "{instance_id}/{PROVIDERS}/{}/{CONNECTIONS}/{}",
-                segs[1], segs[3]
-            );
-            let id = format!("{parent}/{POLICIES}/{}", segs[5]);
-            match *method {
-                Method::GET => {
-                    act(
-                        "Microsoft.ApiManagement/service/authorizationProviders/authorizations/accessPolicies/read",
-                    )?;
-                    get_item(st, &id, "policy").await
+            "authorizations",
+            _,
+            "getloginlinks",
+        ] if method == Method::POST => {
+            act(&format!("{CONN_ACTIONS}/getLoginLinks/action"))?;
+            return crate::gateway::login_link(st, &inst, &provider_id(1), &connection_id(1), body)
+                .await;
+        }
+        [
+            "authorizationproviders",
+            _,
+            "authorizations",
+            _,
+            "confirmconsentcode",
+        ] if method == Method::POST => {
+            act(&format!("{CONN_ACTIONS}/confirmConsentCode/action"))?;
+            return crate::gateway::confirm_consent_code(st, &connection_id(1), body).await;
+        }
+        ["authorizationproviders", rest @ ..] if rest.len() <= 1 => (
+            "provider",
+            instance_id.clone(),
+            None,
+            rest.first().map(|_| segs[1]),
+            "Microsoft.ApiManagement/service/authorizationProviders".to_string(),
+        ),
+        ["authorizationproviders", _, "authorizations", rest @ ..] if rest.len() <= 1 => (
+            "connection",
+            provider_id(1),
+            Some("provider"),
+            rest.first().map(|_| segs[3]),
+            CONN_ACTIONS.to_string(),
+        ),
+        [
+            "authorizationproviders",
+            _,
+            "authorizations",
+            _,
+            "accesspolicies",
+            rest @ ..,
+        ] if rest.len() <= 1 => (
+            "policy",
+            connection_id(1),
+            Some("connection"),
+            rest.first().map(|_| segs[5]),
+            format!("{CONN_ACTIONS}/accessPolicies"),
+        ),
+        ["apis", rest @ ..] if rest.len() <= 1 => (
+            "api",
+            instance_id.clone(),
+            None,
+            rest.first().map(|_| segs[1]),
+            "Microsoft.ApiManagement/service/apis".to_string(),
+        ),
+        _ => return Err(not_found_path(&full_path)),
+    };
+    let Some(name) = name else {
+        if method != Method::GET {
+            return Err(crate::arm::method_not_allowed(method));
+        }
+        act(&format!("{actions}/read"))?;
+        if let Some(pk) = parent_kind {
+            require(st, &parent, pk).await?;
+        }
+        let items = st
+            .store
+            .cred_children(&parent, kind)
+            .await
+            .map_err(store_err)?;
+        return list(st, items, &pairs, &full_path);
+    };
+    // The id with the canonical casing of its collection segments.
+    let id = match kind {
+        "provider" => provider_id(1),
+        "connection" => connection_id(1),
+        "policy" => format!("{}/{POLICIES}/{name}", connection_id(1)),
+        _ => format!("{instance_id}/apis/{name}"),
+    };
+    match *method {
+        Method::GET => {
+            act(&format!("{actions}/read"))?;
+            get_item(st, &id, kind).await
+        }
+        Method::PUT => {
+            act(&format!("{actions}/write"))?;
+            valid_name(name)?;
+            match kind {
+                "provider" => put_provider(st, cm, headers, &inst, &id, name, body).await,
+                "connection" => {
+                    put_connection(st, cm, headers, &inst_lc, &parent, &id, name, body).await
                 }
-                Method::PUT => {
-                    act(
-                        "Microsoft.ApiManagement/service/authorizationProviders/authorizations/accessPolicies/write",
-                    )?;
-                    valid_name(segs[5])?;
-                    put_policy(st, cm, headers, &inst_lc, &parent, &id, segs[5], body).await
-                }
-                Method::DELETE => {
-                    act(
-                        "Microsoft.ApiManagement/service/authorizationProviders/authorizations/accessPolicies/delete",
-                    )?;
-                    delete_item(st, cm, headers, &id, "policy").await
-                }
-                _ => Err(crate::arm::method_not_allowed(method)),
+                "policy" => put_policy(st, cm, headers, &inst_lc, &parent, &id, name, body).await,
+                _ => put_api(st, cm, headers, &inst_lc, &id, name, body).await,
             }
         }
-        (["apis"], &Method::GET) => {
-            act("Microsoft.ApiManagement/service/apis/read")?;
-            let items = st
-                .store
-                .cred_children(&inst_lc, "api")
-                .await
-                .map_err(store_err)?;
-            list(st, items, &pairs, &full_path)
+        Method::DELETE => {
+            act(&format!("{actions}/delete"))?;
+            delete_item(st, cm, headers, &id, kind).await
         }
-        (["apis", _], _) => {
-            let id = format!("{instance_id}/apis/{}", segs[1]);
-            match *method {
-                Method::GET => {
-                    act("Microsoft.ApiManagement/service/apis/read")?;
-                    get_item(st, &id, "api").await
-                }
-                Method::PUT => {
-                    act("Microsoft.ApiManagement/service/apis/write")?;
-                    valid_name(segs[1])?;
-                    put_api(st, cm, headers, &inst_lc, &id, segs[1], body).await
-                }
-                Method::DELETE => {
-                    act("Microsoft.ApiManagement/service/apis/delete")?;
-                    delete_item(st, cm, headers, &id, "api").await
-                }
-                _ => Err(crate::arm::method_not_allowed(method)),
-            }
-        }
-        _ => Err(not_found_path(&full_path)),
+        _ => Err(crate::arm::method_not_allowed(method)),
     }
 }
 

@@ -36,35 +36,8 @@ impl Credentials {
         let on_status = Box::new(move |c: StatusChange| {
             let store = st2.clone();
             tokio::spawn(async move {
-                if let Ok(Some(it)) = store.cred_get(&c.connection_lc).await {
-                    let mut props: Value =
-                        serde_json::from_str(&it.properties).unwrap_or(json!({}));
-                    if props["status"] == c.status
-                        && c.error.is_none()
-                        && props.get("error").is_none()
-                    {
-                        return;
-                    }
-                    props["status"] = json!(c.status);
-                    match &c.error {
-                        Some((code, message)) => {
-                            props["error"] = json!({"code": code, "message": message})
-                        }
-                        None => {
-                            if let Some(m) = props.as_object_mut() {
-                                m.remove("error");
-                            }
-                        }
-                    }
-                    let _ = store
-                        .cred_set_properties(
-                            &it.id,
-                            &props.to_string(),
-                            &uuid::Uuid::new_v4().simple().to_string(),
-                            cloister_core::clock::now_secs(),
-                        )
-                        .await;
-                }
+                let err = c.error.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+                set_connection_status(&store, &c.connection_lc, c.status, err).await;
             });
         });
         Ok(Credentials {
@@ -151,6 +124,41 @@ impl Credentials {
         let allowed = e.2.iter().any(|p| p.allows(tid, oid, appid));
         Ok((e.0.clone(), e.1.clone(), allowed))
     }
+}
+
+/// Records a connection's status (and error, or none) on its resource; nothing is written
+/// when it is already so.
+pub async fn set_connection_status(
+    store: &cloister_store::Store,
+    connection: &str,
+    status: &str,
+    error: Option<(&str, &str)>,
+) {
+    let Ok(Some(it)) = store.cred_get(connection).await else {
+        return;
+    };
+    let mut props: Value = serde_json::from_str(&it.properties).unwrap_or(json!({}));
+    let wanted_error = error.map(|(code, message)| json!({"code": code, "message": message}));
+    if props["status"] == status && props.get("error") == wanted_error.as_ref() {
+        return;
+    }
+    props["status"] = json!(status);
+    match wanted_error {
+        Some(e) => props["error"] = e,
+        None => {
+            if let Some(m) = props.as_object_mut() {
+                m.remove("error");
+            }
+        }
+    }
+    let _ = store
+        .cred_set_properties(
+            &it.id,
+            &props.to_string(),
+            &uuid::Uuid::new_v4().simple().to_string(),
+            cloister_core::clock::now_secs(),
+        )
+        .await;
 }
 
 /// Adds a key version and re-wraps every stored data key under it (payloads untouched).

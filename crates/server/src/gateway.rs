@@ -3,7 +3,7 @@
 //! that attaches a connection's access token.
 
 use crate::arm::store_err;
-use crate::arm_credman::{conn_ref, gateway_url, redirect_url};
+use crate::arm_credman::{conn_ref, redirect_url};
 use crate::state::AppState;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -48,15 +48,6 @@ pub fn router(st: Arc<AppState>) -> Router {
 
 fn random_token() -> String {
     cloister_crypto::random_token(32)
-}
-
-fn sha256_b64url(s: &str) -> String {
-    let hex = cloister_crypto::sha256_hex(s.as_bytes());
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0))
-        .collect();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn seal(st: &AppState, v: &Value) -> String {
@@ -270,7 +261,7 @@ async fn authorize_redirect(st: &AppState, state: &str, v: &Value) -> Response {
     else {
         return page("Error", "<h1>The provider's settings are unreadable.</h1>");
     };
-    let challenge = sha256_b64url(v["verifier"].as_str().unwrap_or(""));
+    let challenge = cloister_crypto::pkce_s256(v["verifier"].as_str().unwrap_or(""));
     let redirect_uri = redirect_url(st, v["instance"].as_str().unwrap_or(""));
     let mut url = url::Url::parse(&p.authorization_url).expect("validated on write");
     {
@@ -381,27 +372,7 @@ fn back(redirect: &str, params: &[(&str, &str)]) -> Response {
 }
 
 async fn set_status(st: &AppState, conn_id: &str, status: &str, err: Option<(&str, &str)>) {
-    if let Ok(Some(c)) = st.store.cred_get(conn_id).await {
-        let mut props: Value = serde_json::from_str(&c.properties).unwrap_or(json!({}));
-        props["status"] = json!(status);
-        match err {
-            Some((code, message)) => props["error"] = json!({"code": code, "message": message}),
-            None => {
-                if let Some(m) = props.as_object_mut() {
-                    m.remove("error");
-                }
-            }
-        }
-        let _ = st
-            .store
-            .cred_set_properties(
-                &c.id,
-                &props.to_string(),
-                &uuid::Uuid::new_v4().simple().to_string(),
-                now_secs(),
-            )
-            .await;
-    }
+    crate::credentials::set_connection_status(&st.store, conn_id, status, err).await;
     if let Some(cm) = &st.credentials {
         cm.invalidate();
     }
@@ -850,8 +821,4 @@ async fn proxy(st: &AppState, instance: &str, rest: &str, req: Request) -> Respo
             format!("The backend could not be reached: {e}"),
         ),
     }
-}
-
-pub fn gateway_url_of(st: &AppState, inst: &str) -> String {
-    gateway_url(st, inst)
 }

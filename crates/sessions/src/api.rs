@@ -10,7 +10,7 @@
 use crate::Manager;
 use crate::error::DpError;
 use crate::ident::{Query, validate};
-use crate::pool::{Execution, Pool, PoolError, Session, now_ms};
+use crate::pool::{Execution, Pool, PoolError, Session};
 use crate::runtime::{ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance};
 use axum::Router;
 use axum::body::Body;
@@ -968,11 +968,6 @@ async fn metadata(dp: &DataPlane, ctx: &Ctx) -> Res {
             },
         }),
     ))
-}
-
-#[allow(dead_code)]
-fn _now() -> i64 {
-    now_ms()
 }
 
 #[cfg(test)]

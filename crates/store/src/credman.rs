@@ -65,6 +65,16 @@ async fn write_lock(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
     Ok(())
 }
 
+fn login(r: &AnyRow) -> Result<LoginRow> {
+    Ok(LoginRow {
+        state_hash: s(r, "state_hash")?,
+        connection_lc: s(r, "connection_lc")?,
+        sealed: s(r, "sealed")?,
+        expires_at: i(r, "expires_at")?,
+        created_at: i(r, "created_at")?,
+    })
+}
+
 fn below(prefix: &str) -> String {
     let esc = prefix
         .replace('\\', "\\\\")
@@ -362,13 +372,7 @@ impl Store {
         if n != 1 {
             return Ok(None);
         }
-        Ok(Some(LoginRow {
-            state_hash: s(&r, "state_hash")?,
-            connection_lc: s(&r, "connection_lc")?,
-            sealed: s(&r, "sealed")?,
-            expires_at: i(&r, "expires_at")?,
-            created_at: i(&r, "created_at")?,
-        }))
+        login(&r).map(Some)
     }
 
     /// Reads a login without consuming it (the anti-phishing page).
@@ -377,16 +381,7 @@ impl Store {
             .bind(state_hash)
             .fetch_optional(&self.pool)
             .await?;
-        r.map(|r| {
-            Ok(LoginRow {
-                state_hash: s(&r, "state_hash")?,
-                connection_lc: s(&r, "connection_lc")?,
-                sealed: s(&r, "sealed")?,
-                expires_at: i(&r, "expires_at")?,
-                created_at: i(&r, "created_at")?,
-            })
-        })
-        .transpose()
+        r.as_ref().map(login).transpose()
     }
 
     pub async fn login_update(&self, state_hash: &str, sealed: &str) -> Result<bool> {
@@ -406,17 +401,7 @@ impl Store {
                 .bind(now)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LoginRow {
-                    state_hash: s(r, "state_hash")?,
-                    connection_lc: s(r, "connection_lc")?,
-                    sealed: s(r, "sealed")?,
-                    expires_at: i(r, "expires_at")?,
-                    created_at: i(r, "created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(login).collect()
     }
 
     pub async fn login_purge(&self, now: i64) -> Result<u64> {
