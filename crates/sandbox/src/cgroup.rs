@@ -184,6 +184,14 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves process `pid` (a host pid) into the group, in every hierarchy.
+    pub fn add(&self, pid: i32) -> std::io::Result<()> {
+        for d in &self.dirs {
+            std::fs::write(d.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// The pids currently in the group.
     pub fn pids(&self) -> Vec<i32> {
         let Some(d) = self.dirs.get(1).or(self.dirs.first()) else {

@@ -83,6 +83,11 @@
 //! root, signals, inspects and kills the sandbox's processes and runs slirp4netns. A
 //! supervisor that is not root runs bwrap as its own uid ([`drops_privileges`]).
 //!
+//! # Forked sandboxes
+//! [`Sandbox::start`] forks sandboxes from a per-template zygote by default ([`zygote`]; the
+//! jail each forked child builds for itself is described there); [`SandboxConfig::fork`] off
+//! starts one bwrap per sandbox as described above.
+//!
 //! # Known limits
 //! * Processes of all sandboxes share host uid 65534, so its `RLIMIT_NPROC` (inherited from
 //!   the supervisor) counts all of them together, on top of each sandbox's pids cgroup.
@@ -92,6 +97,7 @@
 pub mod cgroup;
 pub mod net;
 pub mod seccomp;
+pub mod zygote;
 
 use cgroup::{Cgroup, Limits};
 use serde::{Deserialize, Serialize};
@@ -278,6 +284,15 @@ pub struct SandboxConfig {
     pub interrupt_grace: Duration,
     /// Limit for each file request (one chunk).
     pub file_timeout: Duration,
+    /// Fork sandboxes from a per-template zygote that has already imported
+    /// [`SandboxConfig::zygote_preload`] (see [`zygote`]), so that those pages are shared
+    /// between sandboxes, rather than starting one bwrap (and interpreter) per sandbox.
+    /// Default: on, unless the environment has `CLOISTER_SANDBOX_ZYGOTE=0`.
+    pub fork: bool,
+    /// Modules the zygote imports before it forks (in addition to [`SandboxConfig::preload`]
+    /// and IPython's shell): every forked sandbox starts with them imported, at no memory cost
+    /// of its own.
+    pub zygote_preload: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -304,15 +319,19 @@ impl SandboxConfig {
             interrupt_grace: Duration::from_secs(2),
             cgroup_parent: cgroup::DEFAULT_PARENT.to_string(),
             file_timeout: Duration::from_secs(60),
+            fork: std::env::var("CLOISTER_SANDBOX_ZYGOTE").map_or(true, |v| v != "0"),
+            zygote_preload: vec![],
         }
     }
 
-    /// Runs the runtime venv at `dir` (see `scripts/sandbox-runtime.sh`) and preloads numpy.
+    /// Runs the runtime venv at `dir` (see `scripts/sandbox-runtime.sh`) and preloads numpy (and
+    /// pandas too in the zygote).
     pub fn with_runtime(mut self, dir: impl Into<PathBuf>) -> SandboxConfig {
         let dir = dir.into();
         self.python = dir.join("bin").join("python");
         self.runtime_dir = Some(dir);
         self.preload = vec!["numpy".into()];
+        self.zygote_preload = vec!["numpy".into(), "pandas".into()];
         self
     }
 }
@@ -425,7 +444,11 @@ impl Tail {
 
 pub struct Sandbox {
     id: String,
-    child: Child,
+    /// bwrap, for a sandbox that has its own (none when forked from a zygote).
+    child: Option<Child>,
+    /// The zygote it was forked from, kept alive while the sandbox lives.
+    #[allow(dead_code)]
+    zygote: Option<Arc<zygote::Zygote>>,
     writer: OwnedWriteHalf,
     reader: LineReader,
     cgroup: Cgroup,
@@ -490,6 +513,242 @@ fn install(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// What a jail binds from the work dir, and its environment.
+struct Prepared {
+    env: Vec<(String, String)>,
+    hosts: PathBuf,
+    resolv: Option<PathBuf>,
+    /// (host file, path inside): the agent and, for a zygote, its own script.
+    scripts: Vec<(PathBuf, &'static str)>,
+}
+
+/// Writes the work dir's files and builds the jail's environment (checked).
+fn prepare(
+    cfg: &SandboxConfig,
+    extra: &[(&str, &str, &'static str)],
+) -> Result<Prepared, SandboxError> {
+    prepare_work_dir(&cfg.work_dir)?;
+    let mut scripts = vec![(
+        install(&cfg.work_dir, "agent.py", AGENT)?,
+        "/opt/cloister/agent.py",
+    )];
+    for (name, content, inside) in extra {
+        scripts.push((install(&cfg.work_dir, name, content)?, *inside));
+    }
+    let hosts = install(&cfg.work_dir, "hosts", HOSTS)?;
+    let resolv = match cfg.network {
+        Network::Enabled => Some(install(&cfg.work_dir, "resolv.conf", RESOLV)?),
+        Network::Disabled => None,
+    };
+    if !cfg.python.exists() {
+        return Err(SandboxError::Start(format!(
+            "no interpreter at {} (build the runtime with scripts/sandbox-runtime.sh)",
+            cfg.python.display()
+        )));
+    }
+    let mut env: Vec<(String, String)> = vec![];
+    let mut path = String::new();
+    if let Some(rt) = &cfg.runtime_dir {
+        path = format!("{}/bin:", rt.display());
+        let cache = rt.join("share/cloister/matplotlib");
+        if cache.is_dir() {
+            env.push(("CLOISTER_MPL_CACHE".into(), cache.display().to_string()));
+        }
+    }
+    path.push_str("/usr/local/bin:/usr/bin:/bin");
+    for (k, v) in [
+        ("PATH", path.as_str()),
+        ("HOME", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("TERM", "dumb"),
+        ("PAGER", "cat"),
+        ("MPLBACKEND", "Agg"),
+        ("MPLCONFIGDIR", "/tmp/.config/matplotlib"),
+        ("IPYTHONDIR", "/tmp/.ipython"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    if !cfg.preload.is_empty() {
+        env.push(("CLOISTER_PRELOAD".into(), cfg.preload.join(",")));
+    }
+    if let Some(sock) = &cfg.identity_socket {
+        if !sock.exists() {
+            return Err(SandboxError::Start(format!(
+                "identity socket {} does not exist",
+                sock.display()
+            )));
+        }
+        env.push((
+            "CLOISTER_IDENTITY_SOCKET".into(),
+            IDENTITY_SOCKET_PATH.into(),
+        ));
+        env.push((
+            "IDENTITY_ENDPOINT".into(),
+            format!("http://127.0.0.1:{IDENTITY_PORT}/msi/token"),
+        ));
+        env.push(("IDENTITY_HEADER".into(), cfg.identity_header.clone()));
+    }
+    env.extend(cfg.env.iter().cloned());
+    for (k, v) in &env {
+        check_env(k, v)?;
+    }
+    Ok(Prepared {
+        env,
+        hosts,
+        resolv,
+        scripts,
+    })
+}
+
+/// bwrap with the jail's namespaces, root file system and environment, up to (not including)
+/// `--seccomp` and the command. `zygote`: `/dev` read-only (the forked sessions share it and
+/// mount their own `/dev/shm` and `/dev/pts` over it) and small `/tmp` and `/mnt/data`
+/// (mount points; every session mounts its own).
+fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::process::Command {
+    let uid = SANDBOX_UID.to_string();
+    let (tmp_size, data_size) = if zygote {
+        ((1u64 << 20).to_string(), (1u64 << 20).to_string())
+    } else {
+        (cfg.tmp_bytes.to_string(), cfg.data_bytes.to_string())
+    };
+    let mut cmd = tokio::process::Command::new("bwrap");
+    cmd.args([
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        &uid,
+        "--gid",
+        &uid,
+        "--hostname",
+        "sandbox",
+    ])
+    .args(["--ro-bind", "/usr", "/usr"])
+    .args([
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+    ])
+    .args([
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+    ])
+    .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
+    .arg("--ro-bind")
+    .arg(&files.hosts)
+    .arg("/etc/hosts")
+    .args(["--proc", "/proc", "--dev", "/dev"]);
+    if zygote {
+        cmd.args(["--remount-ro", "/dev"]);
+    }
+    cmd.args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
+        .args([
+            "--size",
+            &data_size,
+            "--perms",
+            "0777",
+            "--tmpfs",
+            "/mnt/data",
+        ]);
+    if let Some(rt) = &cfg.runtime_dir {
+        cmd.arg("--ro-bind").arg(rt).arg(rt);
+    }
+    if let Some(resolv) = &files.resolv {
+        cmd.arg("--ro-bind")
+            .arg(resolv)
+            .arg("/etc/resolv.conf")
+            .args(["--ro-bind-try", "/etc/ssl", "/etc/ssl"])
+            .args([
+                "--ro-bind-try",
+                "/etc/ca-certificates",
+                "/etc/ca-certificates",
+            ]);
+    }
+    if let Some(sock) = &cfg.identity_socket {
+        cmd.arg("--ro-bind").arg(sock).arg(IDENTITY_SOCKET_PATH);
+    }
+    for (host, inside) in &files.scripts {
+        cmd.arg("--ro-bind").arg(host).arg(inside);
+    }
+    cmd.args(["--chdir", "/mnt/data", "--clearenv"]);
+    for (k, v) in &files.env {
+        cmd.arg("--setenv").arg(k).arg(v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Spawns `cmd` with `fds` as its fds 3 and 4, inside `cgroup`, as host [`SANDBOX_UID`] when
+/// the supervisor is root.
+fn jail_hooks(cmd: &mut std::process::Command, fds: [std::os::fd::RawFd; 2], cgroup: &Cgroup) {
+    use std::os::unix::process::CommandExt;
+    let procs = cgroup.procs_paths();
+    let drop_to = drops_privileges().then_some(SANDBOX_UID);
+    // SAFETY: the hook only calls fcntl, dup2, cgroup writes (open/write/close), setgroups,
+    // setgid and setuid, which are async-signal-safe (no allocation, no locks), on data
+    // prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move both descriptors out of the way first, so that dup2 onto 3 and 4 can
+            // neither clobber the other nor be a no-op that keeps close-on-exec.
+            let mut high = [0; 2];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, h) in (3..).zip(high) {
+                if libc::dup2(h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Joining the cgroup needs root; then become SANDBOX_UID on the host before bwrap
+            // runs (setuid from root clears every capability), so that the sandbox's user
+            // namespaces belong to, and map to, an unprivileged host uid.
+            Cgroup::join_self(&procs)?;
+            if let Some(host) = drop_to
+                && (libc::setgroups(0, std::ptr::null()) < 0
+                    || libc::setgid(host) < 0
+                    || libc::setuid(host) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn spawn_error(e: std::io::Error) -> SandboxError {
+    SandboxError::Start(if e.kind() == std::io::ErrorKind::NotFound {
+        "bwrap is not installed (apt-get install bubblewrap)".into()
+    } else {
+        format!("bwrap: {e}")
+    })
+}
+
+fn spawn_jailed(
+    mut cmd: tokio::process::Command,
+    fds: [std::os::fd::RawFd; 2],
+    cgroup: &Cgroup,
+) -> Result<Child, SandboxError> {
+    jail_hooks(cmd.as_std_mut(), fds, cgroup);
+    cmd.spawn().map_err(spawn_error)
+}
+
 /// The pid namespace ids of a host process (`NSpid`: host first, innermost last).
 fn ns_pids(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -526,64 +785,73 @@ fn check_env(k: &str, v: &str) -> Result<(), SandboxError> {
 impl Sandbox {
     /// Starts a sandbox and waits until its interpreter answers (and, for
     /// [`Network::Enabled`], until its network is up).
+    /// Starts a sandbox: forked from its template's zygote when [`SandboxConfig::fork`] is set
+    /// (see [`zygote`]), or as a bubblewrap process of its own. A zygote that cannot start
+    /// (a kernel without nested user namespaces, say) makes this fall back to the latter.
     pub async fn start(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
-        prepare_work_dir(&cfg.work_dir)?;
-        let agent = install(&cfg.work_dir, "agent.py", AGENT)?;
-        let hosts = install(&cfg.work_dir, "hosts", HOSTS)?;
-        if !cfg.python.exists() {
+        if cfg.fork {
+            match zygote::get(cfg).await {
+                Ok(z) => return Self::start_forked(cfg, z).await,
+                Err(e) => {
+                    tracing::warn!("sandbox zygote unavailable, starting bwrap per sandbox: {e}")
+                }
+            }
+        }
+        Self::start_bwrap(cfg).await
+    }
+
+    async fn start_forked(
+        cfg: &SandboxConfig,
+        z: Arc<zygote::Zygote>,
+    ) -> Result<Sandbox, SandboxError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
+            .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
+        let (pid, host_end) = match z.fork(cfg.tmp_bytes, cfg.data_bytes).await {
+            Ok(v) => v,
+            Err(e) => {
+                cgroup.destroy();
+                return Err(e);
+            }
+        };
+        if let Err(e) = cgroup.add(pid) {
+            // SAFETY: the child the zygote just forked for us, found in the zygote's cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            cgroup.destroy();
+            return Err(SandboxError::Start(format!("cgroup: {e}")));
+        }
+        host_end.set_nonblocking(true)?;
+        let (r, mut w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
+        if let Err(e) = w.write_all(b"g").await {
+            cgroup.destroy();
             return Err(SandboxError::Start(format!(
-                "no interpreter at {} (build the runtime with scripts/sandbox-runtime.sh)",
-                cfg.python.display()
+                "the forked sandbox vanished: {e}"
             )));
         }
-        let mut env: Vec<(String, String)> = vec![];
-        let mut path = String::new();
-        if let Some(rt) = &cfg.runtime_dir {
-            path = format!("{}/bin:", rt.display());
-            let cache = rt.join("share/cloister/matplotlib");
-            if cache.is_dir() {
-                env.push(("CLOISTER_MPL_CACHE".into(), cache.display().to_string()));
-            }
-        }
-        path.push_str("/usr/local/bin:/usr/bin:/bin");
-        for (k, v) in [
-            ("PATH", path.as_str()),
-            ("HOME", "/tmp"),
-            ("LANG", "C.UTF-8"),
-            ("TERM", "dumb"),
-            ("PAGER", "cat"),
-            ("MPLBACKEND", "Agg"),
-            ("MPLCONFIGDIR", "/tmp/.config/matplotlib"),
-            ("IPYTHONDIR", "/tmp/.ipython"),
-            ("PYTHONDONTWRITEBYTECODE", "1"),
-        ] {
-            env.push((k.into(), v.into()));
-        }
-        if !cfg.preload.is_empty() {
-            env.push(("CLOISTER_PRELOAD".into(), cfg.preload.join(",")));
-        }
-        if let Some(sock) = &cfg.identity_socket {
-            if !sock.exists() {
-                return Err(SandboxError::Start(format!(
-                    "identity socket {} does not exist",
-                    sock.display()
-                )));
-            }
-            env.push((
-                "CLOISTER_IDENTITY_SOCKET".into(),
-                IDENTITY_SOCKET_PATH.into(),
-            ));
-            env.push((
-                "IDENTITY_ENDPOINT".into(),
-                format!("http://127.0.0.1:{IDENTITY_PORT}/msi/token"),
-            ));
-            env.push(("IDENTITY_HEADER".into(), cfg.identity_header.clone()));
-        }
-        env.extend(cfg.env.iter().cloned());
-        for (k, v) in &env {
-            check_env(k, v)?;
-        }
+        let sbx = Sandbox {
+            id,
+            child: None,
+            zygote: Some(z),
+            writer: w,
+            reader: LineReader::new(r),
+            cgroup,
+            slirp: None,
+            keep: vec![],
+            agent_pid: None,
+            flavour: String::new(),
+            data_bytes: cfg.data_bytes,
+            interrupt_grace: cfg.interrupt_grace,
+            file_timeout: cfg.file_timeout,
+            stderr: Tail::default(),
+            next: 0,
+            dead: false,
+            oom: false,
+        };
+        sbx.finish_start(cfg).await
+    }
 
+    async fn start_bwrap(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let files = prepare(cfg, &[])?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
@@ -597,140 +865,21 @@ impl Sandbox {
         let memfd = memfd_with(&filter).map_err(|e| fail(&cgroup, e.into()))?;
         let (host_end, jail_end) =
             std::os::unix::net::UnixStream::pair().map_err(|e| fail(&cgroup, e.into()))?;
-        let fds = [memfd.as_raw_fd(), jail_end.as_raw_fd()];
-        let procs = cgroup.procs_paths();
-        let drop_to = drops_privileges().then_some(SANDBOX_UID);
-        let uid = SANDBOX_UID.to_string();
-        let tmp_size = cfg.tmp_bytes.to_string();
-        let data_size = cfg.data_bytes.to_string();
-
-        let mut cmd = tokio::process::Command::new("bwrap");
-        cmd.args([
-            "--unshare-all",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--uid",
-            &uid,
-            "--gid",
-            &uid,
-            "--hostname",
-            "sandbox",
-        ])
-        .args(["--ro-bind", "/usr", "/usr"])
-        .args([
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-        ])
-        .args([
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/sbin",
-            "/sbin",
-        ])
-        .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
-        .arg("--ro-bind")
-        .arg(&hosts)
-        .arg("/etc/hosts")
-        .args(["--proc", "/proc", "--dev", "/dev"])
-        .args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
-        .args([
-            "--size",
-            &data_size,
-            "--perms",
-            "0777",
-            "--tmpfs",
-            "/mnt/data",
-        ]);
-        if let Some(rt) = &cfg.runtime_dir {
-            cmd.arg("--ro-bind").arg(rt).arg(rt);
-        }
-        if cfg.network == Network::Enabled {
-            let resolv = install(&cfg.work_dir, "resolv.conf", RESOLV)?;
-            cmd.arg("--ro-bind")
-                .arg(&resolv)
-                .arg("/etc/resolv.conf")
-                .args(["--ro-bind-try", "/etc/ssl", "/etc/ssl"])
-                .args([
-                    "--ro-bind-try",
-                    "/etc/ca-certificates",
-                    "/etc/ca-certificates",
-                ]);
-        }
-        if let Some(sock) = &cfg.identity_socket {
-            cmd.arg("--ro-bind").arg(sock).arg(IDENTITY_SOCKET_PATH);
-        }
-        cmd.arg("--ro-bind")
-            .arg(&agent)
-            .arg("/opt/cloister/agent.py")
-            .args(["--chdir", "/mnt/data", "--clearenv"]);
-        for (k, v) in &env {
-            cmd.arg("--setenv").arg(k).arg(v);
-        }
+        let mut cmd = bwrap_command(cfg, &files, false);
         cmd.args(["--seccomp", "3"])
             .arg(&cfg.python)
-            .args(["-I", "-B", "/opt/cloister/agent.py"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: the hook only calls fcntl, dup2, cgroup writes (open/write/close), setgroups,
-        // setgid and setuid, which are async-signal-safe (no allocation, no locks), on data
-        // prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Move both descriptors out of the way first, so that dup2 onto 3 and 4 can
-                // neither clobber the other nor be a no-op that keeps close-on-exec.
-                let mut high = [0; 2];
-                for (h, fd) in high.iter_mut().zip(fds) {
-                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                    if *h < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for (target, h) in (3..).zip(high) {
-                    if libc::dup2(h, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Joining the cgroup needs root; then become SANDBOX_UID on the host before bwrap
-                // runs (setuid from root clears every capability), so that the sandbox's user
-                // namespaces belong to, and map to, an unprivileged host uid.
-                Cgroup::join_self(&procs)?;
-                if let Some(host) = drop_to
-                    && (libc::setgroups(0, std::ptr::null()) < 0
-                        || libc::setgid(host) < 0
-                        || libc::setuid(host) < 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            fail(
-                &cgroup,
-                SandboxError::Start(if e.kind() == std::io::ErrorKind::NotFound {
-                    "bwrap is not installed (apt-get install bubblewrap)".into()
-                } else {
-                    format!("bwrap: {e}")
-                }),
-            )
-        })?;
+            .args(["-I", "-B", "/opt/cloister/agent.py"]);
+        let child = spawn_jailed(cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup)
+            .map_err(|e| fail(&cgroup, e))?;
         drop((memfd, jail_end));
+        let mut child = child;
         let stderr = Tail::spawn(child.stderr.take());
         host_end.set_nonblocking(true)?;
         let (r, w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
-        let mut sbx = Sandbox {
+        let sbx = Sandbox {
             id,
-            child,
+            child: Some(child),
+            zygote: None,
             writer: w,
             reader: LineReader::new(r),
             cgroup,
@@ -746,7 +895,20 @@ impl Sandbox {
             dead: false,
             oom: false,
         };
-        let ready = match tokio::time::timeout(cfg.start_timeout, sbx.reader.next_line()).await {
+        sbx.finish_start(cfg).await
+    }
+
+    /// Kills the sandbox and waits for bwrap (if it has its own) to go.
+    async fn abandon(&mut self) {
+        self.kill();
+        if let Some(c) = &mut self.child {
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Waits for the agent's hello, finds its processes and attaches the network.
+    async fn finish_start(mut self, cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let ready = match tokio::time::timeout(cfg.start_timeout, self.reader.next_line()).await {
             Ok(Ok(Some(line))) => serde_json::from_slice::<Value>(&line)
                 .ok()
                 .filter(|v| v["ready"] == true)
@@ -758,48 +920,51 @@ impl Sandbox {
         let ready = match ready {
             Ok(v) => v,
             Err(why) => {
-                sbx.kill();
-                let _ = sbx.child.wait().await;
+                self.abandon().await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return Err(SandboxError::Start(format!(
                     "the interpreter did not start ({why}): {}",
-                    sbx.stderr.text().trim()
+                    self.stderr.text().trim()
                 )));
             }
         };
-        sbx.flavour = ready["flavour"].as_str().unwrap_or("plain").to_string();
+        self.flavour = ready["flavour"].as_str().unwrap_or("plain").to_string();
         let agent_ns = ready["pid"].as_i64().unwrap_or(-1) as i32;
-        if let Some(outer) = sbx.child.id() {
-            sbx.keep.push(outer as i32);
+        if let Some(outer) = self.child.as_ref().and_then(|c| c.id()) {
+            self.keep.push(outer as i32);
         }
-        for p in sbx.cgroup.pids() {
-            match ns_pids(p).as_slice() {
-                [_, 1] => sbx.keep.push(p),
-                [_, n] if *n == agent_ns => {
-                    sbx.keep.push(p);
-                    sbx.agent_pid = Some(p);
+        // The sandbox's own pid namespace is the innermost one: its pid 1 (bwrap's init, or
+        // the forked session's reaper) and the agent are spared by the after-exec sweep.
+        for p in self.cgroup.pids() {
+            let ns = ns_pids(p);
+            if ns.len() < 2 {
+                continue;
+            }
+            match ns.last() {
+                Some(1) => self.keep.push(p),
+                Some(n) if *n == agent_ns => {
+                    self.keep.push(p);
+                    self.agent_pid = Some(p);
                 }
                 _ => {}
             }
         }
-        if sbx.agent_pid.is_none() {
-            sbx.kill();
-            let _ = sbx.child.wait().await;
+        if self.agent_pid.is_none() {
+            self.abandon().await;
             return Err(SandboxError::Start(
                 "the agent's host pid was not found in its cgroup".into(),
             ));
         }
         if cfg.network == Network::Enabled {
-            match net::Slirp::start(sbx.agent_pid.unwrap_or(-1), cfg.start_timeout).await {
-                Ok(s) => sbx.slirp = Some(s),
+            match net::Slirp::start(self.agent_pid.unwrap_or(-1), cfg.start_timeout).await {
+                Ok(s) => self.slirp = Some(s),
                 Err(e) => {
-                    sbx.kill();
-                    let _ = sbx.child.wait().await;
+                    self.abandon().await;
                     return Err(e);
                 }
             }
         }
-        Ok(sbx)
+        Ok(self)
     }
 
     pub fn id(&self) -> &str {
@@ -1070,7 +1235,9 @@ impl Sandbox {
             tracing::debug!(sandbox = %self.id, "killing the sandbox");
         }
         self.dead = true;
-        let _ = self.child.start_kill();
+        if let Some(c) = &mut self.child {
+            let _ = c.start_kill();
+        }
         self.cgroup.destroy();
         if let Some(s) = &mut self.slirp {
             s.kill();
@@ -1079,8 +1246,7 @@ impl Sandbox {
 
     /// Stops the sandbox and removes everything it had.
     pub async fn shutdown(mut self) {
-        self.kill();
-        let _ = self.child.wait().await;
+        self.abandon().await;
         if let Some(s) = &mut self.slirp {
             s.wait().await;
         }

@@ -1,0 +1,256 @@
+# Cloister's sandbox zygote: one per sandbox template (see zygote.rs). It runs inside a bubblewrap
+# sandbox that has the template's read-only root, imports the runtime's heavy modules once, and
+# then forks one process per session, which jails itself further before it runs the agent:
+#
+#   zygote (bwrap's pid 2)  --fork-->  C  (waits until the supervisor has moved it into the
+#                                          session's cgroup, then unshares user, mount, pid, net,
+#                                          ipc, uts and cgroup namespaces, maps uid 65534, mounts
+#                                          a private /tmp, /mnt/data, /dev/shm and /dev/pts,
+#                                          names the host, brings lo up, forks and exits)
+#                                      G  (pid 1 of the session: mounts its /proc, drops every
+#                                          capability, installs the seccomp filter, forks the
+#                                          agent, then only reaps; it exits with the agent)
+#                                      A  (pid 2: agent.py, exactly as in a bwrap-started sandbox)
+#
+# Forked sessions share the zygote's pages copy-on-write: the interpreter, IPython, numpy and
+# pandas cost memory once, not once per session. Protocol on fd 4 (a socketpair end): the zygote
+# writes {"ready": true, ...}; each request is one JSON line {"op": "spawn", "tmp": BYTES,
+# "data": BYTES} sent together with the session's channel as SCM_RIGHTS; the answer is
+# {"pid": N} (the child's pid in the zygote's pid namespace) or {"error": "..."}. On the
+# session's channel the child waits for one byte ("g") before it jails itself; any failure
+# before the agent runs is reported there as {"ready": false, "error": "..."}.
+import ctypes, gc, json, os, signal, socket, struct, sys
+
+CTL_FD = 4
+AGENT = "/opt/cloister/agent.py"
+
+with open(3, "rb") as _f:  # the seccomp program (BPF, 8 bytes per instruction)
+    SECCOMP = _f.read()
+_ctl = socket.socket(fileno=CTL_FD)
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x00020000, 0x02000000, 0x04000000
+CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 38, 22
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 47, 4, 2
+SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
+
+
+class JailError(Exception):
+    pass
+
+
+def check(r, what):
+    if r != 0:
+        e = ctypes.get_errno()
+        raise JailError(f"{what}: {os.strerror(e)}")
+
+
+def mount(src, dst, fstype, flags, data=None):
+    enc = lambda s: s.encode() if isinstance(s, str) else s
+    check(libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)), f"mount {dst}")
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def drop_capabilities():
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for cap in range(last + 1):
+        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop the bounding set")
+    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+    hdr = CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (CapData * 2)()
+    check(libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def install_seccomp():
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    buf = ctypes.create_string_buffer(SECCOMP, len(SECCOMP))
+    prog = SockFprog(len(SECCOMP) // 8, ctypes.addressof(buf))
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+
+
+def loopback_up():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        import fcntl
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
+    finally:
+        s.close()
+
+
+def jail(req):
+    """In C: new namespaces, uid map and private mounts (everything but /proc)."""
+    uid, gid = os.getuid(), os.getgid()
+    check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
+                       | CLONE_NEWUTS | CLONE_NEWCGROUP), "unshare")
+    write("/proc/self/setgroups", "deny")
+    write("/proc/self/uid_map", f"{uid} {uid} 1")
+    write("/proc/self/gid_map", f"{gid} {gid} 1")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    tmp, data = int(req["tmp"]), int(req["data"])
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp},mode=1777")
+    mount("tmpfs", "/mnt/data", "tmpfs", MS_NOSUID | MS_NODEV, f"size={data},mode=0777")
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp},mode=1777")
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+    check(libc.sethostname(b"sandbox", 7), "sethostname")
+    loopback_up()
+
+
+def init_proc():
+    """In G (pid 1 of the new pid namespace): its own /proc, with the same read-only parts as bwrap's."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for sub in ("sys", "sysrq-trigger", "irq", "bus"):
+        p = "/proc/" + sub
+        if os.path.exists(p):
+            mount(p, p, None, MS_BIND | MS_REC)
+            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def fail(sess, e):
+    try:
+        sess.sendall(json.dumps({"ready": False, "error": str(e)}).encode() + b"\n")
+    except OSError:
+        pass
+    os._exit(1)
+
+
+def session(req, fd):
+    """Runs in the forked child; never returns."""
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _ctl.close()
+        os.closerange(5, fd)
+        os.closerange(fd + 1, 4096)
+        sess = socket.socket(fileno=fd)
+    except BaseException:
+        os._exit(1)
+    try:
+        if sess.recv(1) != b"g":  # the supervisor moved us into the session's cgroup
+            os._exit(1)
+        os.setsid()
+        jail(req)
+        if os.fork():
+            os._exit(0)  # C: the session's pid 1 is reparented to the zygote's init
+        init_proc()
+        drop_capabilities()
+        install_seccomp()
+        agent = os.fork()
+    except BaseException as e:
+        fail(sess, e)
+    if agent:
+        # G: pid 1 of the session. Reaps orphans; ends (and with it the whole pid namespace)
+        # when the agent ends.
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_IGN)
+        sess.close()
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                os._exit(0)
+            except InterruptedError:
+                continue
+            if pid == agent:
+                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    # A: the agent, on fd 4 as always.
+    try:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.dup2(fd, CTL_FD)
+        sess.close()
+        _reseed()
+        import types
+        main = types.ModuleType("__main__")
+        main.__file__ = AGENT
+        main.__builtins__ = __builtins__
+        sys.modules["__main__"] = main
+        sys.argv = [AGENT]
+        with open(AGENT, "rb") as f:
+            code = compile(f.read(), AGENT, "exec")
+    except BaseException as e:
+        fail(socket.socket(fileno=CTL_FD), e)
+    try:
+        exec(code, main.__dict__)
+    finally:
+        os._exit(0)
+
+
+def _reseed():
+    """State seeded once per process at import time would otherwise be the same in every
+    session: numpy's global generator (Python's `random` reseeds itself after fork)."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        try:
+            np.random.seed()
+        except Exception:
+            pass
+
+
+def preload():
+    for m in [m for m in os.environ.get("CLOISTER_ZYGOTE_PRELOAD", "").split(",") if m]:
+        try:
+            __import__(m)
+        except Exception:
+            pass
+
+
+def reap(*_):
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def main():
+    preload()
+    os.environ.pop("CLOISTER_ZYGOTE_PRELOAD", None)
+    gc.collect()
+    gc.freeze()  # imported objects move to the permanent generation: the collector never writes to them
+    signal.signal(signal.SIGCHLD, reap)
+    _ctl.sendall(json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}).encode() + b"\n")
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(_ctl, 65536, 4)
+        except InterruptedError:
+            continue
+        if not msg:
+            os._exit(0)
+        try:
+            req = json.loads(msg)
+            if req.get("op") != "spawn" or len(fds) != 1:
+                raise ValueError("expected one spawn request with one descriptor")
+            pid = os.fork()
+            if pid == 0:
+                session(req, fds[0])
+            reply = {"pid": pid}
+        except Exception as e:
+            reply = {"error": str(e)}
+        for fd in fds:
+            os.close(fd)
+        _ctl.sendall(json.dumps(reply).encode() + b"\n")
+
+
+main()

@@ -1,0 +1,374 @@
+//! Sandboxes forked from a zygote, so that what every session imports is in memory once.
+//!
+//! A Python session with pandas imported is about 67 MiB of private memory when each sandbox
+//! starts its own interpreter; almost all of it is the same in every session (the
+//! interpreter's heap after importing IPython, numpy and pandas). A *zygote* is one sandbox per
+//! template (everything in [`SandboxConfig`] that is the same for all the sandboxes of a pool:
+//! interpreter, runtime, network mode, identity socket, environment) that imports those modules
+//! once and then forks a process per session. The forked sessions share the zygote's pages
+//! copy-on-write (the zygote freezes its objects out of the garbage collector's reach first,
+//! so that collections do not dirty them) and pay only for what they change.
+//!
+//! Each forked process then jails itself further, before any user code runs
+//! (`zygote.py`): the supervisor moves it into the session's own cgroup, then it unshares
+//! user, mount, pid, network, IPC, UTS and cgroup namespaces (so sessions cannot see or signal
+//! each other, and each has its own loopback), maps uid 65534 to itself, mounts its own size-
+//! capped `/tmp`, `/mnt/data` and `/dev/shm`, a new `devpts` instance and, as pid 1 of its pid
+//! namespace, its own `/proc`; it drops every capability (bounding and ambient sets too), sets
+//! `no_new_privs`, installs the same seccomp filter as a bwrap-started sandbox and forks the
+//! agent. The zygote's own sandbox is bwrap's usual one with a read-only `/dev`; it never runs
+//! user code.
+//!
+//! Consequences, written down in `docs/security.md`: sessions of one template share the
+//! zygote's address-space layout (ASLR is per zygote, not per session) and Python's string
+//! hash seed; numpy's global generator is reseeded in every session (Python's `random`
+//! reseeds itself after fork). If a zygote dies, every session forked from it dies with it
+//! (they live in its pid namespace); the next start makes a new zygote.
+
+use crate::cgroup::{Cgroup, Limits};
+use crate::{
+    SandboxConfig, SandboxError, bwrap_command, jail_hooks, memfd_with, ns_pids, prepare, seccomp,
+    spawn_error,
+};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::Child;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+const ZYGOTE: &str = include_str!("zygote.py");
+/// What every zygote imports (the agent's IPython shell), before [`SandboxConfig::preload`]
+/// and [`SandboxConfig::zygote_preload`].
+const BASE_PRELOAD: &[&str] = &[
+    "IPython.core.interactiveshell",
+    "IPython.core.displayhook",
+    "IPython.core.displaypub",
+    "traitlets.config",
+];
+/// A zygote with no sandbox left is stopped after this long.
+const IDLE: Duration = Duration::from_secs(600);
+/// After a zygote failed to start, its template uses per-sandbox bwrap for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Plain threads and blocking descriptors, not tokio objects: a zygote outlives the runtime
+/// that happened to start it (every `#[tokio::test]` has its own).
+pub(crate) struct Zygote {
+    key: String,
+    child: Mutex<Child>,
+    /// The control channel: the stream (writes) and a reader on a clone of it.
+    ctl: Mutex<(UnixStream, BufReader<UnixStream>)>,
+    cgroup: Cgroup,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    last_used: Mutex<Instant>,
+}
+
+/// One line from the zygote, at most 64 KiB.
+fn read_line(r: &mut BufReader<UnixStream>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = vec![];
+    let n = r.by_ref().take(1 << 16).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "an unterminated or overlong line",
+        ));
+    }
+    line.pop();
+    Ok(Some(line))
+}
+
+enum Slot {
+    Ready(Arc<Zygote>),
+    Failed(Instant, String),
+}
+
+static ZYGOTES: LazyLock<tokio::sync::Mutex<HashMap<String, Slot>>> =
+    LazyLock::new(|| tokio::sync::Mutex::new(HashMap::new()));
+
+/// Everything that must be the same for two sandboxes to share a zygote.
+fn key(cfg: &SandboxConfig) -> String {
+    let desc = format!(
+        "{:?}",
+        (
+            &cfg.python,
+            &cfg.runtime_dir,
+            &cfg.work_dir,
+            cfg.network,
+            &cfg.identity_socket,
+            &cfg.identity_header,
+            &cfg.env,
+            &cfg.preload,
+            &cfg.zygote_preload,
+            &cfg.cgroup_parent,
+        )
+    );
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    desc.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The zygote for `cfg`'s template, started if there is none (or it died).
+pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError> {
+    let key = key(cfg);
+    let mut map = ZYGOTES.lock().await;
+    // Stop zygotes that no sandbox has used for a while (a deleted pool's, say).
+    map.retain(|k, slot| match slot {
+        Slot::Ready(z) => {
+            *k == key
+                || Arc::strong_count(z) > 1
+                || z.last_used
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed()
+                    < IDLE
+        }
+        Slot::Failed(at, _) => at.elapsed() < RETRY_AFTER,
+    });
+    match map.get(&key) {
+        Some(Slot::Ready(z)) if z.alive() => {
+            *z.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            return Ok(z.clone());
+        }
+        Some(Slot::Failed(_, why)) => return Err(SandboxError::Start(why.clone())),
+        _ => {}
+    }
+    match Zygote::start(cfg, key.clone()).await {
+        Ok(z) => {
+            let z = Arc::new(z);
+            map.insert(key, Slot::Ready(z.clone()));
+            Ok(z)
+        }
+        Err(e) => {
+            map.insert(key, Slot::Failed(Instant::now(), e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+impl Zygote {
+    async fn start(cfg: &SandboxConfig, key: String) -> Result<Zygote, SandboxError> {
+        let mut files = prepare(cfg, &[("zygote.py", ZYGOTE, "/opt/cloister/zygote.py")])?;
+        let mut preload: Vec<String> = BASE_PRELOAD.iter().map(|s| s.to_string()).collect();
+        preload.extend(cfg.preload.iter().cloned());
+        preload.extend(cfg.zygote_preload.iter().cloned());
+        files
+            .env
+            .push(("CLOISTER_ZYGOTE_PRELOAD".into(), preload.join(",")));
+        // The zygote holds the shared pages (charged here, not to the sessions) and forks; its
+        // children stay in this group only until the supervisor moves them.
+        let limits = Limits {
+            memory_bytes: cfg.limits.memory_bytes.max(1 << 30),
+            pids: 256,
+            cpu_percent: 100,
+        };
+        let cgroup = Cgroup::create_in(
+            &cfg.cgroup_parent,
+            &format!(
+                "zygote-{key}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            limits,
+        )
+        .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
+        let fail = |cgroup: &Cgroup, e: SandboxError| {
+            cgroup.destroy();
+            e
+        };
+        let filter = seccomp::compile()
+            .map_err(SandboxError::Start)
+            .map_err(|e| fail(&cgroup, e))?;
+        let memfd = memfd_with(&filter).map_err(|e| fail(&cgroup, e.into()))?;
+        let (host_end, jail_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| fail(&cgroup, e.into()))?;
+        let mut cmd = bwrap_command(cfg, &files, true);
+        cmd.arg(&cfg.python)
+            .args(["-I", "-B", "/opt/cloister/zygote.py"]);
+        let mut cmd = std::mem::replace(cmd.as_std_mut(), std::process::Command::new("true"));
+        jail_hooks(&mut cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup);
+        let mut child = cmd
+            .spawn()
+            .map_err(spawn_error)
+            .map_err(|e| fail(&cgroup, e))?;
+        drop((memfd, jail_end));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let tail = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut v = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    v.extend_from_slice(&buf[..n]);
+                    let cut = v.len().saturating_sub(4096);
+                    v.drain(..cut);
+                }
+            });
+        }
+        let reader = BufReader::new(host_end.try_clone()?);
+        let timeout = cfg.start_timeout.max(Duration::from_secs(60));
+        host_end.set_read_timeout(Some(timeout))?;
+        let (ready, host_end, mut reader) = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let ready = match read_line(&mut reader) {
+                Ok(Some(line)) => serde_json::from_slice::<Value>(&line)
+                    .ok()
+                    .filter(|v| v["ready"] == true)
+                    .ok_or_else(|| String::from_utf8_lossy(&line).into_owned()),
+                Ok(None) => Err("no answer".into()),
+                Err(e) => Err(e.to_string()),
+            };
+            (ready, host_end, reader)
+        })
+        .await
+        .map_err(|e| SandboxError::Start(e.to_string()))?;
+        let tail = |t: &Arc<Mutex<Vec<u8>>>| {
+            String::from_utf8_lossy(&t.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        };
+        if let Err(why) = ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            cgroup.destroy();
+            std::thread::sleep(Duration::from_millis(20));
+            return Err(SandboxError::Start(format!(
+                "the zygote did not start ({why}): {}",
+                tail(&stderr).trim()
+            )));
+        }
+        host_end.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let _ = reader
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(10)));
+        tracing::info!(zygote = %key, "sandbox zygote started");
+        Ok(Zygote {
+            key,
+            child: Mutex::new(child),
+            ctl: Mutex::new((host_end, reader)),
+            cgroup,
+            stderr,
+            last_used: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn alive(&self) -> bool {
+        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(c.try_wait(), Ok(None))
+    }
+
+    /// Forks a session: returns its first process's host pid (still in the zygote's cgroup,
+    /// waiting for one byte on the channel before it jails itself) and the supervisor's end
+    /// of its channel.
+    pub(crate) async fn fork(
+        self: &Arc<Self>,
+        tmp_bytes: u64,
+        data_bytes: u64,
+    ) -> Result<(i32, UnixStream), SandboxError> {
+        let z = self.clone();
+        tokio::task::spawn_blocking(move || z.fork_blocking(tmp_bytes, data_bytes))
+            .await
+            .map_err(|e| SandboxError::Start(e.to_string()))?
+    }
+
+    fn fork_blocking(
+        &self,
+        tmp_bytes: u64,
+        data_bytes: u64,
+    ) -> Result<(i32, UnixStream), SandboxError> {
+        let dead = |why: String| {
+            let tail = self
+                .stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            SandboxError::Start(format!(
+                "zygote {}: {why} {}",
+                self.key,
+                String::from_utf8_lossy(&tail).trim()
+            ))
+        };
+        let (host_end, jail_end) = UnixStream::pair()?;
+        let line = format!(
+            "{}\n",
+            json!({"op": "spawn", "tmp": tmp_bytes, "data": data_bytes})
+        );
+        let reply = {
+            let mut ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+            match sendmsg_fd(ctl.0.as_raw_fd(), line.as_bytes(), jail_end.as_raw_fd()) {
+                Ok(n) if n == line.len() => {}
+                Ok(n) => return Err(dead(format!("short write ({n} bytes)"))),
+                Err(e) => return Err(dead(format!("the control channel failed ({e})"))),
+            }
+            drop(jail_end);
+            match read_line(&mut ctl.1) {
+                Ok(Some(line)) => serde_json::from_slice::<Value>(&line).unwrap_or_default(),
+                Ok(None) => return Err(dead("exited".into())),
+                Err(e) => return Err(dead(e.to_string())),
+            }
+        };
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let Some(ns) = reply["pid"].as_i64().map(|p| p as i32) else {
+            return Err(dead(format!("could not fork: {}", reply["error"])));
+        };
+        let host = self
+            .cgroup
+            .pids()
+            .into_iter()
+            .find(|p| matches!(ns_pids(*p).as_slice(), [_, n] if *n == ns));
+        match host {
+            Some(p) => Ok((p, host_end)),
+            None => Err(dead(format!(
+                "forked pid {ns} is not in the zygote's cgroup"
+            ))),
+        }
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        if let Ok(c) = self.child.get_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.cgroup.destroy();
+    }
+}
+
+/// Sends `bytes` with `fd` attached (SCM_RIGHTS).
+fn sendmsg_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    let fd_len = std::mem::size_of::<RawFd>() as u32;
+    // u64s: the control buffer must be aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_len) } as usize;
+    assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call, the
+    // control buffer is large enough and aligned for one cmsghdr carrying one descriptor.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(fd_len) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+        let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,232 @@
+//! Sandboxes forked from a zygote: they are forked (three pid namespaces deep), they share the
+//! zygote's pages (a session with pandas imported costs a fraction of a fresh interpreter),
+//! and sessions of one zygote are as separate as bwrap-started ones: own /tmp, /mnt/data,
+//! /dev/shm, /dev/pts, /proc, hostname and loopback, no capabilities, seccomp on, different
+//! random streams. Needs root and bubblewrap, like the other sandbox tests.
+
+mod common;
+
+use cloister_sandbox::{DEFAULT_MAX_OUTPUT, ExecResult, Sandbox, SandboxConfig};
+use common::finish;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn run(s: &mut Sandbox, code: &str) -> ExecResult {
+    let r = s.exec(code, T, DEFAULT_MAX_OUTPUT).await.expect("exec");
+    assert_eq!(r.status, "Succeeded", "{code}: {}", r.stderr);
+    r
+}
+
+fn result(r: &ExecResult) -> String {
+    r.result.clone().unwrap_or_default()
+}
+
+fn ns_depth(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .unwrap()
+        .split_whitespace()
+        .count()
+}
+
+/// Memory charged to the agent's memory cgroup (usage, including page cache), bytes.
+fn cgroup_memory(pid: i32) -> u64 {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cg.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctl, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        if ctl == "memory" {
+            let p = format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes");
+            return std::fs::read_to_string(p).unwrap().trim().parse().unwrap();
+        }
+        if ctl.is_empty() {
+            let p = format!("/sys/fs/cgroup{path}/memory.current");
+            if let Ok(s) = std::fs::read_to_string(p) {
+                return s.trim().parse().unwrap();
+            }
+        }
+    }
+    panic!("no memory cgroup for {pid}: {cg}");
+}
+
+fn config(dir: &std::path::Path) -> SandboxConfig {
+    let mut cfg = common::config(dir);
+    cfg.fork = true;
+    cfg
+}
+
+#[tokio::test]
+async fn forked_sessions_are_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut a = Sandbox::start(&cfg).await.expect("a starts");
+    let mut b = Sandbox::start(&cfg).await.expect("b starts");
+    // Forked: host, zygote and session pid namespaces.
+    assert_eq!(ns_depth(a.agent_pid().unwrap()), 3);
+    assert_eq!(ns_depth(b.agent_pid().unwrap()), 3);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/uid_map", a.agent_pid().unwrap()))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["65534", "65534", "1"]
+    );
+
+    // What one session writes, the other does not see.
+    run(
+        &mut a,
+        "import os, pathlib\n\
+         for p in ['/tmp/a-was-here', '/mnt/data/a-was-here', '/dev/shm/a-was-here']:\n\
+         \x20   pathlib.Path(p).write_text('a')\n\
+         import subprocess, sys\n\
+         pty = os.openpty()\n\
+         os.getpid()",
+    )
+    .await;
+    let r = run(
+        &mut b,
+        "import os\n\
+         [p for p in ['/tmp/a-was-here', '/mnt/data/a-was-here', '/dev/shm/a-was-here'] if os.path.exists(p)], \
+         sorted(os.listdir('/dev/pts')), sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), \
+         os.uname().nodename",
+    )
+    .await;
+    assert_eq!(result(&r), "([], ['ptmx'], [1, 2], 'sandbox')", "{r:?}");
+
+    // Own loopback: a port bound in one session is free in the other.
+    run(
+        &mut a,
+        "import socket\nsrv = socket.socket(); srv.bind(('127.0.0.1', 40404)); srv.listen(1)",
+    )
+    .await;
+    let r = run(
+        &mut b,
+        "import socket\ns = socket.socket(); s.settimeout(1)\ns.connect_ex(('127.0.0.1', 40404)) != 0",
+    )
+    .await;
+    assert_eq!(result(&r), "True", "{r:?}");
+
+    // No capabilities, no_new_privs, the seccomp filter, writes to /dev refused.
+    let r = run(
+        &mut b,
+        "st = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n\
+         try:\n\
+         \x20   open('/dev/evil', 'w'); dev = 'writable'\n\
+         except OSError as e:\n\
+         \x20   import errno; dev = errno.errorcode[e.errno]\n\
+         open('/dev/null', 'w').write('fine')\n\
+         [st['CapEff'].strip(), st['CapPrm'].strip(), st['CapBnd'].strip(), st['NoNewPrivs'].strip(), st['Seccomp'].strip(), dev]",
+    )
+    .await;
+    assert_eq!(
+        result(&r),
+        "['0000000000000000', '0000000000000000', '0000000000000000', '1', '2', 'EROFS']",
+        "{r:?}"
+    );
+
+    // Random streams seeded after the fork: numpy's global generator and Python's differ.
+    let code = "import numpy, random\n(numpy.random.randint(0, 2**31, 4).tolist(), random.getrandbits(64))";
+    let ra = result(&run(&mut a, code).await);
+    let rb = result(&run(&mut b, code).await);
+    assert_ne!(ra, rb);
+    finish(a).await;
+    finish(b).await;
+}
+
+/// The memory a forked session with pandas imported costs itself (its cgroup's charge) is a
+/// fraction of what a bwrap-started interpreter costs (about 67 MiB, docs/benchmarks.md).
+#[tokio::test]
+async fn forked_sessions_share_the_zygotes_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut sessions = vec![];
+    for _ in 0..3 {
+        let mut s = Sandbox::start(&cfg).await.expect("starts");
+        run(
+            &mut s,
+            "import pandas as pd\npd.DataFrame({'a': [1, 2, 3]}).sum().a",
+        )
+        .await;
+        sessions.push(s);
+    }
+    for s in &sessions {
+        let used = cgroup_memory(s.agent_pid().unwrap());
+        eprintln!("forked session with pandas: {} KiB charged", used >> 10);
+        assert!(
+            used < 40 << 20,
+            "a forked session is charged {} MiB",
+            used >> 20
+        );
+    }
+
+    let mut direct = SandboxConfig {
+        fork: false,
+        ..config(dir.path())
+    };
+    direct.preload = vec!["numpy".into(), "pandas".into()];
+    let mut s = Sandbox::start(&direct).await.expect("bwrap-started");
+    assert_eq!(
+        ns_depth(s.agent_pid().unwrap()),
+        2,
+        "fork: false starts bwrap"
+    );
+    run(&mut s, "import pandas").await;
+    let own = cgroup_memory(s.agent_pid().unwrap());
+    eprintln!(
+        "bwrap-started session with pandas: {} KiB charged",
+        own >> 10
+    );
+    for f in sessions {
+        finish(f).await;
+    }
+    finish(s).await;
+}
+
+/// A dead zygote takes its sessions with it (they live in its pid namespace); the next start
+/// makes a new one.
+#[tokio::test]
+async fn a_dead_zygote_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut a = Sandbox::start(&cfg).await.expect("starts");
+    run(&mut a, "1").await;
+    // The zygote: found by its script (its forks, one pid namespace deeper, share it).
+    let zygotes: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains("/opt/cloister/zygote.py") && !c.contains("bwrap")
+            }) && ns_depth(*p) == 2 // the forked sessions are one level deeper
+        })
+        .filter(|p| {
+            // Only this test's zygote: it binds this test's work dir.
+            std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
+                .is_ok_and(|m| m.contains(dir.path().to_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        zygotes.len(),
+        1,
+        "one zygote for this work dir: {zygotes:?}"
+    );
+    // SAFETY: killing the test's own zygote.
+    unsafe { libc::kill(zygotes[0], libc::SIGKILL) };
+    let agent = a.agent_pid().unwrap();
+    for _ in 0..500 {
+        if common::gone(agent) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = a.exec("1", T, DEFAULT_MAX_OUTPUT).await;
+    assert!(r.is_err(), "the session died with its zygote: {r:?}");
+    let mut b = Sandbox::start(&cfg).await.expect("a new zygote");
+    assert_eq!(result(&run(&mut b, "6*7").await), "42");
+    finish(b).await;
+}
