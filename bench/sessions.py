@@ -417,26 +417,34 @@ def bucket_pct(buckets_after, buckets_before, q):
 def cgroup_memory(data_dir):
     """Sums the memory cgroups of this server's sandboxes, the children of
     cloister-{sha256(canonical data dir)[:12]} (cgroup v1 memory hierarchy, or v2):
-    (sandboxes, usage bytes incl. page cache, anonymous RSS bytes)."""
+    (sandboxes, usage bytes incl. page cache, anonymous RSS bytes). The zygotes' groups
+    (zygote-*: the shared pages every forked sandbox reads) are summed separately, as
+    cgroup_memory.zygotes = (zygotes, usage, rss)."""
     import hashlib
     h = hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()[:12]
     n = usage = rss = 0
     for parent in (f"/sys/fs/cgroup/memory/cloister-{h}", f"/sys/fs/cgroup/cloister-{h}"):
         if not os.path.isdir(parent):
             continue
+        z = [0, 0, 0]
         for d in glob.glob(f"{parent}/*/"):
-            n += 1
+            u = r = 0
             for f in ("memory.usage_in_bytes", "memory.current"):
                 try:
-                    usage += int(open(os.path.join(d, f)).read())
+                    u = int(open(os.path.join(d, f)).read())
                     break
                 except OSError:
                     pass
             try:
                 st = dict(l.split() for l in open(os.path.join(d, "memory.stat")))
-                rss += int(st.get("total_rss", st.get("rss", st.get("anon", 0))))
+                r = int(st.get("total_rss", st.get("rss", st.get("anon", 0))))
             except OSError:
                 pass
+            if os.path.basename(d.rstrip("/")).startswith("zygote-"):
+                z = [z[0] + 1, z[1] + u, z[2] + r]
+            else:
+                n, usage, rss = n + 1, usage + u, rss + r
+        cgroup_memory.zygotes = tuple(z)
         break
     return n, usage, rss
 
@@ -608,7 +616,7 @@ def density_phase(args, res, cl):
     used0, total = mem_used()
     ceiling = 0.8 * total
     Rd = args.density_ready
-    pid, ep = cl.create_pool("bench-density", Rd, 600)
+    pid, ep = cl.create_pool("bench-density", Rd, max(600, args.density_max + Rd))
     cl.wait_nodes(pid, Rd, 300)
     time.sleep(3)
     used_ready, _ = mem_used()
@@ -674,6 +682,7 @@ def density_phase(args, res, cl):
         "cgroups_before": cg0, "cgroups_after": cg1,
         "cg_usage_per_sandbox": cg1[1] / cg1[0] if cg1[0] else None,
         "cg_rss_per_sandbox": cg1[2] / cg1[0] if cg1[0] else None,
+        "zygotes": getattr(cgroup_memory, "zygotes", (0, 0, 0)),
     }
     log(f"Cloister: {n} sessions with pandas ({alive} alive after), stop: {res['density_stop']}, "
         f"{res['density']['per_session'] / 2**20 if n else 0:.0f} MiB per session")
@@ -757,6 +766,10 @@ def table(res, args):
             print(f"| 5c. per sandbox, from its memory cgroup ({d['cgroups_after'][0]} sandboxes incl. "
                   f"{d['ready']} ready): anonymous RSS / usage incl. page cache, MiB | "
                   f"{d['cg_rss_per_sandbox'] / 2**20:.0f} / {d['cg_usage_per_sandbox'] / 2**20:.0f} | | | | | | |")
+        z = d.get("zygotes") or (0, 0, 0)
+        if z[0]:
+            print(f"| 5d. the zygotes' own groups (shared by every forked sandbox; {z[0]} zygote(s)): "
+                  f"anonymous RSS / usage, MiB | {z[2] / 2**20:.0f} / {z[1] / 2**20:.0f} | | | | | | |")
     elif res.get("kg_mem_per_kernel"):
         print(f"| 5b. host memory per idle kernel with pandas, MiB (MemAvailable delta, "
               f"{args.kg_mem} kernels) | | | {res['kg_mem_per_kernel'] / 2**20:.0f} | | | | |")

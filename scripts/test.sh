@@ -15,6 +15,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 echo "== tests on SQLite"
 step 1500 cargo test --workspace --locked
+echo "== the sandbox tests again with one bwrap per sandbox (the fallback when no zygote starts)"
+CLOISTER_SANDBOX_ZYGOTE=0 step 600 cargo test -p cloister-sandbox --locked --test agent --test escape
 echo "== compatibility tests (azure-identity, MSAL, PyJWT) on SQLite"
 step 900 .venv/bin/python -m pytest -q compat/python
 echo "== tests on PostgreSQL"

@@ -80,7 +80,7 @@ pub struct Limits {
 }
 
 /// One sandbox's cgroup (one directory per controller on v1).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
     /// `cgroup.procs` paths, prepared for the pre-exec hook (no allocation after fork).

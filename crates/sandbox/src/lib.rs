@@ -807,27 +807,15 @@ impl Sandbox {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let (pid, host_end) = match z.fork(cfg.tmp_bytes, cfg.data_bytes).await {
+        let host_end = match z.fork(&cgroup, cfg.tmp_bytes, cfg.data_bytes).await {
             Ok(v) => v,
             Err(e) => {
                 cgroup.destroy();
                 return Err(e);
             }
         };
-        if let Err(e) = cgroup.add(pid) {
-            // SAFETY: the child the zygote just forked for us, found in the zygote's cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            cgroup.destroy();
-            return Err(SandboxError::Start(format!("cgroup: {e}")));
-        }
         host_end.set_nonblocking(true)?;
-        let (r, mut w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
-        if let Err(e) = w.write_all(b"g").await {
-            cgroup.destroy();
-            return Err(SandboxError::Start(format!(
-                "the forked sandbox vanished: {e}"
-            )));
-        }
+        let (r, w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
         let sbx = Sandbox {
             id,
             child: None,

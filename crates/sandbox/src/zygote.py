@@ -2,8 +2,9 @@
 # sandbox that has the template's read-only root, imports the runtime's heavy modules once, and
 # then forks one process per session, which jails itself further before it runs the agent:
 #
-#   zygote (bwrap's pid 2)  --fork-->  C  (waits until the supervisor has moved it into the
-#                                          session's cgroup, then unshares user, mount, pid, net,
+#   zygote (bwrap's pid 2)  --fork-->  C  (born in the session's cgroup: the supervisor moves
+#                                          the zygote there for the fork and back after it;
+#                                          unshares user, mount, pid, net,
 #                                          ipc, uts and cgroup namespaces, maps uid 65534, mounts
 #                                          a private /tmp, /mnt/data, /dev/shm and /dev/pts,
 #                                          names the host, brings lo up, forks and exits)
@@ -16,9 +17,9 @@
 # pandas cost memory once, not once per session. Protocol on fd 4 (a socketpair end): the zygote
 # writes {"ready": true, ...}; each request is one JSON line {"op": "spawn", "tmp": BYTES,
 # "data": BYTES} sent together with the session's channel as SCM_RIGHTS; the answer is
-# {"pid": N} (the child's pid in the zygote's pid namespace) or {"error": "..."}. On the
-# session's channel the child waits for one byte ("g") before it jails itself; any failure
-# before the agent runs is reported there as {"ready": false, "error": "..."}.
+# {"pid": N} (the child's pid in the zygote's pid namespace) or {"error": "..."}. Any failure
+# of the child before the agent runs is reported on the session's channel as
+# {"ready": false, "error": "..."}.
 import ctypes, gc, json, os, signal, socket, struct, sys
 
 CTL_FD = 4
@@ -146,8 +147,6 @@ def session(req, fd):
     except BaseException:
         os._exit(1)
     try:
-        if sess.recv(1) != b"g":  # the supervisor moved us into the session's cgroup
-            os._exit(1)
         os.setsid()
         jail(req)
         if os.fork():

@@ -9,8 +9,9 @@
 //! copy-on-write (the zygote freezes its objects out of the garbage collector's reach first,
 //! so that collections do not dirty them) and pay only for what they change.
 //!
-//! Each forked process then jails itself further, before any user code runs
-//! (`zygote.py`): the supervisor moves it into the session's own cgroup, then it unshares
+//! Each forked process is born in the session's own cgroup (the supervisor moves the zygote
+//! there for the fork and back after it, so everything the child touches is charged to the
+//! session) and jails itself further before any user code runs (`zygote.py`): it unshares
 //! user, mount, pid, network, IPC, UTS and cgroup namespaces (so sessions cannot see or signal
 //! each other, and each has its own loopback), maps uid 65534 to itself, mounts its own size-
 //! capped `/tmp`, `/mnt/data` and `/dev/shm`, a new `devpts` instance and, as pid 1 of its pid
@@ -61,6 +62,8 @@ pub(crate) struct Zygote {
     /// The control channel: the stream (writes) and a reader on a clone of it.
     ctl: Mutex<(UnixStream, BufReader<UnixStream>)>,
     cgroup: Cgroup,
+    /// The zygote's host pid.
+    pid: i32,
     stderr: Arc<Mutex<Vec<u8>>>,
     last_used: Mutex<Instant>,
 }
@@ -163,7 +166,9 @@ impl Zygote {
         // The zygote holds the shared pages (charged here, not to the sessions) and forks; its
         // children stay in this group only until the supervisor moves them.
         let limits = Limits {
-            memory_bytes: cfg.limits.memory_bytes.max(1 << 30),
+            // Its own heap, plus the pages it copies on write after each fork (~100 KiB a
+            // session, freed when the sessions that still share the old copies end).
+            memory_bytes: cfg.limits.memory_bytes.max(2 << 30),
             pids: 256,
             cpu_percent: 100,
         };
@@ -242,6 +247,20 @@ impl Zygote {
                 tail(&stderr).trim()
             )));
         }
+        let ready = ready.unwrap_or_default();
+        let ns = ready["pid"].as_i64().unwrap_or(-1) as i32;
+        let Some(pid) = cgroup
+            .pids()
+            .into_iter()
+            .find(|p| matches!(ns_pids(*p).as_slice(), [_, n] if *n == ns))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            cgroup.destroy();
+            return Err(SandboxError::Start(
+                "the zygote's host pid was not found".into(),
+            ));
+        };
         host_end.set_read_timeout(Some(Duration::from_secs(10)))?;
         let _ = reader
             .get_mut()
@@ -252,6 +271,7 @@ impl Zygote {
             child: Mutex::new(child),
             ctl: Mutex::new((host_end, reader)),
             cgroup,
+            pid,
             stderr,
             last_used: Mutex::new(Instant::now()),
         })
@@ -262,25 +282,29 @@ impl Zygote {
         matches!(c.try_wait(), Ok(None))
     }
 
-    /// Forks a session: returns its first process's host pid (still in the zygote's cgroup,
-    /// waiting for one byte on the channel before it jails itself) and the supervisor's end
-    /// of its channel.
+    /// Forks a session into `cgroup`: returns the supervisor's end of its channel. The
+    /// zygote itself is moved into the session's group for the fork and back afterwards, so
+    /// the child is born there and everything it touches from its first instruction on
+    /// (copy-on-write copies included) is charged to the session, never to the zygote.
     pub(crate) async fn fork(
         self: &Arc<Self>,
+        cgroup: &Cgroup,
         tmp_bytes: u64,
         data_bytes: u64,
-    ) -> Result<(i32, UnixStream), SandboxError> {
+    ) -> Result<UnixStream, SandboxError> {
         let z = self.clone();
-        tokio::task::spawn_blocking(move || z.fork_blocking(tmp_bytes, data_bytes))
+        let cgroup = cgroup.clone();
+        tokio::task::spawn_blocking(move || z.fork_blocking(&cgroup, tmp_bytes, data_bytes))
             .await
             .map_err(|e| SandboxError::Start(e.to_string()))?
     }
 
     fn fork_blocking(
         &self,
+        cgroup: &Cgroup,
         tmp_bytes: u64,
         data_bytes: u64,
-    ) -> Result<(i32, UnixStream), SandboxError> {
+    ) -> Result<UnixStream, SandboxError> {
         let dead = |why: String| {
             let tail = self
                 .stderr
@@ -300,33 +324,31 @@ impl Zygote {
         );
         let reply = {
             let mut ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-            match sendmsg_fd(ctl.0.as_raw_fd(), line.as_bytes(), jail_end.as_raw_fd()) {
-                Ok(n) if n == line.len() => {}
-                Ok(n) => return Err(dead(format!("short write ({n} bytes)"))),
-                Err(e) => return Err(dead(format!("the control channel failed ({e})"))),
-            }
+            cgroup
+                .add(self.pid)
+                .map_err(|e| dead(format!("cgroup: {e}")))?;
+            let sent = sendmsg_fd(ctl.0.as_raw_fd(), line.as_bytes(), jail_end.as_raw_fd());
             drop(jail_end);
-            match read_line(&mut ctl.1) {
-                Ok(Some(line)) => serde_json::from_slice::<Value>(&line).unwrap_or_default(),
-                Ok(None) => return Err(dead("exited".into())),
-                Err(e) => return Err(dead(e.to_string())),
+            let reply = match sent {
+                Ok(n) if n == line.len() => read_line(&mut ctl.1),
+                Ok(n) => Err(std::io::Error::other(format!("short write ({n} bytes)"))),
+                Err(e) => Err(e),
+            };
+            let back = self.cgroup.add(self.pid);
+            match (reply, back) {
+                (Ok(Some(line)), Ok(())) => {
+                    serde_json::from_slice::<Value>(&line).unwrap_or_default()
+                }
+                (Ok(None), _) => return Err(dead("exited".into())),
+                (Err(e), _) => return Err(dead(format!("the control channel failed ({e})"))),
+                (_, Err(e)) => return Err(dead(format!("cgroup: {e}"))),
             }
         };
         *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let Some(ns) = reply["pid"].as_i64().map(|p| p as i32) else {
+        if reply["pid"].as_i64().is_none() {
             return Err(dead(format!("could not fork: {}", reply["error"])));
-        };
-        let host = self
-            .cgroup
-            .pids()
-            .into_iter()
-            .find(|p| matches!(ns_pids(*p).as_slice(), [_, n] if *n == ns));
-        match host {
-            Some(p) => Ok((p, host_end)),
-            None => Err(dead(format!(
-                "forked pid {ns} is not in the zygote's cgroup"
-            ))),
         }
+        Ok(host_end)
     }
 }
 

@@ -58,6 +58,33 @@ fn config(dir: &std::path::Path) -> SandboxConfig {
     cfg
 }
 
+/// The host pid of the zygote serving `work_dir`: found by its script (its forks, one pid
+/// namespace deeper, share its command line) and the work dir it binds.
+fn zygote_pid(work_dir: &std::path::Path) -> i32 {
+    let zygotes: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains("/opt/cloister/zygote.py") && !c.contains("bwrap")
+            }) && ns_depth(*p) == 2 // the forked sessions are one level deeper
+        })
+        .filter(|p| {
+            // Only this test's zygote: it binds this test's work dir.
+            std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
+                .is_ok_and(|m| m.contains(work_dir.to_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        zygotes.len(),
+        1,
+        "one zygote for this work dir: {zygotes:?}"
+    );
+    zygotes[0]
+}
+
 #[tokio::test]
 async fn forked_sessions_are_separate() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,6 +179,29 @@ async fn forked_sessions_share_the_zygotes_pages() {
         .await;
         sessions.push(s);
     }
+    // Nothing a session touches is charged to the zygote: its group does not grow with them.
+    let zygote = zygote_pid(dir.path());
+    let before = cgroup_memory(zygote);
+    for _ in 0..5 {
+        let mut s = Sandbox::start(&cfg).await.expect("starts");
+        run(
+            &mut s,
+            "import pandas as pd\npd.DataFrame({'a': [1, 2, 3]}).sum().a",
+        )
+        .await;
+        sessions.push(s);
+    }
+    let after = cgroup_memory(zygote);
+    eprintln!(
+        "zygote group: {} KiB before 5 more sessions, {} KiB after",
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        after < before + (2 << 20),
+        "the zygote's group grew by {} KiB for 5 sessions",
+        (after - before) >> 10
+    );
     for s in &sessions {
         let used = cgroup_memory(s.agent_pid().unwrap());
         eprintln!("forked session with pandas: {} KiB charged", used >> 10);
@@ -193,30 +243,9 @@ async fn a_dead_zygote_is_replaced() {
     let cfg = config(dir.path());
     let mut a = Sandbox::start(&cfg).await.expect("starts");
     run(&mut a, "1").await;
-    // The zygote: found by its script (its forks, one pid namespace deeper, share it).
-    let zygotes: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                c.contains("/opt/cloister/zygote.py") && !c.contains("bwrap")
-            }) && ns_depth(*p) == 2 // the forked sessions are one level deeper
-        })
-        .filter(|p| {
-            // Only this test's zygote: it binds this test's work dir.
-            std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
-                .is_ok_and(|m| m.contains(dir.path().to_str().unwrap()))
-        })
-        .collect();
-    assert_eq!(
-        zygotes.len(),
-        1,
-        "one zygote for this work dir: {zygotes:?}"
-    );
+    let zygote = zygote_pid(dir.path());
     // SAFETY: killing the test's own zygote.
-    unsafe { libc::kill(zygotes[0], libc::SIGKILL) };
+    unsafe { libc::kill(zygote, libc::SIGKILL) };
     let agent = a.agent_pid().unwrap();
     for _ in 0..500 {
         if common::gone(agent) {
