@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Cloister needs to build, run and test on Debian 12: a C toolchain (for
-# aws-lc-sys and the bundled SQLite), PostgreSQL (tests run against it too), bubblewrap and
-# slirp4netns for the session sandboxes, the sandboxes' pinned Python runtime, and (--python) a
-# venv with the real Azure clients for the compatibility tests.
+# aws-lc-sys and the bundled SQLite), PostgreSQL (tests run against it too), bubblewrap,
+# slirp4netns and nftables (the egress filter) for the session sandboxes, the sandboxes' pinned
+# Python runtime, and (--python) a venv with the real Azure clients for the compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap slirp4netns util-linux iproute2; do
+for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap slirp4netns nftables util-linux iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -1113,11 +1113,14 @@ async fn pool_identities_with_lifecycle_main_reach_code_in_sessions() {
 }
 
 /// A network namespace made by the test, joined to the host by a veth pair: the only
-/// non-loopback address any network test here sends traffic to.
+/// non-loopback addresses any network test here sends traffic to. It has a private address
+/// (`addr`, 10.254.n.2) and one from a documentation range (`public`, 203.0.113.x, RFC 5737),
+/// which the egress filter treats as it treats the public internet.
 struct TestNetns {
     name: String,
     veth: String,
     addr: String,
+    public: String,
     server: Option<std::process::Child>,
     log: std::path::PathBuf,
 }
@@ -1138,6 +1141,8 @@ impl TestNetns {
         let veth = format!("vh{}", &r[..8]);
         let peer = format!("vp{}", &r[..8]);
         let addr = format!("10.254.{n}.2");
+        let k = (n % 64) * 4;
+        let public = format!("203.0.113.{}", k + 2);
         sh(&["ip", "netns", "add", &name]);
         sh(&[
             "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
@@ -1151,6 +1156,14 @@ impl TestNetns {
             "dev",
             &veth,
         ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("203.0.113.{}/30", k + 1),
+            "dev",
+            &veth,
+        ]);
         sh(&["ip", "link", "set", &veth, "up"]);
         sh(&[
             "ip",
@@ -1161,6 +1174,18 @@ impl TestNetns {
             "addr",
             "add",
             &format!("{addr}/30"),
+            "dev",
+            &peer,
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{public}/30"),
             "dev",
             &peer,
         ]);
@@ -1181,7 +1206,7 @@ impl TestNetns {
                 "http.server",
                 "8080",
                 "--bind",
-                &addr,
+                "0.0.0.0",
             ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -1192,6 +1217,7 @@ impl TestNetns {
             name,
             veth,
             addr,
+            public,
             server: Some(server),
             log,
         }
@@ -1276,7 +1302,8 @@ async fn egress_disabled_means_no_network_and_enabled_reaches_out() {
     }
     assert!(out.contains("'ifaces': ['lo']"), "{out}");
     assert_eq!(ns.hits("/?from-closed"), 0);
-    // EgressEnabled: outbound through slirp4netns reaches the test's namespace.
+    // EgressEnabled: outbound through slirp4netns reaches a public-range address in the test's
+    // namespace; the egress filter refuses its private address.
     let open = make_pool(
         &s,
         &admin,
@@ -1285,12 +1312,29 @@ async fn egress_disabled_means_no_network_and_enabled_reaches_out() {
         json!({"sessionNetworkConfiguration": {"status": "EgressEnabled"}}),
     )
     .await;
+    let p = ns.public.clone();
     let code = format!(
-        "import urllib.request\nurllib.request.urlopen('http://{a}:8080/?from-open', timeout=10).status"
+        "import urllib.request\nurllib.request.urlopen('http://{p}:8080/?from-open', timeout=10).status"
     );
     let r = legacy_exec(&s, &open, "netuser", &code).await;
     assert_eq!(r["result"], 200, "{r}");
     assert_eq!(ns.hits("/?from-open"), 1);
+    let code = format!(
+        "import urllib.request\n\
+         try:\n\
+         \x20   urllib.request.urlopen('http://{a}:8080/?private-from-open', timeout=5); r = 'reached'\n\
+         except Exception as e:\n\
+         \x20   r = type(e).__name__\n\
+         r"
+    );
+    let r = legacy_exec(&s, &open, "netuser", &code).await;
+    assert_eq!(r["status"], "Success", "{r}");
+    assert!(!r["result"].to_string().contains("reached"), "{r}");
+    assert_eq!(
+        ns.hits("/?private-from-open"),
+        0,
+        "the private address was reached"
+    );
 }
 
 #[tokio::test]

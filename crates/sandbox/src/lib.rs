@@ -91,10 +91,12 @@
 //! # Known limits
 //! * Processes of all sandboxes share host uid 65534, so its `RLIMIT_NPROC` (inherited from
 //!   the supervisor) counts all of them together, on top of each sandbox's pids cgroup.
-//! * Enabled egress is not filtered (see [`net`]).
+//! * Enabled egress reaches the public internet; non-public destinations are refused by an
+//!   nftables table ([`egress`]), which needs `nft` and a root supervisor.
 //! * The runtime is read-only: `pip install` inside a sandbox does not work.
 
 pub mod cgroup;
+pub mod egress;
 pub mod net;
 pub mod seccomp;
 pub mod zygote;

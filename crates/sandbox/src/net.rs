@@ -19,19 +19,18 @@
 //! the agent's (inner) user namespace and then lack the right to enter a network namespace
 //! owned by its parent, so the supervisor hands it the owner (found with `NS_GET_USERNS`) as
 //! fd 5. slirp4netns itself runs as host root, which holds every capability in both (they
-//! descend from the initial user namespace), so it can join them.
+//! descend from the initial user namespace), so it can join them, and can open
+//! `/dev/net/tun` (0600 on hosts without udev's rule). Its group is
+//! [`crate::egress::HELPER_GID`] and no other: that is what the egress filter matches its
+//! sockets by.
 //!
 //! slirp4netns runs outside the sandbox's cgroup, so the after-exec sweep never touches it. It
 //! exits when the write end of its exit pipe closes: when the sandbox is dropped or killed,
 //! or when the supervisor process dies for any reason.
 //!
-//! **Egress is not filtered.** slirp4netns opens ordinary host sockets on the sandbox's behalf,
-//! so an enabled sandbox reaches everything the host reaches except the host's loopback: the
-//! host's other addresses (a server bound to 0.0.0.0), private ranges and link-local addresses
-//! such as a cloud metadata service (169.254.169.254). Until an allow-list proxy or a host
-//! firewall rule for the helper exists (e.g. a net_cls/cgroup match in iptables/nftables
-//! rejecting 10/8, 172.16/12, 192.168/16, 169.254/16 and the host's own addresses), enable
-//! egress only on hosts where that is acceptable.
+//! **Egress is filtered** ([`crate::egress`]): the host's own addresses, private, link-local
+//! (cloud metadata) and other non-public ranges are refused; the public internet and the
+//! host's DNS resolvers are not.
 
 use crate::{SandboxError, Tail};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -77,6 +76,16 @@ impl Slirp {
     /// Connects the network namespace of `pid` to the outside and waits until it is up.
     pub(crate) async fn start(pid: i32, timeout: Duration) -> Result<Slirp, SandboxError> {
         let err = |m: String| SandboxError::Start(format!("network: {m}"));
+        let gid = crate::drops_privileges().then_some(crate::egress::HELPER_GID);
+        if let Some(gid) = gid {
+            crate::egress::ensure(gid)?;
+        } else if crate::egress::enabled() {
+            return Err(err(
+                "the egress filter needs a supervisor running as root (or \
+                 CLOISTER_EGRESS_FILTER=off)"
+                    .into(),
+            ));
+        }
         let userns = netns_owner(pid).map_err(|e| err(format!("network namespace: {e}")))?;
         let (ready_r, ready_w) = pipe()?;
         let (exit_r, exit_w) = pipe()?;
@@ -98,7 +107,8 @@ impl Slirp {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-        // SAFETY: only fcntl/dup2 on descriptors prepared before fork.
+        // SAFETY: only fcntl, dup2, setgroups and setgid (async-signal-safe) on descriptors
+        // and ids prepared before fork.
         unsafe {
             cmd.pre_exec(move || {
                 let mut high = [0; 3];
@@ -112,6 +122,12 @@ impl Slirp {
                     if libc::dup2(h, target) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                // The egress filter matches the helper's sockets by their group.
+                if let Some(gid) = gid
+                    && (libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0)
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
