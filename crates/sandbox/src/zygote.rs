@@ -90,8 +90,12 @@ enum Slot {
     Failed(Instant, String),
 }
 
-static ZYGOTES: LazyLock<tokio::sync::Mutex<HashMap<String, Slot>>> =
-    LazyLock::new(|| tokio::sync::Mutex::new(HashMap::new()));
+/// One cell per template, so that one template's zygote starting (a second or two) never
+/// holds up another's sandboxes.
+type Cell = Arc<tokio::sync::Mutex<Option<Slot>>>;
+
+static ZYGOTES: LazyLock<Mutex<HashMap<String, Cell>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Everything that must be the same for two sandboxes to share a zygote.
 fn key(cfg: &SandboxConfig) -> String {
@@ -119,36 +123,49 @@ fn key(cfg: &SandboxConfig) -> String {
 /// The zygote for `cfg`'s template, started if there is none (or it died).
 pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError> {
     let key = key(cfg);
-    let mut map = ZYGOTES.lock().await;
-    // Stop zygotes that no sandbox has used for a while (a deleted pool's, say).
-    map.retain(|k, slot| match slot {
-        Slot::Ready(z) => {
-            *k == key
-                || Arc::strong_count(z) > 1
-                || z.last_used
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .elapsed()
-                    < IDLE
-        }
-        Slot::Failed(at, _) => at.elapsed() < RETRY_AFTER,
-    });
-    match map.get(&key) {
+    let cell = {
+        let mut map = ZYGOTES.lock().unwrap_or_else(|e| e.into_inner());
+        // Stop zygotes that no sandbox has used for a while (a deleted pool's, say), and
+        // forget old failures. A cell that is busy (a zygote starting) stays.
+        map.retain(|k, cell| {
+            let Ok(slot) = cell.try_lock() else {
+                return true;
+            };
+            match &*slot {
+                Some(Slot::Ready(z)) => {
+                    *k == key
+                        || Arc::strong_count(z) > 1
+                        || z.last_used
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .elapsed()
+                            < IDLE
+                }
+                Some(Slot::Failed(at, _)) => at.elapsed() < RETRY_AFTER,
+                None => *k == key,
+            }
+        });
+        map.entry(key.clone()).or_default().clone()
+    };
+    let mut slot = cell.lock().await;
+    match &*slot {
         Some(Slot::Ready(z)) if z.alive() => {
             *z.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             return Ok(z.clone());
         }
-        Some(Slot::Failed(_, why)) => return Err(SandboxError::Start(why.clone())),
+        Some(Slot::Failed(at, why)) if at.elapsed() < RETRY_AFTER => {
+            return Err(SandboxError::Start(why.clone()));
+        }
         _ => {}
     }
-    match Zygote::start(cfg, key.clone()).await {
+    match Zygote::start(cfg, key).await {
         Ok(z) => {
             let z = Arc::new(z);
-            map.insert(key, Slot::Ready(z.clone()));
+            *slot = Some(Slot::Ready(z.clone()));
             Ok(z)
         }
         Err(e) => {
-            map.insert(key, Slot::Failed(Instant::now(), e.to_string()));
+            *slot = Some(Slot::Failed(Instant::now(), e.to_string()));
             Err(e)
         }
     }
