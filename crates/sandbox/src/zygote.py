@@ -37,7 +37,8 @@ CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x00020000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 38, 22
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 38, 22
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 47, 4, 2
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 
@@ -163,6 +164,13 @@ def session(req, fd):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
         sess.close()
+        # Nothing of the zygote's stays reachable through pid 1: its stdio (the zygote's
+        # stderr pipe) goes, and /proc/1 becomes off limits to the session's code.
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(devnull, target)
+        os.close(devnull)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         while True:
             try:
                 pid, status = os.wait()

@@ -154,6 +154,20 @@ async fn forked_sessions_are_separate() {
         "{r:?}"
     );
 
+    // The session's pid 1 (its reaper) holds nothing of the zygote's and cannot be inspected.
+    let r = run(
+        &mut b,
+        "import os\n\
+         def probe(p):\n\
+         \x20   try:\n\
+         \x20       return os.readlink(p)\n\
+         \x20   except OSError as e:\n\
+         \x20       return type(e).__name__\n\
+         [probe('/proc/1/fd/2'), probe('/proc/1/exe')]",
+    )
+    .await;
+    assert_eq!(result(&r), "['PermissionError', 'PermissionError']", "{r:?}");
+
     // Random streams seeded after the fork: numpy's global generator and Python's differ.
     let code = "import numpy, random\n(numpy.random.randint(0, 2**31, 4).tolist(), random.getrandbits(64))";
     let ra = result(&run(&mut a, code).await);
