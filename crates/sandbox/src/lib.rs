@@ -809,7 +809,11 @@ impl Sandbox {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let host_end = match z.fork(&cgroup, cfg.tmp_bytes, cfg.data_bytes).await {
+        let env = match &cfg.identity_socket {
+            Some(_) => vec![(zygote::SESSION_ENV.to_string(), cfg.identity_header.clone())],
+            None => vec![],
+        };
+        let host_end = match z.fork(&cgroup, cfg.tmp_bytes, cfg.data_bytes, env).await {
             Ok(v) => v,
             Err(e) => {
                 cgroup.destroy();

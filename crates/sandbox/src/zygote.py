@@ -17,7 +17,9 @@
 # pandas cost memory once, not once per session. Protocol on fd 4 (a socketpair end): the zygote
 # writes {"ready": true, ...}; each request is one JSON line {"op": "spawn", "tmp": BYTES,
 # "data": BYTES} sent together with the session's channel as SCM_RIGHTS; the answer is
-# {"pid": N} (the child's pid in the zygote's pid namespace) or {"error": "..."}. Any failure
+# {"pid": N} (the child's pid in the zygote's pid namespace) or {"error": "..."}. The child
+# then reads one JSON line {"env": {...}} from the supervisor on the session's channel (its own
+# variables, secrets among them, which thus never pass through the zygote). Any failure
 # of the child before the agent runs is reported on the session's channel as
 # {"ready": false, "error": "..."}.
 import ctypes, gc, json, os, signal, socket, struct, sys
@@ -148,6 +150,16 @@ def session(req, fd):
     except BaseException:
         os._exit(1)
     try:
+        # The session's own variables (the identity binding's secret) come from the supervisor
+        # on this channel, never through the zygote.
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sess.recv(65536)
+            if not chunk:
+                os._exit(1)
+            line += chunk
+        os.environ.update(json.loads(line)["env"])
+        del line
         os.setsid()
         jail(req)
         if os.fork():

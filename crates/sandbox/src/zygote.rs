@@ -49,6 +49,8 @@ const BASE_PRELOAD: &[&str] = &[
     "IPython.core.displaypub",
     "traitlets.config",
 ];
+/// The one variable that differs between the sandboxes of one zygote.
+pub(crate) const SESSION_ENV: &str = "IDENTITY_HEADER";
 /// A zygote with no sandbox left is stopped after this long.
 const IDLE: Duration = Duration::from_secs(600);
 /// After a zygote failed to start, its template uses per-sandbox bwrap for this long.
@@ -97,7 +99,9 @@ type Cell = Arc<tokio::sync::Mutex<Option<Slot>>>;
 static ZYGOTES: LazyLock<Mutex<HashMap<String, Cell>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// Everything that must be the same for two sandboxes to share a zygote.
+/// Everything that must be the same for two sandboxes to share a zygote. Not the identity
+/// binding's secret (`IDENTITY_HEADER`): that goes to each forked child on its own channel
+/// (see [`Zygote::fork`]), so pools that differ only in their identities share a zygote.
 fn key(cfg: &SandboxConfig) -> String {
     let desc = format!(
         "{:?}",
@@ -107,7 +111,6 @@ fn key(cfg: &SandboxConfig) -> String {
             &cfg.work_dir,
             cfg.network,
             &cfg.identity_socket,
-            &cfg.identity_header,
             &cfg.env,
             &cfg.preload,
             &cfg.zygote_preload,
@@ -174,6 +177,8 @@ pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError
 impl Zygote {
     async fn start(cfg: &SandboxConfig, key: String) -> Result<Zygote, SandboxError> {
         let mut files = prepare(cfg, &[("zygote.py", ZYGOTE, "/opt/cloister/zygote.py")])?;
+        // Per session, never in the zygote (whose memory every fork copies).
+        files.env.retain(|(k, _)| k != SESSION_ENV);
         let mut preload: Vec<String> = BASE_PRELOAD.iter().map(|s| s.to_string()).collect();
         preload.extend(cfg.preload.iter().cloned());
         preload.extend(cfg.zygote_preload.iter().cloned());
@@ -303,17 +308,30 @@ impl Zygote {
     /// zygote itself is moved into the session's group for the fork and back afterwards, so
     /// the child is born there and everything it touches from its first instruction on
     /// (copy-on-write copies included) is charged to the session, never to the zygote.
+    /// `env` (the session's own variables, secrets among them) is written to the child on its
+    /// channel, so it never passes through the zygote's memory, which later forks copy.
     pub(crate) async fn fork(
         self: &Arc<Self>,
         cgroup: &Cgroup,
         tmp_bytes: u64,
         data_bytes: u64,
+        env: Vec<(String, String)>,
     ) -> Result<UnixStream, SandboxError> {
         let z = self.clone();
         let cgroup = cgroup.clone();
-        tokio::task::spawn_blocking(move || z.fork_blocking(&cgroup, tmp_bytes, data_bytes))
-            .await
-            .map_err(|e| SandboxError::Start(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let mut chan = z.fork_blocking(&cgroup, tmp_bytes, data_bytes)?;
+            let env: serde_json::Map<String, Value> = env
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let line = format!("{}\n", json!({ "env": env }));
+            std::io::Write::write_all(&mut chan, line.as_bytes())
+                .map_err(|e| SandboxError::Start(format!("the forked sandbox vanished: {e}")))?;
+            Ok(chan)
+        })
+        .await
+        .map_err(|e| SandboxError::Start(e.to_string()))?
     }
 
     fn fork_blocking(

@@ -166,7 +166,11 @@ async fn forked_sessions_are_separate() {
          [probe('/proc/1/fd/2'), probe('/proc/1/exe')]",
     )
     .await;
-    assert_eq!(result(&r), "['PermissionError', 'PermissionError']", "{r:?}");
+    assert_eq!(
+        result(&r),
+        "['PermissionError', 'PermissionError']",
+        "{r:?}"
+    );
 
     // Random streams seeded after the fork: numpy's global generator and Python's differ.
     let code = "import numpy, random\n(numpy.random.randint(0, 2**31, 4).tolist(), random.getrandbits(64))";
@@ -271,5 +275,47 @@ async fn a_dead_zygote_is_replaced() {
     assert!(r.is_err(), "the session died with its zygote: {r:?}");
     let mut b = Sandbox::start(&cfg).await.expect("a new zygote");
     assert_eq!(result(&run(&mut b, "6*7").await), "42");
+    finish(b).await;
+}
+
+/// Pools that differ only in their identity binding share a zygote; each session gets its own
+/// secret, on its own channel: the zygote never holds one.
+#[tokio::test]
+async fn identity_secrets_go_to_each_session_not_to_the_zygote() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("identity.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let with = |secret: &str| {
+        let mut cfg = config(dir.path());
+        cfg.identity_socket = Some(sock.clone());
+        cfg.identity_header = secret.to_string();
+        cfg
+    };
+    let mut a = Sandbox::start(&with("secret-of-pool-a"))
+        .await
+        .expect("a starts");
+    let mut b = Sandbox::start(&with("secret-of-pool-b"))
+        .await
+        .expect("b starts");
+    let code = "import os\nos.environ['IDENTITY_HEADER'], os.environ['IDENTITY_ENDPOINT']";
+    let ra = result(&run(&mut a, code).await);
+    let rb = result(&run(&mut b, code).await);
+    assert!(
+        ra.starts_with("('secret-of-pool-a', 'http://127.0.0.1:42356/"),
+        "{ra}"
+    );
+    assert!(
+        rb.starts_with("('secret-of-pool-b', 'http://127.0.0.1:42356/"),
+        "{rb}"
+    );
+    let zygote = zygote_pid(dir.path()); // one zygote for both
+    let environ = std::fs::read(format!("/proc/{zygote}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("secret-of-pool"), "{environ}");
+    assert!(environ.contains("IDENTITY_ENDPOINT="), "{environ}");
+    finish(a).await;
     finish(b).await;
 }
