@@ -299,6 +299,13 @@ impl Zygote {
         })
     }
 
+    /// Kills the zygote (and with it the sandboxes forked from it), so that [`get`] replaces it.
+    fn retire(&self) {
+        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     fn alive(&self) -> bool {
         let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
         matches!(c.try_wait(), Ok(None))
@@ -374,8 +381,16 @@ impl Zygote {
                 (Ok(Some(line)), Ok(())) => {
                     serde_json::from_slice::<Value>(&line).unwrap_or_default()
                 }
-                (Ok(None), _) => return Err(dead("exited".into())),
-                (Err(e), _) => return Err(dead(format!("the control channel failed ({e})"))),
+                (Ok(None), _) => {
+                    self.retire();
+                    return Err(dead("exited".into()));
+                }
+                (Err(e), _) => {
+                    // A zygote that stops answering is not trusted again: the next start
+                    // makes a new one.
+                    self.retire();
+                    return Err(dead(format!("the control channel failed ({e})")));
+                }
                 (_, Err(e)) => return Err(dead(format!("cgroup: {e}"))),
             }
         };
