@@ -167,6 +167,13 @@ def session(req, fd):
         init_proc()
         drop_capabilities()
         install_seccomp()
+        # Nothing of the zygote's stays reachable from the session: its stdio (the zygote's
+        # stderr pipe) goes before the agent is forked (which points fds 0-2 at its own pipes
+        # anyway), and pid 1 makes itself non-dumpable below, so /proc/1 is off limits.
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(devnull, target)
+        os.close(devnull)
         agent = os.fork()
     except BaseException as e:
         fail(sess, e)
@@ -176,12 +183,6 @@ def session(req, fd):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
         sess.close()
-        # Nothing of the zygote's stays reachable through pid 1: its stdio (the zygote's
-        # stderr pipe) goes, and /proc/1 becomes off limits to the session's code.
-        devnull = os.open("/dev/null", os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(devnull, target)
-        os.close(devnull)
         libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         while True:
             try:
