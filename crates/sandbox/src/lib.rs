@@ -427,16 +427,39 @@ impl Tail {
                     if n == 0 {
                         break;
                     }
-                    let mut v = t.0.lock().unwrap_or_else(|e| e.into_inner());
-                    v.extend_from_slice(&buf[..n]);
-                    if v.len() > Self::KEEP {
-                        let cut = v.len() - Self::KEEP;
-                        v.drain(..cut);
-                    }
+                    t.push(&buf[..n]);
                 }
             });
         }
         tail
+    }
+
+    /// The same for a blocking reader, on a thread of its own (for a child that outlives the
+    /// tokio runtime that started it).
+    pub(crate) fn spawn_thread<R: std::io::Read + Send + 'static>(r: Option<R>) -> Tail {
+        let tail = Tail::default();
+        if let Some(mut r) = r {
+            let t = tail.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    t.push(&buf[..n]);
+                }
+            });
+        }
+        tail
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.extend_from_slice(bytes);
+        if v.len() > Self::KEEP {
+            let cut = v.len() - Self::KEEP;
+            v.drain(..cut);
+        }
     }
 
     pub(crate) fn text(&self) -> String {
@@ -695,6 +718,79 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
 
 /// Spawns `cmd` with `fds` as its fds 3 and 4, inside `cgroup`, as host [`SANDBOX_UID`] when
 /// the supervisor is root.
+/// Makes `fds` the child's descriptors 3, 4, ... (without close-on-exec). Async-signal-safe
+/// (fcntl and dup2 only), for pre-exec hooks.
+///
+/// # Safety
+/// Call only between fork and exec.
+pub(crate) unsafe fn place_fds(fds: &[std::os::fd::RawFd]) -> std::io::Result<()> {
+    // Move every descriptor out of the way first, so that dup2 onto 3, 4, ... can neither
+    // clobber another nor be a no-op that keeps close-on-exec.
+    let mut high = [0; 8];
+    if fds.len() > high.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (h, fd) in high.iter_mut().zip(fds) {
+        // SAFETY: plain fcntl on a descriptor the caller owns.
+        *h = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10) };
+        if *h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    for (target, h) in (3..).zip(&high[..fds.len()]) {
+        // SAFETY: plain dup2 onto a fixed descriptor number.
+        if unsafe { libc::dup2(*h, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The descriptors a jail starts with: the seccomp program (fd 3) and the supervisor's
+/// channel (fd 4; the supervisor keeps the other end). `cgroup` is destroyed on failure.
+fn jail_fds(
+    cgroup: &Cgroup,
+) -> Result<
+    (
+        OwnedFd,
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ),
+    SandboxError,
+> {
+    let made = (|| {
+        let filter = seccomp::compile().map_err(SandboxError::Start)?;
+        let memfd = memfd_with(&filter)?;
+        let (host_end, jail_end) = std::os::unix::net::UnixStream::pair()?;
+        Ok((memfd, host_end, jail_end))
+    })();
+    if made.is_err() {
+        cgroup.destroy();
+    }
+    made
+}
+
+/// Parses an interpreter's (or zygote's) first line: `{"ready": true, ...}`, or why not.
+fn ready_line(line: std::io::Result<Option<Vec<u8>>>) -> Result<Value, String> {
+    match line {
+        Ok(Some(line)) => serde_json::from_slice::<Value>(&line)
+            .ok()
+            .filter(|v| v["ready"] == true)
+            .ok_or_else(|| String::from_utf8_lossy(&line).into_owned()),
+        Ok(None) => Err("no answer".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The host pid of the process in `cgroup` whose pid in its own (second-level) pid namespace
+/// is `ns`.
+fn host_pid(cgroup: &Cgroup, ns: i32) -> Option<i32> {
+    cgroup
+        .pids()
+        .into_iter()
+        .find(|p| matches!(ns_pids(*p).as_slice(), [_, n] if *n == ns))
+}
+
 fn jail_hooks(cmd: &mut std::process::Command, fds: [std::os::fd::RawFd; 2], cgroup: &Cgroup) {
     use std::os::unix::process::CommandExt;
     let procs = cgroup.procs_paths();
@@ -704,20 +800,7 @@ fn jail_hooks(cmd: &mut std::process::Command, fds: [std::os::fd::RawFd; 2], cgr
     // prepared before fork.
     unsafe {
         cmd.pre_exec(move || {
-            // Move both descriptors out of the way first, so that dup2 onto 3 and 4 can
-            // neither clobber the other nor be a no-op that keeps close-on-exec.
-            let mut high = [0; 2];
-            for (h, fd) in high.iter_mut().zip(fds) {
-                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, h) in (3..).zip(high) {
-                if libc::dup2(h, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+            place_fds(&fds)?;
             // Joining the cgroup needs root; then become SANDBOX_UID on the host before bwrap
             // runs (setuid from root clears every capability), so that the sandbox's user
             // namespaces belong to, and map to, an unprivileged host uid.
@@ -820,27 +903,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        host_end.set_nonblocking(true)?;
-        let (r, w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
-        let sbx = Sandbox {
-            id,
-            child: None,
-            zygote: Some(z),
-            writer: w,
-            reader: LineReader::new(r),
-            cgroup,
-            slirp: None,
-            keep: vec![],
-            agent_pid: None,
-            flavour: String::new(),
-            data_bytes: cfg.data_bytes,
-            interrupt_grace: cfg.interrupt_grace,
-            file_timeout: cfg.file_timeout,
-            stderr: Tail::default(),
-            next: 0,
-            dead: false,
-            oom: false,
-        };
+        let sbx = Sandbox::starting(id, None, Some(z), host_end, cgroup, Tail::default(), cfg)?;
         sbx.finish_start(cfg).await
     }
 
@@ -849,31 +912,35 @@ impl Sandbox {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let fail = |cgroup: &Cgroup, e: SandboxError| {
-            cgroup.destroy();
-            e
-        };
-        let filter = seccomp::compile()
-            .map_err(SandboxError::Start)
-            .map_err(|e| fail(&cgroup, e))?;
-        let memfd = memfd_with(&filter).map_err(|e| fail(&cgroup, e.into()))?;
-        let (host_end, jail_end) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| fail(&cgroup, e.into()))?;
+        let (memfd, host_end, jail_end) = jail_fds(&cgroup)?;
         let mut cmd = bwrap_command(cfg, &files, false);
         cmd.args(["--seccomp", "3"])
             .arg(&cfg.python)
             .args(["-I", "-B", "/opt/cloister/agent.py"]);
-        let child = spawn_jailed(cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup)
-            .map_err(|e| fail(&cgroup, e))?;
+        let spawned = spawn_jailed(cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup);
         drop((memfd, jail_end));
-        let mut child = child;
+        let mut child = spawned.inspect_err(|_| cgroup.destroy())?;
         let stderr = Tail::spawn(child.stderr.take());
+        let sbx = Sandbox::starting(id, Some(child), None, host_end, cgroup, stderr, cfg)?;
+        sbx.finish_start(cfg).await
+    }
+
+    /// A sandbox whose interpreter has not answered yet (see [`Sandbox::finish_start`]).
+    fn starting(
+        id: String,
+        child: Option<Child>,
+        zygote: Option<Arc<zygote::Zygote>>,
+        host_end: std::os::unix::net::UnixStream,
+        cgroup: Cgroup,
+        stderr: Tail,
+        cfg: &SandboxConfig,
+    ) -> Result<Sandbox, SandboxError> {
         host_end.set_nonblocking(true)?;
         let (r, w) = tokio::net::UnixStream::from_std(host_end)?.into_split();
-        let sbx = Sandbox {
+        Ok(Sandbox {
             id,
-            child: Some(child),
-            zygote: None,
+            child,
+            zygote,
             writer: w,
             reader: LineReader::new(r),
             cgroup,
@@ -888,8 +955,7 @@ impl Sandbox {
             next: 0,
             dead: false,
             oom: false,
-        };
-        sbx.finish_start(cfg).await
+        })
     }
 
     /// Kills the sandbox and waits for bwrap (if it has its own) to go.
@@ -903,12 +969,7 @@ impl Sandbox {
     /// Waits for the agent's hello, finds its processes and attaches the network.
     async fn finish_start(mut self, cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let ready = match tokio::time::timeout(cfg.start_timeout, self.reader.next_line()).await {
-            Ok(Ok(Some(line))) => serde_json::from_slice::<Value>(&line)
-                .ok()
-                .filter(|v| v["ready"] == true)
-                .ok_or_else(|| String::from_utf8_lossy(&line).into_owned()),
-            Ok(Ok(None)) => Err("no answer".into()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(line) => ready_line(line),
             Err(_) => Err("no answer in time".into()),
         };
         let ready = match ready {

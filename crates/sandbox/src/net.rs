@@ -111,18 +111,7 @@ impl Slirp {
         // and ids prepared before fork.
         unsafe {
             cmd.pre_exec(move || {
-                let mut high = [0; 3];
-                for (h, fd) in high.iter_mut().zip(fds) {
-                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                    if *h < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for (target, h) in (3..).zip(high) {
-                    if libc::dup2(h, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
+                crate::place_fds(&fds)?;
                 // The egress filter matches the helper's sockets by their group.
                 if let Some(gid) = gid
                     && (libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0)

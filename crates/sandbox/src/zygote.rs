@@ -28,8 +28,8 @@
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::{
-    SandboxConfig, SandboxError, bwrap_command, jail_hooks, memfd_with, ns_pids, prepare, seccomp,
-    spawn_error,
+    SandboxConfig, SandboxError, Tail, bwrap_command, host_pid, jail_fds, jail_hooks, prepare,
+    ready_line, spawn_error,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -66,7 +66,7 @@ pub(crate) struct Zygote {
     cgroup: Cgroup,
     /// The zygote's host pid.
     pid: i32,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Tail,
     last_used: Mutex<Instant>,
 }
 
@@ -203,62 +203,25 @@ impl Zygote {
             limits,
         )
         .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let fail = |cgroup: &Cgroup, e: SandboxError| {
-            cgroup.destroy();
-            e
-        };
-        let filter = seccomp::compile()
-            .map_err(SandboxError::Start)
-            .map_err(|e| fail(&cgroup, e))?;
-        let memfd = memfd_with(&filter).map_err(|e| fail(&cgroup, e.into()))?;
-        let (host_end, jail_end) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| fail(&cgroup, e.into()))?;
+        let (memfd, host_end, jail_end) = jail_fds(&cgroup)?;
         let mut cmd = bwrap_command(cfg, &files, true);
         cmd.arg(&cfg.python)
             .args(["-I", "-B", "/opt/cloister/zygote.py"]);
         let mut cmd = std::mem::replace(cmd.as_std_mut(), std::process::Command::new("true"));
         jail_hooks(&mut cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup);
-        let mut child = cmd
-            .spawn()
-            .map_err(spawn_error)
-            .map_err(|e| fail(&cgroup, e))?;
+        let spawned = cmd.spawn().map_err(spawn_error);
         drop((memfd, jail_end));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let tail = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut v = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    v.extend_from_slice(&buf[..n]);
-                    let cut = v.len().saturating_sub(4096);
-                    v.drain(..cut);
-                }
-            });
-        }
+        let mut child = spawned.inspect_err(|_| cgroup.destroy())?;
+        let stderr = Tail::spawn_thread(child.stderr.take());
         let reader = BufReader::new(host_end.try_clone()?);
         let timeout = cfg.start_timeout.max(Duration::from_secs(60));
         host_end.set_read_timeout(Some(timeout))?;
         let (ready, host_end, mut reader) = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
-            let ready = match read_line(&mut reader) {
-                Ok(Some(line)) => serde_json::from_slice::<Value>(&line)
-                    .ok()
-                    .filter(|v| v["ready"] == true)
-                    .ok_or_else(|| String::from_utf8_lossy(&line).into_owned()),
-                Ok(None) => Err("no answer".into()),
-                Err(e) => Err(e.to_string()),
-            };
-            (ready, host_end, reader)
+            (ready_line(read_line(&mut reader)), host_end, reader)
         })
         .await
         .map_err(|e| SandboxError::Start(e.to_string()))?;
-        let tail = |t: &Arc<Mutex<Vec<u8>>>| {
-            String::from_utf8_lossy(&t.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-        };
         if let Err(why) = ready {
             let _ = child.kill();
             let _ = child.wait();
@@ -266,16 +229,12 @@ impl Zygote {
             std::thread::sleep(Duration::from_millis(20));
             return Err(SandboxError::Start(format!(
                 "the zygote did not start ({why}): {}",
-                tail(&stderr).trim()
+                stderr.text().trim()
             )));
         }
         let ready = ready.unwrap_or_default();
         let ns = ready["pid"].as_i64().unwrap_or(-1) as i32;
-        let Some(pid) = cgroup
-            .pids()
-            .into_iter()
-            .find(|p| matches!(ns_pids(*p).as_slice(), [_, n] if *n == ns))
-        else {
+        let Some(pid) = host_pid(&cgroup, ns) else {
             let _ = child.kill();
             let _ = child.wait();
             cgroup.destroy();
@@ -348,15 +307,10 @@ impl Zygote {
         data_bytes: u64,
     ) -> Result<UnixStream, SandboxError> {
         let dead = |why: String| {
-            let tail = self
-                .stderr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
             SandboxError::Start(format!(
                 "zygote {}: {why} {}",
                 self.key,
-                String::from_utf8_lossy(&tail).trim()
+                self.stderr.text().trim()
             ))
         };
         let (host_end, jail_end) = UnixStream::pair()?;
