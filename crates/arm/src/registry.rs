@@ -46,6 +46,7 @@ pub struct TypeSpec {
     /// `service/authorizationProviders`.
     pub path: String,
     pub level: Level,
+    /// The api-versions the type answers (`*`: any; see [`TypeSpec::accepts_api_version`]).
     pub api_versions: Vec<String>,
     /// Locations a new instance may be placed in; empty means any.
     pub locations: Vec<String>,
@@ -97,6 +98,11 @@ impl TypeSpec {
     }
     fn depth(&self) -> usize {
         self.path.split('/').count()
+    }
+    /// Whether the type answers `v`; an `*` in the list accepts any version (the caller has
+    /// checked its form), for types that follow no one api-version history.
+    pub fn accepts_api_version(&self, v: &str) -> bool {
+        self.api_versions.iter().any(|x| x == "*" || x == v)
     }
     /// The registered casing of an action name, if `name` is one of this type's actions.
     pub fn find_action(&self, name: &str) -> Option<&str> {
@@ -417,7 +423,7 @@ impl Registry {
             return Err(not_found_path(path));
         }
         let type_name = format!("{}/{}", provider.namespace, spec.path);
-        if !spec.api_versions.iter().any(|v| v == api_version) {
+        if !spec.accepts_api_version(api_version) {
             return Err(no_registered_provider(&type_name, spec, api_version));
         }
         // The canonical id of the resource (items, actions) or of the collection's parent.

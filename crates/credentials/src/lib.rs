@@ -9,5 +9,6 @@
 
 pub mod model;
 pub mod oauth;
+pub mod provider;
 pub mod runtime;
 pub mod vault;

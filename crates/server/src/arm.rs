@@ -270,12 +270,14 @@ async fn dispatch(
             }
             ok(StatusCode::OK, json!({ "value": out }))
         }
-        (3, Some("resources")) => list_resources(&st, &caller, &sub.id, None, None).await,
+        (3, Some("resources")) => {
+            list_resources(&st, &caller, &sub.id, None, None, (&path, &q)).await
+        }
         (4, Some("resourcegroups")) => {
             resource_group(&st, &caller, &method, &sub, segs[3], &body).await
         }
         (5, Some("resourcegroups")) if lc(4).as_deref() == Some("resources") => {
-            list_resources(&st, &caller, &sub.id, Some(segs[3]), None).await
+            list_resources(&st, &caller, &sub.id, Some(segs[3]), None, (&path, &q)).await
         }
         (5, Some("providers")) => {
             list_resources(
@@ -284,6 +286,7 @@ async fn dispatch(
                 &sub.id,
                 None,
                 Some(format!("{}/{}", segs[3], segs[4])),
+                (&path, &q),
             )
             .await
         }
@@ -320,13 +323,15 @@ async fn dispatch(
                     &sub.id,
                     Some(segs[3]),
                     Some(format!("{}/{}", segs[5], segs[6])),
+                    (&path, &q),
                 )
                 .await;
             }
             if n % 2 == 1 {
                 return Err(not_found_path(&path));
             }
-            crate::arm_resources::resource(&st, &caller, &method, &path, &body).await
+            let v = q.get("api-version").map(String::as_str).unwrap_or_default();
+            crate::arm_resources::resource(&st, &caller, &method, &path, v, &headers, &body).await
         }
         _ => Err(not_found_path(&path)),
     }
@@ -484,13 +489,30 @@ async fn list_resources(
     sub: &str,
     rg: Option<&str>,
     type_: Option<String>,
+    (path, q): (&str, &Q),
 ) -> Res {
+    // A typed list names a registered type (else ARM's InvalidResourceNamespace/Type).
+    let type_ = match type_ {
+        Some(t) => Some(st.arm.resolve_type(&t)?.0),
+        None => None,
+    };
+    let get = |k: &str| {
+        q.iter()
+            .find(|(x, _)| x.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    };
+    let filter = get("$filter")
+        .map(cloister_arm::filter::parse)
+        .transpose()?;
+    let query: std::collections::BTreeMap<String, String> =
+        q.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let page = cloister_arm::paging::parse(&query)?;
     if let Some(rg) = rg
         && st.store.rg_get(sub, rg).await.map_err(store_err)?.is_none()
     {
         return Err(rg_not_found(rg));
     }
-    let mut out = vec![];
+    let mut visible = vec![];
     for r in st
         .store
         .resource_list(sub, rg, type_.as_deref())
@@ -501,15 +523,52 @@ async fn list_resources(
             continue;
         };
         let t = crate::arm_resources::type_of(&r);
+        if let Some(f) = &filter {
+            let tags: std::collections::BTreeMap<String, String> =
+                serde_json::from_str::<Map<String, Value>>(&r.tags)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
+                    .collect();
+            let subject = cloister_arm::filter::Subject {
+                type_name: &t,
+                name: &r.name,
+                location: &r.location,
+                tags: &tags,
+            };
+            if !f.matches(&subject) {
+                continue;
+            }
+        }
         if st
             .rbac
             .authorize(&caller.object_id, &format!("{t}/read"), &sc)
             .is_ok()
         {
-            out.push(crate::arm_resources::resource_json(st, &r).await);
+            visible.push(r);
         }
     }
-    ok(StatusCode::OK, json!({ "value": out }))
+    let (items, next) = cloister_arm::paging::page(visible, |r| r.id.to_lowercase(), &page);
+    let mut out = Vec::with_capacity(items.len());
+    for r in &items {
+        out.push(crate::arm_resources::resource_json(st, r).await);
+    }
+    let mut body = json!({ "value": out });
+    if let Some(t) = next {
+        body["nextLink"] = json!(cloister_arm::paging::next_link(
+            &format!("{}{path}", st.cfg.public_url()),
+            &query,
+            &t
+        ));
+    }
+    ok(StatusCode::OK, body)
 }
 
 // ---- role assignments ----------------------------------------------------------------------
@@ -1321,6 +1380,11 @@ pub fn new_resource(
         user_identities: vec![],
         created_at: now,
         updated_at: now,
+        etag: String::new(),
+        created_by: String::new(),
+        created_by_type: String::new(),
+        modified_by: String::new(),
+        modified_by_type: String::new(),
     }
 }
 

@@ -3,18 +3,19 @@
 //! `Microsoft.ManagedIdentity/userAssignedIdentities`, which is an identity itself.
 
 use crate::arm::{
-    UAMI_TYPE, after_removal, method_not_allowed, new_resource, ok, parse_body, rg_not_found,
-    scope, store_err,
+    UAMI_TYPE, after_removal, method_not_allowed, new_resource, parse_body, rg_not_found, scope,
+    store_err,
 };
 use crate::auth::Caller;
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cloister_arm::registry::{Route, RouteKind};
 use cloister_core::clock::now_secs;
 use cloister_core::error::ArmError;
 use cloister_core::scope::{Scope, ScopeKind};
-use cloister_store::{Resource, ServicePrincipal};
+use cloister_store::{Expect, Resource, ServicePrincipal};
 use serde_json::{Map, Value, json};
 
 type Res = Result<Response, ArmError>;
@@ -59,7 +60,59 @@ pub async fn resource_json(st: &AppState, r: &Resource) -> Value {
     if !is_uami(&t) {
         v["identity"] = identity_json(st, r).await;
     }
+    if !r.etag.is_empty() {
+        v["etag"] = json!(r.etag);
+    }
+    v["systemData"] = system_data(r);
     v
+}
+
+/// ARM's `systemData` of a resource (the who is empty for rows written before it was kept).
+fn system_data(r: &Resource) -> Value {
+    use cloister_arm::system_data::{ByType, Stamp, system_data};
+    let stamp = |by: &str, ty: &str, at: i64| Stamp {
+        by: by.to_string(),
+        by_type: ByType::parse(ty),
+        at,
+    };
+    let mut v = system_data(
+        &stamp(&r.created_by, &r.created_by_type, r.created_at),
+        &stamp(&r.modified_by, &r.modified_by_type, r.updated_at),
+    );
+    if let Some(m) = v.as_object_mut() {
+        if r.created_by.is_empty() {
+            m.remove("createdBy");
+            m.remove("createdByType");
+        }
+        if r.modified_by.is_empty() {
+            m.remove("lastModifiedBy");
+            m.remove("lastModifiedByType");
+        }
+    }
+    v
+}
+
+/// Who a caller is, for `systemData`: a user by object id, an application (or managed
+/// identity) by its client id.
+fn stamp_of(caller: &Caller) -> (String, &'static str) {
+    if caller.idtyp.eq_ignore_ascii_case("user") {
+        (caller.object_id.clone(), "User")
+    } else {
+        (caller.app_id.clone(), "Application")
+    }
+}
+
+/// A response with the resource's `ETag` header (when it has one).
+fn with_etag(status: StatusCode, body: Value) -> Res {
+    let etag = body
+        .get("etag")
+        .and_then(|e| e.as_str())
+        .and_then(|e| axum::http::HeaderValue::from_str(e).ok());
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(e) = etag {
+        resp.headers_mut().insert(axum::http::header::ETAG, e);
+    }
+    Ok(resp)
 }
 
 async fn identity_json(st: &AppState, r: &Resource) -> Value {
@@ -155,31 +208,51 @@ pub async fn resource(
     caller: &Caller,
     method: &Method,
     path: &str,
+    api_version: &str,
+    headers: &HeaderMap,
     body: &Bytes,
 ) -> Res {
-    let sc = scope(path)?;
-    if sc.kind() != ScopeKind::Resource {
-        return Err(crate::arm::not_found_path(path));
+    // One parse of the path: the registered type (refusing what no provider registers),
+    // the canonical id and the action to authorize.
+    let route = st.arm.route(method, path, api_version)?;
+    if route.kind != RouteKind::Item {
+        return Err(method_not_allowed(method));
     }
-    let t = sc.resource_type().unwrap_or_default();
-    let id = sc.to_string();
-    let act = |a: &str| {
-        st.rbac
-            .authorize(&caller.object_id, &format!("{t}/{a}"), &sc)
+    let sc = route.scope.clone();
+    let t = route.type_name.clone();
+    let id = route.id.clone().unwrap_or_else(|| sc.to_string());
+    st.rbac
+        .authorize(&caller.object_id, &route.authz_action, &sc)?;
+    let header = |h: axum::http::HeaderName| {
+        headers
+            .get(h)
+            .map(|v| v.to_str().unwrap_or("\u{0}").to_string())
     };
+    let (if_match, if_none_match) = (
+        header(axum::http::header::IF_MATCH),
+        header(axum::http::header::IF_NONE_MATCH),
+    );
     match *method {
-        Method::GET => {
-            act("read")?;
-            let r = st
-                .store
-                .resource_get(&id)
-                .await
-                .map_err(store_err)?
-                .ok_or_else(|| not_found(&t, &sc))?;
-            ok(StatusCode::OK, resource_json(st, &r).await)
+        Method::GET | Method::HEAD => {
+            let r = st.store.resource_get(&id).await.map_err(store_err)?;
+            match r {
+                Some(r) if *method == Method::GET => {
+                    with_etag(StatusCode::OK, resource_json(st, &r).await)
+                }
+                Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+                None if *method == Method::HEAD => Ok(StatusCode::NOT_FOUND.into_response()),
+                None => Err(not_found(&t, &sc)),
+            }
         }
         Method::DELETE => {
-            act("delete")?;
+            if if_match.is_some() || if_none_match.is_some() {
+                let cur = st.store.resource_get(&id).await.map_err(store_err)?;
+                cloister_arm::conditional::check(
+                    if_match.as_deref(),
+                    if_none_match.as_deref(),
+                    cur.as_ref().map(|r| r.etag.as_str()),
+                )?;
+            }
             match st.store.resource_delete(&id).await.map_err(store_err)? {
                 Some(removed) => {
                     after_removal(st, &removed).await?;
@@ -189,8 +262,8 @@ pub async fn resource(
             }
         }
         Method::PUT | Method::PATCH => {
-            act("write")?;
-            put(st, caller, method, &sc, &t, body).await
+            let cond = (if_match.as_deref(), if_none_match.as_deref());
+            put(st, caller, method, &route, &id, cond, body).await
         }
         _ => Err(method_not_allowed(method)),
     }
@@ -211,13 +284,16 @@ async fn put(
     st: &AppState,
     caller: &Caller,
     method: &Method,
-    sc: &Scope,
-    t: &str,
+    route: &Route,
+    id: &str,
+    (if_match, if_none_match): (Option<&str>, Option<&str>),
     body: &Bytes,
 ) -> Res {
+    let sc = &route.scope;
+    let t = route.type_name.as_str();
     let sub = sc.subscription_id().unwrap_or_default().to_string();
     let rg = sc.resource_group().unwrap_or_default().to_string();
-    let id = sc.to_string();
+    let id = id.to_string();
     if st
         .store
         .rg_get(&sub, &rg)
@@ -244,6 +320,11 @@ async fn put(
         ));
     }
     let existing = st.store.resource_get(&id).await.map_err(store_err)?;
+    cloister_arm::conditional::check(
+        if_match,
+        if_none_match,
+        existing.as_ref().map(|r| r.etag.as_str()),
+    )?;
     let b = parse_body(body)?;
     if *method == Method::PATCH && existing.is_none() {
         return Err(not_found(t, sc));
@@ -259,6 +340,13 @@ async fn put(
         }
         _ => return Err(ArmError::invalid("'location' must be a non-empty string.")),
     };
+    if existing.is_none() && !route.spec.allows_location(&location) {
+        return Err(cloister_arm::registry::location_not_available(
+            t,
+            &route.spec,
+            &location,
+        ));
+    }
     let mut r = existing.clone().unwrap_or_else(|| {
         new_resource(&id, t, &sub, &rg, sc.name().unwrap_or_default(), &location)
     });
@@ -287,6 +375,24 @@ async fn put(
         _ => return Err(ArmError::invalid("'properties' must be an object.")),
     }
     r.updated_at = now_secs();
+    let (by, by_type) = stamp_of(caller);
+    if existing.is_none() {
+        r.created_by = by.clone();
+        r.created_by_type = by_type.to_string();
+    }
+    r.modified_by = by;
+    r.modified_by_type = by_type.to_string();
+    r.etag = cloister_arm::conditional::new_etag();
+    if !route.spec.identity
+        && !is_uami(t)
+        && b.get("identity")
+            .is_some_and(|v| !v.is_null() && v.get("type").and_then(|x| x.as_str()) != Some("None"))
+    {
+        return Err(ArmError::bad_request(
+            "InvalidIdentity",
+            format!("The resource type '{t}' does not support managed identities."),
+        ));
+    }
     let pool = crate::sessions::is_pool(t);
     let mut new_principals: Vec<ServicePrincipal> = vec![];
     let mut drop_principals: Vec<String> = vec![];
@@ -370,10 +476,26 @@ async fn put(
             sc.name().unwrap_or_default(),
         )?;
     }
-    st.store
-        .resource_put(&r, &new_principals, &drop_principals)
+    // The condition is checked again by the write itself, so a concurrent writer that
+    // changed the resource after the check above cannot be overwritten.
+    let expect = match (&existing, if_match, if_none_match) {
+        (None, _, _) if if_none_match.is_some() => Expect::Absent,
+        (Some(e), Some(_), _) => Expect::Etag(&e.etag),
+        (Some(e), None, Some(_)) => Expect::Etag(&e.etag),
+        _ => Expect::Any,
+    };
+    let written = st
+        .store
+        .resource_put_if(&r, &new_principals, &drop_principals, expect)
         .await
         .map_err(store_err)?;
+    if !written {
+        return Err(ArmError::new(
+            412,
+            "PreconditionFailed",
+            "The resource was changed by another request; read it again and retry.",
+        ));
+    }
     st.id.invalidate_identity_sets();
     if !drop_principals.is_empty() {
         st.rbac.changed().await?;
@@ -387,7 +509,7 @@ async fn put(
     if pool {
         crate::sessions::apply(st, &stored).await;
     }
-    ok(
+    with_etag(
         if existing.is_some() {
             StatusCode::OK
         } else {

@@ -139,6 +139,11 @@ pub async fn ensure_admin(
                 user_identities: vec![],
                 created_at: now,
                 updated_at: now,
+                etag: cloister_arm::conditional::new_etag(),
+                created_by: String::new(),
+                created_by_type: String::new(),
+                modified_by: String::new(),
+                modified_by_type: String::new(),
             };
             store.resource_put(&r, &[sp], &[]).await?;
         }

@@ -20,6 +20,11 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Extra DNS names for the server certificate.
     pub tls_names: Vec<String>,
+    /// Plain resource types (`Namespace/type[/child…]`) that the management API stores as
+    /// given, with ARM's identity block, for resources of the user's own (an app that
+    /// `cloister run` gives a managed identity). Every other type must be a registered
+    /// provider's. Environment: `CLOISTER_ARM_TYPES`, comma-separated.
+    pub arm_types: Vec<String>,
     /// `text` or `json`.
     pub log_format: String,
     /// A tracing filter such as `info` or `cloister=debug`.
@@ -75,6 +80,7 @@ impl Default for ServerConfig {
             store: None,
             public_url: None,
             tls_names: vec![],
+            arm_types: vec![],
             log_format: "text".into(),
             log_level: "info".into(),
             host_name: "local".into(),
@@ -133,6 +139,13 @@ impl ServerConfig {
         }
         if let Some(v) = env("SESSIONS") {
             cfg.sessions.enabled = !matches!(v.as_str(), "0" | "false" | "off");
+        }
+        if let Some(v) = env("ARM_TYPES") {
+            cfg.arm_types = v
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
         }
         if let Some(v) = env("SIGNING_ALG") {
             cfg.identity.signing_alg = v;

@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod gateway;
 pub mod graph;
 pub mod openapi;
+pub mod providers;
 pub mod rbac;
 pub mod sessions;
 pub mod state;
@@ -102,7 +103,9 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         .install_recorder()
         .ok();
     let acceptor = tls::acceptor(&ca, &cfg.listen, &cfg.tls_names)?;
+    let arm = providers::registry(&cfg)?;
     let st = Arc::new(AppState {
+        arm,
         management_audiences: vec![
             id.management_endpoint.clone(),
             "https://management.azure.com".into(),

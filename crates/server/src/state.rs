@@ -11,6 +11,8 @@ use std::sync::Arc;
 pub type PoolBinding = (Vec<String>, String, i64);
 
 pub struct AppState {
+    /// The ARM provider registry (types, api-versions, actions).
+    pub arm: cloister_arm::registry::Registry,
     pub cfg: ServerConfig,
     pub store: Store,
     pub id: Arc<Identity>,

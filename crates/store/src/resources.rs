@@ -53,6 +53,13 @@ pub struct Resource {
     pub user_identities: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// ETag of this version (quoted), empty for rows from before ETags.
+    pub etag: String,
+    /// systemData: who created and last modified the resource, and what kind of principal.
+    pub created_by: String,
+    pub created_by_type: String,
+    pub modified_by: String,
+    pub modified_by_type: String,
 }
 
 fn mg(r: &AnyRow) -> Result<ManagementGroup> {
@@ -95,7 +102,23 @@ fn res(r: &AnyRow) -> Result<Resource> {
         user_identities: json_vec(r, "user_identities")?,
         created_at: i(r, "created_at")?,
         updated_at: i(r, "updated_at")?,
+        etag: s(r, "etag")?,
+        created_by: s(r, "created_by")?,
+        created_by_type: s(r, "created_by_type")?,
+        modified_by: s(r, "modified_by")?,
+        modified_by_type: s(r, "modified_by_type")?,
     })
+}
+
+/// The condition of [`Store::resource_put_if`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// Create or replace.
+    Any,
+    /// Create only.
+    Absent,
+    /// Replace only the version with this ETag.
+    Etag(&'a str),
 }
 
 /// What a cascading delete removed, so callers can refresh caches.
@@ -311,6 +334,21 @@ impl Store {
         new_principals: &[crate::ServicePrincipal],
         drop_principals: &[String],
     ) -> Result<()> {
+        self.resource_put_if(r, new_principals, drop_principals, Expect::Any)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Store::resource_put`] on a condition checked by the write itself (so two writers
+    /// cannot both pass it): `Absent` writes only a new row, `Etag(e)` only over a row whose
+    /// ETag is `e`. Returns false, having written nothing, when the condition does not hold.
+    pub async fn resource_put_if(
+        &self,
+        r: &Resource,
+        new_principals: &[crate::ServicePrincipal],
+        drop_principals: &[String],
+        expect: Expect<'_>,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         for p in new_principals {
             sqlx::query(
@@ -333,10 +371,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
-            "INSERT INTO resources (id_lc, id, type_lc, subscription_id, resource_group_lc, name, location, tags, properties, system_principal_id, user_identities, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
-             ON CONFLICT (id_lc) DO UPDATE SET tags = excluded.tags, properties = excluded.properties, system_principal_id = excluded.system_principal_id, user_identities = excluded.user_identities, updated_at = excluded.updated_at",
+        let done = sqlx::query(
+            "INSERT INTO resources (id_lc, id, type_lc, subscription_id, resource_group_lc, name, location, tags, properties, system_principal_id, user_identities, created_at, updated_at, etag, created_by, created_by_type, modified_by, modified_by_type) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18) \
+             ON CONFLICT (id_lc) DO UPDATE SET tags = excluded.tags, properties = excluded.properties, system_principal_id = excluded.system_principal_id, user_identities = excluded.user_identities, updated_at = excluded.updated_at, etag = excluded.etag, modified_by = excluded.modified_by, modified_by_type = excluded.modified_by_type \
+             WHERE $19 = 0 OR ($19 = 2 AND resources.etag = $20)",
         )
         .bind(r.id.to_lowercase())
         .bind(&r.id)
@@ -351,10 +390,28 @@ impl Store {
         .bind(serde_json::to_string(&r.user_identities).unwrap_or_default())
         .bind(r.created_at)
         .bind(r.updated_at)
+        .bind(&r.etag)
+        .bind(&r.created_by)
+        .bind(&r.created_by_type)
+        .bind(&r.modified_by)
+        .bind(&r.modified_by_type)
+        .bind(match expect {
+            Expect::Any => 0i64,
+            Expect::Absent => 1,
+            Expect::Etag(_) => 2,
+        })
+        .bind(match expect {
+            Expect::Etag(e) => e.to_string(),
+            _ => String::new(),
+        })
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            // The condition failed: drop the transaction (and the principals it added).
+            return Ok(false);
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes a resource, its child resources, the managed identities it owns (its

@@ -144,6 +144,11 @@ impl Server {
             .arg("127.0.0.1:0")
             .args(&self.extra_args)
             .env("CLOISTER_LOG_LEVEL", "warn")
+            // The plain resource types the tests use as "a resource of the user's own".
+            .env(
+                "CLOISTER_ARM_TYPES",
+                "Contoso.Widgets/widgets,Contoso.Web/sites",
+            )
             .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
