@@ -1,7 +1,7 @@
 //! Cloister's sandbox: one bubblewrap jail per session, with every namespace unshared, an
 //! unprivileged uid, no capabilities, a seccomp filter ([`seccomp`]), a cgroup capping memory,
-//! pids and CPU ([`cgroup`]), a read-only runtime and size-capped writable `/tmp` and
-//! `/mnt/data`. Inside runs a Python agent (`agent.py`, embedded in this crate) that executes
+//! pids and CPU ([`cgroup`]), a read-only root, `/dev` and runtime, and size-capped writable
+//! `/tmp`, `/dev/shm` and `/mnt/data` (the only paths that take a file). Inside runs a Python agent (`agent.py`, embedded in this crate) that executes
 //! code in one persistent IPython `InteractiveShell` and serves file requests.
 //!
 //! This crate knows nothing about session pools.
@@ -673,10 +673,13 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
     .arg(&files.hosts)
     .arg("/etc/hosts")
     .args(["--proc", "/proc", "--dev", "/dev"]);
-    if zygote {
-        cmd.args(["--remount-ro", "/dev"]);
+    if !zygote {
+        // Forked sessions mount their own /dev/shm over the zygote's read-only /dev.
+        cmd.args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/dev/shm"]);
     }
-    cmd.args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
+    // /dev's own tmpfs is read-only: nothing but the capped mounts takes a file.
+    cmd.args(["--remount-ro", "/dev"])
+        .args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
         .args([
             "--size",
             &data_size,
@@ -705,6 +708,10 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
     for (host, inside) in &files.scripts {
         cmd.arg("--ro-bind").arg(host).arg(inside);
     }
+    // Last of the mount operations: the root (bwrap's tmpfs, holding /etc, /var, /opt, /run
+    // and the mount points) becomes read-only, so the only writable paths are the size-capped
+    // tmpfs mounts above; for a zygote, also the root every forked session shares.
+    cmd.args(["--remount-ro", "/"]);
     cmd.args(["--chdir", "/mnt/data", "--clearenv"]);
     for (k, v) in &files.env {
         cmd.arg("--setenv").arg(k).arg(v);

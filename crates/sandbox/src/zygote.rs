@@ -17,8 +17,8 @@
 //! capped `/tmp`, `/mnt/data` and `/dev/shm`, a new `devpts` instance and, as pid 1 of its pid
 //! namespace, its own `/proc`; it drops every capability (bounding and ambient sets too), sets
 //! `no_new_privs`, installs the same seccomp filter as a bwrap-started sandbox and forks the
-//! agent. The zygote's own sandbox is bwrap's usual one with a read-only `/dev`; it never runs
-//! user code.
+//! agent. The zygote's own sandbox is bwrap's usual one with a read-only root and `/dev` (the
+//! sessions share them, so nothing of theirs is writable); it never runs user code.
 //!
 //! Consequences, written down in `docs/security.md`: sessions of one template share the
 //! zygote's address-space layout (ASLR is per zygote, not per session) and Python's string

@@ -305,3 +305,182 @@ async fn the_protocol_channel_cannot_be_abused_against_the_supervisor() {
     assert!(!s.is_alive());
     finish(s).await;
 }
+
+// --- cross-session persistence ---------------------------------------------------------------
+//
+// Sessions of one template (forked from one zygote by default; one bwrap each with
+// CLOISTER_SANDBOX_ZYGOTE=0) must not leave anything for each other: the root and every path
+// outside a session's own size-capped /tmp, /mnt/data and /dev/shm are read-only, and what is
+// written to those is gone with the session.
+
+/// A template whose sandboxes differ only in their identity secret, as pools that differ only
+/// in their identities do: an identity socket (a listener nobody answers) in the work dir.
+fn identity_template(dir: &std::path::Path) -> (cloister_sandbox::SandboxConfig, std::os::unix::net::UnixListener) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cfg = common::config(dir);
+    cfg.limits.memory_bytes = 192 << 20;
+    cfg.tmp_bytes = 16 << 20;
+    cfg.data_bytes = 16 << 20;
+    cfg.limits.pids = 32;
+    cloister_sandbox::prepare_work_dir(dir).unwrap();
+    let sock = dir.join("identity.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    cfg.identity_socket = Some(sock);
+    (cfg, listener)
+}
+
+async fn start_with_secret(cfg: &cloister_sandbox::SandboxConfig, secret: &str) -> Sandbox {
+    let mut cfg = cfg.clone();
+    cfg.identity_header = secret.into();
+    Sandbox::start(&cfg).await.expect("sandbox starts")
+}
+
+fn py_list(r: &cloister_sandbox::ExecResult) -> Vec<String> {
+    let out = r.result.clone().unwrap_or_default();
+    serde_json::from_str::<Vec<String>>(&out.trim_matches('\'').replace("\\'", "'"))
+        .unwrap_or_else(|e| panic!("{e}: {out} {}", r.stderr))
+}
+
+/// Every path outside the session's own mounts that session code might plant something in.
+const ROOT_PATHS: &[&str] = &[
+    "/etc/ld.so.preload",
+    "/etc/cloister-planted",
+    "/cloister-planted",
+    "/var/cloister-planted",
+    "/opt/cloister-planted",
+    "/opt/cloister/cloister-planted",
+    "/run/cloister-planted",
+    "/run/cloister/cloister-planted",
+    "/mnt/cloister-planted",
+    "/usr/cloister-planted",
+    "/dev/cloister-planted",
+    "/home/cloister-planted",
+    "/root/cloister-planted",
+    "/srv/cloister-planted",
+];
+
+#[tokio::test]
+async fn a_session_cannot_plant_ld_so_preload_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _listener) = identity_template(dir.path());
+    let mut a = start_with_secret(&cfg, "secret-of-pool-a").await;
+    // Pool A's session compiles nothing (any file would do as the payload) and tries every
+    // root path, making missing directories where it can.
+    let code = format!(
+        r#"
+import os, json
+planted = []
+for p in {paths:?}:
+    try:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write("/tmp/evil.so\n")
+        planted.append(p)
+    except OSError:
+        pass
+json.dumps(planted)
+"#,
+        paths = ROOT_PATHS
+    );
+    let r = run(&mut a, &code).await;
+    let planted = py_list(&r);
+    // Pool C's session, same template, another identity, running while A's still lives.
+    let mut c = start_with_secret(&cfg, "secret-of-pool-c").await;
+    let check = format!(
+        "import os, json, subprocess\nsubprocess.run(['/bin/true'])\n\
+         json.dumps([p for p in {paths:?} if os.path.exists(p)])",
+        paths = ROOT_PATHS
+    );
+    let seen = py_list(&run(&mut c, &check).await);
+    assert_eq!(seen, Vec::<String>::new(), "session C sees what session A planted");
+    assert_eq!(planted, Vec::<String>::new(), "session A could write outside its own mounts");
+    finish(a).await;
+    // And after A is gone, a new session sees nothing either.
+    let mut d = start_with_secret(&cfg, "secret-of-pool-d").await;
+    assert_eq!(py_list(&run(&mut d, &check).await), Vec::<String>::new());
+    finish(c).await;
+    finish(d).await;
+}
+
+/// Lists, from inside a session, every mount point and top-level directory that takes a new
+/// file, with the file system type and size option of the mount it lands on; plants a file
+/// named `marker` in each.
+const SCAN: &str = r#"
+import os, json
+marker = MARKER
+mounts = {}
+for line in open("/proc/self/mountinfo"):
+    pre, post = line.split(" - ")
+    mp = pre.split()[4].replace("\\040", " ")
+    fstype, _src, opts = post.split()[:3]
+    mounts[mp] = (fstype, opts)
+def mount_of(path):
+    path = os.path.realpath(path)
+    best = "/"
+    for mp in mounts:
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            best = mp
+    return best
+cands = set(mounts) | {"/"}
+for top in os.listdir("/"):
+    p = "/" + top
+    if os.path.isdir(p) and not os.path.islink(p) and top not in ("proc", "sys"):
+        cands.add(p)
+        for sub in os.listdir(p) if top not in ("usr",) else []:
+            if os.path.isdir(os.path.join(p, sub)) and not os.path.islink(os.path.join(p, sub)):
+                cands.add(os.path.join(p, sub))
+writable = []
+for d in sorted(cands):
+    if not os.path.isdir(d) or d.startswith("/proc") or d.startswith("/sys"):
+        continue
+    f = os.path.join(d, marker)
+    try:
+        with open(f, "w") as fh:
+            fh.write("x")
+    except OSError:
+        continue
+    mp = mount_of(f)
+    fstype, opts = mounts.get(mp, ("?", ""))
+    size = [o for o in opts.split(",") if o.startswith("size=")]
+    writable.append([d, mp, fstype, size[0] if size else ""])
+json.dumps(writable)
+"#;
+
+#[tokio::test]
+async fn every_writable_mount_is_private_capped_and_gone_with_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _listener) = identity_template(dir.path());
+    let marker = "cloister-scan-marker";
+    let mut a = start_with_secret(&cfg, "secret-one").await;
+    let r = run(&mut a, &SCAN.replace("MARKER", &format!("{marker:?}"))).await;
+    let out = r.result.clone().unwrap_or_default();
+    let writable: Vec<(String, String, String, String)> =
+        serde_json::from_str(out.trim_matches('\'')).unwrap_or_else(|e| panic!("{e}: {out} {}", r.stderr));
+    // 16 MiB caps, as tmpfs reports them (in KiB).
+    let capped = "size=16384k";
+    let mut mounts: Vec<&str> = vec![];
+    for (dir, mp, fstype, size) in &writable {
+        assert!(
+            ["/tmp", "/mnt/data", "/dev/shm"].contains(&mp.as_str()),
+            "{dir} is writable and on {mp} ({fstype}), not one of the session's own mounts: {writable:?}"
+        );
+        assert_eq!((fstype.as_str(), size.as_str()), ("tmpfs", capped), "{dir} on {mp}");
+        mounts.push(mp);
+    }
+    for own in ["/tmp", "/mnt/data", "/dev/shm"] {
+        assert!(mounts.contains(&own), "{own} is not writable: {writable:?}");
+    }
+    // Nothing of it reaches the next session of the template, during or after this one.
+    let look = format!(
+        "import os, json\njson.dumps([d for d in {dirs:?} if os.path.exists(os.path.join(d, {marker:?}))])",
+        dirs = writable.iter().map(|w| w.0.clone()).collect::<Vec<_>>()
+    );
+    let mut b = start_with_secret(&cfg, "secret-two").await;
+    assert_eq!(py_list(&run(&mut b, &look).await), Vec::<String>::new());
+    finish(a).await;
+    let mut c = start_with_secret(&cfg, "secret-three").await;
+    assert_eq!(py_list(&run(&mut c, &look).await), Vec::<String>::new());
+    finish(b).await;
+    finish(c).await;
+}
