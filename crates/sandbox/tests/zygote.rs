@@ -99,8 +99,10 @@ async fn forked_sessions_are_separate() {
             .unwrap()
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["65534", "65534", "1"]
+        ["65534", &a.host_uid().unwrap().to_string(), "1"]
     );
+    // Its zygote's host uid, not nobody's.
+    assert_ne!(a.host_uid(), Some(65534));
 
     // What one session writes, the other does not see.
     run(
