@@ -12,6 +12,14 @@ DATA = "/mnt/data"
 DEFAULT_MAX_OUTPUT = 65536
 IDENTITY_PORT = 42356
 
+# Not dumpable: no other process of the host, whatever its uid, may ptrace the agent or read
+# its memory (/proc/PID/mem, environ); the agent still reads its own /proc/self/fd and status.
+# Subprocesses that exec become dumpable again (the kernel resets it), forked ones do not.
+import ctypes as _ctypes
+
+_ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+del _ctypes
+
 # --- file descriptors -------------------------------------------------------------------------
 try:
     os.close(3)  # bwrap's seccomp program, if still open

@@ -56,6 +56,24 @@ pub fn sweep(parent: &str) -> usize {
     removed
 }
 
+/// Removes the (empty) parent group `parent` in every hierarchy; one that still has groups or
+/// processes stays.
+pub fn remove_parent(parent: &str) {
+    if parent.is_empty() || parent.contains('/') || parent.contains("..") {
+        return;
+    }
+    let dirs: Vec<PathBuf> = match detect() {
+        Layout::V1 => ["memory", "pids", "cpu"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join(parent))
+            .collect(),
+        Layout::V2 => vec![Path::new(ROOT).join(parent)],
+    };
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     V1,

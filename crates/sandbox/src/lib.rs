@@ -1,7 +1,7 @@
 //! Cloister's sandbox: one bubblewrap jail per session, with every namespace unshared, an
 //! unprivileged uid, no capabilities, a seccomp filter ([`seccomp`]), a cgroup capping memory,
-//! pids and CPU ([`cgroup`]), a read-only runtime and size-capped writable `/tmp` and
-//! `/mnt/data`. Inside runs a Python agent (`agent.py`, embedded in this crate) that executes
+//! pids and CPU ([`cgroup`]), a read-only root, `/dev` and runtime, and size-capped writable
+//! `/tmp`, `/dev/shm` and `/mnt/data` (the only paths that take a file). Inside runs a Python agent (`agent.py`, embedded in this crate) that executes
 //! code in one persistent IPython `InteractiveShell` and serves file requests.
 //!
 //! This crate knows nothing about session pools.
@@ -73,12 +73,14 @@
 //!
 //! # Host uid
 //! A supervisor running as root joins the sandbox's cgroup in the child it forks and then drops
-//! to [`SANDBOX_UID`] (`nobody`/`nogroup`, no supplementary groups) before it execs bwrap, so
-//! bwrap runs unprivileged and builds its own user namespaces: every process of the sandbox is
-//! host uid/gid 65534 as well as 65534 inside (its `uid_map`, seen from the host, reads
-//! `65534 65534 1`), not host root. Everything bwrap binds must therefore be reachable by that
-//! uid: [`SandboxConfig::work_dir`] (made 0755 by [`Sandbox::start`], its files 0644; keep it
-//! out of private directories, see [`WORK_ROOT`]), the runtime (a+rX), and the identity socket
+//! to a host uid/gid of the sandbox's own ([`uids`]: from `CLOISTER_SANDBOX_UID_RANGE`, no
+//! supplementary groups) before it execs bwrap, so bwrap runs unprivileged and builds its own
+//! user namespaces: every process of the sandbox is that host uid, and 65534 inside (its
+//! `uid_map`, seen from the host, reads `65534 <uid> 1`), never host root and never another
+//! sandbox's uid. A forked sandbox runs as its zygote's uid ([`zygote`]). The agent is not
+//! dumpable. Everything bwrap binds must therefore be reachable by any uid:
+//! [`SandboxConfig::work_dir`] (made 0755 by [`Sandbox::start`], its files 0644; keep it out
+//! of private directories, see [`WORK_ROOT`]), the runtime (a+rX), and the identity socket
 //! (0666 in a 0755 directory; the binding secret is what guards it). The supervisor, still
 //! root, signals, inspects and kills the sandbox's processes and runs slirp4netns. A
 //! supervisor that is not root runs bwrap as its own uid ([`drops_privileges`]).
@@ -89,8 +91,7 @@
 //! starts one bwrap per sandbox as described above.
 //!
 //! # Known limits
-//! * Processes of all sandboxes share host uid 65534, so its `RLIMIT_NPROC` (inherited from
-//!   the supervisor) counts all of them together, on top of each sandbox's pids cgroup.
+//! * Forked sessions of one zygote share its host uid (and that uid's `RLIMIT_NPROC`).
 //! * Enabled egress reaches the public internet; non-public destinations are refused by an
 //!   nftables table ([`egress`]), which needs `nft` and a root supervisor.
 //! * The runtime is read-only: `pip install` inside a sandbox does not work.
@@ -99,6 +100,7 @@ pub mod cgroup;
 pub mod egress;
 pub mod net;
 pub mod seccomp;
+pub mod uids;
 pub mod zygote;
 
 use cgroup::{Cgroup, Limits};
@@ -472,7 +474,6 @@ pub struct Sandbox {
     /// bwrap, for a sandbox that has its own (none when forked from a zygote).
     child: Option<Child>,
     /// The zygote it was forked from, kept alive while the sandbox lives.
-    #[allow(dead_code)]
     zygote: Option<Arc<zygote::Zygote>>,
     writer: OwnedWriteHalf,
     reader: LineReader,
@@ -490,6 +491,16 @@ pub struct Sandbox {
     dead: bool,
     /// Whether the memory cgroup had OOM-killed something when the sandbox died.
     oom: bool,
+    /// The sandbox's own host uid (a root supervisor's), given back once it is killed.
+    host_uid: Option<uids::HostUid>,
+}
+
+/// A host uid of its own for a sandbox, when the supervisor runs as root.
+fn host_uid() -> Result<Option<uids::HostUid>, SandboxError> {
+    if !drops_privileges() {
+        return Ok(None);
+    }
+    uids::allocate().map(Some).map_err(SandboxError::Start)
 }
 
 fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
@@ -673,10 +684,15 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
     .arg(&files.hosts)
     .arg("/etc/hosts")
     .args(["--proc", "/proc", "--dev", "/dev"]);
-    if zygote {
-        cmd.args(["--remount-ro", "/dev"]);
+    if !zygote {
+        // Forked sessions mount their own /dev/shm over the zygote's read-only /dev.
+        cmd.args([
+            "--size", &tmp_size, "--perms", "1777", "--tmpfs", "/dev/shm",
+        ]);
     }
-    cmd.args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
+    // /dev's own tmpfs is read-only: nothing but the capped mounts takes a file.
+    cmd.args(["--remount-ro", "/dev"])
+        .args(["--size", &tmp_size, "--perms", "1777", "--tmpfs", "/tmp"])
         .args([
             "--size",
             &data_size,
@@ -705,6 +721,10 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
     for (host, inside) in &files.scripts {
         cmd.arg("--ro-bind").arg(host).arg(inside);
     }
+    // Last of the mount operations: the root (bwrap's tmpfs, holding /etc, /var, /opt, /run
+    // and the mount points) becomes read-only, so the only writable paths are the size-capped
+    // tmpfs mounts above; for a zygote, also the root every forked session shares.
+    cmd.args(["--remount-ro", "/"]);
     cmd.args(["--chdir", "/mnt/data", "--clearenv"]);
     for (k, v) in &files.env {
         cmd.arg("--setenv").arg(k).arg(v);
@@ -791,18 +811,24 @@ fn host_pid(cgroup: &Cgroup, ns: i32) -> Option<i32> {
         .find(|p| matches!(ns_pids(*p).as_slice(), [_, n] if *n == ns))
 }
 
-fn jail_hooks(cmd: &mut std::process::Command, fds: [std::os::fd::RawFd; 2], cgroup: &Cgroup) {
+/// `drop_to`: the host uid (and gid) to become before bwrap runs (a root supervisor's
+/// sandbox, see [`uids`]); None leaves the supervisor's own.
+fn jail_hooks(
+    cmd: &mut std::process::Command,
+    fds: [std::os::fd::RawFd; 2],
+    cgroup: &Cgroup,
+    drop_to: Option<u32>,
+) {
     use std::os::unix::process::CommandExt;
     let procs = cgroup.procs_paths();
-    let drop_to = drops_privileges().then_some(SANDBOX_UID);
     // SAFETY: the hook only calls fcntl, dup2, cgroup writes (open/write/close), setgroups,
     // setgid and setuid, which are async-signal-safe (no allocation, no locks), on data
     // prepared before fork.
     unsafe {
         cmd.pre_exec(move || {
             place_fds(&fds)?;
-            // Joining the cgroup needs root; then become SANDBOX_UID on the host before bwrap
-            // runs (setuid from root clears every capability), so that the sandbox's user
+            // Joining the cgroup needs root; then become the sandbox's own host uid before
+            // bwrap runs (setuid from root clears every capability), so that the sandbox's user
             // namespaces belong to, and map to, an unprivileged host uid.
             Cgroup::join_self(&procs)?;
             if let Some(host) = drop_to
@@ -829,8 +855,9 @@ fn spawn_jailed(
     mut cmd: tokio::process::Command,
     fds: [std::os::fd::RawFd; 2],
     cgroup: &Cgroup,
+    drop_to: Option<u32>,
 ) -> Result<Child, SandboxError> {
-    jail_hooks(cmd.as_std_mut(), fds, cgroup);
+    jail_hooks(cmd.as_std_mut(), fds, cgroup, drop_to);
     cmd.spawn().map_err(spawn_error)
 }
 
@@ -910,6 +937,7 @@ impl Sandbox {
     async fn start_bwrap(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let files = prepare(cfg, &[])?;
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let host_uid = host_uid()?;
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
         let (memfd, host_end, jail_end) = jail_fds(&cgroup)?;
@@ -917,12 +945,23 @@ impl Sandbox {
         cmd.args(["--seccomp", "3"])
             .arg(&cfg.python)
             .args(["-I", "-B", "/opt/cloister/agent.py"]);
-        let spawned = spawn_jailed(cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup);
+        let spawned = spawn_jailed(
+            cmd,
+            [memfd.as_raw_fd(), jail_end.as_raw_fd()],
+            &cgroup,
+            host_uid.as_ref().map(uids::HostUid::get),
+        );
         drop((memfd, jail_end));
         let mut child = spawned.inspect_err(|_| cgroup.destroy())?;
         let stderr = Tail::spawn(child.stderr.take());
-        let sbx = Sandbox::starting(id, Some(child), None, host_end, cgroup, stderr, cfg)?;
+        let sbx = Sandbox::starting(id, Some(child), None, host_end, cgroup, stderr, cfg)?
+            .with_uid(host_uid);
         sbx.finish_start(cfg).await
+    }
+
+    fn with_uid(mut self, uid: Option<uids::HostUid>) -> Sandbox {
+        self.host_uid = uid;
+        self
     }
 
     /// A sandbox whose interpreter has not answered yet (see [`Sandbox::finish_start`]).
@@ -955,6 +994,7 @@ impl Sandbox {
             next: 0,
             dead: false,
             oom: false,
+            host_uid: None,
         })
     }
 
@@ -1040,6 +1080,16 @@ impl Sandbox {
     /// The agent's pid in the host's pid namespace.
     pub fn agent_pid(&self) -> Option<i32> {
         self.agent_pid
+    }
+
+    /// The sandbox's host uid (and gid) when the supervisor runs as root ([`uids`]): its own
+    /// for a bwrap-started sandbox, its zygote's for a forked one (shared by the sessions of
+    /// that zygote, see [`zygote`]).
+    pub fn host_uid(&self) -> Option<u32> {
+        match &self.zygote {
+            Some(z) => z.uid(),
+            None => self.host_uid.as_ref().map(uids::HostUid::get),
+        }
     }
 
     /// The slirp4netns helper's pid, for [`Network::Enabled`] sandboxes.
@@ -1296,6 +1346,13 @@ impl Sandbox {
         self.cgroup.destroy();
         if let Some(s) = &mut self.slirp {
             s.kill();
+        }
+        // Its uid is free again once no process of the sandbox is left; one that could not be
+        // killed keeps it for good.
+        if let Some(u) = self.host_uid.take()
+            && self.cgroup.exists()
+        {
+            u.leak();
         }
     }
 

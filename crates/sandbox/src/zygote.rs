@@ -17,8 +17,8 @@
 //! capped `/tmp`, `/mnt/data` and `/dev/shm`, a new `devpts` instance and, as pid 1 of its pid
 //! namespace, its own `/proc`; it drops every capability (bounding and ambient sets too), sets
 //! `no_new_privs`, installs the same seccomp filter as a bwrap-started sandbox and forks the
-//! agent. The zygote's own sandbox is bwrap's usual one with a read-only `/dev`; it never runs
-//! user code.
+//! agent. The zygote's own sandbox is bwrap's usual one with a read-only root and `/dev` (the
+//! sessions share them, so nothing of theirs is writable); it never runs user code.
 //!
 //! Consequences, written down in `docs/security.md`: sessions of one template share the
 //! zygote's address-space layout (ASLR is per zygote, not per session) and Python's string
@@ -60,6 +60,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// that happened to start it (every `#[tokio::test]` has its own).
 pub(crate) struct Zygote {
     key: String,
+    /// [`SandboxConfig::cgroup_parent`] (see [`stop_all`]).
+    parent: String,
     child: Mutex<Child>,
     /// The control channel: the stream (writes) and a reader on a clone of it.
     ctl: Mutex<(UnixStream, BufReader<UnixStream>)>,
@@ -68,6 +70,8 @@ pub(crate) struct Zygote {
     pid: i32,
     stderr: Tail,
     last_used: Mutex<Instant>,
+    /// The zygote's own host uid (a root supervisor's), given back when it is dropped.
+    uid: Option<crate::uids::HostUid>,
 }
 
 /// One line from the zygote, at most 64 KiB.
@@ -174,6 +178,37 @@ pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError
     }
 }
 
+/// Stops every zygote whose sandboxes live under `cgroup_parent` and removes its cgroup, then
+/// the parent group itself if nothing else is left in it: a server's clean stop, once its
+/// sandboxes are gone (a sandbox still running from one of these zygotes dies with it). A
+/// zygote still starting is left alone. Returns how many were stopped.
+pub fn stop_all(cgroup_parent: &str) -> usize {
+    let cells: Vec<Cell> = {
+        let map = ZYGOTES.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
+    };
+    let mut stopped = vec![];
+    for cell in cells {
+        let Ok(mut slot) = cell.try_lock() else {
+            continue;
+        };
+        if let Some(Slot::Ready(z)) = &*slot
+            && z.parent == cgroup_parent
+        {
+            z.retire();
+            z.cgroup.destroy();
+            stopped.push(z.key.clone());
+            *slot = None;
+        }
+    }
+    ZYGOTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|k, _| !stopped.contains(k));
+    crate::cgroup::remove_parent(cgroup_parent);
+    stopped.len()
+}
+
 impl Zygote {
     async fn start(cfg: &SandboxConfig, key: String) -> Result<Zygote, SandboxError> {
         let mut files = prepare(cfg, &[("zygote.py", ZYGOTE, "/opt/cloister/zygote.py")])?;
@@ -208,7 +243,21 @@ impl Zygote {
         cmd.arg(&cfg.python)
             .args(["-I", "-B", "/opt/cloister/zygote.py"]);
         let mut cmd = std::mem::replace(cmd.as_std_mut(), std::process::Command::new("true"));
-        jail_hooks(&mut cmd, [memfd.as_raw_fd(), jail_end.as_raw_fd()], &cgroup);
+        // A root supervisor's zygote, and so every session forked from it, runs as a host uid
+        // of its own (see `uids`); otherwise as the supervisor's uid.
+        let uid = match crate::host_uid() {
+            Ok(u) => u,
+            Err(e) => {
+                cgroup.destroy();
+                return Err(e);
+            }
+        };
+        jail_hooks(
+            &mut cmd,
+            [memfd.as_raw_fd(), jail_end.as_raw_fd()],
+            &cgroup,
+            uid.as_ref().map(crate::uids::HostUid::get),
+        );
         let spawned = cmd.spawn().map_err(spawn_error);
         drop((memfd, jail_end));
         let mut child = spawned.inspect_err(|_| cgroup.destroy())?;
@@ -249,12 +298,14 @@ impl Zygote {
         tracing::info!(zygote = %key, "sandbox zygote started");
         Ok(Zygote {
             key,
+            parent: cfg.cgroup_parent.clone(),
             child: Mutex::new(child),
             ctl: Mutex::new((host_end, reader)),
             cgroup,
             pid,
             stderr,
             last_used: Mutex::new(Instant::now()),
+            uid,
         })
     }
 
@@ -263,6 +314,10 @@ impl Zygote {
         let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let _ = c.kill();
         let _ = c.wait();
+    }
+
+    pub(crate) fn uid(&self) -> Option<u32> {
+        self.uid.as_ref().map(crate::uids::HostUid::get)
     }
 
     fn alive(&self) -> bool {

@@ -79,7 +79,7 @@ out
         .replace("False", "false")
         .replace("True", "true");
     let v: serde_json::Value = serde_json::from_str(&v).unwrap();
-    assert_eq!(v["uid"], 65534);
+    assert_eq!(v["uid"], 65534, "inside, sandboxes run as 65534");
     assert_eq!(v["host_dirs"], serde_json::json!([]), "host paths visible");
     assert_eq!(
         v["var"],
@@ -112,11 +112,17 @@ fn host_ids(pid: i32) -> Option<(String, String, String)> {
 }
 
 #[tokio::test]
-async fn runs_as_an_unprivileged_host_uid() {
+async fn runs_as_an_unprivileged_host_uid_of_its_own() {
     use std::os::unix::fs::MetadataExt;
     let (mut s, _d) = start().await;
     let id = s.id().to_string();
     let agent = s.agent_pid().expect("agent pid");
+    // Its own uid from the configured range (the supervisor runs as root here), not 65534.
+    let uid = s
+        .host_uid()
+        .expect("a root supervisor gives every sandbox a host uid");
+    let (first, last) = cloister_sandbox::uids::DEFAULT_RANGE;
+    assert!((first..=last).contains(&uid), "{uid}");
     // A cell that keeps a child process alive for a while, during which the host looks at
     // every process in the sandbox's cgroup: the session's pid 1 (bwrap's init, or the forked
     // session's reaper), bwrap itself when it has one, the agent and the child.
@@ -142,31 +148,135 @@ async fn runs_as_an_unprivileged_host_uid() {
     };
     let (r, seen) = tokio::join!(s.exec(code, T, DEFAULT_MAX_OUTPUT), watch);
     let r = r.expect("exec");
+    // Inside, it is still 65534.
     assert_eq!(
         r.result.as_deref(),
         Some("(65534, 65534, 65534, 65534)"),
         "{r:?}"
     );
     assert!(seen.iter().any(|(p, _)| *p == agent), "{seen:?}");
-    let nobody = "65534 65534 65534 65534".to_string();
-    for (pid, (uid, gid, groups)) in &seen {
-        assert_eq!(uid, &nobody, "host uids of {pid}");
-        assert_eq!(gid, &nobody, "host gids of {pid}");
+    let own = format!("{uid} {uid} {uid} {uid}");
+    for (pid, (uids, gids, groups)) in &seen {
+        assert_eq!(uids, &own, "host uids of {pid}");
+        assert_eq!(gids, &own, "host gids of {pid}");
         assert_eq!(groups, "", "supplementary groups of {pid}");
     }
-    // The agent's user namespace maps 65534 to host 65534, not to host root.
+    // The agent's user namespace maps 65534 to the sandbox's host uid, not to host root.
     for map in ["uid_map", "gid_map"] {
         let m = std::fs::read_to_string(format!("/proc/{agent}/{map}")).unwrap();
         assert_eq!(
             m.split_whitespace().collect::<Vec<_>>(),
-            ["65534", "65534", "1"],
+            ["65534", &uid.to_string(), "1"],
             "{map}: {m}"
         );
     }
-    // The file the cell created belongs to host uid 65534 too.
+    // The file the cell created belongs to that host uid too.
     let md = std::fs::metadata(format!("/proc/{agent}/root/tmp/mine")).unwrap();
-    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    assert_eq!((md.uid(), md.gid()), (uid, uid));
     finish(s).await;
+}
+
+/// Runs `code` in the host's /usr/bin/python3 as host uid and gid `uid` (no groups), as a
+/// process of the host that is not in any sandbox; its stdout.
+fn python_as(uid: u32, code: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.args(["-I", "-c", code]);
+    // SAFETY: setgroups/setgid/setuid only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setgid(uid) < 0
+                || libc::setuid(uid) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// What a host process as `uid` can do to process `pid`: open its memory, read its
+/// environment, signal it.
+fn reach(uid: u32, pid: i32) -> String {
+    python_as(
+        uid,
+        &format!(
+            "import os\nr = []\n\
+             for what, f in [('mem', lambda: open('/proc/{pid}/mem', 'rb')), \
+             ('environ', lambda: open('/proc/{pid}/environ', 'rb').read()), \
+             ('signal', lambda: os.kill({pid}, 0))]:\n\
+             \x20   try:\n        f(); r.append(what)\n    except OSError:\n        pass\n\
+             print(','.join(r) or 'nothing')"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn sandboxes_have_distinct_uids_and_cannot_reach_each_other() {
+    let (mut a, _da) = start().await;
+    let (mut b, _db) = start().await;
+    let (ua, ub) = (a.host_uid().unwrap(), b.host_uid().unwrap());
+    assert_ne!(ua, ub);
+    // Both idle, then B busy with children of its own: every host process running as A's uid
+    // is one of A's (what RLIMIT_NPROC counts for A), and B's only B's.
+    let busy = "import subprocess, time\nps = [subprocess.Popen(['sleep', '20']) for _ in range(6)]\n\
+                time.sleep(4)\nlen(ps)";
+    let (ida, idb) = (a.id().to_string(), b.id().to_string());
+    let agent = a.agent_pid().unwrap();
+    let check = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Every process of a sandbox runs as its uid, and none of the other's does: what
+        // RLIMIT_NPROC counts for one is never the other's. (A forked sandbox's uid is its
+        // zygote's, which also runs the zygote itself.)
+        let procs_of = |uid: u32| -> Vec<i32> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| {
+                    host_ids(*p)
+                        .is_some_and(|(u, _, _)| u.split(' ').next() == Some(&*uid.to_string()))
+                })
+                .collect()
+        };
+        for (id, uid, other) in [(&ida, ua, &idb), (&idb, ub, &ida)] {
+            let with_uid = procs_of(uid);
+            let mine = common::cgroup_pids(id);
+            assert!(!mine.is_empty());
+            for p in &mine {
+                assert!(
+                    with_uid.contains(p) || common::gone(*p),
+                    "{p} of {id} is not uid {uid}"
+                );
+            }
+            for p in common::cgroup_pids(other) {
+                assert!(
+                    !with_uid.contains(&p),
+                    "{p} of {other} runs as {id}'s uid {uid}"
+                );
+            }
+        }
+        // A host process running as B's uid, or as nobody, gets nothing of A's agent: not its
+        // memory, not its environment (the identity secret), not even a signal through.
+        for uid in [ub, 65534] {
+            assert_eq!(reach(uid, agent), "nothing", "as uid {uid}");
+        }
+    };
+    let (r, ()) = tokio::join!(b.exec(busy, T, DEFAULT_MAX_OUTPUT), check);
+    assert_eq!(r.expect("exec").result.as_deref(), Some("6"));
+    // The agent is not dumpable (so not even its own uid outside its namespace could attach),
+    // yet it still reads its own /proc/self.
+    let r = run(
+        &mut a,
+        "import os\n(len(os.listdir('/proc/self/fd')) > 2, 'VmRSS' in open('/proc/self/status').read())",
+    )
+    .await;
+    assert_eq!(r.result.as_deref(), Some("(True, True)"), "{r:?}");
+    finish(a).await;
+    finish(b).await;
 }
 
 #[tokio::test]
@@ -304,4 +414,201 @@ async fn the_protocol_channel_cannot_be_abused_against_the_supervisor() {
     assert!(matches!(e, SandboxError::Protocol(_)), "{e:?}");
     assert!(!s.is_alive());
     finish(s).await;
+}
+
+// --- cross-session persistence ---------------------------------------------------------------
+//
+// Sessions of one template (forked from one zygote by default; one bwrap each with
+// CLOISTER_SANDBOX_ZYGOTE=0) must not leave anything for each other: the root and every path
+// outside a session's own size-capped /tmp, /mnt/data and /dev/shm are read-only, and what is
+// written to those is gone with the session.
+
+/// A template whose sandboxes differ only in their identity secret, as pools that differ only
+/// in their identities do: an identity socket (a listener nobody answers) in the work dir.
+fn identity_template(
+    dir: &std::path::Path,
+) -> (
+    cloister_sandbox::SandboxConfig,
+    std::os::unix::net::UnixListener,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cfg = common::config(dir);
+    cfg.limits.memory_bytes = 192 << 20;
+    cfg.tmp_bytes = 16 << 20;
+    cfg.data_bytes = 16 << 20;
+    cfg.limits.pids = 32;
+    cloister_sandbox::prepare_work_dir(dir).unwrap();
+    let sock = dir.join("identity.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    cfg.identity_socket = Some(sock);
+    (cfg, listener)
+}
+
+async fn start_with_secret(cfg: &cloister_sandbox::SandboxConfig, secret: &str) -> Sandbox {
+    let mut cfg = cfg.clone();
+    cfg.identity_header = secret.into();
+    Sandbox::start(&cfg).await.expect("sandbox starts")
+}
+
+fn py_list(r: &cloister_sandbox::ExecResult) -> Vec<String> {
+    let out = r.result.clone().unwrap_or_default();
+    serde_json::from_str::<Vec<String>>(&out.trim_matches('\'').replace("\\'", "'"))
+        .unwrap_or_else(|e| panic!("{e}: {out} {}", r.stderr))
+}
+
+/// Every path outside the session's own mounts that session code might plant something in.
+const ROOT_PATHS: &[&str] = &[
+    "/etc/ld.so.preload",
+    "/etc/cloister-planted",
+    "/cloister-planted",
+    "/var/cloister-planted",
+    "/opt/cloister-planted",
+    "/opt/cloister/cloister-planted",
+    "/run/cloister-planted",
+    "/run/cloister/cloister-planted",
+    "/mnt/cloister-planted",
+    "/usr/cloister-planted",
+    "/dev/cloister-planted",
+    "/home/cloister-planted",
+    "/root/cloister-planted",
+    "/srv/cloister-planted",
+];
+
+#[tokio::test]
+async fn a_session_cannot_plant_ld_so_preload_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _listener) = identity_template(dir.path());
+    let mut a = start_with_secret(&cfg, "secret-of-pool-a").await;
+    // Pool A's session compiles nothing (any file would do as the payload) and tries every
+    // root path, making missing directories where it can.
+    let code = format!(
+        r#"
+import os, json
+planted = []
+for p in {paths:?}:
+    try:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write("/tmp/evil.so\n")
+        planted.append(p)
+    except OSError:
+        pass
+json.dumps(planted)
+"#,
+        paths = ROOT_PATHS
+    );
+    let r = run(&mut a, &code).await;
+    let planted = py_list(&r);
+    // Pool C's session, same template, another identity, running while A's still lives.
+    let mut c = start_with_secret(&cfg, "secret-of-pool-c").await;
+    let check = format!(
+        "import os, json, subprocess\nsubprocess.run(['/bin/true'])\n\
+         json.dumps([p for p in {paths:?} if os.path.exists(p)])",
+        paths = ROOT_PATHS
+    );
+    let seen = py_list(&run(&mut c, &check).await);
+    assert_eq!(
+        seen,
+        Vec::<String>::new(),
+        "session C sees what session A planted"
+    );
+    assert_eq!(
+        planted,
+        Vec::<String>::new(),
+        "session A could write outside its own mounts"
+    );
+    finish(a).await;
+    // And after A is gone, a new session sees nothing either.
+    let mut d = start_with_secret(&cfg, "secret-of-pool-d").await;
+    assert_eq!(py_list(&run(&mut d, &check).await), Vec::<String>::new());
+    finish(c).await;
+    finish(d).await;
+}
+
+/// Lists, from inside a session, every mount point and top-level directory that takes a new
+/// file, with the file system type and size option of the mount it lands on; plants a file
+/// named `marker` in each.
+const SCAN: &str = r#"
+import os, json
+marker = MARKER
+mounts = {}
+for line in open("/proc/self/mountinfo"):
+    pre, post = line.split(" - ")
+    mp = pre.split()[4].replace("\\040", " ")
+    fstype, _src, opts = post.split()[:3]
+    mounts[mp] = (fstype, opts)
+def mount_of(path):
+    path = os.path.realpath(path)
+    best = "/"
+    for mp in mounts:
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            best = mp
+    return best
+cands = set(mounts) | {"/"}
+for top in os.listdir("/"):
+    p = "/" + top
+    if os.path.isdir(p) and not os.path.islink(p) and top not in ("proc", "sys"):
+        cands.add(p)
+        for sub in os.listdir(p) if top not in ("usr",) else []:
+            if os.path.isdir(os.path.join(p, sub)) and not os.path.islink(os.path.join(p, sub)):
+                cands.add(os.path.join(p, sub))
+writable = []
+for d in sorted(cands):
+    if not os.path.isdir(d) or d.startswith("/proc") or d.startswith("/sys"):
+        continue
+    f = os.path.join(d, marker)
+    try:
+        with open(f, "w") as fh:
+            fh.write("x")
+    except OSError:
+        continue
+    mp = mount_of(f)
+    fstype, opts = mounts.get(mp, ("?", ""))
+    size = [o for o in opts.split(",") if o.startswith("size=")]
+    writable.append([d, mp, fstype, size[0] if size else ""])
+json.dumps(writable)
+"#;
+
+#[tokio::test]
+async fn every_writable_mount_is_private_capped_and_gone_with_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _listener) = identity_template(dir.path());
+    let marker = "cloister-scan-marker";
+    let mut a = start_with_secret(&cfg, "secret-one").await;
+    let r = run(&mut a, &SCAN.replace("MARKER", &format!("{marker:?}"))).await;
+    let out = r.result.clone().unwrap_or_default();
+    let writable: Vec<(String, String, String, String)> =
+        serde_json::from_str(out.trim_matches('\''))
+            .unwrap_or_else(|e| panic!("{e}: {out} {}", r.stderr));
+    // 16 MiB caps, as tmpfs reports them (in KiB).
+    let capped = "size=16384k";
+    let mut mounts: Vec<&str> = vec![];
+    for (dir, mp, fstype, size) in &writable {
+        assert!(
+            ["/tmp", "/mnt/data", "/dev/shm"].contains(&mp.as_str()),
+            "{dir} is writable and on {mp} ({fstype}), not one of the session's own mounts: {writable:?}"
+        );
+        assert_eq!(
+            (fstype.as_str(), size.as_str()),
+            ("tmpfs", capped),
+            "{dir} on {mp}"
+        );
+        mounts.push(mp);
+    }
+    for own in ["/tmp", "/mnt/data", "/dev/shm"] {
+        assert!(mounts.contains(&own), "{own} is not writable: {writable:?}");
+    }
+    // Nothing of it reaches the next session of the template, during or after this one.
+    let look = format!(
+        "import os, json\njson.dumps([d for d in {dirs:?} if os.path.exists(os.path.join(d, {marker:?}))])",
+        dirs = writable.iter().map(|w| w.0.clone()).collect::<Vec<_>>()
+    );
+    let mut b = start_with_secret(&cfg, "secret-two").await;
+    assert_eq!(py_list(&run(&mut b, &look).await), Vec::<String>::new());
+    finish(a).await;
+    let mut c = start_with_secret(&cfg, "secret-three").await;
+    assert_eq!(py_list(&run(&mut c, &look).await), Vec::<String>::new());
+    finish(b).await;
+    finish(c).await;
 }

@@ -99,8 +99,10 @@ async fn forked_sessions_are_separate() {
             .unwrap()
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["65534", "65534", "1"]
+        ["65534", &a.host_uid().unwrap().to_string(), "1"]
     );
+    // Its zygote's host uid, not nobody's.
+    assert_ne!(a.host_uid(), Some(65534));
 
     // What one session writes, the other does not see.
     run(
@@ -318,4 +320,66 @@ async fn identity_secrets_go_to_each_session_not_to_the_zygote() {
     assert!(environ.contains("IDENTITY_ENDPOINT="), "{environ}");
     finish(a).await;
     finish(b).await;
+}
+
+/// The cgroup directories under `parent`, in every hierarchy (the parent itself included).
+fn groups_under(parent: &str) -> Vec<std::path::PathBuf> {
+    let mut found = vec![];
+    for root in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup",
+    ] {
+        let base = std::path::Path::new(root).join(parent);
+        if base.is_dir() {
+            found.push(base.clone());
+            for e in std::fs::read_dir(&base).unwrap().flatten() {
+                if e.path().is_dir() {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_clean_stop_leaves_no_zygote_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let parent = format!("cloister-test-{}", &uuid_like()[..12]);
+    cfg.cgroup_parent = parent.clone();
+    let mut s = Sandbox::start(&cfg).await.expect("sandbox starts");
+    assert_eq!(result(&run(&mut s, "1 + 1").await), "2");
+    finish(s).await;
+    // The zygote's own group is all that is left, until the clean stop.
+    assert!(
+        groups_under(&parent).iter().any(|g| g
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("zygote-")),
+        "{:?}",
+        groups_under(&parent)
+    );
+    assert_eq!(cloister_sandbox::zygote::stop_all(&parent), 1);
+    assert_eq!(groups_under(&parent), Vec::<std::path::PathBuf>::new());
+    // A later start makes a new zygote.
+    let mut s = Sandbox::start(&cfg).await.expect("sandbox starts again");
+    assert_eq!(result(&run(&mut s, "2 + 2").await), "4");
+    finish(s).await;
+    cloister_sandbox::zygote::stop_all(&parent);
+    assert_eq!(groups_under(&parent), Vec::<std::path::PathBuf>::new());
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:016x}{:08x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+        std::process::id()
+    )
 }

@@ -120,6 +120,7 @@ impl Runtime for BwrapRuntime {
     }
 
     fn sweep(&self) {
+        cloister_sandbox::zygote::stop_all(&self.cfg.cgroup_parent);
         cloister_sandbox::cgroup::sweep(&self.cfg.cgroup_parent);
     }
 }

@@ -588,5 +588,7 @@ impl Manager {
         for p in pools {
             p.close().await;
         }
+        // The sandboxes are gone; so go their zygotes and cgroups.
+        self.runtime.sweep();
     }
 }

@@ -94,7 +94,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Starts a sandbox and returns once its interpreter has answered.
     async fn start(&self, spec: &SessionSpec) -> Result<Box<dyn Instance>, StartError>;
     fn info(&self) -> RuntimeInfo;
-    /// Removes whatever a previous process of this server left behind (cgroups, processes).
+    /// Removes whatever a previous process of this server left behind (cgroups, processes);
+    /// also called at a clean stop, once every sandbox is shut down.
     fn sweep(&self);
 }
 
