@@ -201,13 +201,30 @@ res = {
   "chroot": tryit(libc.chroot, b"/tmp"),
   "bpf": tryit(libc.syscall, 321, 0, 0, 0),
   "keyctl": tryit(libc.syscall, 250, 0, 0, 0),
+  # io_uring runs its operations in kernel workers no filter sees: refused outright.
+  "io_uring_setup": tryit(libc.syscall, 425, 8, ctypes.create_string_buffer(120)),
+  # The x32 aliases of denied calls (nr | 0x40000000): refused, not passed to the kernel.
+  "x32_unshare": tryit(libc.syscall, 0x40000000 | 272, 0x10000000),
+  "x32_ptrace": tryit(libc.syscall, 0x40000000 | 521, 16, os.getppid(), 0, 0),
+  "x32_getpid": tryit(libc.syscall, 0x40000000 | 39),
 }
 res
 "#;
     let r = run(&mut s, code).await;
     assert_eq!(r.status, "Succeeded", "{r:?}");
     let out = r.result.unwrap();
-    for name in ["ptrace", "unshare_user", "mount", "chroot", "bpf", "keyctl"] {
+    for name in [
+        "ptrace",
+        "unshare_user",
+        "mount",
+        "chroot",
+        "bpf",
+        "keyctl",
+        "io_uring_setup",
+        "x32_unshare",
+        "x32_ptrace",
+        "x32_getpid",
+    ] {
         assert!(
             out.contains(&format!("'{name}': (-1, 1)")),
             "{name} was not refused with EPERM: {out}"
@@ -305,3 +322,4 @@ async fn the_protocol_channel_cannot_be_abused_against_the_supervisor() {
     assert!(!s.is_alive());
     finish(s).await;
 }
+
