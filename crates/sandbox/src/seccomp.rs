@@ -241,7 +241,10 @@ mod tests {
         assert!(insns.len() <= 4096, "program too long");
         let word = |k: u32| {
             let k = k as usize;
-            assert!(k % 4 == 0 && k + 4 <= data.len(), "load out of seccomp_data: {k}");
+            assert!(
+                k.is_multiple_of(4) && k + 4 <= data.len(),
+                "load out of seccomp_data: {k}"
+            );
             u32::from_ne_bytes(data[k..k + 4].try_into().unwrap())
         };
         let (mut a, mut x, mut mem) = (0u32, 0u32, [0u32; 16]);
@@ -252,9 +255,9 @@ mod tests {
             let src = if code & 0x08 != 0 { x } else { k };
             match code & 0x07 {
                 0x00 => match code & 0xe0 {
-                    0x20 => a = word(k),          // LD ABS (W)
-                    0x00 => a = k,                // LD IMM
-                    0x60 => a = mem[k as usize],  // LD MEM
+                    0x20 => a = word(k),           // LD ABS (W)
+                    0x00 => a = k,                 // LD IMM
+                    0x60 => a = mem[k as usize],   // LD MEM
                     0x80 => a = data.len() as u32, // LD LEN
                     m => panic!("ld mode {m:#x}"),
                 },
@@ -364,8 +367,14 @@ mod tests {
         let clone = libc::SYS_clone as u32;
         // A thread or a fork: allowed.
         let thread = 0x0001_0000 | 0x100 | 0x200 | 0x400 | 0x800; // CLONE_THREAD|VM|FS|FILES|SIGHAND
-        assert_eq!(eval(&prog, clone, AUDIT_ARCH_X86_64, [thread, 0, 0, 0, 0, 0]), RET_ALLOW);
-        assert_eq!(eval(&prog, clone, AUDIT_ARCH_X86_64, [17, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            eval(&prog, clone, AUDIT_ARCH_X86_64, [thread, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            eval(&prog, clone, AUDIT_ARCH_X86_64, [17, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
         for flag in NS_FLAGS {
             assert_eq!(
                 eval(&prog, clone, AUDIT_ARCH_X86_64, [*flag | 17, 0, 0, 0, 0, 0]),

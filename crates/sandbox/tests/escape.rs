@@ -323,3 +323,62 @@ async fn the_protocol_channel_cannot_be_abused_against_the_supervisor() {
     finish(s).await;
 }
 
+/// Every process on the host whose command line or environment holds `needle`.
+fn processes_showing(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        for what in ["cmdline", "environ"] {
+            if let Ok(b) = std::fs::read(format!("/proc/{pid}/{what}"))
+                && String::from_utf8_lossy(&b).contains(needle)
+            {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                found.push(format!(
+                    "{pid} {what}: {}",
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The identity binding's secret reaches the sandbox's `os.environ`, and no host-visible
+/// argv or environ of any process (the supervisor, bwrap, the agent, slirp4netns, zygotes)
+/// holds it: with a zygote and without.
+#[tokio::test]
+async fn secrets_are_on_no_command_line_or_environ() {
+    use std::os::unix::fs::PermissionsExt;
+    for fork in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("identity.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let secret = format!("sekrit-{}", uuid::Uuid::new_v4().simple());
+        let mut cfg = common::config(dir.path());
+        cfg.fork = fork;
+        cfg.network = cloister_sandbox::Network::Enabled;
+        cfg.identity_socket = Some(sock.clone());
+        cfg.identity_header = secret.clone();
+        let mut s = Sandbox::start(&cfg).await.expect("sandbox starts");
+        assert!(s.network_helper_pid().is_some());
+        let r = run(&mut s, "import os\nos.environ['IDENTITY_HEADER']").await;
+        assert_eq!(r.result, Some(format!("'{secret}'")), "fork {fork}: {r:?}");
+        // A subprocess the session starts itself inherits it (inside the sandbox, by design).
+        let r = run(
+            &mut s,
+            "import subprocess\nsubprocess.run(['sh', '-c', 'echo $IDENTITY_HEADER'], capture_output=True, text=True).stdout.strip()",
+        )
+        .await;
+        assert_eq!(r.result, Some(format!("'{secret}'")), "fork {fork}: {r:?}");
+        let shown = processes_showing(&secret);
+        assert!(
+            shown.is_empty(),
+            "fork {fork}: the secret is visible: {shown:#?}"
+        );
+        finish(s).await;
+    }
+}
