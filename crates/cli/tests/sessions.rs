@@ -1380,3 +1380,137 @@ async fn the_ready_pool_is_kept_full() {
     // Two sessions taken from the pool, and the pool refilled behind them.
     wait_for(5).await;
 }
+
+/// Every process descended from `root` (not `root` itself).
+fn descendants(root: u32) -> Vec<i32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            parent.insert(pid, ppid);
+        }
+    }
+    let mut out: Vec<i32> = parent
+        .keys()
+        .copied()
+        .filter(|p| {
+            let mut q = *p;
+            for _ in 0..64 {
+                match parent.get(&q) {
+                    Some(pp) if *pp == root as i32 => return true,
+                    Some(pp) if *pp > 1 => q = *pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// SIGKILL to each of `pids` (the test server's own sandbox processes); returns once they
+/// are gone (killed processes take a while to exit on a busy machine).
+async fn kill9(pids: &[i32]) {
+    let mut cmd = std::process::Command::new("kill");
+    cmd.arg("-9");
+    for p in pids {
+        cmd.arg(p.to_string());
+    }
+    let _ = cmd.status();
+    let gone = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |st| {
+            st.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+        })
+    };
+    for _ in 0..1000 {
+        if pids.iter().all(gone) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("killed processes did not exit");
+}
+
+/// Every sandbox of the server (its zygote, or each sandbox's bwrap and agent) killed with
+/// SIGKILL from outside: the ready sandboxes are never handed out dead, new identifiers get
+/// working sessions on the first try, and file requests to a killed session are served by a
+/// fresh one (never a 500).
+#[tokio::test]
+async fn killed_sandboxes_are_replaced_not_handed_out() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    let p = make_pool(
+        &s,
+        &admin,
+        "killed",
+        "kpool",
+        json!({"scaleConfiguration": {"maxConcurrentSessions": 12, "readySessionInstances": 3}}),
+    )
+    .await;
+    let q = |path: &str, id: &str| format!("{path}?api-version={CURRENT}&identifier={id}");
+    let (st, v) = upload(&s, &p, &q("files", "victim"), "a.txt", b"hello".to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+    // The ready pool is full again before the kill.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = s
+            .call(
+                &admin,
+                "GET",
+                &format!("{}?api-version=2025-07-01", p.id),
+                None,
+            )
+            .await;
+        if v["properties"]["nodeCount"].as_u64() == Some(4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ready pool did not fill: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server = s.child.as_ref().unwrap().id();
+    let victims = descendants(server);
+    assert!(!victims.is_empty());
+    kill9(&victims).await;
+    // More new identifiers than there were ready sandboxes: each works on its first request.
+    for i in 0..4 {
+        let r = legacy_exec(&s, &p, &format!("fresh-{i}"), "6 * 7").await;
+        assert_eq!(r["result"], 42, "fresh-{i}: {r}");
+    }
+    // The killed session's files requests: answered by a fresh session, never a 500.
+    let (st, v, _) = dp(&s, &p, "GET", &q("files", "victim"), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["value"], json!([]), "{v}");
+    let (st, v, h) = dp(&s, &p, "GET", &q("files/a.txt/content", "victim"), None).await;
+    assert_eq!(
+        (st, h["x-ms-error-code"].to_str().unwrap()),
+        (404, "FileNotFound"),
+        "{v}"
+    );
+    let (st, v, _) = dp(&s, &p, "DELETE", &q("files/a.txt", "victim"), None).await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = upload(&s, &p, &q("files", "victim"), "b.txt", b"again".to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+    let r = legacy_exec(&s, &p, "victim", "open('/mnt/data/b.txt').read()").await;
+    assert_eq!(r["result"], "'again'", "{r}");
+    // A second kill, of a session between two file requests: the upload goes to a new one.
+    // (A sandbox that dies *during* an upload answers 503 with Retry-After: the body is not
+    // kept for a second try.)
+    let before = descendants(server);
+    kill9(&before).await;
+    let (st, v) = upload(&s, &p, &q("files", "victim"), "c.txt", b"c".to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+}

@@ -39,6 +39,11 @@ _sock = socket.socket(fileno=_proto)
 _rfile = _sock.makefile("rb")
 _wfile = _sock.makefile("wb")
 sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
+if os.environ.pop("CLOISTER_ENV_ON_CHANNEL", "") == "1":
+    # A bwrap-started sandbox: the session's own variables (the identity binding's secret) come
+    # as the first line on the channel, never on bwrap's command line (a forked session's pid 1
+    # reads the same line before the agent starts).
+    os.environ.update(json.loads(_rfile.readline())["env"])
 
 
 class Capture:
@@ -140,7 +145,11 @@ builtins.input = _ns["input"]
 warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
 
 
-MAX_IMAGE_BYTES = 32 << 20  # base64 characters of images per reply
+MAX_IMAGE_BYTES = 32 << 20  # base64 characters of images per reply (the supervisor's cap too)
+MAX_RESULT = 1 << 20  # characters of an exec's result
+MAX_LIST_BYTES = 15 << 20  # JSON of a listing (the supervisor accepts 16 MiB)
+# The supervisor refuses a reply longer than it expects (see exec_reply_cap in lib.rs): every
+# text field of an exec reply stays within 4 bytes of JSON per character it is allowed.
 
 
 class Cell:
@@ -150,10 +159,10 @@ class Cell:
 
 
 def add_image(b64):
-    if Cell.image_bytes + len(b64) > MAX_IMAGE_BYTES:
+    if Cell.image_bytes + len(b64) + 4 > MAX_IMAGE_BYTES:
         sys.stderr.write("cloister: image dropped, the reply already holds 32 MiB of images\n")
         return
-    Cell.image_bytes += len(b64)
+    Cell.image_bytes += len(b64) + 4
     Cell.images.append(b64)
 
 
@@ -326,8 +335,20 @@ for _m in _preload:
         pass
 
 
+def _fit(text, limit):
+    """`text` cut to `limit` characters, and further until its JSON takes at most 4 bytes a
+    character (only text full of control characters, which JSON spells as 6 bytes, needs it)."""
+    text = text[:limit]
+    budget = 4 * limit + 2
+    if 6 * len(text) <= budget:
+        return text
+    while text and len(json.dumps(text, ensure_ascii=False).encode("utf-8", "replace")) > budget:
+        text = text[: len(text) * 2 // 3]
+    return text
+
+
 def _text(data, limit):
-    return data.decode("utf-8", "replace")[:limit]
+    return _fit(data.decode("utf-8", "replace"), limit)
 
 
 def op_exec(req):
@@ -366,7 +387,7 @@ def op_exec(req):
         "status": "Succeeded" if ok and not _interrupted else "Failed",
         "stdout": _text(OUT.take(), limit),
         "stderr": _text(ERR.take(), limit),
-        "result": Cell.result if ok else None,
+        "result": _fit(Cell.result, MAX_RESULT) if ok and Cell.result is not None else None,
         "images": Cell.images,
         "duration_ms": int((time.monotonic() - t0) * 1000),
         "interrupted": _interrupted,
@@ -508,13 +529,28 @@ def op_read(req):
         os.close(fd)
 
 
+class _Listing(list):
+    """Entries up to MAX_LIST_BYTES of JSON; the rest is left out (`truncated`)."""
+
+    size = 0
+    truncated = False
+
+    def append(self, e):
+        n = len(json.dumps(e, ensure_ascii=False).encode("utf-8", "replace")) + 2
+        if self.truncated or self.size + n > MAX_LIST_BYTES:
+            self.truncated = True
+            return
+        self.size += n
+        list.append(self, e)
+
+
 def op_list(req):
     base = resolve(req.get("path") or DATA, allow_root=True)
     if not os.path.isdir(base):
         if os.path.lexists(base):
             raise FileError("Invalid", "%s is not a directory" % base)
         raise FileError("NotFound", "%s does not exist" % base)
-    out = []
+    out = _Listing()
     if req.get("recursive"):
         for root, dirs, files in os.walk(base):
             dirs.sort()
@@ -531,7 +567,7 @@ def op_list(req):
                     out.append(entry(os.path.join(base, n)))
                 except FileNotFoundError:
                     pass
-    return {"entries": out}
+    return {"entries": out, "truncated": out.truncated}
 
 
 def op_stat(req):
@@ -641,7 +677,7 @@ def reap():
 
 
 def send(obj):
-    _wfile.write(json.dumps(obj).encode("utf-8") + b"\n")
+    _wfile.write(json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace") + b"\n")
     _wfile.flush()
 
 
@@ -663,5 +699,6 @@ while True:
         resp = {"error": {"kind": "Other", "message": "interrupted"}}
     except BaseException as e:
         resp = {"error": file_error(e)}
+        resp["error"]["message"] = _fit(str(resp["error"]["message"]), 4096)
     resp["id"] = rid
     send(resp)

@@ -31,9 +31,16 @@
 //! fd 4 (fd 3 carries the seccomp program); the agent moves it to a close-on-exec descriptor
 //! (≥ 100) at start, so no subprocess inherits it. Requests and replies are JSON lines with an
 //! `id`; the supervisor skips lines that are not JSON or answer another request (left over from
-//! a cancelled call), and kills the sandbox on a line longer than [`MAX_REPLY`]. User code runs
-//! in the agent's process and could write to the channel on purpose: that can only confuse its
-//! own session, never the supervisor.
+//! a cancelled call), and kills the sandbox on a line longer than that request's cap
+//! ([`exec_reply_cap`] for an exec, [`MAX_LIST_REPLY`], one base64 [`FILE_CHUNK`] for a read,
+//! [`MAX_SMALL_REPLY`] otherwise): it never buffers more. User code runs in the agent's
+//! process and could write to the channel on purpose, a forged reply included: that can only
+//! confuse its own session, never the supervisor, which applies every cap again to what it
+//! parsed (stdout, stderr, result and images of an exec).
+//! The first line on the channel goes the other way: `{"env": {...}}`, the session's own
+//! variables (the identity binding's secret), which therefore never appear on bwrap's command
+//! line or in an environment block the host can read (`/proc/PID/environ` shows what a process
+//! was started with; the agent sets them later).
 //! The agent points fd 0 at `/dev/null` and fds 1 and 2 at pipes that it drains on two threads
 //! into capped buffers, so whatever user code, C extensions or subprocesses write to
 //! stdout/stderr is captured into the reply and can never reach the protocol. Binary file data
@@ -355,6 +362,87 @@ pub struct ExecResult {
     pub duration_ms: u64,
 }
 
+/// An exec reply as parsed: its strings borrowed from the line where they can be, so that
+/// only what survives the caps is copied.
+#[derive(Deserialize)]
+struct RawExec<'a> {
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    interrupted: bool,
+    #[serde(borrow, default)]
+    status: Text<'a>,
+    #[serde(borrow, default)]
+    stdout: Text<'a>,
+    #[serde(borrow, default)]
+    stderr: Text<'a>,
+    #[serde(borrow, default)]
+    result: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    images: Vec<Text<'a>>,
+    #[serde(default)]
+    duration_ms: u64,
+}
+
+#[derive(Deserialize, Default)]
+struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+impl Text<'_> {
+    /// The first `max` characters.
+    fn cut(&self, max: usize) -> String {
+        let end = self
+            .0
+            .char_indices()
+            .nth(max)
+            .map_or(self.0.len(), |(i, _)| i);
+        self.0[..end].to_string()
+    }
+}
+
+impl RawExec<'_> {
+    /// The caps of an exec, applied again on the supervisor's side (the reply may have been
+    /// written by user code rather than the agent): stdout and stderr to `max_output`
+    /// characters, the result to [`MAX_RESULT`], images to [`MAX_IMAGE_BYTES`] in all.
+    fn capped(self, max_output: usize) -> Result<ExecResult, SandboxError> {
+        let status = match &*self.status.0 {
+            s @ ("Succeeded" | "Failed") => s.to_string(),
+            other => {
+                return Err(SandboxError::Protocol(format!(
+                    "an exec reply with status {:?}",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        };
+        let mut total = 0usize;
+        let images = self
+            .images
+            .iter()
+            .take_while(|i| {
+                total = total.saturating_add(i.0.len());
+                total <= MAX_IMAGE_BYTES
+            })
+            .map(|i| i.0.to_string())
+            .collect();
+        Ok(ExecResult {
+            status,
+            stdout: self.stdout.cut(max_output),
+            stderr: self.stderr.cut(max_output),
+            result: self.result.as_ref().map(|r| r.cut(MAX_RESULT)),
+            images,
+            duration_ms: self.duration_ms,
+        })
+    }
+}
+
+/// The `id` of a reply line, if it is JSON with one (nothing else is copied out of it).
+fn reply_id(line: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: Option<u64>,
+    }
+    serde_json::from_slice::<Id>(line).ok()?.id
+}
+
 /// A file or directory under `/mnt/data`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileEntry {
@@ -368,9 +456,34 @@ pub struct FileEntry {
     pub modified: f64,
 }
 
-/// The longest protocol line the supervisor accepts; a longer one (only user code writing to
-/// the channel's descriptor can produce it) kills the sandbox rather than the supervisor's memory.
-pub const MAX_REPLY: usize = 128 << 20;
+/// Characters of an exec's `result` (the text/plain of the last expression) that a reply
+/// carries: the agent cuts it there, and so does the supervisor.
+pub const MAX_RESULT: usize = 1 << 20;
+/// Base64 bytes of images per exec reply (the agent drops further figures with a note on
+/// stderr; the supervisor drops any beyond it).
+pub const MAX_IMAGE_BYTES: usize = 32 << 20;
+/// The longest reply to a file listing (the agent stops listing before it).
+pub const MAX_LIST_REPLY: usize = 16 << 20;
+/// The longest reply to anything but exec, read and list; and to the start-up line.
+pub const MAX_SMALL_REPLY: usize = 1 << 20;
+/// Room for a reply's keys, numbers and JSON punctuation.
+const REPLY_SLACK: usize = 64 << 10;
+
+/// The longest protocol line the supervisor accepts in answer to an exec with `max_output`:
+/// what the agent can legitimately send (stdout and stderr of `max_output` characters each
+/// and a result of [`MAX_RESULT`], at most 4 bytes of JSON per character, which the agent
+/// guarantees, plus [`MAX_IMAGE_BYTES`]). A longer line (only user code writing to the
+/// channel's descriptor can produce one) kills the sandbox; the supervisor never buffers more.
+pub fn exec_reply_cap(max_output: usize) -> usize {
+    max_output
+        .saturating_mul(2)
+        .saturating_add(MAX_RESULT)
+        .saturating_mul(4)
+        .saturating_add(MAX_IMAGE_BYTES + REPLY_SLACK)
+}
+
+/// The longest reply to a read of one [`FILE_CHUNK`] (base64).
+const READ_REPLY: usize = FILE_CHUNK.div_ceil(3) * 4 + REPLY_SLACK;
 
 /// Newline-delimited frames with a length cap. Cancel-safe: bytes taken from the socket stay
 /// in `partial` until their line is complete.
@@ -387,26 +500,35 @@ impl LineReader {
         }
     }
 
-    async fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    /// The next line, at most `cap` bytes: a longer one is an `InvalidData` error, after at
+    /// most `cap` + 64 KiB bytes were buffered.
+    async fn next_line(&mut self, cap: usize) -> std::io::Result<Option<Vec<u8>>> {
         loop {
             let avail = self.inner.fill_buf().await?;
             if avail.is_empty() {
                 return Ok(None);
             }
-            if let Some(i) = avail.iter().position(|&b| b == b'\n') {
-                self.partial.extend_from_slice(&avail[..i]);
-                self.inner.consume(i + 1);
-                return Ok(Some(std::mem::take(&mut self.partial)));
-            }
-            let n = avail.len();
-            self.partial.extend_from_slice(avail);
-            self.inner.consume(n);
-            if self.partial.len() > MAX_REPLY {
+            let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (avail.len(), false),
+            };
+            if self.partial.len() + take > cap {
                 self.partial = Vec::new();
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("a reply longer than {MAX_REPLY} bytes"),
+                    format!("the sandbox sent a reply longer than {cap} bytes"),
                 ));
+            }
+            let need = self.partial.len() + take;
+            if need > self.partial.capacity() {
+                // Double as usual, but never past the cap: the buffer stays within it.
+                let want = need.max(self.partial.capacity() * 2).min(cap);
+                self.partial.reserve_exact(want - self.partial.len());
+            }
+            self.partial.extend_from_slice(&avail[..take]);
+            self.inner.consume(take + usize::from(done));
+            if done {
+                return Ok(Some(std::mem::take(&mut self.partial)));
             }
         }
     }
@@ -482,6 +604,8 @@ pub struct Sandbox {
     /// Host pids that the after-exec sweep spares: bwrap (both) and the agent.
     keep: Vec<i32>,
     agent_pid: Option<i32>,
+    /// A pidfd of the agent: readable once it has exited (see [`Sandbox::is_alive`]).
+    agent_pidfd: Option<OwnedFd>,
     flavour: String,
     data_bytes: u64,
     interrupt_grace: Duration,
@@ -875,6 +999,14 @@ fn ns_pids(pid: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// A pidfd for `pid` (close-on-exec), or None where the kernel has none (before 5.3).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -883,6 +1015,30 @@ fn is_zombie(pid: i32) -> bool {
                 .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
         })
         .unwrap_or(true)
+}
+
+/// Set in a bwrap-started jail: the agent's first line on its channel is `{"env": {...}}`.
+const ENV_ON_CHANNEL: &str = "CLOISTER_ENV_ON_CHANNEL";
+
+/// The variables that belong to one session rather than its template (secrets among them):
+/// they reach the sandbox only on its protocol channel, never through argv or an environ the
+/// host can read.
+fn session_env(cfg: &SandboxConfig) -> Vec<(String, String)> {
+    match &cfg.identity_socket {
+        Some(_) => vec![(zygote::SESSION_ENV.to_string(), cfg.identity_header.clone())],
+        None => vec![],
+    }
+}
+
+/// `{"env": {...}}` and a newline: the first line a sandbox reads from its channel.
+pub(crate) fn env_line(env: Vec<(String, String)>) -> Vec<u8> {
+    let env: serde_json::Map<String, Value> = env
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let mut line = json!({ "env": env }).to_string().into_bytes();
+    line.push(b'\n');
+    line
 }
 
 fn check_env(k: &str, v: &str) -> Result<(), SandboxError> {
@@ -919,11 +1075,10 @@ impl Sandbox {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let env = match &cfg.identity_socket {
-            Some(_) => vec![(zygote::SESSION_ENV.to_string(), cfg.identity_header.clone())],
-            None => vec![],
-        };
-        let host_end = match z.fork(&cgroup, cfg.tmp_bytes, cfg.data_bytes, env).await {
+        let host_end = match z
+            .fork(&cgroup, cfg.tmp_bytes, cfg.data_bytes, session_env(cfg))
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 cgroup.destroy();
@@ -935,12 +1090,21 @@ impl Sandbox {
     }
 
     async fn start_bwrap(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
-        let files = prepare(cfg, &[])?;
+        let mut files = prepare(cfg, &[])?;
+        // The session's own variables (the identity binding's secret) never go on bwrap's
+        // command line, which every local user can read: the agent reads them from its
+        // channel first thing, as a forked session's pid 1 does.
+        files.env.retain(|(k, _)| k != zygote::SESSION_ENV);
+        files.env.push((ENV_ON_CHANNEL.into(), "1".into()));
         let id = uuid::Uuid::new_v4().simple().to_string();
         let host_uid = host_uid()?;
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let (memfd, host_end, jail_end) = jail_fds(&cgroup)?;
+        let (memfd, mut host_end, jail_end) = jail_fds(&cgroup)?;
+        if let Err(e) = std::io::Write::write_all(&mut host_end, &env_line(session_env(cfg))) {
+            cgroup.destroy();
+            return Err(e.into());
+        }
         let mut cmd = bwrap_command(cfg, &files, false);
         cmd.args(["--seccomp", "3"])
             .arg(&cfg.python)
@@ -986,6 +1150,7 @@ impl Sandbox {
             slirp: None,
             keep: vec![],
             agent_pid: None,
+            agent_pidfd: None,
             flavour: String::new(),
             data_bytes: cfg.data_bytes,
             interrupt_grace: cfg.interrupt_grace,
@@ -1008,10 +1173,13 @@ impl Sandbox {
 
     /// Waits for the agent's hello, finds its processes and attaches the network.
     async fn finish_start(mut self, cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
-        let ready = match tokio::time::timeout(cfg.start_timeout, self.reader.next_line()).await {
-            Ok(line) => ready_line(line),
-            Err(_) => Err("no answer in time".into()),
-        };
+        let ready =
+            match tokio::time::timeout(cfg.start_timeout, self.reader.next_line(MAX_SMALL_REPLY))
+                .await
+            {
+                Ok(line) => ready_line(line),
+                Err(_) => Err("no answer in time".into()),
+            };
         let ready = match ready {
             Ok(v) => v,
             Err(why) => {
@@ -1044,12 +1212,13 @@ impl Sandbox {
                 _ => {}
             }
         }
-        if self.agent_pid.is_none() {
+        let Some(agent) = self.agent_pid else {
             self.abandon().await;
             return Err(SandboxError::Start(
                 "the agent's host pid was not found in its cgroup".into(),
             ));
-        }
+        };
+        self.agent_pidfd = pidfd_open(agent);
         if cfg.network == Network::Enabled {
             match net::Slirp::start(self.agent_pid.unwrap_or(-1), cfg.start_timeout).await {
                 Ok(s) => self.slirp = Some(s),
@@ -1072,9 +1241,28 @@ impl Sandbox {
     }
 
     /// False once the sandbox has been killed (after a crash, an OOM kill, an interrupt that
-    /// did not work, or [`Sandbox::kill`]).
+    /// did not work, or [`Sandbox::kill`]), and as soon as its agent process has exited for any
+    /// other reason (its zygote was killed, someone on the host killed it): this asks the
+    /// kernel (the agent's pidfd, or `/proc` where pidfds are missing), not the last I/O.
     pub fn is_alive(&self) -> bool {
-        !self.dead
+        !self.dead && !self.agent_exited()
+    }
+
+    fn agent_exited(&self) -> bool {
+        match (&self.agent_pidfd, self.agent_pid) {
+            (Some(fd), _) => {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: polling one valid descriptor we own, without waiting.
+                let n = unsafe { libc::poll(&mut p, 1, 0) };
+                n > 0 && p.revents != 0
+            }
+            (None, Some(pid)) => is_zombie(pid),
+            (None, None) => false,
+        }
     }
 
     /// The agent's pid in the host's pid namespace.
@@ -1103,9 +1291,12 @@ impl Sandbox {
         SandboxError::Died { oom: self.oom }
     }
 
-    fn check_alive(&self) -> Result<(), SandboxError> {
+    fn check_alive(&mut self) -> Result<(), SandboxError> {
         if self.dead {
             return Err(SandboxError::Died { oom: self.oom });
+        }
+        if self.agent_exited() {
+            return Err(self.died());
         }
         Ok(())
     }
@@ -1130,30 +1321,41 @@ impl Sandbox {
     /// The reply to request `id` (cancel-safe: so is [`LineReader::next_line`]). Lines that
     /// are not JSON, or answer another request, are skipped: only user code writing to the
     /// channel's descriptor produces the former, a cancelled call the latter.
-    async fn recv(&mut self, id: u64) -> Result<Value, SandboxError> {
+    /// A line longer than `cap` kills the sandbox ([`SandboxError::Protocol`]).
+    async fn recv(&mut self, id: u64, cap: usize) -> Result<Value, SandboxError> {
+        let line = self.recv_line(id, cap).await?;
+        serde_json::from_slice(&line).map_err(|e| SandboxError::Protocol(e.to_string()))
+    }
+
+    /// The raw reply line to request `id` (see [`Sandbox::recv`]), at most `cap` bytes.
+    async fn recv_line(&mut self, id: u64, cap: usize) -> Result<Vec<u8>, SandboxError> {
         loop {
-            match self.reader.next_line().await {
+            match self.reader.next_line(cap).await {
                 Ok(Some(line)) => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&line)
-                        && v["id"].as_u64() == Some(id)
-                    {
-                        return Ok(v);
+                    if reply_id(&line) == Some(id) {
+                        return Ok(line);
                     }
                 }
                 Ok(None) => return Err(self.died()),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(sandbox = %self.id, "{e}; stopping it");
                     self.kill();
-                    return Err(SandboxError::Protocol(e.to_string()));
+                    return Err(SandboxError::Protocol(format!("{e}; it was stopped")));
                 }
                 Err(_) => return Err(self.died()),
             }
         }
     }
 
-    /// One request with a deadline; on timeout the sandbox is killed.
-    async fn request(&mut self, req: Value, timeout: Duration) -> Result<Value, SandboxError> {
+    /// One request with a deadline and a reply cap; on timeout the sandbox is killed.
+    async fn request(
+        &mut self,
+        req: Value,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<Value, SandboxError> {
         let id = self.send(req).await?;
-        match tokio::time::timeout(timeout, self.recv(id)).await {
+        match tokio::time::timeout(timeout, self.recv(id, cap)).await {
             Ok(r) => r.and_then(reply_error),
             Err(_) => {
                 self.kill();
@@ -1173,12 +1375,15 @@ impl Sandbox {
         let id = self
             .send(json!({"op": "exec", "code": code, "max_output": max_output}))
             .await?;
-        let reply = match tokio::time::timeout(timeout, self.recv(id)).await {
+        let cap = exec_reply_cap(max_output);
+        let line = match tokio::time::timeout(timeout, self.recv_line(id, cap)).await {
             Ok(r) => r?,
             Err(_) => {
                 self.interrupt();
-                match tokio::time::timeout(self.interrupt_grace, self.recv(id)).await {
-                    Ok(Ok(v)) if v["interrupted"] == true => {
+                match tokio::time::timeout(self.interrupt_grace, self.recv_line(id, cap)).await {
+                    Ok(Ok(v))
+                        if serde_json::from_slice::<RawExec>(&v).is_ok_and(|r| r.interrupted) =>
+                    {
                         self.sweep().await;
                         return Err(SandboxError::Timeout(timeout));
                     }
@@ -1192,10 +1397,12 @@ impl Sandbox {
             }
         };
         self.sweep().await;
-        if let Some(e) = reply.get("error") {
+        let reply = serde_json::from_slice::<RawExec>(&line)
+            .map_err(|e| SandboxError::Protocol(e.to_string()))?;
+        if let Some(e) = reply.error {
             return Err(SandboxError::Protocol(e["message"].to_string()));
         }
-        serde_json::from_value(reply).map_err(|e| SandboxError::Protocol(e.to_string()))
+        reply.capped(max_output)
     }
 
     /// Sends SIGINT to the agent: a running cell stops with `KeyboardInterrupt`; an idle agent
@@ -1237,7 +1444,9 @@ impl Sandbox {
         }
         if killed > 0 {
             tracing::debug!(sandbox = %self.id, killed, "killed background processes");
-            let _ = self.request(json!({"op": "ping"}), self.file_timeout).await;
+            let _ = self
+                .request(json!({"op": "ping"}), self.file_timeout, MAX_SMALL_REPLY)
+                .await;
         }
     }
 
@@ -1267,6 +1476,7 @@ impl Sandbox {
                     json!({"op": "write", "path": name, "size": data.len(), "first": i == 0,
                            "last": i + 1 == n, "data": b64}),
                     self.file_timeout,
+                    MAX_SMALL_REPLY,
                 )
                 .await?;
             if i + 1 == n {
@@ -1285,11 +1495,19 @@ impl Sandbox {
                 .request(
                     json!({"op": "read", "path": name, "offset": out.len(), "length": FILE_CHUNK}),
                     self.file_timeout,
+                    READ_REPLY,
                 )
                 .await?;
             let data = base64::engine::general_purpose::STANDARD
                 .decode(reply["data"].as_str().unwrap_or_default())
                 .map_err(|e| SandboxError::Protocol(e.to_string()))?;
+            if data.len() > FILE_CHUNK {
+                self.kill();
+                return Err(SandboxError::Protocol(format!(
+                    "the sandbox sent {} bytes for a read of {FILE_CHUNK}; it was stopped",
+                    data.len()
+                )));
+            }
             let done = data.is_empty() || reply["eof"] == true;
             out.extend_from_slice(&data);
             if done || out.len() as u64 > self.data_bytes {
@@ -1308,6 +1526,7 @@ impl Sandbox {
             .request(
                 json!({"op": "list", "path": path, "recursive": recursive}),
                 self.file_timeout,
+                MAX_LIST_REPLY,
             )
             .await?;
         serde_json::from_value(reply["entries"].clone())
@@ -1317,16 +1536,24 @@ impl Sandbox {
     /// Metadata of one file or directory (a final symlink is described, not followed).
     pub async fn stat_file(&mut self, name: &str) -> Result<FileEntry, SandboxError> {
         let reply = self
-            .request(json!({"op": "stat", "path": name}), self.file_timeout)
+            .request(
+                json!({"op": "stat", "path": name}),
+                self.file_timeout,
+                MAX_SMALL_REPLY,
+            )
             .await?;
         entry(&reply)
     }
 
     /// Deletes a file, a symlink, or a directory with everything in it.
     pub async fn delete_file(&mut self, name: &str) -> Result<(), SandboxError> {
-        self.request(json!({"op": "delete", "path": name}), self.file_timeout)
-            .await
-            .map(|_| ())
+        self.request(
+            json!({"op": "delete", "path": name}),
+            self.file_timeout,
+            MAX_SMALL_REPLY,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The number of processes in the sandbox's cgroup.

@@ -342,12 +342,7 @@ impl Zygote {
         let cgroup = cgroup.clone();
         tokio::task::spawn_blocking(move || {
             let mut chan = z.fork_blocking(&cgroup, tmp_bytes, data_bytes)?;
-            let env: serde_json::Map<String, Value> = env
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect();
-            let line = format!("{}\n", json!({ "env": env }));
-            std::io::Write::write_all(&mut chan, line.as_bytes())
+            std::io::Write::write_all(&mut chan, &crate::env_line(env))
                 .map_err(|e| SandboxError::Start(format!("the forked sandbox vanished: {e}")))?;
             Ok(chan)
         })

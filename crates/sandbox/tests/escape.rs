@@ -311,13 +311,30 @@ res = {
   "chroot": tryit(libc.chroot, b"/tmp"),
   "bpf": tryit(libc.syscall, 321, 0, 0, 0),
   "keyctl": tryit(libc.syscall, 250, 0, 0, 0),
+  # io_uring runs its operations in kernel workers no filter sees: refused outright.
+  "io_uring_setup": tryit(libc.syscall, 425, 8, ctypes.create_string_buffer(120)),
+  # The x32 aliases of denied calls (nr | 0x40000000): refused, not passed to the kernel.
+  "x32_unshare": tryit(libc.syscall, 0x40000000 | 272, 0x10000000),
+  "x32_ptrace": tryit(libc.syscall, 0x40000000 | 521, 16, os.getppid(), 0, 0),
+  "x32_getpid": tryit(libc.syscall, 0x40000000 | 39),
 }
 res
 "#;
     let r = run(&mut s, code).await;
     assert_eq!(r.status, "Succeeded", "{r:?}");
     let out = r.result.unwrap();
-    for name in ["ptrace", "unshare_user", "mount", "chroot", "bpf", "keyctl"] {
+    for name in [
+        "ptrace",
+        "unshare_user",
+        "mount",
+        "chroot",
+        "bpf",
+        "keyctl",
+        "io_uring_setup",
+        "x32_unshare",
+        "x32_ptrace",
+        "x32_getpid",
+    ] {
         assert!(
             out.contains(&format!("'{name}': (-1, 1)")),
             "{name} was not refused with EPERM: {out}"
@@ -611,4 +628,64 @@ async fn every_writable_mount_is_private_capped_and_gone_with_the_session() {
     assert_eq!(py_list(&run(&mut c, &look).await), Vec::<String>::new());
     finish(b).await;
     finish(c).await;
+}
+
+/// Every process on the host whose command line or environment holds `needle`.
+fn processes_showing(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        for what in ["cmdline", "environ"] {
+            if let Ok(b) = std::fs::read(format!("/proc/{pid}/{what}"))
+                && String::from_utf8_lossy(&b).contains(needle)
+            {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                found.push(format!(
+                    "{pid} {what}: {}",
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The identity binding's secret reaches the sandbox's `os.environ`, and no host-visible
+/// argv or environ of any process (the supervisor, bwrap, the agent, slirp4netns, zygotes)
+/// holds it: with a zygote and without.
+#[tokio::test]
+async fn secrets_are_on_no_command_line_or_environ() {
+    use std::os::unix::fs::PermissionsExt;
+    for fork in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("identity.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let secret = format!("sekrit-{}", uuid::Uuid::new_v4().simple());
+        let mut cfg = common::config(dir.path());
+        cfg.fork = fork;
+        cfg.network = cloister_sandbox::Network::Enabled;
+        cfg.identity_socket = Some(sock.clone());
+        cfg.identity_header = secret.clone();
+        let mut s = Sandbox::start(&cfg).await.expect("sandbox starts");
+        assert!(s.network_helper_pid().is_some());
+        let r = run(&mut s, "import os\nos.environ['IDENTITY_HEADER']").await;
+        assert_eq!(r.result, Some(format!("'{secret}'")), "fork {fork}: {r:?}");
+        // A subprocess the session starts itself inherits it (inside the sandbox, by design).
+        let r = run(
+            &mut s,
+            "import subprocess\nsubprocess.run(['sh', '-c', 'echo $IDENTITY_HEADER'], capture_output=True, text=True).stdout.strip()",
+        )
+        .await;
+        assert_eq!(r.result, Some(format!("'{secret}'")), "fork {fork}: {r:?}");
+        let shown = processes_showing(&secret);
+        assert!(
+            shown.is_empty(),
+            "fork {fork}: the secret is visible: {shown:#?}"
+        );
+        finish(s).await;
+    }
 }

@@ -745,7 +745,17 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
     let inst = guard.as_mut().ok_or_else(gone)?;
     let mut infos = vec![];
     for (path, data) in uploaded {
-        infos.push(inst.write_file(&path, data).await.map_err(file_err)?);
+        match inst.write_file(&path, data).await {
+            Ok(f) => infos.push(f),
+            Err(e) if inst.is_alive() => return Err(file_err(e)),
+            Err(e) => {
+                tracing::warn!(pool = %ctx.pool.id, "a sandbox stopped under an upload: {e}");
+                // The sandbox died under the upload: its session goes (the next request
+                // gets a fresh one), and the client is told to retry.
+                ctx.pool.delete_session(&sess, Some(guard)).await;
+                return Err(stopped());
+            }
+        }
     }
     sess.touch();
     if legacy {
@@ -757,6 +767,49 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
         ));
     }
     Ok(json_resp(StatusCode::OK, new_file(&infos[0])))
+}
+
+/// Runs a file operation on the identifier's session. If the sandbox dies under it (killed
+/// from outside, its zygote gone, a reply over its cap), the session is deleted and the
+/// operation runs once more on a fresh one; a second death answers 503 with `Retry-After`,
+/// never 500. (A session whose sandbox died between requests is replaced before the
+/// operation, by [`Pool::session`].)
+macro_rules! on_session {
+    ($ctx:expr, $identifier:expr, |$inst:ident| $op:expr) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (sess, mut guard) = $ctx.pool.session(&$identifier).await.map_err(pool_err)?;
+            let $inst = guard.as_mut().ok_or_else(gone)?;
+            match $op.await {
+                Ok(v) => {
+                    sess.touch();
+                    break v;
+                }
+                Err(e) => {
+                    if guard.as_ref().is_some_and(|i| i.is_alive()) {
+                        return Err(file_err(e));
+                    }
+                    tracing::warn!(pool = %$ctx.pool.id, "a sandbox stopped under a file request: {e}");
+                    $ctx.pool.delete_session(&sess, Some(guard)).await;
+                    if attempt >= 2 {
+                        return Err(stopped());
+                    }
+                }
+            }
+        }
+    }};
+}
+
+/// The sandbox stopped while serving a request (its session has been deleted).
+fn stopped() -> DpError {
+    let mut d = DpError::new(
+        503,
+        "SessionAllocationFailed",
+        "The session's sandbox stopped while serving the request; a retry gets a fresh session.",
+    );
+    d.retry_after = Some(1);
+    d
 }
 
 fn gone() -> DpError {
@@ -776,10 +829,7 @@ async fn list_files(ctx: &Ctx) -> Res {
             .q
             .get("recursive")
             .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
-    let inst = guard.as_mut().ok_or_else(gone)?;
-    let files = inst.list_files(&dir, recursive).await.map_err(file_err)?;
-    sess.touch();
+    let files = on_session!(ctx, identifier, |inst| inst.list_files(&dir, recursive));
     if legacy {
         let mut n = 2;
         let value: Vec<Value> = files
@@ -802,10 +852,7 @@ async fn list_files(ctx: &Ctx) -> Res {
 async fn download(ctx: &Ctx, name: &str) -> Res {
     let identifier = ctx.identifier()?;
     let path = clean_path(name)?;
-    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
-    let inst = guard.as_mut().ok_or_else(gone)?;
-    let data = inst.read_file(&path).await.map_err(file_err)?;
-    sess.touch();
+    let data = on_session!(ctx, identifier, |inst| inst.read_file(&path));
     let mut r = Response::new(Body::from(data));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -817,10 +864,7 @@ async fn download(ctx: &Ctx, name: &str) -> Res {
 async fn stat(ctx: &Ctx, name: &str) -> Res {
     let identifier = ctx.identifier()?;
     let path = clean_path(name)?;
-    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
-    let inst = guard.as_mut().ok_or_else(gone)?;
-    let f = inst.stat_file(&path).await.map_err(file_err)?;
-    sess.touch();
+    let f = on_session!(ctx, identifier, |inst| inst.stat_file(&path));
     Ok(json_resp(StatusCode::OK, new_file(&f)))
 }
 
@@ -830,10 +874,7 @@ async fn delete_file(ctx: &Ctx, name: &str) -> Res {
     if path.is_empty() {
         return Err(DpError::bad("Name a file to delete."));
     }
-    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
-    let inst = guard.as_mut().ok_or_else(gone)?;
-    inst.delete_file(&path).await.map_err(file_err)?;
-    sess.touch();
+    on_session!(ctx, identifier, |inst| inst.delete_file(&path));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

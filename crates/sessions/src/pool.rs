@@ -192,6 +192,7 @@ impl Pool {
                 ),
                 Full(u32),
             }
+            let mut dead_ready = vec![];
             let found = {
                 let mut inner = self.inner.lock().unwrap();
                 if let Some(s) = inner.sessions.get(identifier) {
@@ -208,19 +209,41 @@ impl Pool {
                             .try_lock_owned()
                             .expect("a new session's slot is free");
                         inner.sessions.insert(identifier.to_string(), s.clone());
-                        let r = inner.ready.pop_front();
+                        // A ready sandbox whose processes are gone (its zygote was killed,
+                        // say) is never handed out: the next live one is.
+                        let mut r = None;
+                        while let Some(i) = inner.ready.pop_front() {
+                            if i.is_alive() {
+                                r = Some(i);
+                                break;
+                            }
+                            dead_ready.push(i);
+                        }
                         Found::New(s, g, r)
                     }
                 }
             };
+            for i in dead_ready {
+                tokio::spawn(i.shutdown());
+            }
             let (sess, mut guard, from_ready) = match found {
                 Found::Existing(s) => {
                     s.touch();
                     let g = s.slot.clone().lock_owned().await;
-                    if g.is_some() {
-                        return Ok((s, g));
+                    let alive = g.as_ref().map(|i| i.is_alive());
+                    match alive {
+                        Some(true) => return Ok((s, g)),
+                        Some(false) => {
+                            // Its sandbox died between requests (killed from outside, its
+                            // zygote gone): the session goes, and the identifier gets a fresh
+                            // one below, as after a cooldown.
+                            tracing::info!(pool = %self.id, "replacing a session whose sandbox stopped");
+                            metrics::counter!("cloister_sessions_lost_total").increment(1);
+                            self.delete_session(&s, Some(g)).await;
+                        }
+                        // Its sandbox failed to start or it was just removed: try again.
+                        None => {}
                     }
-                    // Its sandbox failed to start or it was just removed: try again.
                     continue;
                 }
                 Found::Full(max) => {
@@ -357,6 +380,19 @@ impl Pool {
         loop {
             if self.closed.load(Ordering::Acquire) {
                 break;
+            }
+            // Ready sandboxes that died while waiting are replaced now, not found at
+            // allocation time.
+            let dead = {
+                let mut inner = self.inner.lock().unwrap();
+                let (live, dead): (VecDeque<_>, VecDeque<_>) =
+                    inner.ready.drain(..).partition(|i| i.is_alive());
+                inner.ready = live;
+                dead
+            };
+            for i in dead {
+                tracing::info!(pool = %self.id, "a ready sandbox stopped; replacing it");
+                i.shutdown().await;
             }
             let (target, have) = {
                 let spec = self.spec.read().unwrap();
