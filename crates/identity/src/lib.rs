@@ -19,6 +19,7 @@ pub mod grants;
 pub mod keys;
 pub mod mi;
 pub mod resources;
+pub mod strict;
 pub mod tokens;
 
 use cloister_crypto::MasterKey;
