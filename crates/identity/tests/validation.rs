@@ -287,10 +287,7 @@ async fn rejects_repeated_claims_and_header_fields() {
         Err(TokenError::DuplicateClaim)
     );
     // A repeated `aud` that would swap the audience after the check.
-    let aud = format!(
-        "{{\"aud\":\"https://other.test\",{}",
-        &body[1..]
-    );
+    let aud = format!("{{\"aud\":\"https://other.test\",{}", &body[1..]);
     assert!(check(&id, &sign_raw(&id, &header, &aud)).is_err());
     // A repeated header field.
     let hdup = format!("{},\"alg\":\"none\"}}", &header[..header.len() - 1]);
