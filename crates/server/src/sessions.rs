@@ -53,11 +53,14 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
     if cloister_sandbox::drops_privileges() {
         // Work dirs live outside data directories: remove those of data directories that are
         // gone, and record ours.
-        let removed = cloister_sandbox::sweep_work_dirs(Path::new(cloister_sandbox::WORK_ROOT));
-        if removed > 0 {
+        let root = Path::new(cloister_sandbox::WORK_ROOT);
+        let removed = cloister_sandbox::sweep_work_dirs(root);
+        let stale = cloister_sandbox::sweep_stale_cgroup_parents(root);
+        if removed + stale > 0 {
             tracing::info!(
                 removed,
-                "removed the sandbox work dirs of deleted data directories"
+                stale,
+                "removed the sandbox work dirs and cgroup parents of deleted data directories"
             );
         }
         let owner = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
