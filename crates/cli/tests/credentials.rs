@@ -658,6 +658,32 @@ async fn cloisters_own_identity_plane_as_a_provider() {
     let c = claims(v["AccessToken"].as_str().unwrap());
     assert_eq!(c["aud"], "https://dynamicsessions.io");
     assert_eq!(c["appid"], app.as_str());
+    // A caller without access learns nothing about which connections exist: a connection
+    // that exists, one that does not and one under a provider that does not all answer the
+    // same 403 (the names asked about aside), with or without ignore-error; never a 500.
+    let (oapp, _, osecret) = e.s.new_sp(&e.admin, "outsider").await;
+    let outsider = e.s.client_token(&oapp, &osecret, &e.s.mgmt()).await;
+    let mut seen = vec![];
+    for (provider, conn) in [("self", "me"), ("self", "nobody"), ("nothere", "me")] {
+        for extra in ["", "&ignore-error=true"] {
+            let (st, v) = e.context(&outsider, provider, conn, extra).await;
+            assert_eq!(st, 403, "{provider}/{conn}{extra}: {v}");
+            assert_eq!(v["error"]["code"], "AccessDenied", "{v}");
+            let msg = v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .replace(&format!("'{conn}'"), "'C'")
+                .replace(&format!("'{provider}'"), "'P'");
+            seen.push(msg);
+        }
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // The admin, who has access to 'me', asking about a connection that does not exist.
+    for extra in ["", "&ignore-error=true"] {
+        let (st, v) = e.context(&e.admin, "self", "nobody", extra).await;
+        assert_eq!(st, 403, "{v}");
+    }
 }
 
 /// Two nodes on one PostgreSQL store: an expired token is refreshed once in all.

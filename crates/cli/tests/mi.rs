@@ -349,3 +349,198 @@ async fn bindings_need_managed_identity_operator() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// Runs `code` in session `identifier` of the pool at `endpoint`; returns stdout.
+async fn run_in_session(
+    s: &Server,
+    endpoint: &str,
+    token: &str,
+    identifier: &str,
+    code: &str,
+) -> String {
+    let r = s
+        .http
+        .post(format!(
+            "{endpoint}/code/execute?api-version=2024-02-02-preview&identifier={identifier}"
+        ))
+        .bearer_auth(token)
+        .json(&json!({"properties": {"codeInputType": "inline", "executionType": "synchronous", "code": code}}))
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["properties"]["status"], "Success", "{v}");
+    v["properties"]["stdout"].as_str().unwrap().to_string()
+}
+
+/// Deletes every identity binding row straight in the store, as an operator or a purge would.
+async fn delete_binding_rows(s: &Server) -> u64 {
+    sqlx::any::install_default_drivers();
+    let url = match &s.store {
+        Some(pg) => pg.clone(),
+        None => format!(
+            "sqlite://{}?mode=rw",
+            s.data_dir().join("cloister.db").display()
+        ),
+    };
+    let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut c, "DELETE FROM identity_bindings")
+        .await
+        .unwrap()
+        .rows_affected()
+}
+
+/// The binding a session pool makes for its sessions' `Main` identities: its secret (the
+/// `IDENTITY_HEADER` every session of the pool can read) cannot end the binding, works only
+/// through the sandboxes' identity socket, and a lost binding is re-created under the same
+/// secret, so the pool's sessions keep their identity.
+#[tokio::test]
+async fn session_code_cannot_disable_its_pools_identity() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "pmi").await;
+    let uami = format!(
+        "/subscriptions/{}/resourceGroups/pmi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/worker",
+        s.sub()
+    );
+    let (st, ident) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{uami}?{MSI}"),
+            Some(json!({"location": "local"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{ident}");
+    let principal = ident["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pool = format!(
+        "/subscriptions/{}/resourceGroups/pmi/providers/Microsoft.App/sessionPools/withmi",
+        s.sub()
+    );
+    let (st, v) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{pool}?api-version=2025-07-01"),
+            Some(json!({"location": "local",
+                "identity": {"type": "UserAssigned", "userAssignedIdentities": {uami.clone(): {}}},
+                "properties": {"managedIdentitySettings": [{"identity": uami, "lifecycle": "Main"}]}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let endpoint = v["properties"]["poolManagementEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let me = claims(&admin)["oid"].as_str().unwrap().to_string();
+    s.assign(&admin, &pool, "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0", &me)
+        .await;
+    let dp = s
+        .client_token(
+            &s.admin_id(),
+            &s.admin_secret(),
+            "https://dynamicsessions.io",
+        )
+        .await;
+    // The code prints its header, then the object id of a fresh token (or the error).
+    let code = [
+        "import os, json, urllib.request",
+        "h = os.environ['IDENTITY_HEADER']",
+        "req = urllib.request.Request(os.environ['IDENTITY_ENDPOINT'] + '?api-version=2019-08-01&resource=https://vault.azure.net', headers={'X-IDENTITY-HEADER': h})",
+        "try:",
+        "    tok = json.loads(urllib.request.urlopen(req, timeout=10).read())['access_token']",
+        "    import base64; p = tok.split('.')[1]; oid = json.loads(base64.urlsafe_b64decode(p + '=' * (-len(p) % 4)))['oid']",
+        "except Exception as e:",
+        "    oid = 'error: %s' % e",
+        "print(json.dumps({'header': h, 'oid': oid}))",
+    ]
+    .join("\n");
+    let run = |id: &'static str| {
+        let (s, endpoint, dp, code) = (&s, endpoint.clone(), dp.clone(), code.clone());
+        async move {
+            let out = run_in_session(s, &endpoint, &dp, id, &code).await;
+            serde_json::from_str::<Value>(out.trim()).unwrap()
+        }
+    };
+    let first = run("session-a").await;
+    assert_eq!(first["oid"], principal.as_str(), "{first}");
+    let header = first["header"].as_str().unwrap().to_string();
+    // 1. The session's secret cannot end its pool's binding.
+    let r = s
+        .http
+        .delete(s.url("/providers/Cloister.Identity/bindings/current"))
+        .header("X-IDENTITY-HEADER", &header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "AuthorizationFailed", "{v}");
+    // 2. Nor does it work outside the sandbox, on either listener's /msi/token.
+    for url in [s.url("/msi/token"), s.http_url("/msi/token")] {
+        let r = s
+            .http
+            .get(format!(
+                "{url}?api-version=2019-08-01&resource=https://vault.azure.net"
+            ))
+            .header("X-IDENTITY-HEADER", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v.get("access_token").is_none(), "{v}");
+    }
+    // The identity still works, in that session and in another one.
+    for id in ["session-a", "session-b"] {
+        let v = run(id).await;
+        assert_eq!(v["oid"], principal.as_str(), "{id}: {v}");
+        assert_eq!(v["header"], header.as_str());
+    }
+    // 3. The binding row disappears behind the server's back (and its 5 s cache lapses):
+    // the next token request inside a session re-creates it under the same secret.
+    assert!(delete_binding_rows(&s).await >= 1);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let v = run("session-a").await;
+    assert_eq!(
+        v["oid"],
+        principal.as_str(),
+        "after the row was deleted: {v}"
+    );
+    let v = run("session-c").await;
+    assert_eq!(v["oid"], principal.as_str(), "a new session: {v}");
+    // ... and still only inside.
+    let r = s
+        .http
+        .get(format!(
+            "{}?api-version=2019-08-01&resource=https://vault.azure.net",
+            s.url("/msi/token")
+        ))
+        .header("X-IDENTITY-HEADER", &header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Deleting the pool ends its binding.
+    let (st, _) = s
+        .call(
+            &admin,
+            "DELETE",
+            &format!("{pool}?api-version=2025-07-01"),
+            None,
+        )
+        .await;
+    assert!(st == 200 || st == 202 || st == 204, "{st}");
+    assert_eq!(
+        delete_binding_rows(&s).await,
+        0,
+        "the pool's binding ended with it"
+    );
+}

@@ -317,6 +317,32 @@ async fn management_api_rejects_bad_tokens() {
     let (st, v) = s.call(&other, "GET", path, None).await;
     assert_eq!(st, 401, "{v}");
     assert_eq!(v["error"]["code"], "InvalidAuthenticationToken");
+    // A Microsoft Graph token: Azure Resource Manager refuses it, and so does Cloister's
+    // management API; the Graph-shaped directory API takes it.
+    let graph = s
+        .client_token(
+            &s.admin_id(),
+            &s.admin_secret(),
+            "https://graph.microsoft.com",
+        )
+        .await;
+    assert_eq!(claims(&graph)["aud"], "https://graph.microsoft.com");
+    for p in [
+        path.to_string(),
+        format!(
+            "/subscriptions/{}/resourcegroups?api-version=2022-12-01",
+            s.sub()
+        ),
+        "/providers/Cloister.Identity/signingKeys?api-version=2024-01-01".to_string(),
+    ] {
+        let (st, v) = s.call(&graph, "GET", &p, None).await;
+        assert_eq!(st, 401, "{p}: {v}");
+        assert_eq!(v["error"]["code"], "InvalidAuthenticationToken");
+    }
+    let (st, v) = s.call(&graph, "GET", "/v1.0/applications", None).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.call(&admin, "GET", "/v1.0/applications", None).await;
+    assert_eq!(st, 200, "{v}");
     // Tampered payload.
     let mut parts: Vec<String> = admin.split('.').map(str::to_string).collect();
     let mut c = claims(&admin);
@@ -429,4 +455,47 @@ async fn signing_keys_rotate_with_overlap() {
         .await
         .unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 3);
+}
+
+/// The SQLite database and its -wal/-shm files hold sealed secrets and hashes of every
+/// credential: they are the owner's only (0600) after a start, after writes, and after a
+/// restart over files an older version left 0644.
+#[tokio::test]
+async fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Server::start().await;
+    if s.store.is_some() {
+        return; // PostgreSQL: no database file here.
+    }
+    let db = s.data_dir().join("cloister.db");
+    let files = |db: &std::path::Path| -> Vec<(String, u32)> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let p = format!("{}{suffix}", db.display());
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.permissions().mode() & 0o777))
+            })
+            .collect()
+    };
+    let check = |when: &str, found: Vec<(String, u32)>| {
+        assert!(found.len() >= 2, "{when}: {found:?}");
+        for (p, mode) in found {
+            assert_eq!(mode, 0o600, "{when}: {p} is {mode:o}");
+        }
+    };
+    check("after start", files(&db));
+    let admin = s.admin_token().await;
+    for i in 0..5 {
+        s.create_rg(&admin, &format!("modes{i}")).await;
+    }
+    check("after writes", files(&db));
+    s.kill9();
+    for (p, _) in files(&db) {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    s.spawn().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "modes-after").await;
+    check("after a restart over 0644 files", files(&db));
 }

@@ -4,7 +4,7 @@
 use crate::Identity;
 use crate::authorize::AuthorizeOutcome;
 use crate::grants::{TokenRequest, parse_basic, parse_form};
-use crate::mi::{MiError, Selector};
+use crate::mi::{Channel, MiError, Selector};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,10 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Only the App-Service-style managed-identity endpoint (`/msi/token`): what code inside a
-/// session may reach, through the sandbox's identity socket.
+/// session may reach, through the sandbox's identity socket. Session pools' binding secrets
+/// work here and nowhere else.
 pub fn msi_router(id: Arc<Identity>) -> Router {
     Router::new()
-        .route("/msi/token", get(app_service))
+        .route("/msi/token", get(app_service_sandbox))
         .with_state(id)
 }
 
@@ -45,7 +46,7 @@ pub fn router(id: Arc<Identity>) -> Router {
             get(authorize_get).post(authorize_post),
         )
         .route("/metadata/identity/oauth2/token", get(imds))
-        .route("/msi/token", get(app_service))
+        .route("/msi/token", get(app_service_public))
         .with_state(id)
 }
 
@@ -430,12 +431,32 @@ async fn imds(
     }
 }
 
-/// App Service style endpoint (`IDENTITY_ENDPOINT` + `X-IDENTITY-HEADER`, 2019-08-01): the
-/// identities of the binding whose secret is presented.
-async fn app_service(
+/// `/msi/token` on the HTTP and HTTPS listeners: `cloister run` bindings only.
+async fn app_service_public(
     State(id): State<Arc<Identity>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    app_service(id, headers, q, Channel::Public).await
+}
+
+/// `/msi/token` on the sandboxes' identity socket.
+async fn app_service_sandbox(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    app_service(id, headers, q, Channel::Sandbox).await
+}
+
+/// App Service style endpoint (`IDENTITY_ENDPOINT` + `X-IDENTITY-HEADER`, 2019-08-01): the
+/// identities of the binding whose secret is presented, if that secret may be used on
+/// `channel`.
+async fn app_service(
+    id: Arc<Identity>,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    channel: Channel,
 ) -> Response {
     let err = |m: &str| {
         json_response(
@@ -456,7 +477,7 @@ async fn app_service(
     let Some(resource) = q.get("resource").filter(|r| !r.is_empty()) else {
         return err("Required query variable 'resource' is missing");
     };
-    let set = match id.binding_identities(secret).await {
+    let set = match id.binding_identities(secret, channel).await {
         Ok(Some(s)) => s,
         Ok(None) => return err("The X-IDENTITY-HEADER value is not valid or has expired"),
         Err(e) => {

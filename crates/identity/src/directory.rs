@@ -274,6 +274,9 @@ impl Identity {
         let bad = |m: &str| AadError::invalid_client(50027, format!("Invalid JWT token. {m}"));
         let header = jsonwebtoken::decode_header(assertion)
             .map_err(|_| bad("The client assertion is not a well-formed JWT."))?;
+        crate::strict::check_jwt(assertion).map_err(|_| {
+            bad("The client assertion's header or payload is not a JSON object with unique keys.")
+        })?;
         use jsonwebtoken::Algorithm::*;
         if !matches!(header.alg, RS256 | PS256 | ES256) {
             return Err(bad(
@@ -347,6 +350,14 @@ impl Identity {
             return Err(AadError::invalid_client(
                 700024,
                 "Client assertion is not within its valid time range: it is not yet valid.",
+            ));
+        }
+        if let Some(iat) = num("iat")
+            && iat - skew > now_f
+        {
+            return Err(AadError::invalid_client(
+                700024,
+                "Client assertion is not within its valid time range: it was issued in the future.",
             ));
         }
         if exp - now_f > 86400.0 {

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod mi;
 pub mod provider;
 pub mod resources;
+pub mod strict;
 pub mod tokens;
 
 use cloister_crypto::MasterKey;
@@ -81,7 +82,10 @@ pub struct Identity {
     pub home_tenant: String,
     pub(crate) clients: moka::sync::Cache<(String, String), Arc<directory::ClientRecord>>,
     pub(crate) mi_cache: moka::sync::Cache<(String, String), Arc<mi::CachedToken>>,
-    pub(crate) bindings: moka::sync::Cache<String, Arc<(i64, Arc<mi::IdentitySet>)>>,
+    pub(crate) bindings: moka::sync::Cache<String, Arc<mi::BindingEntry>>,
+    /// The session-pool bindings this node keeps alive (by secret hash): re-created under the
+    /// same secret when their row is lost, so the sessions holding the secret keep working.
+    pub(crate) kept_bindings: dashmap::DashMap<String, mi::KeptBinding>,
     pub(crate) jti_seen: moka::sync::Cache<String, ()>,
     /// Tokens that passed validation, by (audiences, token): their claims. A hit re-checks
     /// lifetime and that the signing key is still published.
@@ -123,6 +127,7 @@ impl Identity {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(5))
                 .build(),
+            kept_bindings: dashmap::DashMap::new(),
             tenants: moka::sync::Cache::builder().max_capacity(100_000).build(),
             validated: moka::sync::Cache::builder()
                 .max_capacity(100_000)

@@ -25,6 +25,48 @@ pub struct CachedToken {
     pub refresh_at: i64,
 }
 
+/// A binding's identities as cached: its expiry, and whether it is a session pool's (whose
+/// secret works only through the sandboxes' identity socket and cannot end itself).
+#[derive(Debug)]
+pub struct BindingEntry {
+    pub expires_at: i64,
+    pub session: bool,
+    pub set: Arc<IdentitySet>,
+}
+
+/// A session pool's binding that this node re-creates when it is lost: the row as first
+/// written and its lifetime.
+#[derive(Debug, Clone)]
+pub struct KeptBinding {
+    pub row: BindingRow,
+    pub ttl_secs: i64,
+}
+
+/// Where a binding secret was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The `/msi/token` of the HTTP and HTTPS listeners: `cloister run` bindings only.
+    Public,
+    /// The identity socket bound into sandboxes: session-pool bindings (and `cloister run`'s).
+    Sandbox,
+}
+
+/// What `DELETE …/bindings/current` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    /// A session pool's binding: it ends with its pool (or the pool's identity settings),
+    /// not with its own secret.
+    Refused,
+}
+
+/// True for the bindings a session pool makes for its sessions: their creator is the pool's
+/// resource id (a `cloister run` binding's creator is the caller's object id).
+pub fn is_session_binding(b: &BindingRow) -> bool {
+    b.created_by.starts_with('/')
+}
+
 /// Why no token was given. Every variant is permanent and maps to HTTP 400, never 404 or
 /// 5xx, because Azure SDKs retry those.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,7 +152,7 @@ impl Identity {
     pub async fn host_identities(&self) -> Result<Arc<IdentitySet>, IdentityError> {
         let key = "__host__".to_string();
         if let Some(b) = self.bindings.get(&key) {
-            return Ok(b.1.clone());
+            return Ok(b.set.clone());
         }
         let set = match self.store.meta_get(HOST_RESOURCE_KEY).await? {
             Some(host) => {
@@ -130,35 +172,143 @@ impl Identity {
             },
         };
         let set = Arc::new(set);
-        self.bindings.insert(key, Arc::new((i64::MAX, set.clone())));
+        self.bindings.insert(
+            key,
+            Arc::new(BindingEntry {
+                expires_at: i64::MAX,
+                session: false,
+                set: set.clone(),
+            }),
+        );
         Ok(set)
     }
 
-    /// Identities reachable through a binding secret (`X-IDENTITY-HEADER`).
+    /// Identities reachable through a binding secret (`X-IDENTITY-HEADER`) presented on
+    /// `channel`. A session pool's secret works only on [`Channel::Sandbox`]; there, a binding
+    /// this node keeps ([`Identity::keep_session_binding`]) that was deleted, purged or let
+    /// expire is re-created under the same secret first.
     pub async fn binding_identities(
         &self,
         secret: &str,
+        channel: Channel,
     ) -> Result<Option<Arc<IdentitySet>>, IdentityError> {
         if secret.is_empty() || secret.len() > 256 {
             return Ok(None);
         }
         let hash = self.mk.keyed_hash(BINDING_PURPOSE, secret.as_bytes());
         let entry = match self.bindings.get(&hash) {
-            Some(b) => b,
+            Some(b) => Some(b),
             None => match self.store.binding_get(&hash).await? {
-                Some(b) => {
-                    let set = Arc::new(self.identities_of_binding(&b).await?);
-                    let e = Arc::new((b.expires_at, set));
-                    self.bindings.insert(hash, e.clone());
-                    e
-                }
-                None => return Ok(None),
+                Some(b) => Some(self.cache_binding(&b).await?),
+                None => None,
             },
         };
-        if entry.0 < now_secs() {
+        let live = entry.filter(|e| e.expires_at >= now_secs());
+        let entry = match (live, channel) {
+            (Some(e), _) => e,
+            (None, Channel::Sandbox) => match self.revive_binding(&hash).await? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+            (None, Channel::Public) => return Ok(None),
+        };
+        if entry.session && channel == Channel::Public {
             return Ok(None);
         }
-        Ok(Some(entry.1.clone()))
+        Ok(Some(entry.set.clone()))
+    }
+
+    async fn cache_binding(&self, b: &BindingRow) -> Result<Arc<BindingEntry>, IdentityError> {
+        let e = Arc::new(BindingEntry {
+            expires_at: b.expires_at,
+            session: is_session_binding(b) || self.kept_bindings.contains_key(&b.secret_hash),
+            set: Arc::new(self.identities_of_binding(b).await?),
+        });
+        self.bindings.insert(b.secret_hash.clone(), e.clone());
+        Ok(e)
+    }
+
+    /// Writes a kept binding's row again (a fresh lifetime, the same secret hash).
+    async fn revive_binding(&self, hash: &str) -> Result<Option<Arc<BindingEntry>>, IdentityError> {
+        let Some(k) = self.kept_bindings.get(hash).map(|k| k.clone()) else {
+            return Ok(None);
+        };
+        let row = self.write_binding(&k.row, k.ttl_secs).await?;
+        tracing::info!(pool = %row.created_by, "re-created a lost session identity binding");
+        Ok(Some(self.cache_binding(&row).await?))
+    }
+
+    /// Replaces the row of `template.secret_hash` with one that expires `ttl_secs` from now.
+    async fn write_binding(
+        &self,
+        template: &BindingRow,
+        ttl_secs: i64,
+    ) -> Result<BindingRow, IdentityError> {
+        let now = now_secs();
+        let row = BindingRow {
+            expires_at: now + ttl_secs,
+            created_at: now,
+            ..template.clone()
+        };
+        self.bindings.invalidate(&row.secret_hash);
+        self.store.binding_delete(&row.secret_hash).await?;
+        if let Err(e) = self.store.binding_insert(&row).await {
+            // Another request may have re-created it between the delete and the insert.
+            match self.store.binding_get(&row.secret_hash).await? {
+                Some(r) => return Ok(r),
+                None => return Err(e.into()),
+            }
+        }
+        Ok(row)
+    }
+
+    /// Makes sure the binding of session pool `pool_id` to `principal_ids` under `secret` (the
+    /// `IDENTITY_HEADER` of its sessions) exists with at least half of `ttl_secs` left,
+    /// re-creating it under the same secret if it was lost, and keeps it alive from now on (see
+    /// [`Identity::binding_identities`]). Returns its expiry.
+    pub async fn keep_session_binding(
+        &self,
+        pool_id: &str,
+        principal_ids: Vec<String>,
+        secret: &str,
+        ttl_secs: i64,
+    ) -> Result<i64, IdentityError> {
+        let ttl_secs = ttl_secs.clamp(60, 30 * 86400);
+        let hash = self.mk.keyed_hash(BINDING_PURPOSE, secret.as_bytes());
+        let now = now_secs();
+        let template = BindingRow {
+            secret_hash: hash.clone(),
+            resource_id: String::new(),
+            principal_ids,
+            created_by: pool_id.to_string(),
+            expires_at: now + ttl_secs,
+            created_at: now,
+        };
+        self.kept_bindings.insert(
+            hash.clone(),
+            KeptBinding {
+                row: template.clone(),
+                ttl_secs,
+            },
+        );
+        if let Some(r) = self.store.binding_get(&hash).await?
+            && r.principal_ids == template.principal_ids
+            && r.created_by == template.created_by
+            && r.expires_at > now + ttl_secs / 2
+        {
+            return Ok(r.expires_at);
+        }
+        Ok(self.write_binding(&template, ttl_secs).await?.expires_at)
+    }
+
+    /// Stops keeping a session pool's binding and ends it (the pool is gone, or its sessions'
+    /// identities changed).
+    pub async fn forget_session_binding(&self, secret: &str) -> Result<(), IdentityError> {
+        let hash = self.mk.keyed_hash(BINDING_PURPOSE, secret.as_bytes());
+        self.kept_bindings.remove(&hash);
+        self.bindings.invalidate(&hash);
+        self.store.binding_delete(&hash).await?;
+        Ok(())
     }
 
     async fn identities_of_binding(&self, b: &BindingRow) -> Result<IdentitySet, IdentityError> {
@@ -217,10 +367,27 @@ impl Identity {
         Ok((secret, expires_at))
     }
 
-    pub async fn delete_binding(&self, secret: &str) -> Result<bool, IdentityError> {
+    /// Ends the binding whose secret is presented, unless it is a session pool's.
+    pub async fn delete_binding(&self, secret: &str) -> Result<DeleteOutcome, IdentityError> {
+        if secret.is_empty() || secret.len() > 256 {
+            return Ok(DeleteOutcome::NotFound);
+        }
         let hash = self.mk.keyed_hash(BINDING_PURPOSE, secret.as_bytes());
-        self.bindings.invalidate(&hash);
-        Ok(self.store.binding_delete(&hash).await?)
+        if self.kept_bindings.contains_key(&hash) {
+            return Ok(DeleteOutcome::Refused);
+        }
+        match self.store.binding_get(&hash).await? {
+            None => Ok(DeleteOutcome::NotFound),
+            Some(b) if is_session_binding(&b) => Ok(DeleteOutcome::Refused),
+            Some(_) => {
+                self.bindings.invalidate(&hash);
+                Ok(if self.store.binding_delete(&hash).await? {
+                    DeleteOutcome::Deleted
+                } else {
+                    DeleteOutcome::NotFound
+                })
+            }
+        }
     }
 
     /// Forget cached identity sets (after a resource's identities change).

@@ -67,6 +67,10 @@ pub enum TokenError {
     Expired,
     #[error("the token is not yet valid")]
     NotYetValid,
+    #[error("the token's issue time (iat) is in the future")]
+    IssuedInFuture,
+    #[error("the token repeats a claim or header field")]
+    DuplicateClaim,
     #[error("the token's audience is not accepted by this API")]
     WrongAudience,
     #[error("the token's issuer is not accepted")]
@@ -196,7 +200,7 @@ impl Identity {
     /// algorithm must match the header's), issuer of the home tenant, one of `audiences`,
     /// and lifetime within the allowed skew.
     pub fn validate(&self, token: &str, audiences: &[String]) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| strict_error(token))?;
         let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
         let key = self.keys.find(kid).ok_or(TokenError::UnknownKey)?;
         // A token validated before (same audiences) needs no second signature check: its
@@ -226,6 +230,9 @@ impl Identity {
         if header.alg != key.jwt_algorithm() {
             return Err(TokenError::BadAlgorithm);
         }
+        // serde_json keeps the last of repeated keys; a token that repeats one means two
+        // things, so it means nothing.
+        crate::strict::check_jwt(token).map_err(|_| strict_error(token))?;
         let mut v = Validation::new(key.jwt_algorithm());
         v.leeway = self.cfg.clock_skew_secs as u64;
         v.validate_nbf = true;
@@ -253,6 +260,13 @@ impl Identity {
                 }
             })?;
         let c = data.claims;
+        // jsonwebtoken requires `iat` but does not look at it: a token issued in the future
+        // (beyond the clock skew) was not issued by a signer with a sane clock.
+        match c.get("iat").and_then(Value::as_f64) {
+            Some(iat) if iat <= (now_secs() + self.cfg.clock_skew_secs) as f64 => {}
+            Some(_) => return Err(TokenError::IssuedInFuture),
+            None => return Err(TokenError::Malformed),
+        }
         let get = |k: &'static str| c.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let tid = get("tid").ok_or(TokenError::MissingClaim("tid"))?;
         if &tid != tenant {
@@ -306,6 +320,14 @@ impl Identity {
             })
             .filter_map(|d| d.get("value").and_then(|v| v.as_str()).map(str::to_string))
             .collect()
+    }
+}
+
+/// Why a token's header or payload does not parse: a repeated key, or anything else.
+fn strict_error(token: &str) -> TokenError {
+    match crate::strict::check_jwt(token) {
+        Err(e) if e.contains("duplicate key") => TokenError::DuplicateClaim,
+        _ => TokenError::Malformed,
     }
 }
 

@@ -226,3 +226,73 @@ async fn retired_key_validates_until_removed() {
     assert_eq!(check(&id, &old), Err(TokenError::UnknownKey));
     assert_eq!(check(&id, &fresh), Ok(()));
 }
+
+/// Signs `payload` exactly as given (bytes, not a re-serialised value) with the active key.
+fn sign_raw(id: &Identity, header: &str, payload: &str) -> String {
+    let key = id.keys.active();
+    let msg = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), key.encoding_key(), key.jwt_algorithm())
+        .unwrap();
+    format!("{msg}.{sig}")
+}
+
+#[tokio::test]
+async fn rejects_an_issue_time_in_the_future() {
+    let (id, _d) = identity().await;
+    let now = now_secs();
+    let decade = id
+        .sign(&claims(&id, |c| c["iat"] = json!(now + 10 * 365 * 86400)))
+        .unwrap();
+    assert_eq!(check(&id, &decade), Err(TokenError::IssuedInFuture));
+    let beyond_skew = id
+        .sign(&claims(&id, |c| c["iat"] = json!(now + 400)))
+        .unwrap();
+    assert_eq!(check(&id, &beyond_skew), Err(TokenError::IssuedInFuture));
+    // Within the 5 minutes of skew: still fine.
+    let slight = id
+        .sign(&claims(&id, |c| c["iat"] = json!(now + 100)))
+        .unwrap();
+    assert_eq!(check(&id, &slight), Ok(()));
+    let text = id.sign(&claims(&id, |c| c["iat"] = json!("soon"))).unwrap();
+    assert!(check(&id, &text).is_err());
+}
+
+#[tokio::test]
+async fn rejects_repeated_claims_and_header_fields() {
+    let (id, _d) = identity().await;
+    let good = id.sign(&claims(&id, |_| {})).unwrap();
+    let header = String::from_utf8(
+        URL_SAFE_NO_PAD
+            .decode(good.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let body = claims(&id, |_| {}).to_string();
+    // The same bytes, signed raw, are accepted: the signing path is not what is refused.
+    assert_eq!(check(&id, &sign_raw(&id, &header, &body)), Ok(()));
+    // A second `oid` after the first (serde_json alone would keep "admin").
+    let dup = format!("{},\"oid\":\"admin\"}}", &body[..body.len() - 1]);
+    assert_eq!(
+        check(&id, &sign_raw(&id, &header, &dup)),
+        Err(TokenError::DuplicateClaim)
+    );
+    // The same key spelled with an escape.
+    let esc = format!("{},\"o\\u0069d\":\"admin\"}}", &body[..body.len() - 1]);
+    assert_eq!(
+        check(&id, &sign_raw(&id, &header, &esc)),
+        Err(TokenError::DuplicateClaim)
+    );
+    // A repeated `aud` that would swap the audience after the check.
+    let aud = format!("{{\"aud\":\"https://other.test\",{}", &body[1..]);
+    assert!(check(&id, &sign_raw(&id, &header, &aud)).is_err());
+    // A repeated header field.
+    let hdup = format!("{},\"alg\":\"none\"}}", &header[..header.len() - 1]);
+    assert_eq!(
+        check(&id, &sign_raw(&id, &hdup, &body)),
+        Err(TokenError::DuplicateClaim)
+    );
+}

@@ -13,16 +13,7 @@ pub const DEFAULT_PARENT: &str = "cloister";
 /// Kills every process in every group under `parent` and removes the groups: what a server
 /// that was killed (SIGKILL, power loss) left behind. Returns how many groups were removed.
 pub fn sweep(parent: &str) -> usize {
-    if parent.is_empty() || parent.contains('/') || parent.contains("..") {
-        return 0;
-    }
-    let bases: Vec<PathBuf> = match detect() {
-        Layout::V1 => ["memory", "pids", "cpu"]
-            .iter()
-            .map(|c| Path::new(ROOT).join(c).join(parent))
-            .collect(),
-        Layout::V2 => vec![Path::new(ROOT).join(parent)],
-    };
+    let bases = parent_dirs(parent);
     let mut removed = 0;
     for base in &bases {
         let Ok(rd) = std::fs::read_dir(base) else {
@@ -56,22 +47,66 @@ pub fn sweep(parent: &str) -> usize {
     removed
 }
 
-/// Removes the (empty) parent group `parent` in every hierarchy; one that still has groups or
-/// processes stays.
-pub fn remove_parent(parent: &str) {
+/// The directories of cgroup parent `parent` (one per controller on v1); none for a name
+/// that is not a single path segment.
+fn parent_dirs(parent: &str) -> Vec<PathBuf> {
     if parent.is_empty() || parent.contains('/') || parent.contains("..") {
-        return;
+        return vec![];
     }
-    let dirs: Vec<PathBuf> = match detect() {
+    match detect() {
         Layout::V1 => ["memory", "pids", "cpu"]
             .iter()
             .map(|c| Path::new(ROOT).join(c).join(parent))
             .collect(),
         Layout::V2 => vec![Path::new(ROOT).join(parent)],
-    };
-    for d in dirs {
-        let _ = std::fs::remove_dir(d);
     }
+}
+
+/// [`sweep`]s the cgroup parent `parent` and then removes the parent itself: what a server
+/// that will not come back (its data directory is gone) left. True when none of it remains.
+pub fn remove_parent(parent: &str) -> bool {
+    let dirs = parent_dirs(parent);
+    if dirs.is_empty() {
+        return false;
+    }
+    sweep(parent);
+    let mut gone = true;
+    for d in &dirs {
+        if d.exists() && std::fs::remove_dir(d).is_err() {
+            gone = false;
+        }
+    }
+    gone
+}
+
+/// Removes the cgroup parent `parent` if it has no groups (nothing is killed). True when none
+/// of it remains.
+pub fn remove_empty_parent(parent: &str) -> bool {
+    let dirs = parent_dirs(parent);
+    let mut gone = !dirs.is_empty();
+    for d in &dirs {
+        if d.exists() && std::fs::remove_dir(d).is_err() {
+            gone = false;
+        }
+    }
+    gone
+}
+
+/// The names of the cgroup parents directly under the hierarchy's root (the memory
+/// controller's on v1) that start with `prefix`.
+pub fn parents_named(prefix: &str) -> Vec<String> {
+    let base = match detect() {
+        Layout::V1 => Path::new(ROOT).join("memory"),
+        Layout::V2 => PathBuf::from(ROOT),
+    };
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -172,6 +172,24 @@ pub fn prepare_work_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes the empty server cgroup parents (`cloister-` and 12 hex digits, named like the work
+/// dirs under `root`) that have no work dir under `root`: what versions that swept only the
+/// work dir of a deleted data directory left. A parent with groups in it is never touched
+/// (the kernel refuses to remove it), so a live server loses nothing: its next sandbox
+/// creates the parent again. Returns how many were removed.
+pub fn sweep_stale_cgroup_parents(root: &Path) -> usize {
+    let prefix = "cloister-";
+    cgroup::parents_named(prefix)
+        .into_iter()
+        .filter(|n| {
+            n.len() == prefix.len() + 12
+                && n[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+                && !root.join(n).exists()
+        })
+        .filter(|n| cgroup::remove_empty_parent(n))
+        .count()
+}
+
 /// The file in a work dir under [`WORK_ROOT`] that names the directory it serves.
 const OWNER_FILE: &str = "owner";
 
@@ -198,8 +216,9 @@ pub fn mark_work_dir(work_dir: &Path, owner: &Path) -> std::io::Result<()> {
 
 /// Removes the work dirs directly under `root` whose recorded owner ([`mark_work_dir`]) no
 /// longer exists: what servers whose data directories were deleted (tests, retired servers)
-/// left behind. Directories without an owner record are left alone. Returns how many were
-/// removed.
+/// left behind, and with each its cgroup parent of the same name (its groups swept, then the
+/// parent itself; [`cgroup::remove_parent`]). Directories without an owner record are left
+/// alone. Returns how many work dirs were removed.
 pub fn sweep_work_dirs(root: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(root) else {
         return 0;
@@ -216,6 +235,9 @@ pub fn sweep_work_dirs(root: &Path) -> usize {
         let owner = Path::new(std::ffi::OsStr::from_bytes(&owner));
         if owner.is_absolute() && !owner.exists() && std::fs::remove_dir_all(&dir).is_ok() {
             removed += 1;
+            if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+                cgroup::remove_parent(name);
+            }
         }
     }
     removed
@@ -1661,5 +1683,53 @@ mod tests {
         // b has no owner record of its own (its child does), so "b" is left alone, as is d.
         assert!(b.exists() && c.exists());
         assert_eq!(sweep_work_dirs(root.path()), 0);
+    }
+
+    /// The cgroup parent of a server whose data directory is gone goes with its work dir,
+    /// groups and all; an empty server parent with no work dir at all goes too; a parent
+    /// whose work dir is owned by a live directory stays.
+    #[test]
+    fn cgroup_parents_of_deleted_data_dirs_are_swept() {
+        if !drops_privileges() || !Path::new("/sys/fs/cgroup").exists() {
+            eprintln!("skipped: needs root and cgroups");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let live = tempfile::tempdir().unwrap();
+        let name = |_: ()| {
+            format!(
+                "cloister-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        };
+        let (orphan, stale, kept) = (name(()), name(()), name(()));
+        mark_work_dir(&root.path().join(&orphan), &root.path().join("gone")).unwrap();
+        mark_work_dir(&root.path().join(&kept), live.path()).unwrap();
+        let limits = cgroup::Limits {
+            memory_bytes: 64 << 20,
+            pids: 16,
+            cpu_percent: 50,
+        };
+        let child = Cgroup::create_in(&orphan, "left-behind", limits).unwrap();
+        let keep = Cgroup::create_in(&kept, "running", limits).unwrap();
+        Cgroup::create_in(&stale, "x", limits).unwrap().destroy();
+        let present = |n: &str| cgroup::parents_named(n).contains(&n.to_string());
+        assert!(present(&orphan) && present(&stale) && present(&kept));
+        assert_eq!(sweep_work_dirs(root.path()), 1);
+        assert!(!child.exists(), "the orphan's groups are removed");
+        assert!(!present(&orphan), "the orphan's cgroup parent is removed");
+        // (Other stale parents on this host may go too.)
+        assert!(sweep_stale_cgroup_parents(root.path()) >= 1, "{stale}");
+        assert!(
+            !present(&stale),
+            "an empty parent without a work dir is removed"
+        );
+        assert!(
+            present(&kept) && keep.exists(),
+            "a live server's parent stays"
+        );
+        keep.destroy();
+        assert!(cgroup::remove_parent(&kept));
+        assert!(!present(&kept));
     }
 }

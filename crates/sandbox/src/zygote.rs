@@ -205,7 +205,7 @@ pub fn stop_all(cgroup_parent: &str) -> usize {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|k, _| !stopped.contains(k));
-    crate::cgroup::remove_parent(cgroup_parent);
+    crate::cgroup::remove_empty_parent(cgroup_parent);
     stopped.len()
 }
 

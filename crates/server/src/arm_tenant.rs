@@ -557,7 +557,9 @@ pub async fn cloister_provider(
 }
 
 /// `DELETE /providers/Cloister.Identity/bindings/current` with `X-IDENTITY-HEADER`: ends a
-/// binding (possession of its secret is the authorization).
+/// `cloister run` binding (possession of its secret is the authorization). A session pool's
+/// binding is refused: its secret is readable by every session of the pool, and one
+/// session must not be able to take the identity away from the others.
 pub async fn delete_binding(
     axum::extract::State(st): axum::extract::State<std::sync::Arc<AppState>>,
     headers: axum::http::HeaderMap,
@@ -571,8 +573,14 @@ pub async fn delete_binding(
             "X-IDENTITY-HEADER is required.",
         ));
     };
+    use cloister_identity::mi::DeleteOutcome;
     match st.id.delete_binding(secret).await.map_err(ArmError::from)? {
-        true => Ok(StatusCode::OK.into_response()),
-        false => Ok(StatusCode::NO_CONTENT.into_response()),
+        DeleteOutcome::Deleted => Ok(StatusCode::OK.into_response()),
+        DeleteOutcome::NotFound => Ok(StatusCode::NO_CONTENT.into_response()),
+        DeleteOutcome::Refused => Err(ArmError::new(
+            403,
+            "AuthorizationFailed",
+            "This identity header belongs to a session pool: it ends with the pool or a change of the pool's managedIdentitySettings, not with its own secret.",
+        )),
     }
 }

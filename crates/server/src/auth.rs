@@ -7,6 +7,24 @@ use axum::http::request::Parts;
 use cloister_core::error::ArmError;
 use std::sync::Arc;
 
+/// Microsoft Graph's audiences: its URL and its first-party application id.
+pub const GRAPH_AUDIENCES: [&str; 2] = [
+    "https://graph.microsoft.com",
+    "00000003-0000-0000-c000-000000000000",
+];
+
+/// The audiences a request to `path` may carry: the management API (ARM) accepts only ARM's
+/// audiences (and Cloister's own management endpoint), as Azure Resource Manager refuses a
+/// Graph token; the Graph-shaped directory API (`/v1.0/…`) also accepts Graph's. A token for
+/// one API is then not a token for the other.
+fn audiences(st: &AppState, path: &str) -> Vec<String> {
+    let mut a = st.management_audiences.clone();
+    if path.starts_with("/v1.0/") || path == "/v1.0" {
+        a.extend(GRAPH_AUDIENCES.iter().map(|s| s.to_string()));
+    }
+    a
+}
+
 /// The authenticated caller of a management API.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -43,7 +61,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         };
         let claims = st
             .id
-            .validate(token, &st.management_audiences)
+            .validate(token, &audiences(st, parts.uri.path()))
             .map_err(|e| ArmError::unauthenticated(format!("The access token is invalid: {e}.")))?;
         Ok(Caller {
             object_id: claims.oid,

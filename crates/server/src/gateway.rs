@@ -654,23 +654,19 @@ async fn context_for(
         )
         .await
         .map_err(|e| (500, "InternalServerError".to_string(), e))?;
-    let (Some(provider), Some(conn)) = (provider, conn) else {
-        return Err((
-            500,
-            "ConnectionNotFound".into(),
-            format!("There is no connection '{authorization_id}' under provider '{provider_id}'."),
-        ));
-    };
-    if !allowed {
+    // A connection that does not exist has no access policy naming the caller: the answer is
+    // the same 403, word for word, so a caller without access cannot tell which connections
+    // exist.
+    let (Some(provider), Some(conn), true) = (provider, conn, allowed) else {
         return Err((
             403,
             "AccessDenied".into(),
             format!(
-                "The caller (object id {}) is not named by an access policy of connection '{authorization_id}'.",
+                "The caller (object id {}) is not named by an access policy of connection '{authorization_id}' of provider '{provider_id}', or there is no such connection.",
                 who.oid
             ),
         ));
-    }
+    };
     let props: Value = serde_json::from_str(&conn.properties).unwrap_or(json!({}));
     let cref = conn_ref(&instance.to_lowercase(), &provider, &conn.id, &props).ok_or((
         500,

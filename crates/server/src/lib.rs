@@ -110,7 +110,6 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             id.management_endpoint.clone(),
             "https://management.azure.com".into(),
             "https://management.core.windows.net".into(),
-            "https://graph.microsoft.com".into(),
         ],
         cfg: cfg.clone(),
         store: store.clone(),

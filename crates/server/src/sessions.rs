@@ -53,11 +53,14 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
     if cloister_sandbox::drops_privileges() {
         // Work dirs live outside data directories: remove those of data directories that are
         // gone, and record ours.
-        let removed = cloister_sandbox::sweep_work_dirs(Path::new(cloister_sandbox::WORK_ROOT));
-        if removed > 0 {
+        let root = Path::new(cloister_sandbox::WORK_ROOT);
+        let removed = cloister_sandbox::sweep_work_dirs(root);
+        let stale = cloister_sandbox::sweep_stale_cgroup_parents(root);
+        if removed + stale > 0 {
             tracing::info!(
                 removed,
-                "removed the sandbox work dirs of deleted data directories"
+                stale,
+                "removed the sandbox work dirs and cgroup parents of deleted data directories"
             );
         }
         let owner = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
@@ -285,39 +288,52 @@ async fn session_spec(st: &AppState, r: &Resource, spec: &PoolSpec) -> SessionSp
         }
     }
     if principals.is_empty() {
+        let gone = st
+            .pool_bindings
+            .lock()
+            .unwrap()
+            .remove(&r.id.to_lowercase());
+        if let Some((_, old, _)) = gone
+            && let Err(e) = st.id.forget_session_binding(&old).await
+        {
+            tracing::warn!(pool = %r.id, "ending the previous identity binding: {e}");
+        }
         return ss;
     }
     principals.sort();
     let key = r.id.to_lowercase();
-    let now = cloister_core::clock::now_secs();
-    let cached = st
-        .pool_bindings
-        .lock()
-        .unwrap()
-        .get(&key)
-        .filter(|(p, _, exp)| *p == principals && *exp > now + 86400)
-        .map(|(_, s, _)| s.clone());
-    let secret = match cached {
-        Some(s) => s,
-        None => match st
-            .id
-            .create_binding(principals.clone(), &r.id, BINDING_TTL)
-            .await
-        {
-            Ok((secret, exp)) => {
-                let s = secret.expose().to_string();
-                st.pool_bindings
-                    .lock()
-                    .unwrap()
-                    .insert(key, (principals, s.clone(), exp));
-                s
+    // One secret per pool and set of identities, for the life of this process: the binding
+    // under it is kept alive (re-created if deleted, purged or expired), so the sessions
+    // holding it keep their identities. A new set of identities gets a new secret and the old
+    // binding ends.
+    let known = st.pool_bindings.lock().unwrap().get(&key).cloned();
+    let secret = match known {
+        Some((p, s, _)) if p == principals => s,
+        other => {
+            if let Some((_, old, _)) = other
+                && let Err(e) = st.id.forget_session_binding(&old).await
+            {
+                tracing::warn!(pool = %r.id, "ending the previous identity binding: {e}");
             }
-            Err(e) => {
-                tracing::error!(pool = %r.id, "identity binding for sessions: {e}");
-                return ss;
-            }
-        },
+            cloister_crypto::random_token(32)
+        }
     };
+    match st
+        .id
+        .keep_session_binding(&r.id, principals.clone(), &secret, BINDING_TTL)
+        .await
+    {
+        Ok(exp) => {
+            st.pool_bindings
+                .lock()
+                .unwrap()
+                .insert(key, (principals, secret.clone(), exp));
+        }
+        Err(e) => {
+            tracing::error!(pool = %r.id, "identity binding for sessions: {e}");
+            return ss;
+        }
+    }
     ss.identity_socket = Some(identity_socket(&st.cfg));
     ss.identity_header = Some(secret);
     ss
@@ -336,7 +352,8 @@ pub async fn apply(st: &AppState, r: &Resource) {
     }
 }
 
-/// Renews in-session identity bindings before they expire (called daily).
+/// Renews in-session identity bindings before they expire, and re-creates lost ones
+/// (called on the renewal tick).
 pub async fn renew(st: &AppState) {
     let _ = load_all(st).await;
 }
@@ -346,7 +363,12 @@ pub async fn removed(st: &AppState, ids: &[String]) {
     let Some(m) = &st.sessions else { return };
     for id in ids {
         m.remove(id).await;
-        st.pool_bindings.lock().unwrap().remove(&id.to_lowercase());
+        let gone = st.pool_bindings.lock().unwrap().remove(&id.to_lowercase());
+        if let Some((_, secret, _)) = gone
+            && let Err(e) = st.id.forget_session_binding(&secret).await
+        {
+            tracing::warn!(pool = %id, "ending the identity binding of a deleted pool: {e}");
+        }
     }
 }
 

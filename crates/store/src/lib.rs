@@ -89,6 +89,11 @@ impl Store {
                 redact_url(url)
             )));
         };
+        if backend == Backend::Sqlite
+            && let Some(path) = sqlite_path(url)
+        {
+            private_db_files(&path, url.contains("mode=rwc"))?;
+        }
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         opts = match backend {
             Backend::Sqlite => opts.max_connections(8).after_connect(|conn, _| {
@@ -170,6 +175,51 @@ impl Store {
         tx.commit().await?;
         Ok(next)
     }
+}
+
+/// The file of a `sqlite:` URL (`sqlite://PATH?…`, `sqlite:PATH`), or None for an in-memory
+/// database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
+/// The database holds sealed secrets, hashes of every credential and the audit of who may do
+/// what: it and its `-wal`/`-shm` files are the owner's only (0600), whatever the umask.
+/// SQLite creates `-wal` and `-shm` with the mode of the database file, so creating that
+/// file 0600 before SQLite does (and tightening files an older version left 0644) covers all
+/// three.
+fn private_db_files(db: &std::path::Path, create: bool) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| {
+        StoreError::BadUrl(format!("preparing the database file {}: {e}", db.display()))
+    };
+    if create && !db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(io)?;
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if let Ok(m) = std::fs::symlink_metadata(&p)
+            && m.is_file()
+            && m.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// Hides the password in a database URL for logs and errors.
