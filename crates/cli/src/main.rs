@@ -85,6 +85,9 @@ struct ServeArgs {
     log_format: Option<String>,
     #[arg(long)]
     log_level: Option<String>,
+    /// After SIGTERM, seconds requests in flight may take before the server exits anyway.
+    #[arg(long)]
+    drain_timeout: Option<u64>,
 }
 
 fn main() {
@@ -156,6 +159,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.log_level {
         cfg.log_level = v;
+    }
+    if let Some(v) = a.drain_timeout {
+        cfg.drain_timeout_secs = v;
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -154,3 +154,145 @@ async fn two_nodes_share_one_postgres_store() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+fn sigterm(s: &Server) {
+    let pid = s.child.as_ref().unwrap().id();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Waits for the server process to exit; returns how long that took.
+async fn exited_within(s: &mut Server, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+            let _ = st;
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "the server was still running {limit:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const EXECUTOR: &str = "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0";
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_and_refuses_new_work() {
+    let mut s = Server::start().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "drain").await;
+    let id = format!(
+        "/subscriptions/{}/resourceGroups/drain/providers/Microsoft.App/sessionPools/dpool",
+        s.sub()
+    );
+    let (st, v) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{id}?api-version=2025-07-01"),
+            Some(json!({"location": "local", "properties": {}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let endpoint = v["properties"]["poolManagementEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let oid = claims(&admin)["oid"].as_str().unwrap().to_string();
+    s.assign(&admin, &id, EXECUTOR, &oid).await;
+    let token = s
+        .client_token(
+            &s.admin_id(),
+            &s.admin_secret(),
+            "https://dynamicsessions.io",
+        )
+        .await;
+    let exec = |ident: &str, code: &str| {
+        s.http
+            .post(format!(
+                "{endpoint}/code/execute?api-version=2024-02-02-preview&identifier={ident}"
+            ))
+            .bearer_auth(&token)
+            .json(&json!({"properties": {"code": code}}))
+            .send()
+    };
+    assert_eq!(exec("long", "1").await.unwrap().status(), 200);
+    let long = tokio::spawn(exec(
+        "long",
+        "import time; time.sleep(4); print('finished')",
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sigterm(&s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "/readyz while draining");
+    assert!(r.headers().get("retry-after").is_some());
+    let r = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "/healthz stays up for liveness");
+    let r = exec("new", "1").await.unwrap();
+    assert_eq!(r.status(), 503, "new work while draining");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "ServiceUnavailable", "{v}");
+    assert!(v["error"]["message"].is_string());
+    let r = s
+        .http
+        .get(s.url(&format!(
+            "/subscriptions/{}?api-version=2022-12-01",
+            s.sub()
+        )))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "management calls while draining");
+    // The execution in flight completes.
+    let r = long.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["properties"]["stdout"], "finished\n", "{v}");
+    // With nothing left in flight, the process ends promptly.
+    let took = exited_within(&mut s, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+}
+
+#[tokio::test]
+async fn the_drain_has_a_deadline_even_with_a_hung_request() {
+    let mut s = Server::start_with(&["--drain-timeout", "2"]).await;
+    let admin = s.admin_token().await;
+    // A request whose body never arrives keeps its handler waiting.
+    let mut hung = std::net::TcpStream::connect(("127.0.0.1", s.http_port)).unwrap();
+    use std::io::Write;
+    hung.write_all(
+        format!(
+            "PUT /subscriptions/{}/resourcegroups/h?api-version=2021-04-01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+            s.sub()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    sigterm(&s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    exited_within(&mut s, Duration::from_secs(12)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "the drain waited for the request in flight ({took:?})"
+    );
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+}

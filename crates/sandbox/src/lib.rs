@@ -1508,6 +1508,62 @@ impl Sandbox {
         unreachable!("the last chunk returns")
     }
 
+    /// Writes one piece of a file whose length need not be known up front (a streamed
+    /// upload). The `first` piece opens a hidden temporary file beside `name` (replacing any
+    /// unfinished one), every piece appends, and the `last` renames it into place and returns
+    /// its entry; until then the old file, if any, is untouched. `size_hint` (0 when unknown) is
+    /// checked against the free space of `/mnt/data` on the first piece; past it, a full
+    /// `/mnt/data` fails the piece with `TooLarge`. Any other request to the sandbox, or
+    /// [`Sandbox::abort_write`], drops an unfinished file.
+    pub async fn write_file_piece(
+        &mut self,
+        name: &str,
+        size_hint: u64,
+        first: bool,
+        last: bool,
+        data: &[u8],
+    ) -> Result<Option<FileEntry>, SandboxError> {
+        use base64::Engine as _;
+        if size_hint > self.data_bytes {
+            return Err(SandboxError::File {
+                kind: FileErrorKind::TooLarge,
+                message: format!(
+                    "{size_hint} bytes exceed the {} bytes of /mnt/data",
+                    self.data_bytes
+                ),
+            });
+        }
+        let mut chunks: Vec<&[u8]> = data.chunks(FILE_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+            let end = last && i + 1 == n;
+            let reply = self
+                .request(
+                    json!({"op": "write", "path": name, "size": size_hint, "first": first && i == 0,
+                           "last": end, "data": b64}),
+                    self.file_timeout,
+                    MAX_SMALL_REPLY,
+                )
+                .await?;
+            if end {
+                return entry(&reply).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops the unfinished file of [`Sandbox::write_file_piece`], if there is one.
+    pub async fn abort_write(&mut self) {
+        // The agent drops an unfinished upload on any request that is not a write.
+        let _ = self
+            .request(json!({"op": "ping"}), self.file_timeout, MAX_SMALL_REPLY)
+            .await;
+    }
+
     /// Reads a whole file.
     pub async fn read_file(&mut self, name: &str) -> Result<Vec<u8>, SandboxError> {
         use base64::Engine as _;

@@ -33,8 +33,43 @@ pub struct ServerConfig {
     pub host_name: String,
     /// Maximum request body size in bytes.
     pub max_body_bytes: usize,
+    /// After SIGTERM: how long in-flight requests may run before the process exits anyway
+    /// (seconds). New work gets 503 with `Retry-After` meanwhile.
+    pub drain_timeout_secs: u64,
+    pub http: HttpConfig,
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
+}
+
+/// Connection limits of each listener (HTTPS and HTTP alike).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A client must finish a request's headers (HTTP/1.1, including the wait for the next
+    /// request on a kept-alive connection) within this many seconds; the TLS handshake too.
+    pub header_timeout_secs: u64,
+    /// A connection with no request in flight for this many seconds is closed (HTTP/2 too).
+    pub idle_timeout_secs: u64,
+    /// Open connections per listener; further ones are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// After a response that left the request body unread (an early 401/403/413/415), the
+    /// connection is half-closed and the rest of the body read and discarded for up to this
+    /// many seconds, so the client reads the status instead of a reset.
+    pub linger_secs: u64,
+    /// ... and up to this many bytes.
+    pub linger_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 15,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
+            linger_secs: 30,
+            linger_bytes: 1 << 30,
+        }
+    }
 }
 
 /// Dynamic sessions: the sandbox runtime and per-session limits.
@@ -85,6 +120,8 @@ impl Default for ServerConfig {
             log_level: "info".into(),
             host_name: "local".into(),
             max_body_bytes: 1 << 20,
+            drain_timeout_secs: 30,
+            http: HttpConfig::default(),
             identity: IdentityConfig::default(),
             sessions: SessionsConfig::default(),
         }
@@ -146,6 +183,26 @@ impl ServerConfig {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
                 .collect();
+        }
+        let num = |k: &str| -> anyhow::Result<Option<u64>> {
+            env(k)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|e| anyhow::anyhow!("CLOISTER_{k}: {e}"))
+                })
+                .transpose()
+        };
+        if let Some(v) = num("DRAIN_TIMEOUT")? {
+            cfg.drain_timeout_secs = v;
+        }
+        if let Some(v) = num("HEADER_TIMEOUT")? {
+            cfg.http.header_timeout_secs = v;
+        }
+        if let Some(v) = num("IDLE_TIMEOUT")? {
+            cfg.http.idle_timeout_secs = v;
+        }
+        if let Some(v) = num("MAX_CONNECTIONS")? {
+            cfg.http.max_connections = v as usize;
         }
         if let Some(v) = env("SIGNING_ALG") {
             cfg.identity.signing_alg = v;

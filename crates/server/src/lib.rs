@@ -19,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod gateway;
 pub mod graph;
+pub mod listen;
 pub mod openapi;
 pub mod providers;
 pub mod rbac;
@@ -192,21 +193,56 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         cfg.listen,
         cfg.data_dir.display()
     );
-    let tls_task = tokio::spawn(tls::serve_tls(https, acceptor, app.clone()));
+    let limits = Arc::new(listen::Limits::from_config(&cfg.http));
+    let drain = listen::Drain::new();
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        drain.clone(),
+        listen::gate,
+    ));
+    tokio::spawn(listen::serve(
+        https,
+        Some(acceptor),
+        app.clone(),
+        limits.clone(),
+        drain.clone(),
+    ));
     if let Some(l) = http {
-        tokio::spawn(async move {
-            if let Err(e) = tls::serve_http(l, app).await {
-                tracing::error!("http listener: {e}");
-            }
-        });
+        tokio::spawn(listen::serve(l, None, app, limits, drain.clone()));
     }
+    shutdown_signal().await;
+    // Drain: new work gets 503 + Retry-After (and /readyz 503) while the requests in flight
+    // finish, up to the deadline; then the listeners stop and the sandboxes are shut down.
+    drain.start();
+    let grace = Duration::from_secs(cfg.drain_timeout_secs);
+    tracing::info!(
+        in_flight = drain.in_flight(),
+        deadline_secs = grace.as_secs(),
+        "draining"
+    );
+    // Whatever hangs below, the process ends shortly after the deadline.
+    std::thread::spawn(move || {
+        std::thread::sleep(grace + Duration::from_secs(10));
+        eprintln!("cloister: the drain did not finish in time; exiting");
+        std::process::exit(1);
+    });
+    let deadline = tokio::time::Instant::now() + grace;
     tokio::select! {
-        _ = tls_task => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = drain.idle() => {}
+        _ = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(in_flight = drain.in_flight(), "drain deadline passed; stopping anyway");
+        }
+        _ = shutdown_signal() => tracing::warn!("second signal; stopping now"),
     }
-    if let Some(m) = &st.sessions {
-        m.shutdown().await;
+    drain.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain.closed()).await;
+    if let Some(m) = &st.sessions
+        && tokio::time::timeout(Duration::from_secs(5), m.shutdown())
+            .await
+            .is_err()
+    {
+        tracing::warn!("session pools did not stop within 5 s");
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -1,20 +1,15 @@
 //! The private CA (created on first start, shared through the store, its certificate
-//! written to `DATA_DIR/ca.pem`), the server certificate it issues, and the HTTPS and HTTP
-//! accept loops.
+//! written to `DATA_DIR/ca.pem`) and the server certificate it issues. The accept loops are
+//! in [`crate::listen`].
 
-use axum::Router;
-use axum::extract::ConnectInfo;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use cloister_crypto::{Ca, MasterKey};
 use cloister_store::Store;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 const CA_CERT_KEY: &str = "ca_cert_pem";
 const CA_KEY_KEY: &str = "ca_key_sealed";
@@ -101,50 +96,4 @@ pub fn acceptor(
     .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
-/// Serves `app` over TLS on `listener` until the process ends.
-pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                _ => return,
-            };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
-    }
-}
-
-/// Serves `app` over plain HTTP.
-pub async fn serve_http(listener: TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
 }

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const PREFIX: &str = "/dynamicsessions";
-/// Uploads larger than this get 413, as on Azure.
+/// Upload requests larger than this in all get 413 (Azure's limit is 128 MB per file; here
+/// it caps the whole request, so a request's memory and sandbox I/O are bounded).
 pub const MAX_UPLOAD: usize = 128 * 1024 * 1024;
 const MAX_CODE_BODY: usize = 8 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 220;
@@ -679,6 +680,37 @@ fn new_file(f: &FileInfo) -> Value {
     })
 }
 
+fn too_large() -> DpError {
+    DpError::new(
+        413,
+        "RequestEntityTooLarge",
+        format!(
+            "An upload request may be at most {} MiB in all (its files and multipart framing).",
+            MAX_UPLOAD >> 20
+        ),
+    )
+}
+
+fn multipart_err(e: axum::extract::multipart::MultipartError) -> DpError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large();
+    }
+    DpError::bad(format!(
+        "The multipart body could not be read: {}",
+        e.body_text()
+    ))
+}
+
+/// Uploads go to the sandbox in pieces of this size.
+const UPLOAD_PIECE: usize = 1 << 20;
+/// Longest wait for the next piece of an upload's body; the session is held meanwhile.
+const UPLOAD_STALL: Duration = Duration::from_secs(60);
+
+/// Uploads stream: the caller is authorized and the request checked before any of the body
+/// is read, the whole request is capped at [`MAX_UPLOAD`] (413 from its Content-Length
+/// before the body is read, or as soon as a streamed body passes it), and each file goes to
+/// the sandbox in pieces of [`UPLOAD_PIECE`] bytes as it arrives, so the server holds about
+/// one piece per upload (and its base64 form) whatever the request's size.
 async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
     let identifier = ctx.identifier()?;
     let dir = if legacy {
@@ -698,15 +730,21 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
             "Upload a file as multipart/form-data with a 'file' field.",
         ));
     }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(too_large());
+    }
+    let req = req.map(|b| Body::new(http_body_util::Limited::new(b, MAX_UPLOAD)));
     let mut mp = axum::extract::Multipart::from_request(req, &())
         .await
         .map_err(|e| DpError::bad(format!("The multipart body could not be read: {e}")))?;
-    let mut uploaded = vec![];
-    while let Some(mut field) = mp
-        .next_field()
-        .await
-        .map_err(|e| DpError::bad(format!("The multipart body could not be read: {e}")))?
-    {
+    let mut held = None;
+    let mut infos = vec![];
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_err)? {
         let Some(fname) = field.file_name().map(str::to_string) else {
             continue;
         };
@@ -719,44 +757,73 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
         } else {
             format!("{dir}/{name}")
         };
-        let mut data: Vec<u8> = vec![];
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| DpError::bad(format!("The upload was cut short: {e}")))?
-        {
-            if data.len() + chunk.len() > MAX_UPLOAD {
-                return Err(DpError::new(
-                    413,
-                    "RequestEntityTooLarge",
-                    format!("A file may be at most {} MB.", MAX_UPLOAD >> 20),
-                ));
-            }
-            data.extend_from_slice(&chunk);
+        // The session is allocated at the first file part, not before: a request that is
+        // refused earlier costs no sandbox.
+        if held.is_none() {
+            held = Some(ctx.pool.session(&identifier).await.map_err(pool_err)?);
         }
-        uploaded.push((full, data));
+        let (_, guard) = held.as_mut().expect("just set");
+        let inst = guard.as_mut().ok_or_else(gone)?;
+        let mut piece: Vec<u8> = Vec::with_capacity(UPLOAD_PIECE);
+        let mut first = true;
+        loop {
+            let next = match tokio::time::timeout(UPLOAD_STALL, field.chunk()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    inst.abort_write().await;
+                    return Err(multipart_err(e));
+                }
+                Err(_) => {
+                    inst.abort_write().await;
+                    return Err(DpError::new(
+                        408,
+                        "RequestTimeout",
+                        format!("The upload stalled for {} s.", UPLOAD_STALL.as_secs()),
+                    ));
+                }
+            };
+            let last = next.is_none();
+            let mut rest = next.unwrap_or_default();
+            // Fill pieces of exactly UPLOAD_PIECE bytes (the last may be shorter), so the
+            // buffer never grows past one piece.
+            loop {
+                let take = rest.len().min(UPLOAD_PIECE - piece.len());
+                piece.extend_from_slice(&rest.split_to(take));
+                let end = last && rest.is_empty();
+                if piece.len() < UPLOAD_PIECE && !end {
+                    break;
+                }
+                let r = inst.write_piece(&full, 0, first, end, &piece).await;
+                first = false;
+                piece.clear();
+                match r {
+                    Ok(Some(info)) => infos.push(info),
+                    Ok(None) => {}
+                    Err(e) if inst.is_alive() => return Err(file_err(e)),
+                    Err(e) => {
+                        tracing::warn!(pool = %ctx.pool.id, "a sandbox stopped under an upload: {e}");
+                        // The sandbox died under the upload: its session goes (the next
+                        // request gets a fresh one), and the client is told to retry (the
+                        // body is not kept for a second try).
+                        let (sess, guard) = held.take().expect("held");
+                        ctx.pool.delete_session(&sess, Some(guard)).await;
+                        return Err(stopped());
+                    }
+                }
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            if last {
+                break;
+            }
+        }
     }
-    if uploaded.is_empty() {
+    let Some((sess, _guard)) = held else {
         return Err(DpError::bad(
             "The multipart body has no file part (send it in a field named 'file').",
         ));
-    }
-    let (sess, mut guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
-    let inst = guard.as_mut().ok_or_else(gone)?;
-    let mut infos = vec![];
-    for (path, data) in uploaded {
-        match inst.write_file(&path, data).await {
-            Ok(f) => infos.push(f),
-            Err(e) if inst.is_alive() => return Err(file_err(e)),
-            Err(e) => {
-                tracing::warn!(pool = %ctx.pool.id, "a sandbox stopped under an upload: {e}");
-                // The sandbox died under the upload: its session goes (the next request
-                // gets a fresh one), and the client is told to retry.
-                ctx.pool.delete_session(&sess, Some(guard)).await;
-                return Err(stopped());
-            }
-        }
-    }
+    };
     sess.touch();
     if legacy {
         let mut n = 2;

@@ -176,6 +176,25 @@ impl Instance for BwrapInstance {
             .map_err(file_error)
     }
 
+    async fn write_piece(
+        &mut self,
+        path: &str,
+        size_hint: u64,
+        first: bool,
+        last: bool,
+        data: &[u8],
+    ) -> Result<Option<FileInfo>, FileError> {
+        self.sbx
+            .write_file_piece(path, size_hint, first, last, data)
+            .await
+            .map(|e| e.map(info))
+            .map_err(file_error)
+    }
+
+    async fn abort_write(&mut self) {
+        self.sbx.abort_write().await
+    }
+
     async fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FileError> {
         self.sbx.read_file(path).await.map_err(file_error)
     }

@@ -105,6 +105,18 @@ pub trait Instance: Send {
     fn id(&self) -> &str;
     async fn exec(&mut self, code: &str, timeout: Duration, max_output: usize) -> ExecOutcome;
     async fn write_file(&mut self, path: &str, data: Vec<u8>) -> Result<FileInfo, FileError>;
+    /// One piece of a streamed write: `first` starts the file, `last` puts it in place and
+    /// returns its info; `size_hint` is the expected length (0 when unknown).
+    async fn write_piece(
+        &mut self,
+        path: &str,
+        size_hint: u64,
+        first: bool,
+        last: bool,
+        data: &[u8],
+    ) -> Result<Option<FileInfo>, FileError>;
+    /// Drops an unfinished streamed write.
+    async fn abort_write(&mut self);
     async fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FileError>;
     async fn stat_file(&mut self, path: &str) -> Result<FileInfo, FileError>;
     async fn list_files(&mut self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>, FileError>;
