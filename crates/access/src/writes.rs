@@ -260,8 +260,14 @@ mod tests {
         let old = [p(&["A/b/read", "A/c/*"], &["A/c/delete"])];
         assert!(covers(&old, &[p(&["a/B/read"], &[])]));
         assert!(covers(&old, &[p(&["A/c/*"], &["A/c/delete", "A/c/x"])]));
-        assert!(!covers(&old, &[p(&["A/c/*"], &[])]), "dropping a notAction widens");
-        assert!(!covers(&old, &[p(&["A/c/delete"], &[])]), "no pattern inclusion");
+        assert!(
+            !covers(&old, &[p(&["A/c/*"], &[])]),
+            "dropping a notAction widens"
+        );
+        assert!(
+            !covers(&old, &[p(&["A/c/delete"], &[])]),
+            "no pattern inclusion"
+        );
         assert!(!covers(&old, &[p(&["*"], &[])]));
         assert!(covers(&[p(&["*"], &[])], &[p(&["anything/x/y", "*"], &[])]));
         assert!(covers(&old, &[p(&[], &[])]), "a block that permits nothing");

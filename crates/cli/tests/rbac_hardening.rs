@@ -75,7 +75,10 @@ async fn rewriting_a_custom_role_cannot_escalate() {
     // Nothing changed: still a reader at the subscription, nothing more.
     let (st, v) = s.call(&admin, "GET", &role_url(&sub, &role), None).await;
     assert_eq!(st, 200);
-    assert_eq!(v["properties"]["permissions"][0]["actions"], json!(["*/read"]));
+    assert_eq!(
+        v["properties"]["permissions"][0]["actions"],
+        json!(["*/read"])
+    );
     assert_eq!(v["properties"]["assignableScopes"], json!([sub]));
     let (st, _) = s
         .call(
@@ -344,10 +347,17 @@ async fn concurrent_assignment_writers_and_revokers() {
             for round in 0..ROUNDS {
                 let id = uuid::Uuid::new_v4().to_string();
                 let (st, v) = s
-                    .call(&admin, "PUT", &ra_url(&rg, &id), Some(assign_body(READER, &sp)))
+                    .call(
+                        &admin,
+                        "PUT",
+                        &ra_url(&rg, &id),
+                        Some(assign_body(READER, &sp)),
+                    )
                     .await;
                 assert_eq!(st, 201, "task {t} round {round} PUT: {v}");
-                let (st, v) = s.call(&tok, "GET", &format!("{rg}?api-version=2021-04-01"), None).await;
+                let (st, v) = s
+                    .call(&tok, "GET", &format!("{rg}?api-version=2021-04-01"), None)
+                    .await;
                 assert_eq!(st, 200, "task {t} round {round}: granted access works: {v}");
                 // Keep the last one of odd tasks; revoke everything else.
                 if t % 2 == 1 && round == ROUNDS - 1 {
@@ -356,8 +366,13 @@ async fn concurrent_assignment_writers_and_revokers() {
                 }
                 let (st, v) = s.call(&admin, "DELETE", &ra_url(&rg, &id), None).await;
                 assert_eq!(st, 200, "task {t} round {round} DELETE: {v}");
-                let (st, v) = s.call(&tok, "GET", &format!("{rg}?api-version=2021-04-01"), None).await;
-                assert_eq!(st, 403, "task {t} round {round}: an acknowledged revocation takes effect: {v}");
+                let (st, v) = s
+                    .call(&tok, "GET", &format!("{rg}?api-version=2021-04-01"), None)
+                    .await;
+                assert_eq!(
+                    st, 403,
+                    "task {t} round {round}: an acknowledged revocation takes effect: {v}"
+                );
             }
             (sp, tok, kept)
         }));
@@ -370,7 +385,9 @@ async fn concurrent_assignment_writers_and_revokers() {
         .call(
             &admin,
             "GET",
-            &format!("{rg}/providers/Microsoft.Authorization/roleAssignments?{API}&$filter=atScope()"),
+            &format!(
+                "{rg}/providers/Microsoft.Authorization/roleAssignments?{API}&$filter=atScope()"
+            ),
             None,
         )
         .await;
@@ -385,9 +402,15 @@ async fn concurrent_assignment_writers_and_revokers() {
     stored.sort();
     let mut acknowledged: Vec<String> = results.iter().filter_map(|r| r.2.clone()).collect();
     acknowledged.sort();
-    assert_eq!(stored, acknowledged, "stored assignments are exactly the acknowledged ones");
+    assert_eq!(
+        stored, acknowledged,
+        "stored assignments are exactly the acknowledged ones"
+    );
     for (sp, tok, kept) in &results {
-        let st = s.call(tok, "GET", &format!("{rg}?api-version=2021-04-01"), None).await.0;
+        let st = s
+            .call(tok, "GET", &format!("{rg}?api-version=2021-04-01"), None)
+            .await
+            .0;
         assert_eq!(st, if kept.is_some() { 200 } else { 403 }, "{sp}");
     }
 }
