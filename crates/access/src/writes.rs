@@ -28,7 +28,9 @@
 //! sequence of its own allowed writes is either what it held already or lies at or below a
 //! scope where it could already write role assignments.
 
-use crate::{Action, Permission, RoleAssignment, RoleDefinition, RoleType, Snapshot};
+use crate::{
+    Action, Permission, RoleAssignment, RoleDefinition, RoleType, Snapshot, wildcard_match,
+};
 use cloister_core::scope::{Scope, ScopeKind};
 
 pub const ROLE_ASSIGNMENTS_WRITE: &str = "Microsoft.Authorization/roleAssignments/write";
@@ -78,32 +80,50 @@ pub fn assignable_at(def: &RoleDefinition, scope: &Scope) -> bool {
 }
 
 /// True if every action and data action that `new` permits is also permitted by `old`,
-/// decided syntactically and soundly: each block of `new` that permits anything has a block
-/// of `old` whose `actions` / `dataActions` include each of its patterns (the same string
-/// ignoring case, or `*`) and whose `notActions` / `notDataActions` are all among its own.
-/// (Pattern-against-pattern inclusion is not attempted: a false "not covered" only means the
-/// caller needs authority where the role is assigned.)
+/// decided soundly (never "covered" when it is not), pattern by pattern:
+///
+/// * a pattern without `*` names exactly one operation (ignoring case): covered if `old`
+///   permits that operation, evaluated as the evaluator does;
+/// * a pattern with `*`: covered if one block of `old` holds it (the same string ignoring
+///   case, or `*`) and every `notActions` / `notDataActions` entry of that block is also in
+///   the new pattern's own block.
+///
+/// Pattern-against-pattern inclusion is not attempted: a false "not covered" only means the
+/// caller needs authority where the role is assigned.
 pub fn covers(old: &[Permission], new: &[Permission]) -> bool {
-    let within = |pats: &[String], of: &[String]| {
-        pats.iter()
-            .all(|p| of.iter().any(|q| q == "*" || q.eq_ignore_ascii_case(p)))
-    };
-    let subset = |small: &[String], big: &[String]| {
-        small
-            .iter()
-            .all(|p| big.iter().any(|q| q.eq_ignore_ascii_case(p)))
-    };
-    new.iter()
-        .filter(|n| !n.actions.is_empty() || !n.data_actions.is_empty())
-        .all(|n| {
-            old.iter().any(|o| {
-                (n.actions.is_empty()
-                    || (within(&n.actions, &o.actions) && subset(&o.not_actions, &n.not_actions)))
-                    && (n.data_actions.is_empty()
-                        || (within(&n.data_actions, &o.data_actions)
-                            && subset(&o.not_data_actions, &n.not_data_actions)))
-            })
+    let has = |list: &[String], p: &str| list.iter().any(|q| q.eq_ignore_ascii_case(p));
+    let permits_exactly = |data: bool, op: &str| {
+        old.iter().any(|o| {
+            let (grant, not) = if data {
+                (&o.data_actions, &o.not_data_actions)
+            } else {
+                (&o.actions, &o.not_actions)
+            };
+            grant.iter().any(|q| wildcard_match(q, op))
+                && !not.iter().any(|q| wildcard_match(q, op))
         })
+    };
+    let pattern_covered = |data: bool, p: &str, own_not: &[String]| {
+        if !p.contains('*') {
+            return permits_exactly(data, p);
+        }
+        old.iter().any(|o| {
+            let (grant, not) = if data {
+                (&o.data_actions, &o.not_data_actions)
+            } else {
+                (&o.actions, &o.not_actions)
+            };
+            (has(grant, "*") || has(grant, p)) && not.iter().all(|q| has(own_not, q))
+        })
+    };
+    new.iter().all(|n| {
+        n.actions
+            .iter()
+            .all(|p| pattern_covered(false, p, &n.not_actions))
+            && n.data_actions
+                .iter()
+                .all(|p| pattern_covered(true, p, &n.not_data_actions))
+    })
 }
 
 fn distinct_scopes<'a>(lists: impl IntoIterator<Item = &'a String>) -> Vec<Scope> {
@@ -259,6 +279,14 @@ mod tests {
     fn covers_examples() {
         let old = [p(&["A/b/read", "A/c/*"], &["A/c/delete"])];
         assert!(covers(&old, &[p(&["a/B/read"], &[])]));
+        assert!(
+            covers(&old, &[p(&["A/c/write"], &[])]),
+            "literal, permitted by A/c/*"
+        );
+        assert!(
+            !covers(&old, &[p(&["A/c/delete"], &[])]),
+            "literal, excluded by notActions"
+        );
         assert!(covers(&old, &[p(&["A/c/*"], &["A/c/delete", "A/c/x"])]));
         assert!(
             !covers(&old, &[p(&["A/c/*"], &[])]),

@@ -513,3 +513,35 @@ fn before_and_after_scopes_alone_are_not_enough() {
         "no escalation found under the scopes-only rule"
     );
 }
+
+proptest! {
+    /// `covers(old, new)` (which lets a narrowing through without authority where the role
+    /// is assigned) is sound: whatever `new` permits, `old` permits, as the evaluator sees it.
+    #[test]
+    fn covers_is_sound(old in perms(), new in perms()) {
+        prop_assume!(cloister_access::writes::covers(&old, &new));
+        let sc = Scope::parse("/subscriptions/s1").unwrap();
+        let assign = |id: &str, role: &str, who: &str| RoleAssignment {
+            id: id.into(),
+            scope: "/subscriptions/s1".into(),
+            role_definition_id: role.into(),
+            principal_id: who.into(),
+            principal_type: "ServicePrincipal".into(),
+        };
+        let snap = Snapshot::build(
+            vec![role_def("old", old, vec!["/subscriptions/s1"]), role_def("new", new, vec!["/subscriptions/s1"])],
+            vec![assign("a1", "old", "o"), assign("a2", "new", "n")],
+            vec![],
+            vec![],
+            vec![],
+        );
+        let probes = CONTROL.iter().chain(ACTION_PATTERNS).map(|a| Action::control(*a))
+            .chain(DATA.iter().chain(DATA_PATTERNS).map(|a| Action::data(*a)))
+            .chain(["Microsoft.App/x/read", "Microsoft.Resources/y/write", "Other.Thing/z/read"].map(Action::control));
+        for a in probes {
+            if snap.check("n", &a, &sc).allowed {
+                prop_assert!(snap.check("o", &a, &sc).allowed, "{:?}", a);
+            }
+        }
+    }
+}
