@@ -37,10 +37,15 @@
 pub mod builtin;
 mod engine;
 mod matching;
+pub mod writes;
 
 pub use builtin::{builtin_by_id, builtin_by_name, builtin_roles};
 pub use engine::{DEFAULT_CACHE_CAPACITY, Decision, DecisionReason, Engine, Snapshot};
 pub use matching::wildcard_match;
+pub use writes::{
+    WriteRefusal, authorize_role_assignment_delete, authorize_role_assignment_write,
+    authorize_role_definition_write,
+};
 
 use cloister_core::scope::{Scope, ScopeKind};
 use serde::{Deserialize, Serialize};

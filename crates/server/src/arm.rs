@@ -679,13 +679,6 @@ fn find_role<'a>(defs: &'a [RoleDefinition], guid: &str) -> Option<&'a RoleDefin
     defs.iter().find(|d| d.id.eq_ignore_ascii_case(guid))
 }
 
-fn assignable_at(def: &RoleDefinition, sc: &Scope) -> bool {
-    def.assignable_scopes.iter().any(|a| match Scope::parse(a) {
-        Ok(asc) => asc.canonical() == sc.canonical() || asc.is_ancestor_of(sc),
-        Err(_) => false,
-    })
-}
-
 async fn role_assignment(
     st: &AppState,
     caller: &Caller,
@@ -744,7 +737,7 @@ async fn role_assignment(
                     format!("The specified role definition with ID '{guid}' does not exist."),
                 )
             })?;
-            if !assignable_at(def, sc) {
+            if !cloister_access::writes::assignable_at(def, sc) {
                 return Err(ArmError::bad_request(
                     "InvalidRoleAssignmentScope",
                     format!(
@@ -776,15 +769,35 @@ async fn role_assignment(
             let row = RoleAssignmentRow {
                 id: id.to_ascii_lowercase(),
                 scope: sc.to_string(),
-                role_definition_id: guid,
+                role_definition_id: guid.clone(),
                 principal_id: principal.to_ascii_lowercase(),
                 principal_type,
                 description,
                 created_by: caller.object_id.clone(),
                 created_at: now_secs(),
             };
-            match st.store.role_assignment_create(&row).await {
-                Ok(()) => {}
+            // The decision again, on the role as stored in the write's own transaction (a
+            // concurrent rewrite of the role cannot slip between the check and the insert).
+            let snap = st.rbac.decision_snapshot()?;
+            let decided = st
+                .store
+                .role_assignment_create_checked(&row, |stored| {
+                    let role = match cloister_access::builtin_by_id(&guid) {
+                        Some(b) => Some(b.clone()),
+                        None => stored.and_then(|r| serde_json::from_str(&r.body).ok()),
+                    };
+                    cloister_access::authorize_role_assignment_write(
+                        &snap,
+                        &caller.object_id,
+                        sc,
+                        &guid,
+                        role.as_ref(),
+                    )
+                })
+                .await;
+            match decided {
+                Ok(Ok(())) => {}
+                Ok(Err(refusal)) => return Err(st.rbac.refusal(&caller.object_id, refusal, false)),
                 Err(cloister_store::StoreError::Conflict(_)) => {
                     return Err(ArmError::conflict(
                         "RoleAssignmentExists",
@@ -794,12 +807,11 @@ async fn role_assignment(
                 Err(e) => return Err(store_err(e)),
             }
             st.rbac.changed().await?;
-            let stored = st
-                .store
-                .role_assignment_get(id)
-                .await
-                .map_err(store_err)?
-                .unwrap_or(row);
+            // Committed: answer 201 even if reading it back fails.
+            let stored = match st.store.role_assignment_get(id).await {
+                Ok(Some(r)) => r,
+                _ => row,
+            };
             ok(
                 StatusCode::CREATED,
                 role_assignment_json(&stored, sc.subscription_id()),
@@ -811,11 +823,14 @@ async fn role_assignment(
                 "Microsoft.Authorization/roleAssignments/read",
                 sc,
             )?;
+            // An assignment is found only through its own scope's URL: another scope's
+            // assignment is not found, whatever the caller may read here.
             let a = st
                 .store
                 .role_assignment_get(id)
                 .await
                 .map_err(store_err)?
+                .filter(|a| same_scope(&a.scope, sc))
                 .ok_or_else(ra_not_found)?;
             ok(
                 StatusCode::OK,
@@ -823,7 +838,15 @@ async fn role_assignment(
             )
         }
         Method::DELETE => {
-            let Some(a) = st.store.role_assignment_get(id).await.map_err(store_err)? else {
+            let found = st
+                .store
+                .role_assignment_get(id)
+                .await
+                .map_err(store_err)?
+                .filter(|a| same_scope(&a.scope, sc));
+            let Some(a) = found else {
+                // Not here (absent, or another scope's): as ARM, 204 to a caller who may
+                // delete assignments here.
                 st.rbac.authorize(
                     &caller.object_id,
                     "Microsoft.Authorization/roleAssignments/delete",
@@ -831,15 +854,23 @@ async fn role_assignment(
                 )?;
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
-            st.rbac.authorize(
+            let snap = st.rbac.decision_snapshot()?;
+            cloister_access::authorize_role_assignment_delete(
+                &snap,
                 &caller.object_id,
-                "Microsoft.Authorization/roleAssignments/delete",
-                &scope(&a.scope)?,
-            )?;
-            st.store
+                &crate::rbac::to_access(&a),
+            )
+            .map_err(|r| st.rbac.refusal(&caller.object_id, r, false))?;
+            // One statement: it either deleted the row (then access is refreshed before the
+            // answer) or reports that there was nothing to delete.
+            let deleted = st
+                .store
                 .role_assignment_delete(id)
                 .await
                 .map_err(store_err)?;
+            let Some(a) = deleted else {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            };
             st.rbac.changed().await?;
             ok(
                 StatusCode::OK,
@@ -848,6 +879,21 @@ async fn role_assignment(
         }
         _ => Err(method_not_allowed(method)),
     }
+}
+
+/// True if the stored scope string `stored` is the scope `sc` (ignoring case).
+fn same_scope(stored: &str, sc: &Scope) -> bool {
+    Scope::parse(stored).is_ok_and(|s| s.canonical_str() == sc.canonical_str())
+}
+
+/// True if a role definition can be seen through the URL of scope `sc`: one of its
+/// assignable scopes is `sc`, above it or below it (built-ins, assignable at `/`, are seen
+/// everywhere). The same rule as the list.
+fn visible_at(d: &RoleDefinition, sc: &Scope) -> bool {
+    d.assignable_scopes.iter().any(|a| match Scope::parse(a) {
+        Ok(asc) => asc.contains(sc) || sc.is_ancestor_of(&asc),
+        Err(_) => false,
+    })
 }
 
 fn ra_not_found() -> ArmError {
@@ -1009,6 +1055,9 @@ async fn role_definition(
     }
     let defs = st.rbac.definitions();
     let existing = find_role(&defs, id).cloned();
+    // A role whose assignable scopes are unrelated to this URL's scope is another scope's:
+    // not found here (GET, DELETE), and a refused PUT does not name its scope.
+    let hidden = existing.as_ref().is_some_and(|d| !visible_at(d, sc));
     match *method {
         Method::GET => {
             st.rbac.authorize(
@@ -1016,7 +1065,7 @@ async fn role_definition(
                 "Microsoft.Authorization/roleDefinitions/read",
                 sc,
             )?;
-            let d = existing.ok_or_else(|| {
+            let d = existing.filter(|_| !hidden).ok_or_else(|| {
                 ArmError::not_found(
                     "RoleDefinitionDoesNotExist",
                     format!("The role definition '{id}' could not be found."),
@@ -1057,20 +1106,6 @@ async fn role_definition(
             };
             cloister_access::validate_role_definition(&def)
                 .map_err(|e| ArmError::bad_request("InvalidRoleDefinition", e.to_string()))?;
-            for a in &def.assignable_scopes {
-                let asc = scope(a)?;
-                if asc.kind() == ScopeKind::Root {
-                    return Err(ArmError::bad_request(
-                        "InvalidAssignableScope",
-                        "Custom roles cannot have '/' as an assignable scope; use a management group, subscription or resource group.",
-                    ));
-                }
-                st.rbac.authorize(
-                    &caller.object_id,
-                    "Microsoft.Authorization/roleDefinitions/write",
-                    &asc,
-                )?;
-            }
             if defs.iter().any(|d| {
                 d.role_name.eq_ignore_ascii_case(&def.role_name) && !d.id.eq_ignore_ascii_case(id)
             }) {
@@ -1082,15 +1117,36 @@ async fn role_definition(
                     ),
                 ));
             }
-            let body =
+            let json =
                 serde_json::to_string(&def).map_err(|e| ArmError::internal(e.to_string()))?;
-            st.store
-                .role_definition_upsert(id, &body, now_secs())
+            // The decision is made in the write's transaction, on the stored definition and
+            // every assignment of it (see cloister_access::writes).
+            let snap = st.rbac.decision_snapshot()?;
+            let decided = st
+                .store
+                .role_definition_write(
+                    id,
+                    cloister_store::RoleDefinitionWrite::Upsert(&json),
+                    now_secs(),
+                    |old, used| {
+                        let old: Option<RoleDefinition> =
+                            old.and_then(|r| serde_json::from_str(&r.body).ok());
+                        let used: Vec<_> = used.iter().map(crate::rbac::to_access).collect();
+                        cloister_access::authorize_role_definition_write(
+                            &snap,
+                            &caller.object_id,
+                            old.as_ref(),
+                            Some(&def),
+                            &used,
+                        )
+                    },
+                )
                 .await
                 .map_err(store_err)?;
+            let existed = decided.map_err(|r| st.rbac.refusal(&caller.object_id, r, hidden))?;
             st.rbac.changed().await?;
             ok(
-                if existing.is_some() {
+                if existed {
                     StatusCode::OK
                 } else {
                     StatusCode::CREATED
@@ -1099,7 +1155,7 @@ async fn role_definition(
             )
         }
         Method::DELETE => {
-            let Some(d) = existing else {
+            let Some(d) = existing.filter(|_| !hidden) else {
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
             if d.role_type == cloister_access::RoleType::BuiltInRole {
@@ -1108,15 +1164,31 @@ async fn role_definition(
                     "Built-in role definitions cannot be deleted.",
                 ));
             }
-            for a in &d.assignable_scopes {
-                st.rbac.authorize(
-                    &caller.object_id,
-                    "Microsoft.Authorization/roleDefinitions/delete",
-                    &scope(a)?,
-                )?;
-            }
-            match st.store.role_definition_delete(id).await {
-                Ok(_) => {}
+            let snap = st.rbac.decision_snapshot()?;
+            let decided = st
+                .store
+                .role_definition_write(
+                    id,
+                    cloister_store::RoleDefinitionWrite::Delete,
+                    now_secs(),
+                    |old, used| {
+                        let old: Option<RoleDefinition> =
+                            old.and_then(|r| serde_json::from_str(&r.body).ok());
+                        let used: Vec<_> = used.iter().map(crate::rbac::to_access).collect();
+                        cloister_access::authorize_role_definition_write(
+                            &snap,
+                            &caller.object_id,
+                            old.as_ref(),
+                            None,
+                            &used,
+                        )
+                    },
+                )
+                .await;
+            match decided {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(StatusCode::NO_CONTENT.into_response()),
+                Ok(Err(r)) => return Err(st.rbac.refusal(&caller.object_id, r, false)),
                 Err(cloister_store::StoreError::Conflict(m)) => {
                     return Err(ArmError::conflict("RoleDefinitionHasAssignments", m));
                 }
@@ -1236,11 +1308,12 @@ async fn deny_assignment(
             "The deny assignment ID must be a GUID.",
         ));
     }
+    // Found only through its own scope's URL.
     let find = || {
         let snap = st.rbac.snapshot();
         snap.deny_assignments()
             .iter()
-            .find(|d| d.id.eq_ignore_ascii_case(id))
+            .find(|d| d.id.eq_ignore_ascii_case(id) && same_scope(&d.scope, sc))
             .cloned()
     };
     match *method {
@@ -1278,10 +1351,17 @@ async fn deny_assignment(
             }
             scope_exists(st, sc).await?;
             let body = serde_json::to_string(&d).map_err(|e| ArmError::internal(e.to_string()))?;
-            st.store
+            match st
+                .store
                 .deny_assignment_upsert(id, &d.scope, &body, now_secs())
                 .await
-                .map_err(store_err)?;
+            {
+                Ok(()) => {}
+                Err(cloister_store::StoreError::Conflict(m)) => {
+                    return Err(ArmError::conflict("DenyAssignmentExists", m));
+                }
+                Err(e) => return Err(store_err(e)),
+            }
             st.rbac.changed().await?;
             ok(StatusCode::CREATED, deny_json(&d))
         }
@@ -1301,6 +1381,11 @@ async fn deny_assignment(
         }
         Method::DELETE => {
             let Some(d) = find() else {
+                st.rbac.authorize(
+                    &caller.object_id,
+                    "Microsoft.Authorization/denyAssignments/delete",
+                    sc,
+                )?;
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
             st.rbac.authorize(

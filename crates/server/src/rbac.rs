@@ -4,12 +4,15 @@
 //! made by other nodes through a counter in the store.
 
 use arc_swap::ArcSwap;
-use cloister_access::{Action, DenyAssignment, Engine, RoleAssignment, RoleDefinition, Snapshot};
+use cloister_access::{
+    Action, DenyAssignment, Engine, RoleAssignment, RoleDefinition, Snapshot, WriteRefusal,
+};
 use cloister_core::error::ArmError;
 use cloister_core::scope::Scope;
-use cloister_store::Store;
+use cloister_store::{RoleAssignmentRow, Store};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
 pub const GENERATION_KEY: &str = "rbac_generation";
 
@@ -19,7 +22,14 @@ pub struct Rbac {
     seen_generation: AtomicI64,
     defs: ArcSwap<Vec<RoleDefinition>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set when a change was committed but the snapshot could not be rebuilt after it:
+    /// until a rebuild succeeds, every check on this node is refused (503), so a committed
+    /// revocation can never be ignored by an old snapshot.
+    stale: AtomicBool,
 }
+
+/// How many times a rebuild after a change is tried before the node fails closed.
+const RELOAD_ATTEMPTS: u32 = 4;
 
 impl Rbac {
     pub async fn load(store: Store) -> anyhow::Result<Arc<Rbac>> {
@@ -31,18 +41,35 @@ impl Rbac {
             seen_generation: AtomicI64::new(gen_now),
             defs: ArcSwap::from_pointee(defs),
             reload_lock: tokio::sync::Mutex::new(()),
+            stale: AtomicBool::new(false),
         }))
     }
 
-    /// Rebuilds the snapshot now. Called after every write that changes access, before the
-    /// write's response is sent, so the next request sees it.
+    /// Rebuilds the snapshot now. Called after every write that changes access, once the
+    /// write has committed and before its response is sent, so the next request sees it.
+    ///
+    /// Never fails: the write is committed, so its answer must not be an error. The rebuild
+    /// is retried; if it still fails, this node fails closed (every check answers 503 until
+    /// the background poll manages a rebuild), so a committed revocation always takes effect.
     pub async fn changed(&self) -> Result<(), ArmError> {
-        self.reload_after_change().await.map_err(|e| {
-            tracing::error!("rbac reload: {e}");
-            ArmError::internal(
-                "The change was saved but access could not be refreshed; retry the request.",
-            )
-        })
+        let mut attempt = 0;
+        loop {
+            match self.reload_after_change().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt + 1 < RELOAD_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(attempt, "rbac reload after a change: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "rbac reload after a change failed {RELOAD_ATTEMPTS} times: {e}; refusing every check until a reload succeeds"
+                    );
+                    self.stale.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     async fn reload_after_change(&self) -> anyhow::Result<()> {
@@ -55,8 +82,15 @@ impl Rbac {
         Ok(())
     }
 
-    /// Reloads if another node bumped the generation (called periodically).
+    /// Reloads if another node bumped the generation, or if a rebuild after a local change
+    /// failed (called periodically).
     pub async fn poll(&self) -> anyhow::Result<()> {
+        if self.stale.load(Ordering::SeqCst) {
+            self.reload_after_change().await?;
+            self.stale.store(false, Ordering::SeqCst);
+            tracing::info!("rbac reloaded; checks answer again");
+            return Ok(());
+        }
         let g = current_generation(&self.store).await?;
         if g > self.seen_generation.load(Ordering::SeqCst) {
             let _guard = self.reload_lock.lock().await;
@@ -68,8 +102,47 @@ impl Rbac {
         Ok(())
     }
 
+    fn fresh(&self) -> Result<(), ArmError> {
+        if self.stale.load(Ordering::SeqCst) {
+            return Err(ArmError::new(
+                503,
+                "ServiceUnavailable",
+                "Access is being refreshed after a change; retry the request shortly.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The snapshot that write decisions ([`cloister_access::writes`]) are made on; refused
+    /// while this node fails closed.
+    pub fn decision_snapshot(&self) -> Result<Arc<Snapshot>, ArmError> {
+        self.fresh()?;
+        Ok(self.engine.snapshot())
+    }
+
+    /// The ARM error for a refused write to access. `hide_scope`: the object belongs to a
+    /// scope the caller addressed it through no URL of, so a 403 names neither that scope
+    /// nor anything else about it.
+    pub fn refusal(&self, principal: &str, r: WriteRefusal, hide_scope: bool) -> ArmError {
+        match r {
+            WriteRefusal::Forbidden { action, scope } => {
+                metrics::counter!("cloister_authz_denied_total").increment(1);
+                if hide_scope {
+                    ArmError::forbidden(format!(
+                        "The client '{principal}' with object id '{principal}' does not have authorization to perform action '{action}' on this object."
+                    ))
+                } else {
+                    forbidden(principal, &action, &scope)
+                }
+            }
+            WriteRefusal::Invalid { code, message } => ArmError::bad_request(code, message),
+            WriteRefusal::Conflict { code, message } => ArmError::conflict(code, message),
+        }
+    }
+
     /// The one authorization call every handler makes.
     pub fn authorize(&self, principal: &str, action: &str, scope: &Scope) -> Result<(), ArmError> {
+        self.fresh()?;
         let d = self
             .engine
             .check(principal, &Action::Control(action.to_string()), scope);
@@ -77,9 +150,7 @@ impl Rbac {
             Ok(())
         } else {
             metrics::counter!("cloister_authz_denied_total").increment(1);
-            Err(ArmError::forbidden(format!(
-                "The client '{principal}' with object id '{principal}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials."
-            )))
+            Err(forbidden(principal, action, &scope.to_string()))
         }
     }
 
@@ -90,6 +161,7 @@ impl Rbac {
         data_action: &str,
         scope: &Scope,
     ) -> Result<(), ArmError> {
+        self.fresh()?;
         let d = self
             .engine
             .check(principal, &Action::Data(data_action.to_string()), scope);
@@ -108,6 +180,23 @@ impl Rbac {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.engine.snapshot()
+    }
+}
+
+fn forbidden(principal: &str, action: &str, scope: &str) -> ArmError {
+    ArmError::forbidden(format!(
+        "The client '{principal}' with object id '{principal}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials."
+    ))
+}
+
+/// A stored role assignment as the evaluator sees it.
+pub fn to_access(r: &RoleAssignmentRow) -> RoleAssignment {
+    RoleAssignment {
+        id: r.id.clone(),
+        scope: r.scope.clone(),
+        role_definition_id: r.role_definition_id.clone(),
+        principal_id: r.principal_id.clone(),
+        principal_type: r.principal_type.clone(),
     }
 }
 
@@ -130,14 +219,8 @@ async fn build(store: &Store) -> anyhow::Result<(Snapshot, Vec<RoleDefinition>)>
     let assignments: Vec<RoleAssignment> = store
         .role_assignment_list_all()
         .await?
-        .into_iter()
-        .map(|r| RoleAssignment {
-            id: r.id,
-            scope: r.scope,
-            role_definition_id: r.role_definition_id,
-            principal_id: r.principal_id,
-            principal_type: r.principal_type,
-        })
+        .iter()
+        .map(to_access)
         .collect();
     let denies: Vec<DenyAssignment> = store
         .deny_assignment_list()

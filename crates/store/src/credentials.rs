@@ -169,7 +169,7 @@ impl Store {
             .filter(|(n, r)| last[&(r.owner_lc.as_str(), r.field.as_str())] == *n)
             .map(|(_, r)| r)
             .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in rows.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO cred_secrets (owner_lc, field, instance_lc, provider_lc, connection_lc, kek_version, blob, updated_at) VALUES {} ON CONFLICT (owner_lc, field) DO UPDATE SET instance_lc = excluded.instance_lc, provider_lc = excluded.provider_lc, connection_lc = excluded.connection_lc, kek_version = excluded.kek_version, blob = excluded.blob, updated_at = excluded.updated_at",
@@ -290,7 +290,7 @@ impl Store {
     /// [`Store::secret_rewrap`] for a batch, in one transaction (one statement per 100
     /// rows). Returns how many rows were written (the others had changed meanwhile).
     pub async fn secret_rewrap_many(&self, batch: &[SecretRewrap]) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut n = 0;
         for chunk in batch.chunks(CHUNK) {
             // VALUES columns are named column1..column7 on both SQLite and PostgreSQL.

@@ -123,7 +123,7 @@ impl Store {
         limit: Option<i64>,
     ) -> Result<bool> {
         let id_lc = it.id.to_lowercase();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         write_lock(&mut tx).await?;
         let cur: Option<String> = sqlx::query("SELECT etag FROM cred_items WHERE id_lc = $1")
             .bind(&id_lc)
@@ -187,7 +187,7 @@ impl Store {
     /// mismatch.
     pub async fn cred_delete(&self, id: &str, if_match: &str) -> Result<Option<bool>> {
         let id_lc = id.to_lowercase();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         write_lock(&mut tx).await?;
         let cur: Option<String> = sqlx::query("SELECT etag FROM cred_items WHERE id_lc = $1")
             .bind(&id_lc)
@@ -356,7 +356,7 @@ impl Store {
 
     /// Reads and deletes a login (one-time `state`).
     pub async fn login_take(&self, state_hash: &str) -> Result<Option<LoginRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         write_lock(&mut tx).await?;
         let r = sqlx::query("SELECT * FROM cred_logins WHERE state_hash = $1")
             .bind(state_hash)

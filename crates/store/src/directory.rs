@@ -244,7 +244,7 @@ impl Store {
         rows.iter().map(user).collect()
     }
     pub async fn user_delete(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM group_members WHERE member_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -289,7 +289,7 @@ impl Store {
         rows.iter().map(group).collect()
     }
     pub async fn group_delete(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM group_members WHERE group_id = $1 OR member_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -344,7 +344,7 @@ impl Store {
     // ---- applications and service principals ---------------------------------------------
     /// Creates an application and its service principal in one transaction.
     pub async fn application_create(&self, a: &Application, sp_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO applications (app_id, object_id, tenant_id, display_name, identifier_uris, redirect_uris, public_client, created_at, app_roles) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         )
@@ -413,7 +413,7 @@ impl Store {
     /// Deletes an application with its service principal, credentials and memberships.
     /// Returns the deleted service principal's id.
     pub async fn application_delete(&self, app_id: &str) -> Result<Option<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let sp_id: Option<String> =
             sqlx::query("SELECT id FROM service_principals WHERE app_id = $1")
                 .bind(app_id)

@@ -157,24 +157,102 @@ impl Store {
 
     /// Increments a counter in `meta` and returns the new value. The RBAC engine uses one
     /// to learn that another node changed assignments.
+    ///
+    /// One statement (an upsert that returns the new value), so there is no read-then-write
+    /// window: concurrent bumps never lose an increment (PostgreSQL) and never ask SQLite to
+    /// upgrade a read transaction, which it refuses with "database is locked" whatever the
+    /// busy timeout. Retried while SQLite reports busy.
     pub async fn bump_counter(&self, key: &str) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        let cur: Option<String> = sqlx::query("SELECT value FROM meta WHERE key = $1")
+        let mut attempt = 0;
+        loop {
+            let r = sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT) RETURNING value",
+            )
             .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.get(0));
-        let next = cur.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(next.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(next)
+            .fetch_one(&self.pool)
+            .await;
+            match r {
+                Ok(row) => {
+                    let v: String = row.get(0);
+                    return v
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("counter {key}: '{v}'")));
+                }
+                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(busy_backoff(attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes cannot upgrade
+    /// once another connection has committed, and SQLite answers "database is locked" at
+    /// once, without waiting out `busy_timeout`. With the lock taken first, waiting for it
+    /// honours the busy timeout, and the begin is retried a few times more if it still
+    /// reports busy. On PostgreSQL it is a plain `BEGIN`, then `SHARE ROW EXCLUSIVE` locks on
+    /// `pg_lock_tables` (this mode conflicts with itself and with every write to the table,
+    /// so check-then-write sequences on those tables are serialized, as on SQLite).
+    pub(crate) async fn write_tx_locking(
+        &self,
+        pg_lock_tables: &[&str],
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut attempt = 0;
+                loop {
+                    match self.pool.begin_with("BEGIN IMMEDIATE").await {
+                        Ok(tx) => return Ok(tx),
+                        Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                            attempt += 1;
+                            tokio::time::sleep(busy_backoff(attempt)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                for t in pg_lock_tables {
+                    debug_assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE"
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Ok(tx)
+            }
+        }
+    }
+
+    /// [`Store::write_tx_locking`] without table locks: every transaction in the store that
+    /// writes begins here.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        self.write_tx_locking(&[]).await
+    }
+}
+
+/// How many more times a write is tried when SQLite still reports busy after its busy
+/// timeout.
+const BUSY_RETRIES: u32 = 5;
+
+fn busy_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(20 * u64::from(attempt))
+}
+
+/// SQLite's SQLITE_BUSY (5) or SQLITE_LOCKED (6) and their extended codes.
+pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let code_busy = db
+        .code()
+        .and_then(|c| c.parse::<i64>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+    code_busy || db.message().contains("database is locked")
 }
 
 /// The file of a `sqlite:` URL (`sqlite://PATH?…`, `sqlite:PATH`), or None for an in-memory

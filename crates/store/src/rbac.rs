@@ -53,17 +53,72 @@ pub(crate) fn below(scope_lc: &str) -> String {
     format!("{esc}/%")
 }
 
+/// What [`Store::role_definition_write`] does once allowed.
+#[derive(Debug, Clone, Copy)]
+pub enum RoleDefinitionWrite<'a> {
+    /// Create or replace with this JSON body.
+    Upsert(&'a str),
+    /// Delete (refused while assignments use it).
+    Delete,
+}
+
 impl Store {
-    pub async fn role_definition_upsert(&self, id: &str, body: &str, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO role_definitions (id, body, created_at, updated_at) VALUES ($1,$2,$3,$3) ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-        )
-        .bind(id.to_lowercase())
-        .bind(body)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Creates or replaces custom role `id` (as `body`), or deletes it, in one write
+    /// transaction that first reads the stored definition and every role assignment that
+    /// uses the id, and lets `decide` refuse. So the decision sees exactly what the write
+    /// changes: no assignment of the role can be created, and no other change of the role
+    /// can land, between the check and the write (role assignment writes take the same
+    /// lock). Returns `Ok(Ok(existed))` when written, `Ok(Err(refusal))` when `decide`
+    /// refused (nothing written).
+    pub async fn role_definition_write<E>(
+        &self,
+        id: &str,
+        write: RoleDefinitionWrite<'_>,
+        now: i64,
+        decide: impl FnOnce(Option<&JsonRow>, &[RoleAssignmentRow]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<bool, E>> {
+        let id = id.to_lowercase();
+        let mut tx = self
+            .write_tx_locking(&["role_definitions", "role_assignments"])
+            .await?;
+        let old = sqlx::query("SELECT id, body, created_at FROM role_definitions WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let old = old.as_ref().map(jr).transpose()?;
+        let used = sqlx::query("SELECT * FROM role_assignments WHERE role_definition_id = $1")
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let used = used.iter().map(ra).collect::<Result<Vec<_>>>()?;
+        if let Err(refusal) = decide(old.as_ref(), &used) {
+            return Ok(Err(refusal));
+        }
+        match write {
+            RoleDefinitionWrite::Upsert(body) => {
+                sqlx::query(
+                    "INSERT INTO role_definitions (id, body, created_at, updated_at) VALUES ($1,$2,$3,$3) ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                )
+                .bind(&id)
+                .bind(body)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            RoleDefinitionWrite::Delete => {
+                if !used.is_empty() {
+                    return Err(StoreError::Conflict(
+                        "role definition is in use by role assignments".into(),
+                    ));
+                }
+                sqlx::query("DELETE FROM role_definitions WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok(old.is_some()))
     }
     pub async fn role_definition_get(&self, id: &str) -> Result<Option<JsonRow>> {
         let r = sqlx::query("SELECT id, body, created_at FROM role_definitions WHERE id = $1")
@@ -79,31 +134,32 @@ impl Store {
                 .await?;
         rows.iter().map(jr).collect()
     }
-    /// Deletes a custom role; refuses while assignments use it.
-    pub async fn role_definition_delete(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let used = sqlx::query("SELECT id FROM role_assignments WHERE role_definition_id = $1")
-            .bind(id.to_lowercase())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if used.is_some() {
-            return Err(StoreError::Conflict(
-                "role definition is in use by role assignments".into(),
-            ));
-        }
-        let n = sqlx::query("DELETE FROM role_definitions WHERE id = $1")
-            .bind(id.to_lowercase())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n > 0)
-    }
-
     /// Inserts a role assignment. The same (scope, role, principal) twice is a conflict, as
     /// in ARM (`RoleAssignmentExists`).
     pub async fn role_assignment_create(&self, a: &RoleAssignmentRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        self.role_assignment_create_checked(a, |_| Ok::<(), StoreError>(()))
+            .await?
+    }
+
+    /// [`Store::role_assignment_create`] after `decide` has seen the stored custom role
+    /// definition the assignment uses (`None` for a built-in or missing role), in the same
+    /// write transaction (serialized with [`Store::role_definition_write`]).
+    pub async fn role_assignment_create_checked<E>(
+        &self,
+        a: &RoleAssignmentRow,
+        decide: impl FnOnce(Option<&JsonRow>) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(), E>> {
+        let mut tx = self
+            .write_tx_locking(&["role_definitions", "role_assignments"])
+            .await?;
+        let role = sqlx::query("SELECT id, body, created_at FROM role_definitions WHERE id = $1")
+            .bind(a.role_definition_id.to_lowercase())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let role = role.as_ref().map(jr).transpose()?;
+        if let Err(refusal) = decide(role.as_ref()) {
+            return Ok(Err(refusal));
+        }
         let dup = sqlx::query(
             "SELECT id FROM role_assignments WHERE scope_lc = $1 AND role_definition_id = $2 AND principal_id = $3",
         )
@@ -119,7 +175,7 @@ impl Store {
                     "role assignment already exists: {existing}"
                 )));
             }
-            return Ok(());
+            return Ok(Ok(()));
         }
         sqlx::query(
             "INSERT INTO role_assignments (id, scope, scope_lc, role_definition_id, principal_id, principal_type, description, created_by, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
@@ -137,7 +193,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::map_unique(e, "role assignment id exists"))?;
         tx.commit().await?;
-        Ok(())
+        Ok(Ok(()))
     }
     pub async fn role_assignment_get(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
         let r = sqlx::query("SELECT * FROM role_assignments WHERE id = $1")
@@ -146,21 +202,14 @@ impl Store {
             .await?;
         r.as_ref().map(ra).transpose()
     }
+    /// Deletes a role assignment, returning the row that was deleted (`None`: there was
+    /// none). One statement, so a delete either happened or reports that it did not.
     pub async fn role_assignment_delete(&self, id: &str) -> Result<Option<RoleAssignmentRow>> {
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("SELECT * FROM role_assignments WHERE id = $1")
+        let r = sqlx::query("DELETE FROM role_assignments WHERE id = $1 RETURNING *")
             .bind(id.to_lowercase())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = r.as_ref().map(ra).transpose()? else {
-            return Ok(None);
-        };
-        sqlx::query("DELETE FROM role_assignments WHERE id = $1")
-            .bind(&row.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(row))
+        r.as_ref().map(ra).transpose()
     }
     pub async fn role_assignment_list_all(&self) -> Result<Vec<RoleAssignmentRow>> {
         let rows = sqlx::query("SELECT * FROM role_assignments ORDER BY created_at, id")
@@ -175,6 +224,9 @@ impl Store {
         Ok(sqlx::Row::get::<i64, _>(&r, 0))
     }
 
+    /// Creates or replaces deny assignment `id` at `scope`. An id that already exists at
+    /// another scope is a conflict: a PUT through one scope's URL never moves or replaces a
+    /// deny assignment of another scope.
     pub async fn deny_assignment_upsert(
         &self,
         id: &str,
@@ -182,15 +234,21 @@ impl Store {
         body: &str,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO deny_assignments (id, scope_lc, body, created_at) VALUES ($1,$2,$3,$4) ON CONFLICT (id) DO UPDATE SET body = excluded.body, scope_lc = excluded.scope_lc",
+        let n = sqlx::query(
+            "INSERT INTO deny_assignments (id, scope_lc, body, created_at) VALUES ($1,$2,$3,$4) ON CONFLICT (id) DO UPDATE SET body = excluded.body WHERE deny_assignments.scope_lc = excluded.scope_lc",
         )
         .bind(id.to_lowercase())
         .bind(scope.to_lowercase())
         .bind(body)
         .bind(now)
         .execute(&self.pool)
-        .await?;
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Conflict(
+                "a deny assignment with this id exists at another scope".into(),
+            ));
+        }
         Ok(())
     }
     pub async fn deny_assignment_list(&self) -> Result<Vec<JsonRow>> {

@@ -160,7 +160,7 @@ impl Store {
     /// Deletes an empty management group (no child groups, no subscriptions).
     pub async fn mg_delete(&self, name: &str) -> Result<bool> {
         let lc = name.to_lowercase();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let child = sqlx::query("SELECT name FROM management_groups WHERE parent_lc = $1")
             .bind(&lc)
             .fetch_optional(&mut *tx)
@@ -253,7 +253,7 @@ impl Store {
     /// Deletes a resource group with every resource in it, their system-assigned identities,
     /// and every role assignment at or below its scope, in one transaction.
     pub async fn rg_delete(&self, sub: &str, name: &str) -> Result<Option<Removed>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n =
             sqlx::query("DELETE FROM resource_groups WHERE subscription_id = $1 AND name_lc = $2")
                 .bind(sub.to_lowercase())
@@ -349,7 +349,7 @@ impl Store {
         drop_principals: &[String],
         expect: Expect<'_>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for p in new_principals {
             sqlx::query(
                 "INSERT INTO service_principals (id, app_id, tenant_id, display_name, kind, mi_resource_id, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7)",
@@ -419,7 +419,7 @@ impl Store {
     /// their role assignments, and the role assignments at or below its scope.
     pub async fn resource_delete(&self, id: &str) -> Result<Option<Removed>> {
         let id_lc = id.to_lowercase();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut rows =
             sqlx::query("SELECT * FROM resources WHERE id_lc = $1 OR id_lc LIKE $2 ESCAPE '\\'")
                 .bind(&id_lc)

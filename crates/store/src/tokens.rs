@@ -124,7 +124,7 @@ impl Store {
         now: i64,
         remove_after: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query("UPDATE signing_keys SET state = 'active', activated_at = $2 WHERE kid = $1 AND state = 'next'")
             .bind(next_kid)
             .bind(now)
@@ -238,7 +238,7 @@ impl Store {
         token_hash: &str,
         successor: impl FnOnce(&RefreshTokenRow) -> RefreshTokenRow,
     ) -> Result<Redeem> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1 AND used = 0 RETURNING token_hash, family_id, tenant_id, client_id, user_id, scope, expires_at, created_at",
         )
