@@ -296,6 +296,10 @@ pub struct SandboxConfig {
     /// and IPython's shell): every forked sandbox starts with them imported, at no memory cost
     /// of its own.
     pub zygote_preload: Vec<String>,
+    /// How many sessions one zygote serves at once, at most, when the supervisor is root: the
+    /// size of the zygote's block of host uids (capped by [`uids::block_len`]). The next
+    /// session of the template is forked from a new zygote. Default [`uids::BLOCK_LEN`].
+    pub zygote_sessions: u32,
 }
 
 impl SandboxConfig {
@@ -324,6 +328,7 @@ impl SandboxConfig {
             file_timeout: Duration::from_secs(60),
             fork: std::env::var("CLOISTER_SANDBOX_ZYGOTE").map_or(true, |v| v != "0"),
             zygote_preload: vec![],
+            zygote_sessions: uids::BLOCK_LEN,
         }
     }
 

@@ -261,7 +261,7 @@ impl Zygote {
         let (memfd, host_end, jail_end) = jail_fds(&cgroup)?;
         // A root supervisor's zygote runs as a host uid of its own, and its sessions each as a
         // uid of a block of its own (see `uids`); otherwise all run as the supervisor's uid.
-        let ids = match Self::uids() {
+        let ids = match Self::uids(cfg.zygote_sessions) {
             Ok(ids) => ids,
             Err(e) => {
                 cgroup.destroy();
@@ -360,12 +360,12 @@ impl Zygote {
     }
 
     /// A root supervisor's uid for a zygote and the block for its sessions; None otherwise.
-    fn uids() -> Result<Option<(HostUid, Arc<UidBlock>)>, SandboxError> {
+    fn uids(sessions: u32) -> Result<Option<(HostUid, Arc<UidBlock>)>, SandboxError> {
         let Some(own) = crate::host_uid()? else {
             return Ok(None);
         };
         let block = uids::block_len()
-            .and_then(uids::allocate_block)
+            .and_then(|n| uids::allocate_block(n.min(sessions).max(1)))
             .map_err(SandboxError::Start)?;
         Ok(Some((own, block)))
     }

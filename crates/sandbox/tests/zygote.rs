@@ -356,6 +356,46 @@ async fn forked_sessions_share_the_zygotes_pages() {
     finish(s).await;
 }
 
+/// A zygote serves at most as many sessions as its block has uids: the next one comes from a
+/// second zygote of the template, with a block of its own, while the first keeps serving its
+/// sessions and stops once they are gone.
+#[tokio::test]
+async fn a_full_zygote_gets_a_second_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.zygote_sessions = 2;
+    let mut a = Sandbox::start(&cfg).await.expect("a starts");
+    let b = Sandbox::start(&cfg).await.expect("b starts");
+    let first = zygote_pid(dir.path());
+    let mut c = Sandbox::start(&cfg).await.expect("c starts");
+    let (za, zc) = (a.zygote_uid().unwrap(), c.zygote_uid().unwrap());
+    assert_eq!(b.zygote_uid(), Some(za));
+    assert_ne!(za, zc, "c comes from a second zygote");
+    let uids = [
+        a.host_uid().unwrap(),
+        b.host_uid().unwrap(),
+        c.host_uid().unwrap(),
+    ];
+    assert!(
+        uids[0] != uids[1] && uids[1] != uids[2] && uids[0] != uids[2],
+        "{uids:?}"
+    );
+    assert!(!uids.contains(&za) && !uids.contains(&zc), "{uids:?}");
+    assert_eq!(result(&run(&mut a, "6*7").await), "42");
+    assert_eq!(result(&run(&mut c, "6*7").await), "42");
+    // The first zygote stops with its last session.
+    finish(a).await;
+    finish(b).await;
+    assert!(
+        common::gone(first),
+        "the first zygote outlived its sessions"
+    );
+    let d = Sandbox::start(&cfg).await.expect("d starts");
+    assert_eq!(d.zygote_uid(), Some(zc));
+    finish(c).await;
+    finish(d).await;
+}
+
 /// A dead zygote takes its sessions with it (they live in its pid namespace); the next start
 /// makes a new one.
 #[tokio::test]
