@@ -58,6 +58,8 @@ const BASE_PRELOAD: &[&str] = &[
 pub(crate) const SESSION_ENV: &str = "IDENTITY_HEADER";
 /// A zygote with no sandbox left is stopped after this long.
 const IDLE: Duration = Duration::from_secs(600);
+/// The smallest block of session uids a zygote is started with (see [`Zygote::uids`]).
+const MIN_BLOCK: u32 = 16;
 /// After a zygote failed to start, its template uses per-sandbox bwrap for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -364,10 +366,19 @@ impl Zygote {
         let Some(own) = crate::host_uid()? else {
             return Ok(None);
         };
-        let block = uids::block_len()
-            .and_then(|n| uids::allocate_block(n.min(sessions).max(1)))
-            .map_err(SandboxError::Start)?;
-        Ok(Some((own, block)))
+        // With the range crowded (many templates, or many servers on one host), a smaller
+        // block: down to MIN_BLOCK sessions per zygote, then none (bwrap per sandbox).
+        let mut len = uids::block_len()
+            .map_err(SandboxError::Start)?
+            .min(sessions)
+            .max(1);
+        loop {
+            match uids::allocate_block(len) {
+                Ok(block) => return Ok(Some((own, block))),
+                Err(e) if len <= MIN_BLOCK => return Err(SandboxError::Start(e)),
+                Err(_) => len = (len / 2).max(MIN_BLOCK),
+            }
+        }
     }
 
     /// A uid of the zygote's block for a new session: Ok(None) for a supervisor that is not

@@ -524,3 +524,43 @@ fn uuid_like() -> String {
         std::process::id()
     )
 }
+
+/// Fork start times and memory per forked session (not in CI):
+/// `cargo test -p cloister-sandbox --test zygote -- --ignored --nocapture measure`
+#[tokio::test]
+#[ignore]
+async fn measure_fork_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let t0 = std::time::Instant::now();
+    let first = Sandbox::start(&cfg).await.expect("starts");
+    let zygote_ms = t0.elapsed().as_millis();
+    let (mut times, mut charged, mut sessions) = (vec![], vec![], vec![]);
+    for _ in 0..40 {
+        let t0 = std::time::Instant::now();
+        let mut s = Sandbox::start(&cfg).await.expect("starts");
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        run(
+            &mut s,
+            "import pandas as pd\npd.DataFrame({'a': [1]}).sum().a",
+        )
+        .await;
+        charged.push(cgroup_memory(s.agent_pid().unwrap()) >> 10);
+        sessions.push(s);
+    }
+    times.sort_by(f64::total_cmp);
+    charged.sort();
+    eprintln!(
+        "zygote + first session {zygote_ms} ms; fork start ms p50 {:.1} p90 {:.1} max {:.1}; \
+         charged KiB p50 {} max {}",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[times.len() - 1],
+        charged[charged.len() / 2],
+        charged[charged.len() - 1]
+    );
+    finish(first).await;
+    for s in sessions {
+        finish(s).await;
+    }
+}
