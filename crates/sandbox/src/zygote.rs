@@ -297,22 +297,25 @@ impl Zygote {
         let timeout = cfg.start_timeout.max(Duration::from_secs(60));
         host_end.set_read_timeout(Some(timeout))?;
         let maps = ids.as_ref().map(|(u, b)| (u.get(), b.first(), b.len()));
-        let (ready, host_end, mut reader) = tokio::task::spawn_blocking(move || {
+        let block_w = std::fs::File::from(block_w);
+        let (ready, host_end, mut reader, block_w) = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
             let mapped = match maps {
-                Some((own, first, len)) => map_userns(info_r, block_w, own, first, len),
+                Some((own, first, len)) => map_userns(info_r, &block_w, own, first, len),
                 None => Ok(()),
             };
             let ready = match mapped {
                 Ok(()) => ready_line(read_line(&mut reader)),
                 Err(e) => Err(format!("its user namespace could not be mapped: {e}")),
             };
-            (ready, host_end, reader)
+            (ready, host_end, reader, block_w)
         })
         .await
         .map_err(|e| SandboxError::Start(e.to_string()))?;
         if let Err(why) = ready {
+            // bwrap goes on when the block pipe closes, mapped or not: it is killed first.
             let _ = child.kill();
+            drop(block_w);
             let _ = child.wait();
             cgroup.destroy();
             std::thread::sleep(Duration::from_millis(20));
@@ -321,6 +324,7 @@ impl Zygote {
                 stderr.text().trim()
             )));
         }
+        drop(block_w);
         let ready = ready.unwrap_or_default();
         let ns = ready["pid"].as_i64().unwrap_or(-1) as i32;
         let Some(pid) = host_pid(&cgroup, ns) else {
@@ -518,7 +522,7 @@ fn userns_map(own: u32, first: u32, len: u32) -> String {
 /// and lets bwrap go on (`--userns-block-fd`).
 fn map_userns(
     info: OwnedFd,
-    block: OwnedFd,
+    mut block: &std::fs::File,
     own: u32,
     first: u32,
     len: u32,
@@ -542,7 +546,7 @@ fn map_userns(
     std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
     std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
     std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
-    std::io::Write::write_all(&mut std::fs::File::from(block), b"1")
+    std::io::Write::write_all(&mut block, b"1")
 }
 
 /// Sends `bytes` with `fd` attached (SCM_RIGHTS).

@@ -212,6 +212,34 @@ async fn forked_sessions_have_host_uids_of_their_own() {
         assert_ne!(u, zuid, "a session does not run as its zygote's uid");
     }
     assert_ne!(ua, ub, "two sessions of one zygote have distinct host uids");
+    // The zygote's namespace maps 65534 to the zygote's uid and its block one to one, nothing
+    // else; the zygote can switch uids in it (CAP_SETUID, CAP_SETGID) and do nothing more.
+    let zmap = std::fs::read_to_string(format!("/proc/{zygote}/uid_map")).unwrap();
+    let zmap: Vec<Vec<u32>> = zmap
+        .lines()
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(zmap.len(), 2, "{zmap:?}");
+    assert_eq!(zmap[0], [65534, zuid, 1]);
+    let (bfirst, blen) = (zmap[1][1], zmap[1][2]);
+    assert_eq!(zmap[1][0], bfirst, "one to one");
+    let block = bfirst..bfirst + blen;
+    assert!(block.contains(&ua) && block.contains(&ub) && !block.contains(&zuid));
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{zygote}/gid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(format!("/proc/{zygote}/uid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{zygote}/status")).unwrap();
+    for cap in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let v = status.lines().find_map(|l| l.strip_prefix(cap)).unwrap();
+        assert_eq!(v.trim(), "00000000000000c0", "{cap} of the zygote");
+    }
 
     // Each agent's user namespace maps 65534 to its session's own uid.
     for (s, u) in [(&a, ua), (&b, ub)] {
