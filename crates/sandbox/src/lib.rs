@@ -84,8 +84,8 @@
 //! supplementary groups) before it execs bwrap, so bwrap runs unprivileged and builds its own
 //! user namespaces: every process of the sandbox is that host uid, and 65534 inside (its
 //! `uid_map`, seen from the host, reads `65534 <uid> 1`), never host root and never another
-//! sandbox's uid. A forked sandbox runs as its zygote's uid ([`zygote`]). The agent is not
-//! dumpable. Everything bwrap binds must therefore be reachable by any uid:
+//! sandbox's uid. A forked sandbox runs as a uid of its own too, of its zygote's block
+//! ([`zygote`], [`uids::UidBlock`]). The agent is not dumpable. Everything bwrap binds must therefore be reachable by any uid:
 //! [`SandboxConfig::work_dir`] (made 0755 by [`Sandbox::start`], its files 0644; keep it out
 //! of private directories, see [`WORK_ROOT`]), the runtime (a+rX), and the identity socket
 //! (0666 in a 0755 directory; the binding secret is what guards it). The supervisor, still
@@ -98,7 +98,6 @@
 //! starts one bwrap per sandbox as described above.
 //!
 //! # Known limits
-//! * Forked sessions of one zygote share its host uid (and that uid's `RLIMIT_NPROC`).
 //! * Enabled egress reaches the public internet; non-public destinations are refused by an
 //!   nftables table ([`egress`]), which needs `nft` and a root supervisor.
 //! * The runtime is read-only: `pip install` inside a sandbox does not work.
@@ -326,6 +325,10 @@ pub struct SandboxConfig {
     /// and IPython's shell): every forked sandbox starts with them imported, at no memory cost
     /// of its own.
     pub zygote_preload: Vec<String>,
+    /// How many sessions one zygote serves at once, at most, when the supervisor is root: the
+    /// size of the zygote's block of host uids (capped by [`uids::block_len`]). The next
+    /// session of the template is forked from a new zygote. Default [`uids::BLOCK_LEN`].
+    pub zygote_sessions: u32,
 }
 
 impl SandboxConfig {
@@ -354,6 +357,7 @@ impl SandboxConfig {
             file_timeout: Duration::from_secs(60),
             fork: std::env::var("CLOISTER_SANDBOX_ZYGOTE").map_or(true, |v| v != "0"),
             zygote_preload: vec![],
+            zygote_sessions: uids::BLOCK_LEN,
         }
     }
 
@@ -637,8 +641,9 @@ pub struct Sandbox {
     dead: bool,
     /// Whether the memory cgroup had OOM-killed something when the sandbox died.
     oom: bool,
-    /// The sandbox's own host uid (a root supervisor's), given back once it is killed.
-    host_uid: Option<uids::HostUid>,
+    /// The sandbox's own host uid (a root supervisor's; for a forked sandbox, one of its
+    /// zygote's block), given back once it is killed.
+    host_uid: Option<uids::Lease>,
 }
 
 /// A host uid of its own for a sandbox, when the supervisor runs as root.
@@ -807,29 +812,36 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
         &uid,
         "--hostname",
         "sandbox",
-    ])
-    .args(["--ro-bind", "/usr", "/usr"])
-    .args([
-        "--symlink",
-        "usr/lib",
-        "/lib",
-        "--symlink",
-        "usr/lib64",
-        "/lib64",
-    ])
-    .args([
-        "--symlink",
-        "usr/bin",
-        "/bin",
-        "--symlink",
-        "usr/sbin",
-        "/sbin",
-    ])
-    .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
-    .arg("--ro-bind")
-    .arg(&files.hosts)
-    .arg("/etc/hosts")
-    .args(["--proc", "/proc", "--dev", "/dev"]);
+    ]);
+    if zygote {
+        // bwrap makes the parents of mount points 0700, which is enough for a sandbox whose
+        // every process is one uid; a zygote's sessions are uids of their own.
+        for d in zygote_dirs(cfg, files) {
+            cmd.args(["--perms", "0755", "--dir"]).arg(d);
+        }
+    }
+    cmd.args(["--ro-bind", "/usr", "/usr"])
+        .args([
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+        ])
+        .args([
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+        ])
+        .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
+        .arg("--ro-bind")
+        .arg(&files.hosts)
+        .arg("/etc/hosts")
+        .args(["--proc", "/proc", "--dev", "/dev"]);
     if !zygote {
         // Forked sessions mount their own /dev/shm over the zygote's read-only /dev.
         cmd.args([
@@ -880,6 +892,36 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// The directories bwrap would create, as parents of a zygote's mount points, that its
+/// sessions (uids other than the zygote's) must traverse; parents first.
+fn zygote_dirs(cfg: &SandboxConfig, files: &Prepared) -> Vec<PathBuf> {
+    let mut dests: Vec<PathBuf> = ["/etc/hosts", "/etc/resolv.conf", "/mnt/data"]
+        .iter()
+        .map(PathBuf::from)
+        .chain([PathBuf::from(IDENTITY_SOCKET_PATH)])
+        .chain(
+            files
+                .scripts
+                .iter()
+                .map(|(_, inside)| PathBuf::from(inside)),
+        )
+        .collect();
+    dests.extend(cfg.runtime_dir.iter().cloned());
+    let mut dirs: Vec<PathBuf> = dests
+        .iter()
+        .flat_map(|d| {
+            d.ancestors()
+                .skip(1)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| d.parent().is_some() && !d.starts_with("/usr"))
+        .collect();
+    dirs.sort_by_key(|d| (d.components().count(), d.clone()));
+    dirs.dedup();
+    dirs
 }
 
 /// Spawns `cmd` with `fds` as its fds 3 and 4, inside `cgroup`, as host [`SANDBOX_UID`] when
@@ -961,12 +1003,13 @@ fn host_pid(cgroup: &Cgroup, ns: i32) -> Option<i32> {
 /// sandbox, see [`uids`]); None leaves the supervisor's own.
 fn jail_hooks(
     cmd: &mut std::process::Command,
-    fds: [std::os::fd::RawFd; 2],
+    fds: &[std::os::fd::RawFd],
     cgroup: &Cgroup,
     drop_to: Option<u32>,
 ) {
     use std::os::unix::process::CommandExt;
     let procs = cgroup.procs_paths();
+    let fds = fds.to_vec();
     // SAFETY: the hook only calls fcntl, dup2, cgroup writes (open/write/close), setgroups,
     // setgid and setuid, which are async-signal-safe (no allocation, no locks), on data
     // prepared before fork.
@@ -1003,7 +1046,7 @@ fn spawn_jailed(
     cgroup: &Cgroup,
     drop_to: Option<u32>,
 ) -> Result<Child, SandboxError> {
-    jail_hooks(cmd.as_std_mut(), fds, cgroup, drop_to);
+    jail_hooks(cmd.as_std_mut(), &fds, cgroup, drop_to);
     cmd.spawn().map_err(spawn_error)
 }
 
@@ -1081,7 +1124,7 @@ impl Sandbox {
     pub async fn start(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         if cfg.fork {
             match zygote::get(cfg).await {
-                Ok(z) => return Self::start_forked(cfg, z).await,
+                Ok((z, uid)) => return Self::start_forked(cfg, z, uid).await,
                 Err(e) => {
                     tracing::warn!("sandbox zygote unavailable, starting bwrap per sandbox: {e}")
                 }
@@ -1093,21 +1136,35 @@ impl Sandbox {
     async fn start_forked(
         cfg: &SandboxConfig,
         z: Arc<zygote::Zygote>,
+        uid: Option<uids::BlockUid>,
     ) -> Result<Sandbox, SandboxError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup = Cgroup::create_in(&cfg.cgroup_parent, &id, cfg.limits)
             .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
-        let host_end = match z
-            .fork(&cgroup, cfg.tmp_bytes, cfg.data_bytes, session_env(cfg))
-            .await
-        {
+        let uid = uid.map(uids::Lease::Session);
+        let forked = z
+            .fork(
+                &cgroup,
+                cfg.tmp_bytes,
+                cfg.data_bytes,
+                uid.as_ref().map(uids::Lease::get),
+                session_env(cfg),
+            )
+            .await;
+        let host_end = match forked {
             Ok(v) => v,
             Err(e) => {
                 cgroup.destroy();
+                if let Some(u) = uid
+                    && cgroup.exists()
+                {
+                    u.leak();
+                }
                 return Err(e);
             }
         };
-        let sbx = Sandbox::starting(id, None, Some(z), host_end, cgroup, Tail::default(), cfg)?;
+        let sbx = Sandbox::starting(id, None, Some(z), host_end, cgroup, Tail::default(), cfg)?
+            .with_uid(uid);
         sbx.finish_start(cfg).await
     }
 
@@ -1141,11 +1198,11 @@ impl Sandbox {
         let mut child = spawned.inspect_err(|_| cgroup.destroy())?;
         let stderr = Tail::spawn(child.stderr.take());
         let sbx = Sandbox::starting(id, Some(child), None, host_end, cgroup, stderr, cfg)?
-            .with_uid(host_uid);
+            .with_uid(host_uid.map(uids::Lease::Own));
         sbx.finish_start(cfg).await
     }
 
-    fn with_uid(mut self, uid: Option<uids::HostUid>) -> Sandbox {
+    fn with_uid(mut self, uid: Option<uids::Lease>) -> Sandbox {
         self.host_uid = uid;
         self
     }
@@ -1292,14 +1349,15 @@ impl Sandbox {
         self.agent_pid
     }
 
-    /// The sandbox's host uid (and gid) when the supervisor runs as root ([`uids`]): its own
-    /// for a bwrap-started sandbox, its zygote's for a forked one (shared by the sessions of
-    /// that zygote, see [`zygote`]).
+    /// The sandbox's host uid (and gid) when the supervisor runs as root ([`uids`]): its own,
+    /// for a forked sandbox too (one of its zygote's block, see [`zygote`]).
     pub fn host_uid(&self) -> Option<u32> {
-        match &self.zygote {
-            Some(z) => z.uid(),
-            None => self.host_uid.as_ref().map(uids::HostUid::get),
-        }
+        self.host_uid.as_ref().map(uids::Lease::get)
+    }
+
+    /// The host uid of the zygote a forked sandbox came from (a root supervisor's).
+    pub fn zygote_uid(&self) -> Option<u32> {
+        self.zygote.as_ref().and_then(|z| z.uid())
     }
 
     /// The slirp4netns helper's pid, for [`Network::Enabled`] sandboxes.

@@ -4,6 +4,8 @@
 #
 #   zygote (bwrap's pid 2)  --fork-->  C  (born in the session's cgroup: the supervisor moves
 #                                          the zygote there for the fork and back after it;
+#                                          becomes the session's own uid, of the zygote's block,
+#                                          and drops CAP_SETUID/SETGID;
 #                                          unshares user, mount, pid, net,
 #                                          ipc, uts and cgroup namespaces, maps uid 65534, mounts
 #                                          a private /tmp, /mnt/data, /dev/shm and /dev/pts,
@@ -16,7 +18,10 @@
 # Forked sessions share the zygote's pages copy-on-write: the interpreter, IPython, numpy and
 # pandas cost memory once, not once per session. Protocol on fd 4 (a socketpair end): the zygote
 # writes {"ready": true, ...}; each request is one JSON line {"op": "spawn", "tmp": BYTES,
-# "data": BYTES} sent together with the session's channel as SCM_RIGHTS; the answer is
+# "data": BYTES, "uid": UID or null} sent together with the session's channel as SCM_RIGHTS
+# (UID: the session's host uid, a root supervisor's, mapped one to one into the zygote's user
+# namespace together with the rest of the zygote's block; the zygote holds CAP_SETUID and
+# CAP_SETGID in that namespace only, for this); the answer is
 # {"pid": N} (the child's pid in the zygote's pid namespace) or {"error": "..."}. The child
 # then reads one JSON line {"env": {...}} from the supervisor on the session's channel (its own
 # variables, secrets among them, which thus never pass through the zygote). Any failure
@@ -26,6 +31,8 @@ import ctypes, gc, json, os, signal, socket, struct, sys
 
 CTL_FD = 4
 AGENT = "/opt/cloister/agent.py"
+SANDBOX_UID = 65534
+os.closerange(5, 64)  # bwrap's --userns-block-fd (a root supervisor's zygote), nothing else
 
 with open(3, "rb") as _f:  # the seccomp program (BPF, 8 bytes per instruction)
     SECCOMP = _f.read()
@@ -77,14 +84,32 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def drop_capabilities():
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last + 1):
-        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop the bounding set")
+def clear_capabilities():
+    """Empties the effective, permitted, inheritable and ambient sets (the bounding set needs
+    CAP_SETPCAP, which the zygote has not; the child's new user namespace starts from a full
+    one anyway, and G drops it)."""
     check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
     hdr = CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (CapData * 2)()
     check(libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def become(uid):
+    """In C, first of all: the session's own host uid and gid (no supplementary groups: the
+    zygote has none, and setgroups is denied in its namespace), no capabilities left."""
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    # A change of uid makes the process non-dumpable, so its /proc/self files belong to root,
+    # and it could not write its own uid_map below; pid 1 and the agent turn it off again.
+    check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
+    clear_capabilities()
+
+
+def drop_capabilities():
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for cap in range(last + 1):
+        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop the bounding set")
+    clear_capabilities()
 
 
 def install_seccomp():
@@ -109,8 +134,8 @@ def jail(req):
     check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
                        | CLONE_NEWUTS | CLONE_NEWCGROUP), "unshare")
     write("/proc/self/setgroups", "deny")
-    write("/proc/self/uid_map", f"{uid} {uid} 1")
-    write("/proc/self/gid_map", f"{gid} {gid} 1")
+    write("/proc/self/uid_map", f"{SANDBOX_UID} {uid} 1")
+    write("/proc/self/gid_map", f"{SANDBOX_UID} {gid} 1")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     tmp, data = int(req["tmp"]), int(req["data"])
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp},mode=1777")
@@ -149,6 +174,11 @@ def session(req, fd):
         sess = socket.socket(fileno=fd)
     except BaseException:
         os._exit(1)
+    try:
+        if req.get("uid") is not None:
+            become(int(req["uid"]))
+    except BaseException as e:
+        fail(sess, e)
     try:
         # The session's own variables (the identity binding's secret) come from the supervisor
         # on this channel, never through the zygote.

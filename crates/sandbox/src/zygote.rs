@@ -11,7 +11,11 @@
 //!
 //! Each forked process is born in the session's own cgroup (the supervisor moves the zygote
 //! there for the fork and back after it, so everything the child touches is charged to the
-//! session) and jails itself further before any user code runs (`zygote.py`): it unshares
+//! session) and jails itself further before any user code runs (`zygote.py`): a root
+//! supervisor's child first becomes the session's own host uid, one of a block of uids
+//! ([`crate::uids::UidBlock`]) that the supervisor mapped into the zygote's user namespace
+//! (see [`map_userns`]; the zygote holds `CAP_SETUID`/`CAP_SETGID` there, and only there, for
+//! this), and drops those capabilities; then it unshares
 //! user, mount, pid, network, IPC, UTS and cgroup namespaces (so sessions cannot see or signal
 //! each other, and each has its own loopback), maps uid 65534 to itself, mounts its own size-
 //! capped `/tmp`, `/mnt/data` and `/dev/shm`, a new `devpts` instance and, as pid 1 of its pid
@@ -27,6 +31,7 @@
 //! (they live in its pid namespace); the next start makes a new zygote.
 
 use crate::cgroup::{Cgroup, Limits};
+use crate::uids::{self, BlockUid, HostUid, UidBlock};
 use crate::{
     SandboxConfig, SandboxError, Tail, bwrap_command, host_pid, jail_fds, jail_hooks, prepare,
     ready_line, spawn_error,
@@ -34,7 +39,7 @@ use crate::{
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Child;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -53,6 +58,8 @@ const BASE_PRELOAD: &[&str] = &[
 pub(crate) const SESSION_ENV: &str = "IDENTITY_HEADER";
 /// A zygote with no sandbox left is stopped after this long.
 const IDLE: Duration = Duration::from_secs(600);
+/// The smallest block of session uids a zygote is started with (see [`Zygote::uids`]).
+const MIN_BLOCK: u32 = 16;
 /// After a zygote failed to start, its template uses per-sandbox bwrap for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -70,8 +77,11 @@ pub(crate) struct Zygote {
     pid: i32,
     stderr: Tail,
     last_used: Mutex<Instant>,
-    /// The zygote's own host uid (a root supervisor's), given back when it is dropped.
-    uid: Option<crate::uids::HostUid>,
+    /// The zygote's own host uid (a root supervisor's).
+    uid: Option<u32>,
+    /// That uid and the block its sessions' uids come from, given back when it is dropped
+    /// (the block once the last session's uid is given back too).
+    ids: Option<(HostUid, Arc<UidBlock>)>,
 }
 
 /// One line from the zygote, at most 64 KiB.
@@ -127,8 +137,13 @@ fn key(cfg: &SandboxConfig) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// The zygote for `cfg`'s template, started if there is none (or it died).
-pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError> {
+/// The zygote for `cfg`'s template, started if there is none (or it died), and the host uid
+/// of the session about to be forked from it (a root supervisor's; see [`Zygote::take_uid`]).
+/// A zygote whose block of uids is all taken keeps serving its sessions, but the next one is
+/// forked from a new zygote of the template, with a block of its own.
+pub(crate) async fn get(
+    cfg: &SandboxConfig,
+) -> Result<(Arc<Zygote>, Option<BlockUid>), SandboxError> {
     let key = key(cfg);
     let cell = {
         let mut map = ZYGOTES.lock().unwrap_or_else(|e| e.into_inner());
@@ -156,10 +171,13 @@ pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError
     };
     let mut slot = cell.lock().await;
     match &*slot {
-        Some(Slot::Ready(z)) if z.alive() => {
-            *z.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-            return Ok(z.clone());
-        }
+        Some(Slot::Ready(z)) if z.alive() => match z.take_uid() {
+            Ok(uid) => {
+                *z.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                return Ok((z.clone(), uid));
+            }
+            Err(()) => tracing::info!(zygote = %z.key, "every uid of the zygote's block is taken"),
+        },
         Some(Slot::Failed(at, why)) if at.elapsed() < RETRY_AFTER => {
             return Err(SandboxError::Start(why.clone()));
         }
@@ -169,7 +187,11 @@ pub(crate) async fn get(cfg: &SandboxConfig) -> Result<Arc<Zygote>, SandboxError
         Ok(z) => {
             let z = Arc::new(z);
             *slot = Some(Slot::Ready(z.clone()));
-            Ok(z)
+            // A fresh block: never full.
+            let uid = z
+                .take_uid()
+                .map_err(|()| SandboxError::Start("a zygote's block of uids is empty".into()))?;
+            Ok((z, uid))
         }
         Err(e) => {
             *slot = Some(Slot::Failed(Instant::now(), e.to_string()));
@@ -239,40 +261,61 @@ impl Zygote {
         )
         .map_err(|e| SandboxError::Start(format!("cgroup: {e}")))?;
         let (memfd, host_end, jail_end) = jail_fds(&cgroup)?;
-        let mut cmd = bwrap_command(cfg, &files, true);
-        cmd.arg(&cfg.python)
-            .args(["-I", "-B", "/opt/cloister/zygote.py"]);
-        let mut cmd = std::mem::replace(cmd.as_std_mut(), std::process::Command::new("true"));
-        // A root supervisor's zygote, and so every session forked from it, runs as a host uid
-        // of its own (see `uids`); otherwise as the supervisor's uid.
-        let uid = match crate::host_uid() {
-            Ok(u) => u,
+        // A root supervisor's zygote runs as a host uid of its own, and its sessions each as a
+        // uid of a block of its own (see `uids`); otherwise all run as the supervisor's uid.
+        let ids = match Self::uids(cfg.zygote_sessions) {
+            Ok(ids) => ids,
             Err(e) => {
                 cgroup.destroy();
                 return Err(e);
             }
         };
-        jail_hooks(
-            &mut cmd,
-            [memfd.as_raw_fd(), jail_end.as_raw_fd()],
-            &cgroup,
-            uid.as_ref().map(crate::uids::HostUid::get),
-        );
+        let mut cmd = bwrap_command(cfg, &files, true);
+        // The user namespace bwrap makes for the zygote is left unmapped until the supervisor
+        // has mapped the zygote's uid and its sessions' block into it (see `map_userns`);
+        // CAP_SETUID/CAP_SETGID in that namespace (and nowhere else) let the zygote make each
+        // child a uid of the block.
+        let (block_r, block_w) = pipe().inspect_err(|_| cgroup.destroy())?;
+        let (info_r, info_w) = pipe().inspect_err(|_| cgroup.destroy())?;
+        if ids.is_some() {
+            cmd.args(["--unshare-user", "--userns-block-fd", "5", "--info-fd", "6"])
+                .args(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]);
+        }
+        cmd.arg(&cfg.python)
+            .args(["-I", "-B", "/opt/cloister/zygote.py"]);
+        let mut cmd = std::mem::replace(cmd.as_std_mut(), std::process::Command::new("true"));
+        let mut fds = vec![memfd.as_raw_fd(), jail_end.as_raw_fd()];
+        if ids.is_some() {
+            fds.extend([block_r.as_raw_fd(), info_w.as_raw_fd()]);
+        }
+        jail_hooks(&mut cmd, &fds, &cgroup, ids.as_ref().map(|(u, _)| u.get()));
         let spawned = cmd.spawn().map_err(spawn_error);
-        drop((memfd, jail_end));
+        drop((memfd, jail_end, block_r, info_w));
         let mut child = spawned.inspect_err(|_| cgroup.destroy())?;
         let stderr = Tail::spawn_thread(child.stderr.take());
         let reader = BufReader::new(host_end.try_clone()?);
         let timeout = cfg.start_timeout.max(Duration::from_secs(60));
         host_end.set_read_timeout(Some(timeout))?;
-        let (ready, host_end, mut reader) = tokio::task::spawn_blocking(move || {
+        let maps = ids.as_ref().map(|(u, b)| (u.get(), b.first(), b.len()));
+        let block_w = std::fs::File::from(block_w);
+        let (ready, host_end, mut reader, block_w) = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
-            (ready_line(read_line(&mut reader)), host_end, reader)
+            let mapped = match maps {
+                Some((own, first, len)) => map_userns(info_r, &block_w, own, first, len),
+                None => Ok(()),
+            };
+            let ready = match mapped {
+                Ok(()) => ready_line(read_line(&mut reader)),
+                Err(e) => Err(format!("its user namespace could not be mapped: {e}")),
+            };
+            (ready, host_end, reader, block_w)
         })
         .await
         .map_err(|e| SandboxError::Start(e.to_string()))?;
         if let Err(why) = ready {
+            // bwrap goes on when the block pipe closes, mapped or not: it is killed first.
             let _ = child.kill();
+            drop(block_w);
             let _ = child.wait();
             cgroup.destroy();
             std::thread::sleep(Duration::from_millis(20));
@@ -281,6 +324,7 @@ impl Zygote {
                 stderr.text().trim()
             )));
         }
+        drop(block_w);
         let ready = ready.unwrap_or_default();
         let ns = ready["pid"].as_i64().unwrap_or(-1) as i32;
         let Some(pid) = host_pid(&cgroup, ns) else {
@@ -305,7 +349,8 @@ impl Zygote {
             pid,
             stderr,
             last_used: Mutex::new(Instant::now()),
-            uid,
+            uid: ids.as_ref().map(|(u, _)| u.get()),
+            ids,
         })
     }
 
@@ -317,7 +362,36 @@ impl Zygote {
     }
 
     pub(crate) fn uid(&self) -> Option<u32> {
-        self.uid.as_ref().map(crate::uids::HostUid::get)
+        self.uid
+    }
+
+    /// A root supervisor's uid for a zygote and the block for its sessions; None otherwise.
+    fn uids(sessions: u32) -> Result<Option<(HostUid, Arc<UidBlock>)>, SandboxError> {
+        let Some(own) = crate::host_uid()? else {
+            return Ok(None);
+        };
+        // With the range crowded (many templates, or many servers on one host), a smaller
+        // block: down to MIN_BLOCK sessions per zygote, then none (bwrap per sandbox).
+        let mut len = uids::block_len()
+            .map_err(SandboxError::Start)?
+            .min(sessions)
+            .max(1);
+        loop {
+            match uids::allocate_block(len) {
+                Ok(block) => return Ok(Some((own, block))),
+                Err(e) if len <= MIN_BLOCK => return Err(SandboxError::Start(e)),
+                Err(_) => len = (len / 2).max(MIN_BLOCK),
+            }
+        }
+    }
+
+    /// A uid of the zygote's block for a new session: Ok(None) for a supervisor that is not
+    /// root (the sessions run as its uid), Err when every uid of the block is taken.
+    fn take_uid(&self) -> Result<Option<BlockUid>, ()> {
+        match &self.ids {
+            None => Ok(None),
+            Some((_, block)) => block.take().map(Some).ok_or(()),
+        }
     }
 
     fn alive(&self) -> bool {
@@ -331,17 +405,20 @@ impl Zygote {
     /// (copy-on-write copies included) is charged to the session, never to the zygote.
     /// `env` (the session's own variables, secrets among them) is written to the child on its
     /// channel, so it never passes through the zygote's memory, which later forks copy.
+    /// `uid`: the session's host uid, of the zygote's block ([`Zygote::take_uid`]), which the
+    /// child becomes before anything else.
     pub(crate) async fn fork(
         self: &Arc<Self>,
         cgroup: &Cgroup,
         tmp_bytes: u64,
         data_bytes: u64,
+        uid: Option<u32>,
         env: Vec<(String, String)>,
     ) -> Result<UnixStream, SandboxError> {
         let z = self.clone();
         let cgroup = cgroup.clone();
         tokio::task::spawn_blocking(move || {
-            let mut chan = z.fork_blocking(&cgroup, tmp_bytes, data_bytes)?;
+            let mut chan = z.fork_blocking(&cgroup, tmp_bytes, data_bytes, uid)?;
             std::io::Write::write_all(&mut chan, &crate::env_line(env))
                 .map_err(|e| SandboxError::Start(format!("the forked sandbox vanished: {e}")))?;
             Ok(chan)
@@ -355,6 +432,7 @@ impl Zygote {
         cgroup: &Cgroup,
         tmp_bytes: u64,
         data_bytes: u64,
+        uid: Option<u32>,
     ) -> Result<UnixStream, SandboxError> {
         let dead = |why: String| {
             SandboxError::Start(format!(
@@ -366,7 +444,7 @@ impl Zygote {
         let (host_end, jail_end) = UnixStream::pair()?;
         let line = format!(
             "{}\n",
-            json!({"op": "spawn", "tmp": tmp_bytes, "data": data_bytes})
+            json!({"op": "spawn", "tmp": tmp_bytes, "data": data_bytes, "uid": uid})
         );
         let reply = {
             let mut ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
@@ -414,6 +492,56 @@ impl Drop for Zygote {
         }
         self.cgroup.destroy();
     }
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fresh descriptors, owned below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors of ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The zygote's user namespace maps, as written by the (root) supervisor: 65534 to the
+/// zygote's own host uid and, one to one, its sessions' block (uid and gid alike; the block
+/// never holds 65534, see `uids::parse_range`).
+fn userns_map(own: u32, first: u32, len: u32) -> String {
+    format!("{} {own} 1\n{first} {first} {len}\n", crate::SANDBOX_UID)
+}
+
+/// Reads bwrap's `--info-fd` report (its child's host pid, the process that unshared the
+/// zygote's user namespace), writes that namespace's maps ([`userns_map`], `setgroups` denied)
+/// and lets bwrap go on (`--userns-block-fd`).
+fn map_userns(
+    info: OwnedFd,
+    mut block: &std::fs::File,
+    own: u32,
+    first: u32,
+    len: u32,
+) -> std::io::Result<()> {
+    let mut text = vec![];
+    // bwrap writes the report and closes its end; if it fails first, this ends early.
+    std::fs::File::from(info)
+        .take(1 << 16)
+        .read_to_end(&mut text)?;
+    let pid = serde_json::from_slice::<Value>(&text)
+        .ok()
+        .and_then(|v| v["child-pid"].as_i64())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "bwrap reported {:?}",
+                String::from_utf8_lossy(&text)
+            ))
+        })?;
+    let map = userns_map(own, first, len);
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+    std::io::Write::write_all(&mut block, b"1")
 }
 
 /// Sends `bytes` with `fd` attached (SCM_RIGHTS).

@@ -229,8 +229,7 @@ async fn sandboxes_have_distinct_uids_and_cannot_reach_each_other() {
     let check = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Every process of a sandbox runs as its uid, and none of the other's does: what
-        // RLIMIT_NPROC counts for one is never the other's. (A forked sandbox's uid is its
-        // zygote's, which also runs the zygote itself.)
+        // RLIMIT_NPROC counts for one is never the other's.
         let procs_of = |uid: u32| -> Vec<i32> {
             std::fs::read_dir("/proc")
                 .unwrap()

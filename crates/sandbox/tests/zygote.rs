@@ -101,7 +101,7 @@ async fn forked_sessions_are_separate() {
             .collect::<Vec<_>>(),
         ["65534", &a.host_uid().unwrap().to_string(), "1"]
     );
-    // Its zygote's host uid, not nobody's.
+    // Its own host uid (of its zygote's block), not nobody's.
     assert_ne!(a.host_uid(), Some(65534));
 
     // What one session writes, the other does not see.
@@ -183,6 +183,135 @@ async fn forked_sessions_are_separate() {
     finish(b).await;
 }
 
+/// Sessions forked from one zygote each run as a host uid of their own, from the zygote's
+/// block (not the zygote's uid, not each other's): every process of a session has it (real,
+/// effective, saved and file system uid and gid, no groups), its user namespace maps 65534 to
+/// it, a host process running as one session's uid can reach neither the other session nor the
+/// zygote, and a uid is handed out again only after its session ended.
+#[tokio::test]
+async fn forked_sessions_have_host_uids_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let a = Sandbox::start(&cfg).await.expect("a starts");
+    let mut b = Sandbox::start(&cfg).await.expect("b starts");
+    let zygote = zygote_pid(dir.path());
+    let zuid: u32 = common::host_ids(zygote)
+        .unwrap()
+        .0
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(a.zygote_uid(), Some(zuid));
+    assert_eq!(b.zygote_uid(), Some(zuid), "one zygote for both");
+    let (ua, ub) = (a.host_uid().unwrap(), b.host_uid().unwrap());
+    let (first, last) = cloister_sandbox::uids::DEFAULT_RANGE;
+    for u in [ua, ub] {
+        assert!((first..=last).contains(&u), "{u}");
+        assert_ne!(u, zuid, "a session does not run as its zygote's uid");
+    }
+    assert_ne!(ua, ub, "two sessions of one zygote have distinct host uids");
+    // The zygote's namespace maps 65534 to the zygote's uid and its block one to one, nothing
+    // else; the zygote can switch uids in it (CAP_SETUID, CAP_SETGID) and do nothing more.
+    let zmap = std::fs::read_to_string(format!("/proc/{zygote}/uid_map")).unwrap();
+    let zmap: Vec<Vec<u32>> = zmap
+        .lines()
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(zmap.len(), 2, "{zmap:?}");
+    assert_eq!(zmap[0], [65534, zuid, 1]);
+    let (bfirst, blen) = (zmap[1][1], zmap[1][2]);
+    assert_eq!(zmap[1][0], bfirst, "one to one");
+    let block = bfirst..bfirst + blen;
+    assert!(block.contains(&ua) && block.contains(&ub) && !block.contains(&zuid));
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{zygote}/gid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(format!("/proc/{zygote}/uid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{zygote}/status")).unwrap();
+    for cap in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let v = status.lines().find_map(|l| l.strip_prefix(cap)).unwrap();
+        assert_eq!(v.trim(), "00000000000000c0", "{cap} of the zygote");
+    }
+
+    // Each agent's user namespace maps 65534 to its session's own uid.
+    for (s, u) in [(&a, ua), (&b, ub)] {
+        for map in ["uid_map", "gid_map"] {
+            let m =
+                std::fs::read_to_string(format!("/proc/{}/{map}", s.agent_pid().unwrap())).unwrap();
+            assert_eq!(
+                m.split_whitespace().collect::<Vec<_>>(),
+                ["65534", &u.to_string(), "1"],
+                "{map}: {m}"
+            );
+        }
+    }
+
+    // While B runs children of its own, every process of each session (pid 1, agent,
+    // children) runs as that session's uid, and a host process as A's uid can signal or read
+    // nothing of B's nor of the zygote (nor B's uid anything of A's).
+    let busy = "import subprocess, time\n\
+                ps = [subprocess.Popen(['sleep', '20']) for _ in range(3)]\n\
+                time.sleep(6)\nlen(ps)";
+    let (ida, idb) = (a.id().to_string(), b.id().to_string());
+    let (agent_a, agent_b) = (a.agent_pid().unwrap(), b.agent_pid().unwrap());
+    let sleeper = || {
+        common::cgroup_pids(&idb).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+    };
+    let check = async {
+        for _ in 0..500 {
+            if common::cgroup_pids(&idb).len() >= 5 && sleeper().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (id, u) in [(&ida, ua), (&idb, ub)] {
+            let pids = common::cgroup_pids(id);
+            assert!(pids.len() >= 2, "{id}: {pids:?}");
+            let own = format!("{u} {u} {u} {u}");
+            for p in pids {
+                if let Some((uids, gids, groups)) = common::host_ids(p) {
+                    assert_eq!(
+                        (&*uids, &*gids, &*groups),
+                        (&*own, &*own, ""),
+                        "{p} of {id}"
+                    );
+                }
+            }
+        }
+        let child = sleeper().expect("B's children are up");
+        for p in common::cgroup_pids(&idb).into_iter().chain([zygote]) {
+            assert_eq!(common::reach_as(ua, p), "nothing", "A's uid reaches {p}");
+        }
+        assert_eq!(common::reach_as(ub, agent_a), "nothing");
+        // Its own uid does reach a process of its own that is dumpable (a cell's child):
+        // the check above is about the uid, not a broken probe.
+        assert!(common::reach_as(ub, child).contains("signal"));
+    };
+    let (r, ()) = tokio::join!(b.exec(busy, T, DEFAULT_MAX_OUTPUT), check);
+    assert_eq!(r.expect("exec").result.as_deref(), Some("3"));
+    assert!(!common::gone(agent_b));
+
+    // A's uid is not handed out again while A lives, nor at once after it ended.
+    finish(a).await;
+    let mut c = Sandbox::start(&cfg).await.expect("c starts");
+    assert_eq!(c.zygote_uid(), Some(zuid));
+    let uc = c.host_uid().unwrap();
+    assert!(uc != ua && uc != ub && uc != zuid, "{uc}: a {ua}, b {ub}");
+    assert_eq!(result(&run(&mut c, "6*7").await), "42");
+    finish(b).await;
+    finish(c).await;
+}
+
 /// The memory a forked session with pandas imported costs itself (its cgroup's charge) is a
 /// fraction of what a bwrap-started interpreter costs (about 67 MiB, docs/benchmarks.md).
 #[tokio::test]
@@ -253,6 +382,46 @@ async fn forked_sessions_share_the_zygotes_pages() {
         finish(f).await;
     }
     finish(s).await;
+}
+
+/// A zygote serves at most as many sessions as its block has uids: the next one comes from a
+/// second zygote of the template, with a block of its own, while the first keeps serving its
+/// sessions and stops once they are gone.
+#[tokio::test]
+async fn a_full_zygote_gets_a_second_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.zygote_sessions = 2;
+    let mut a = Sandbox::start(&cfg).await.expect("a starts");
+    let b = Sandbox::start(&cfg).await.expect("b starts");
+    let first = zygote_pid(dir.path());
+    let mut c = Sandbox::start(&cfg).await.expect("c starts");
+    let (za, zc) = (a.zygote_uid().unwrap(), c.zygote_uid().unwrap());
+    assert_eq!(b.zygote_uid(), Some(za));
+    assert_ne!(za, zc, "c comes from a second zygote");
+    let uids = [
+        a.host_uid().unwrap(),
+        b.host_uid().unwrap(),
+        c.host_uid().unwrap(),
+    ];
+    assert!(
+        uids[0] != uids[1] && uids[1] != uids[2] && uids[0] != uids[2],
+        "{uids:?}"
+    );
+    assert!(!uids.contains(&za) && !uids.contains(&zc), "{uids:?}");
+    assert_eq!(result(&run(&mut a, "6*7").await), "42");
+    assert_eq!(result(&run(&mut c, "6*7").await), "42");
+    // The first zygote stops with its last session.
+    finish(a).await;
+    finish(b).await;
+    assert!(
+        common::gone(first),
+        "the first zygote outlived its sessions"
+    );
+    let d = Sandbox::start(&cfg).await.expect("d starts");
+    assert_eq!(d.zygote_uid(), Some(zc));
+    finish(c).await;
+    finish(d).await;
 }
 
 /// A dead zygote takes its sessions with it (they live in its pid namespace); the next start
@@ -382,4 +551,44 @@ fn uuid_like() -> String {
             .as_nanos() as u64,
         std::process::id()
     )
+}
+
+/// Fork start times and memory per forked session (not in CI):
+/// `cargo test -p cloister-sandbox --test zygote -- --ignored --nocapture measure`
+#[tokio::test]
+#[ignore]
+async fn measure_fork_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let t0 = std::time::Instant::now();
+    let first = Sandbox::start(&cfg).await.expect("starts");
+    let zygote_ms = t0.elapsed().as_millis();
+    let (mut times, mut charged, mut sessions) = (vec![], vec![], vec![]);
+    for _ in 0..40 {
+        let t0 = std::time::Instant::now();
+        let mut s = Sandbox::start(&cfg).await.expect("starts");
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        run(
+            &mut s,
+            "import pandas as pd\npd.DataFrame({'a': [1]}).sum().a",
+        )
+        .await;
+        charged.push(cgroup_memory(s.agent_pid().unwrap()) >> 10);
+        sessions.push(s);
+    }
+    times.sort_by(f64::total_cmp);
+    charged.sort();
+    eprintln!(
+        "zygote + first session {zygote_ms} ms; fork start ms p50 {:.1} p90 {:.1} max {:.1}; \
+         charged KiB p50 {} max {}",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[times.len() - 1],
+        charged[charged.len() / 2],
+        charged[charged.len() - 1]
+    );
+    finish(first).await;
+    for s in sessions {
+        finish(s).await;
+    }
 }

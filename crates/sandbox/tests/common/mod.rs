@@ -90,3 +90,46 @@ pub async fn finish(s: Sandbox) {
     }
     panic!("processes left behind: agent {agent:?}, network helper {helper:?}");
 }
+
+/// The `Uid:`/`Gid:` fields (real, effective, saved, filesystem) and `Groups:` of a host
+/// process, as the host sees them; None once it is gone.
+pub fn host_ids(pid: i32) -> Option<(String, String, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    Some((field("Uid:")?, field("Gid:")?, field("Groups:")?))
+}
+
+/// What a host process running as uid and gid `uid` (no groups, in no sandbox) can do to
+/// process `pid`: open its memory, read its environment, signal it ("nothing" if none).
+pub fn reach_as(uid: u32, pid: i32) -> String {
+    use std::os::unix::process::CommandExt;
+    let code = format!(
+        "import os\nr = []\n\
+         for what, f in [('mem', lambda: open('/proc/{pid}/mem', 'rb')), \
+         ('environ', lambda: open('/proc/{pid}/environ', 'rb').read()), \
+         ('signal', lambda: os.kill({pid}, 0))]:\n\
+         \x20   try:\n        f(); r.append(what)\n    except OSError:\n        pass\n\
+         print(','.join(r) or 'nothing')"
+    );
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.args(["-I", "-c", &code]);
+    // SAFETY: setgroups/setgid/setuid only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setgid(uid) < 0
+                || libc::setuid(uid) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
