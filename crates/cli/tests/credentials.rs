@@ -239,6 +239,7 @@ async fn consent_flow_context_refresh_and_policies() {
     // concurrent callers cause exactly one refresh at the provider and all get a valid token.
     tokio::time::sleep(Duration::from_secs(11)).await;
     idp.reset().await;
+    let burst = std::time::Instant::now();
     let mut tasks = vec![];
     for _ in 0..1000 {
         let http = e.s.http.clone();
@@ -260,19 +261,27 @@ async fn consent_flow_context_refresh_and_policies() {
         assert_eq!(st, 200);
         tokens.insert(tok);
     }
-    assert_eq!(
-        tokens.len(),
-        1,
-        "everyone got the same new token: {tokens:?}"
+    // Single flight: one refresh per token lifetime (10 s) the burst lasted. On a quiet machine
+    // the burst ends well within one lifetime, so everyone gets the same new token; on a
+    // loaded one the new token can expire before the last caller is served, and exactly one
+    // more refresh (and token) per lifetime is then correct.
+    let lifetimes = 1 + burst.elapsed().as_secs() / 10;
+    let stats = idp.stats().await;
+    let refreshes = stats["refresh_token"].as_u64().unwrap_or(0);
+    assert!(
+        refreshes >= 1 && refreshes <= lifetimes,
+        "{refreshes} refreshes in {lifetimes} token lifetimes: {stats}"
+    );
+    assert!(
+        tokens.len() as u64 <= refreshes,
+        "everyone got a token of one refresh: {tokens:?}"
     );
     assert!(!tokens.contains(&first));
-    let stats = idp.stats().await;
-    assert_eq!(stats["refresh_token"], 1, "{stats}");
     // Refresh tokens rotate: the rotated one was stored, so the next refresh works too.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let (st, v) = e.context(&e.admin, "oidc", "alice", "").await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!(idp.stats().await["refresh_token"], 2);
+    assert_eq!(idp.stats().await["refresh_token"], refreshes + 1);
     // An expired refresh token: the connection needs re-authorization.
     idp.expire_refresh_tokens().await;
     tokio::time::sleep(Duration::from_secs(11)).await;
