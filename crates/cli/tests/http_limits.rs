@@ -11,7 +11,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const EXECUTOR: &str = "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0";
 const LEGACY: &str = "2024-02-02-preview";
 const MIB: usize = 1 << 20;
 
@@ -358,42 +357,10 @@ async fn early_rejections_reach_the_client_as_a_status() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-async fn make_pool(s: &Server) -> (String, String) {
-    let admin = s.admin_token().await;
-    s.create_rg(&admin, "up").await;
-    let id = format!(
-        "/subscriptions/{}/resourceGroups/up/providers/Microsoft.App/sessionPools/uppool",
-        s.sub()
-    );
-    let (st, v) = s
-        .call(
-            &admin,
-            "PUT",
-            &format!("{id}?api-version=2025-07-01"),
-            Some(json!({"location": "local", "properties": {}})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let endpoint = v["properties"]["poolManagementEndpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let oid = claims(&admin)["oid"].as_str().unwrap().to_string();
-    s.assign(&admin, &id, EXECUTOR, &oid).await;
-    let token = s
-        .client_token(
-            &s.admin_id(),
-            &s.admin_secret(),
-            "https://dynamicsessions.io",
-        )
-        .await;
-    (endpoint, token)
-}
-
 #[tokio::test]
 async fn uploads_stream_to_the_sandbox_and_are_capped_per_request() {
     let s = Arc::new(Server::start().await);
-    let (endpoint, token) = make_pool(&s).await;
+    let (endpoint, token) = s.executor_pool("up", "uppool").await;
     let url = |p: &str| format!("{endpoint}/{p}");
     // Warm the session up so the measurements below are the upload's alone.
     let r = s

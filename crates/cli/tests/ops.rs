@@ -180,39 +180,10 @@ async fn exited_within(s: &mut Server, limit: Duration) -> Duration {
     }
 }
 
-const EXECUTOR: &str = "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0";
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_work_and_refuses_new_work() {
     let mut s = Server::start().await;
-    let admin = s.admin_token().await;
-    s.create_rg(&admin, "drain").await;
-    let id = format!(
-        "/subscriptions/{}/resourceGroups/drain/providers/Microsoft.App/sessionPools/dpool",
-        s.sub()
-    );
-    let (st, v) = s
-        .call(
-            &admin,
-            "PUT",
-            &format!("{id}?api-version=2025-07-01"),
-            Some(json!({"location": "local", "properties": {}})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let endpoint = v["properties"]["poolManagementEndpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let oid = claims(&admin)["oid"].as_str().unwrap().to_string();
-    s.assign(&admin, &id, EXECUTOR, &oid).await;
-    let token = s
-        .client_token(
-            &s.admin_id(),
-            &s.admin_secret(),
-            "https://dynamicsessions.io",
-        )
-        .await;
+    let (endpoint, token) = s.executor_pool("drain", "dpool").await;
     let exec = |ident: &str, code: &str| {
         s.http
             .post(format!(

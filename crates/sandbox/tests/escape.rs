@@ -6,7 +6,7 @@
 mod common;
 
 use cloister_sandbox::{DEFAULT_MAX_OUTPUT, Sandbox, SandboxError};
-use common::finish;
+use common::{finish, host_ids, python_as};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
@@ -98,19 +98,6 @@ out
     finish(s).await;
 }
 
-/// The `Uid:`/`Gid:` fields (real, effective, saved, filesystem) and `Groups:` of a host
-/// process, as the host sees them; None once it is gone.
-fn host_ids(pid: i32) -> Option<(String, String, String)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-    };
-    Some((field("Uid:")?, field("Gid:")?, field("Groups:")?))
-}
-
 #[tokio::test]
 async fn runs_as_an_unprivileged_host_uid_of_its_own() {
     use std::os::unix::fs::MetadataExt;
@@ -174,28 +161,6 @@ async fn runs_as_an_unprivileged_host_uid_of_its_own() {
     let md = std::fs::metadata(format!("/proc/{agent}/root/tmp/mine")).unwrap();
     assert_eq!((md.uid(), md.gid()), (uid, uid));
     finish(s).await;
-}
-
-/// Runs `code` in the host's /usr/bin/python3 as host uid and gid `uid` (no groups), as a
-/// process of the host that is not in any sandbox; its stdout.
-fn python_as(uid: u32, code: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("/usr/bin/python3");
-    cmd.args(["-I", "-c", code]);
-    // SAFETY: setgroups/setgid/setuid only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setgid(uid) < 0
-                || libc::setuid(uid) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().expect("python3 runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// What a host process as `uid` can do to process `pid`: open its memory, read its

@@ -299,6 +299,42 @@ impl Server {
         )
     }
 
+    /// Creates resource group `rg` and an empty session pool `pool` in it, makes the admin its
+    /// Session Executor, and returns (pool management endpoint, admin's sessions token).
+    pub async fn executor_pool(&self, rg: &str, pool: &str) -> (String, String) {
+        let admin = self.admin_token().await;
+        self.create_rg(&admin, rg).await;
+        let id = format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.App/sessionPools/{pool}",
+            self.sub()
+        );
+        let (st, v) = self
+            .call(
+                &admin,
+                "PUT",
+                &format!("{id}?api-version=2025-07-01"),
+                Some(json!({"location": "local", "properties": {}})),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let endpoint = v["properties"]["poolManagementEndpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let oid = claims(&admin)["oid"].as_str().unwrap().to_string();
+        // Azure ContainerApps Session Executor.
+        self.assign(&admin, &id, "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0", &oid)
+            .await;
+        let token = self
+            .client_token(
+                &self.admin_id(),
+                &self.admin_secret(),
+                "https://dynamicsessions.io",
+            )
+            .await;
+        (endpoint, token)
+    }
+
     /// Creates an application + service principal + secret; returns (appId, objectId of SP, secret).
     pub async fn new_sp(&self, admin: &str, name: &str) -> (String, String, String) {
         let (s, app) = self

@@ -107,7 +107,6 @@ pub fn host_ids(pid: i32) -> Option<(String, String, String)> {
 /// What a host process running as uid and gid `uid` (no groups, in no sandbox) can do to
 /// process `pid`: open its memory, read its environment, signal it ("nothing" if none).
 pub fn reach_as(uid: u32, pid: i32) -> String {
-    use std::os::unix::process::CommandExt;
     let code = format!(
         "import os\nr = []\n\
          for what, f in [('mem', lambda: open('/proc/{pid}/mem', 'rb')), \
@@ -116,8 +115,15 @@ pub fn reach_as(uid: u32, pid: i32) -> String {
          \x20   try:\n        f(); r.append(what)\n    except OSError:\n        pass\n\
          print(','.join(r) or 'nothing')"
     );
+    python_as(uid, &code)
+}
+
+/// Runs `code` with `python3 -I -c` as host uid and gid `uid` (no groups), in a process of the
+/// host that is not in any sandbox; its stdout.
+pub fn python_as(uid: u32, code: &str) -> String {
+    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("/usr/bin/python3");
-    cmd.args(["-I", "-c", &code]);
+    cmd.args(["-I", "-c", code]);
     // SAFETY: setgroups/setgid/setuid only, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
