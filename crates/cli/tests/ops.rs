@@ -184,6 +184,7 @@ async fn exited_within(s: &mut Server, limit: Duration) -> Duration {
 async fn sigterm_drains_in_flight_work_and_refuses_new_work() {
     let mut s = Server::start().await;
     let (endpoint, token) = s.executor_pool("drain", "dpool").await;
+    let admin = s.admin_token().await;
     let exec = |ident: &str, code: &str| {
         s.http
             .post(format!(
