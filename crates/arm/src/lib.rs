@@ -10,6 +10,12 @@
 //! * [`system_data`]: ARM's `systemData` block.
 //! * [`paging`]: `$top`, `$skipToken` and `nextLink`.
 //! * [`filter`]: the `$filter` subset ARM's resource lists accept.
+//! * [`provider`]: the interface a service implements to own its types ([`provider::Provider`])
+//!   and the one the platform offers back ([`provider::Platform`]).
+//! * [`host`]: routes every management request once and does the generic work of every type
+//!   (CRUD, lists, ETags, systemData, tags, the identity block, cascades), calling the owning
+//!   provider's hooks; [`hierarchy`]: ARM's own subscriptions, resource groups, management
+//!   groups and aliases; [`operations`]: long-running operations.
 //! * [`lro`]: provisioning states, operation-status bodies and the headers azure-core's and
 //!   azure-mgmt-core's pollers follow.
 //!
@@ -34,7 +40,11 @@
 
 pub mod conditional;
 pub mod filter;
+pub mod hierarchy;
+pub mod host;
 pub mod lro;
+pub mod operations;
 pub mod paging;
+pub mod provider;
 pub mod registry;
 pub mod system_data;

@@ -56,6 +56,9 @@ pub struct TypeSpec {
     pub collection_actions: Vec<String>,
     /// Whether instances carry ARM's `identity` block (system- and user-assigned).
     pub identity: bool,
+    /// Whether each instance is itself a user-assignable managed identity (a principal made
+    /// on create, its ids among the read-only properties, no `identity` block).
+    pub identity_resource: bool,
     pub long_running: LongRunning,
 }
 
@@ -69,6 +72,7 @@ impl TypeSpec {
             actions: vec![],
             collection_actions: vec![],
             identity: false,
+            identity_resource: false,
             long_running: LongRunning::default(),
         }
     }
@@ -88,6 +92,12 @@ impl TypeSpec {
         self.collection_actions.push(name.to_string());
         self
     }
+    /// Instances are user-assigned managed identities themselves.
+    pub fn identity_resource(mut self) -> Self {
+        self.identity_resource = true;
+        self
+    }
+
     pub fn with_identity(mut self) -> Self {
         self.identity = true;
         self
