@@ -12,6 +12,7 @@
 //! * [`filter`]: the `$filter` subset ARM's resource lists accept.
 //! * [`lro`]: provisioning states, operation-status bodies and the headers azure-core's and
 //!   azure-mgmt-core's pollers follow.
+//! * [`openapi`]: the OpenAPI document, its ARM operations generated from the registry.
 //!
 //! ```
 //! use cloister_arm::registry::{ProviderSpec, Registry, RouteKind, TypeSpec};
@@ -35,6 +36,7 @@
 pub mod conditional;
 pub mod filter;
 pub mod lro;
+pub mod openapi;
 pub mod paging;
 pub mod registry;
 pub mod system_data;
