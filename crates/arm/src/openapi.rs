@@ -233,8 +233,9 @@ pub struct ArmOp {
     pub path: String,
 }
 
-const RG_PREFIX: &str = "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}";
-const SUB_PREFIX: &str = "/subscriptions/{subscriptionId}";
+/// The resource-group prefix of ARM paths, with the documented templates' casing.
+pub const RG_PREFIX: &str = "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}";
+pub const SUB_PREFIX: &str = "/subscriptions/{subscriptionId}";
 
 fn level_prefix(level: Level) -> &'static str {
     match level {

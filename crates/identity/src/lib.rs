@@ -18,6 +18,7 @@ pub mod directory;
 pub mod grants;
 pub mod keys;
 pub mod mi;
+pub mod openapi;
 pub mod provider;
 pub mod resources;
 pub mod strict;

@@ -1,1066 +1,128 @@
-//! The OpenAPI 3.1 document of every API Cloister serves, built from one table so that the
-//! paths, methods and error shapes stay in one place. `crates/cli/tests/openapi.rs` checks
-//! that every documented operation answers.
+//! The OpenAPI 3.1 document of every API Cloister serves, composed: the ARM operations of
+//! every registered resource type, generated from the provider registry
+//! ([`cloister_arm::openapi::registry_ops`]), then each service crate's own surfaces (its
+//! `openapi::ops()`), then what the server itself still serves (below). The first operation
+//! of a route wins, so a hand-listed operation gives way to the generated one once its type
+//! is registered. `crates/cli/tests/openapi.rs` checks that every documented operation
+//! answers and that every routed ARM operation is documented.
 
-use serde_json::{Map, Value, json};
+use cloister_arm::openapi::{self as doc, ErrorShape, Op};
+use cloister_arm::registry::Registry;
+use serde_json::Value;
 
-struct Op {
-    path: &'static str,
-    method: &'static str,
-    tag: &'static str,
-    summary: &'static str,
-    /// `arm`, `aad`, `imds`, `appservice`, `graph` or `none`: the error body shape.
-    errors: &'static str,
-    auth: bool,
-}
-
-const fn op(
-    path: &'static str,
-    method: &'static str,
-    tag: &'static str,
-    summary: &'static str,
-    errors: &'static str,
-    auth: bool,
-) -> Op {
-    Op {
-        path,
-        method,
-        tag,
-        summary,
-        errors,
-        auth,
-    }
-}
-
-const OPS: &[Op] = &[
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.App/sessionPools/{name}",
-        "put",
-        "Session pools",
-        "Create or update a session pool (PythonLTS; scaleConfiguration, dynamicPoolConfiguration in both forms, sessionNetworkConfiguration, managedIdentitySettings); returns poolManagementEndpoint",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.App/sessionPools/{name}",
-        "patch",
-        "Session pools",
-        "Update a session pool",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.App/sessionPools/{name}",
-        "get",
-        "Session pools",
-        "Get a session pool",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.App/sessionPools/{name}",
-        "delete",
-        "Session pools",
-        "Delete a session pool and every session in it",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.App/sessionPools",
-        "get",
-        "Session pools",
-        "Session pools of a resource group",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/providers/Microsoft.App/sessionPools",
-        "get",
-        "Session pools",
-        "Session pools of a subscription",
-        "arm",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/code/execute",
-        "post",
-        "Session data plane",
-        "Run code (2024-02-02-preview, 2024-08-02-preview): {properties:{status,stdout,stderr,result}}",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files/upload",
-        "post",
-        "Session data plane",
-        "Upload files (multipart 'file'; legacy shape)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files",
-        "get",
-        "Session data plane",
-        "List files in /mnt/data (legacy or current shape by api-version; path, recursive)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files",
-        "post",
-        "Session data plane",
-        "Upload a file (multipart 'file'; path)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files/content/{fileName}",
-        "get",
-        "Session data plane",
-        "Download a file (legacy)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files/{fileName}",
-        "get",
-        "Session data plane",
-        "File metadata",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files/{fileName}",
-        "delete",
-        "Session data plane",
-        "Delete a file",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/files/{fileName}/content",
-        "get",
-        "Session data plane",
-        "Download a file",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/executions",
-        "post",
-        "Session data plane",
-        "Run code synchronously or asynchronously (2024-10-02-preview and later)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/executions/{executionId}",
-        "get",
-        "Session data plane",
-        "An execution's status and result",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/session",
-        "get",
-        "Session data plane",
-        "The session of an identifier",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/session",
-        "delete",
-        "Session data plane",
-        "Delete a session now",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/listSessions",
-        "get",
-        "Session data plane",
-        "Sessions of the pool (skip)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/metadata",
-        "get",
-        "Session data plane",
-        "Runtime and pre-installed packages",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/.management/getSession",
-        "post",
-        "Session data plane",
-        "The session of an identifier (expiresAt)",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/.management/listSessions",
-        "post",
-        "Session data plane",
-        "Sessions of the pool ({value,count,nextLink})",
-        "dp",
-        true,
-    ),
-    op(
-        "/dynamicsessions/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/sessionPools/{name}/.management/stopSession",
-        "post",
-        "Session data plane",
-        "Delete a session now (text/plain answer)",
-        "dp",
-        true,
-    ),
-    op(
-        "/{tenant}/oauth2/v2.0/token",
-        "post",
-        "Token service",
-        "Token endpoint (client_credentials, authorization_code, refresh_token); scope=<resource>/.default",
-        "aad",
-        false,
-    ),
-    op(
-        "/{tenant}/oauth2/token",
-        "post",
-        "Token service",
-        "v1 token endpoint (resource=); string-valued responses",
-        "aad",
-        false,
-    ),
-    op(
-        "/{tenant}/oauth2/v2.0/authorize",
-        "get",
-        "Token service",
-        "Sign-in page of the authorization-code flow (PKCE)",
-        "none",
-        false,
-    ),
-    op(
-        "/{tenant}/oauth2/v2.0/authorize",
-        "post",
-        "Token service",
-        "Sign-in and consent form posts; redirects with a code",
-        "none",
-        false,
-    ),
-    op(
-        "/{tenant}/v2.0/.well-known/openid-configuration",
-        "get",
-        "Discovery",
-        "OpenID Connect discovery (v2)",
-        "aad",
-        false,
-    ),
-    op(
-        "/{tenant}/.well-known/openid-configuration",
-        "get",
-        "Discovery",
-        "OpenID Connect discovery (v1)",
-        "aad",
-        false,
-    ),
-    op(
-        "/{tenant}/discovery/v2.0/keys",
-        "get",
-        "Discovery",
-        "JWKS: active, next and retired signing keys (kid = x5t)",
-        "aad",
-        false,
-    ),
-    op(
-        "/{tenant}/discovery/keys",
-        "get",
-        "Discovery",
-        "JWKS (v1 path)",
-        "aad",
-        false,
-    ),
-    op(
-        "/common/discovery/instance",
-        "get",
-        "Discovery",
-        "MSAL instance discovery",
-        "none",
-        false,
-    ),
-    op(
-        "/metadata/identity/oauth2/token",
-        "get",
-        "Managed identity",
-        "IMDS-compatible token endpoint (Metadata: true; api-version 2018-02-01 or 2019-08-01; client_id | object_id | msi_res_id)",
-        "imds",
-        false,
-    ),
-    op(
-        "/msi/token",
-        "get",
-        "Managed identity",
-        "App Service style endpoint (X-IDENTITY-HEADER, api-version 2019-08-01)",
-        "appservice",
-        false,
-    ),
-    op(
-        "/subscriptions",
-        "get",
-        "ARM",
-        "List subscriptions the caller can read",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}",
-        "get",
-        "ARM",
-        "Get a subscription",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups",
-        "get",
-        "ARM",
-        "List resource groups",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}",
-        "put",
-        "ARM",
-        "Create or update a resource group",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}",
-        "get",
-        "ARM",
-        "Get a resource group",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}",
-        "delete",
-        "ARM",
-        "Delete a resource group with its resources, their identities and role assignments",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/{namespace}/{type}/{name}",
-        "put",
-        "ARM",
-        "Create or update a resource (any type; `identity` block for system- and user-assigned identities; Microsoft.ManagedIdentity/userAssignedIdentities creates an identity)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/{namespace}/{type}/{name}",
-        "patch",
-        "ARM",
-        "Update a resource",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/{namespace}/{type}/{name}",
-        "get",
-        "ARM",
-        "Get a resource",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/{namespace}/{type}/{name}",
-        "delete",
-        "ARM",
-        "Delete a resource, its children and its system-assigned identity",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/{namespace}/{type}",
-        "get",
-        "ARM",
-        "List resources of a type in a resource group",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/providers/{namespace}/{type}",
-        "get",
-        "ARM",
-        "List resources of a type in a subscription",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleAssignments",
-        "get",
-        "RBAC",
-        "List role assignments at, above and below a scope ($filter=atScope() | principalId eq '…' | assignedTo('…'))",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}",
-        "put",
-        "RBAC",
-        "Create a role assignment",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}",
-        "get",
-        "RBAC",
-        "Get a role assignment",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}",
-        "delete",
-        "RBAC",
-        "Delete a role assignment",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleDefinitions",
-        "get",
-        "RBAC",
-        "List role definitions ($filter=roleName eq '…' | type eq 'CustomRole')",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}",
-        "put",
-        "RBAC",
-        "Create or update a custom role",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}",
-        "get",
-        "RBAC",
-        "Get a role definition",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}",
-        "delete",
-        "RBAC",
-        "Delete a custom role (refused while assigned)",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/denyAssignments",
-        "get",
-        "RBAC",
-        "List deny assignments",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}",
-        "put",
-        "RBAC",
-        "Create a deny assignment (Cloister extension)",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}",
-        "get",
-        "RBAC",
-        "Get a deny assignment",
-        "arm",
-        true,
-    ),
-    op(
-        "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}",
-        "delete",
-        "RBAC",
-        "Delete a deny assignment",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Management/managementGroups",
-        "get",
-        "ARM",
-        "List management groups",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Management/managementGroups/{groupId}",
-        "put",
-        "ARM",
-        "Create or update a management group (properties.details.parent.id)",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Management/managementGroups/{groupId}",
-        "get",
-        "ARM",
-        "Get a management group",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Management/managementGroups/{groupId}",
-        "delete",
-        "ARM",
-        "Delete an empty management group",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Management/managementGroups/{groupId}/subscriptions/{subscriptionId}",
-        "put",
-        "ARM",
-        "Move a subscription under a management group",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Management/managementGroups/{groupId}/subscriptions/{subscriptionId}",
-        "delete",
-        "ARM",
-        "Move a subscription back to the root",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Subscription/aliases/{aliasName}",
-        "put",
-        "ARM",
-        "Create a subscription",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Microsoft.Subscription/aliases/{aliasName}",
-        "get",
-        "ARM",
-        "Get a subscription alias",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Identity/bindings",
-        "post",
-        "Cloister",
-        "Bind a user-assigned identity for `cloister run` (needs …/assign/action on it); returns IDENTITY_ENDPOINT and IDENTITY_HEADER",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Identity/bindings/current",
-        "delete",
-        "Cloister",
-        "End the `cloister run` binding named by X-IDENTITY-HEADER (a session pool's binding answers 403)",
-        "arm",
-        false,
-    ),
-    op(
-        "/providers/Cloister.Identity/signingKeys",
-        "get",
-        "Cloister",
-        "List signing keys and their states",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Identity/signingKeys/rotate",
-        "post",
-        "Cloister",
-        "Rotate now: the published next key starts signing",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Directory/tenants",
-        "post",
-        "Cloister",
-        "Create a tenant with its own admin application",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Directory/tenants",
-        "get",
-        "Cloister",
-        "List tenants",
-        "arm",
-        true,
-    ),
-    op(
-        "/v1.0/applications",
-        "post",
-        "Directory",
-        "Create an application and its service principal",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications",
-        "get",
-        "Directory",
-        "List applications",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications/{id}",
-        "get",
-        "Directory",
-        "Get an application (object id or app id)",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications/{id}",
-        "patch",
-        "Directory",
-        "Update an application",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications/{id}",
-        "delete",
-        "Directory",
-        "Delete an application, its service principal and its role assignments",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications/{id}/addPassword",
-        "post",
-        "Directory",
-        "Add a client secret (returned once)",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications/{id}/removePassword",
-        "post",
-        "Directory",
-        "Remove a client secret",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/applications/{id}/keyCredentials",
-        "post",
-        "Directory",
-        "Add a certificate credential (PEM or base64 DER)",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/servicePrincipals",
-        "get",
-        "Directory",
-        "List service principals ($filter=appId eq '…')",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/servicePrincipals/{id}",
-        "get",
-        "Directory",
-        "Get a service principal",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/users",
-        "post",
-        "Directory",
-        "Create a user",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/users",
-        "get",
-        "Directory",
-        "List users",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/users/{id}",
-        "get",
-        "Directory",
-        "Get a user (id or userPrincipalName)",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/users/{id}",
-        "delete",
-        "Directory",
-        "Delete a user",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups",
-        "post",
-        "Directory",
-        "Create a group",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups",
-        "get",
-        "Directory",
-        "List groups",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups/{id}",
-        "get",
-        "Directory",
-        "Get a group",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups/{id}",
-        "delete",
-        "Directory",
-        "Delete a group",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups/{id}/members",
-        "get",
-        "Directory",
-        "List direct members",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups/{id}/members/$ref",
-        "post",
-        "Directory",
-        "Add a member (@odata.id)",
-        "graph",
-        true,
-    ),
-    op(
-        "/v1.0/groups/{id}/members/{memberId}/$ref",
-        "delete",
-        "Directory",
-        "Remove a member",
-        "graph",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders",
-        "get",
-        "Credential manager",
-        "List the credential providers of a service instance ($filter, $top, $skip, nextLink)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}",
-        "get",
-        "Credential manager",
-        "Get a credential provider (secrets are never returned)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}",
-        "put",
-        "Credential manager",
-        "Create or update a credential provider (oauth2 / aad / cloister; authorizationCode or clientCredentials grant); ETag, If-Match",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}",
-        "delete",
-        "Credential manager",
-        "Delete a credential provider and its connections (If-Match required)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations",
-        "get",
-        "Credential manager",
-        "List the connections of a credential provider",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}",
-        "get",
-        "Credential manager",
-        "Get a connection and its status (Connected, or Error with a code)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}",
-        "put",
-        "Credential manager",
-        "Create or update a connection (client-credentials connections fetch their first token at once)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}",
-        "delete",
-        "Credential manager",
-        "Delete a connection and its tokens (If-Match required)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}/getLoginLinks",
-        "post",
-        "Credential manager",
-        "A consent link for an authorization-code connection (postLoginRedirectUrl must be allow-listed)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}/confirmConsentCode",
-        "post",
-        "Credential manager",
-        "Confirm the consent code shown on the anti-phishing page",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}/accessPolicies",
-        "get",
-        "Credential manager",
-        "List the access policies of a connection",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}/accessPolicies/{authorizationAccessPolicyId}",
-        "get",
-        "Credential manager",
-        "Get an access policy (tenantId, objectId, appIds)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}/accessPolicies/{authorizationAccessPolicyId}",
-        "put",
-        "Credential manager",
-        "Create or update an access policy: who may get the connection's tokens",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/authorizationProviders/{authorizationProviderId}/authorizations/{authorizationId}/accessPolicies/{authorizationAccessPolicyId}",
-        "delete",
-        "Credential manager",
-        "Delete an access policy (If-Match required)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/apis",
-        "get",
-        "Credential manager",
-        "List the APIs the gateway proxies",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/apis/{apiId}",
-        "get",
-        "Credential manager",
-        "Get a proxied API",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/apis/{apiId}",
-        "put",
-        "Credential manager",
-        "Create or update a proxied API (path, serviceUrl, the connection whose token is attached)",
-        "arm",
-        true,
-    ),
-    op(
-        "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Microsoft.ApiManagement/service/{name}/apis/{apiId}",
-        "delete",
-        "Credential manager",
-        "Delete a proxied API (If-Match required)",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Credentials/keys",
-        "get",
-        "Credential manager",
-        "The credential manager's key ring: its provider, versions and records pending rewrap",
-        "arm",
-        true,
-    ),
-    op(
-        "/providers/Cloister.Credentials/keys/rotate",
-        "post",
-        "Credential manager",
-        "Add a key-ring version and rewrap every data key under it",
-        "arm",
-        true,
-    ),
-    op(
-        "/gateway/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/service/{name}/authorizationContext",
-        "post",
-        "Credential manager",
-        "get-authorization-context: the connection's access token and token-response claims, for a caller an access policy names (provider-id, authorization-id, identity-type=managed|jwt, ignore-error); 403 alike for a connection that does not exist",
-        "dp",
-        true,
-    ),
-    op(
-        "/gateway/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/service/{name}/{apiPath}",
-        "get",
-        "Credential manager",
-        "The gateway's proxy: the request is forwarded to the API whose path prefixes apiPath, with the connection's token attached (any method)",
-        "dp",
-        true,
-    ),
-    op(
-        "/credential-manager/login",
-        "get",
-        "Credential manager",
-        "The anti-phishing consent page for a login link",
-        "none",
-        false,
-    ),
-    op(
-        "/credential-manager/login",
-        "post",
-        "Credential manager",
-        "Continue from the consent page to the provider's authorization endpoint",
-        "none",
-        false,
-    ),
-    op(
-        "/credential-manager/redirect/{subscriptionId}/{resourceGroupName}/{name}",
-        "get",
-        "Credential manager",
-        "The OAuth redirect URI of a service instance: redeems the code and returns to the post-login redirect",
-        "none",
-        false,
-    ),
-    op("/healthz", "get", "Operations", "Liveness", "none", false),
-    op(
-        "/readyz",
-        "get",
-        "Operations",
-        "Readiness (store reachable)",
-        "none",
-        false,
-    ),
-    op(
-        "/metrics",
-        "get",
-        "Operations",
-        "Prometheus metrics",
-        "none",
-        false,
-    ),
-    op(
-        "/openapi.json",
-        "get",
-        "Operations",
-        "This document",
-        "none",
-        false,
-    ),
-];
-
-fn error_schema(kind: &str) -> Option<&'static str> {
-    match kind {
-        "arm" | "graph" | "dp" => Some("#/components/schemas/ArmError"),
-        "aad" => Some("#/components/schemas/AadError"),
-        "imds" => Some("#/components/schemas/ImdsError"),
-        "appservice" => Some("#/components/schemas/AppServiceError"),
-        _ => None,
-    }
+/// Every documented operation, in the document's order of precedence.
+pub fn ops(reg: &Registry) -> Vec<Op> {
+    doc::merge([
+        doc::registry_ops(reg),
+        cloister_identity::openapi::ops(),
+        cloister_sessions::openapi::ops(),
+        cloister_credentials::openapi::ops(),
+        server_ops(),
+    ])
 }
 
 /// The document.
-pub fn document() -> Value {
-    let mut paths: Map<String, Value> = Map::new();
-    for o in OPS {
-        let params: Vec<Value> = o
-            .path
-            .split('/')
-            .filter(|s| s.starts_with('{'))
-            .map(|s| json!({"name": s.trim_matches(|c| c == '{' || c == '}'), "in": "path", "required": true, "schema": {"type": "string"}}))
-            .chain((o.errors == "arm").then(|| json!({"name": "api-version", "in": "query", "required": true, "schema": {"type": "string", "example": "2022-04-01"}})))
-            .collect();
-        let mut responses = json!({"200": {"description": "Success"}});
-        if let Some(s) = error_schema(o.errors) {
-            responses["4XX"] = json!({"description": "Client error", "content": {"application/json": {"schema": {"$ref": s}}}});
-        }
-        let mut entry = json!({"tags": [o.tag], "summary": o.summary, "parameters": params, "responses": responses});
-        if o.auth {
-            entry["security"] = json!([{"bearer": []}]);
-        }
-        if matches!(o.method, "put" | "patch") || (o.method == "post" && o.errors != "aad") {
-            entry["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
-        }
-        if o.errors == "aad" && o.method == "post" {
-            entry["requestBody"] = json!({"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}}});
-            entry["responses"]["200"] = json!({"description": "Tokens", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenResponse"}}}});
-        }
-        paths.entry(o.path.to_string()).or_insert_with(|| json!({}))[o.method] = entry;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Cloister", "version": env!("CARGO_PKG_VERSION"), "description": "Cloister's identity and access plane: an Entra-compatible token service, managed-identity endpoints, an ARM-shaped management API with Azure RBAC, and a Graph-shaped directory API."},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {
-                "ArmError": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "target": {"type": "string"}}}}},
-                "AadError": {"type": "object", "required": ["error", "error_description", "error_codes"], "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}, "error_codes": {"type": "array", "items": {"type": "integer"}}, "timestamp": {"type": "string"}, "trace_id": {"type": "string"}, "correlation_id": {"type": "string"}, "error_uri": {"type": "string"}}},
-                "ImdsError": {"type": "object", "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}}},
-                "AppServiceError": {"type": "object", "properties": {"statusCode": {"type": "integer"}, "message": {"type": "string"}}},
-                "TokenRequest": {"type": "object", "properties": {"grant_type": {"type": "string"}, "client_id": {"type": "string"}, "client_secret": {"type": "string"}, "client_assertion": {"type": "string"}, "client_assertion_type": {"type": "string"}, "scope": {"type": "string"}, "resource": {"type": "string"}, "code": {"type": "string"}, "redirect_uri": {"type": "string"}, "code_verifier": {"type": "string"}, "refresh_token": {"type": "string"}}},
-                "TokenResponse": {"type": "object", "properties": {"token_type": {"type": "string"}, "expires_in": {"type": ["integer", "string"]}, "ext_expires_in": {"type": ["integer", "string"]}, "access_token": {"type": "string"}, "refresh_token": {"type": "string"}, "id_token": {"type": "string"}, "client_info": {"type": "string"}, "scope": {"type": "string"}}},
-            }
-        }
-    })
+pub fn document(reg: &Registry) -> Value {
+    let mut schemas = doc::registry_schemas(reg);
+    schemas.extend(cloister_identity::openapi::schemas());
+    doc::document(&ops(reg), &schemas)
 }
 
-/// Every (method, path template) documented, for tests.
-pub fn operations() -> Vec<(&'static str, &'static str)> {
-    OPS.iter().map(|o| (o.method, o.path)).collect()
+fn arm(method: &str, path: &str, tag: &str, summary: &str) -> Op {
+    Op::arm(method, path, tag, summary)
+}
+
+fn graph(method: &str, path: &str, summary: &str) -> Op {
+    Op::new(method, path, "Directory", summary)
+        .errors(ErrorShape::Arm)
+        .auth()
+}
+
+/// What the server serves itself: the operational endpoints, the Graph-shaped directory
+/// (`graph.rs`), and the management operations `arm.rs` and `arm_tenant.rs` still route by
+/// hand (subscriptions, resource groups, `Microsoft.Authorization`, management groups,
+/// subscription aliases, `Cloister.Identity` and `Cloister.Directory`). Each of the latter
+/// leaves this list when its provider registers the type.
+fn server_ops() -> Vec<Op> {
+    vec![
+        arm("get", "/subscriptions", "ARM", "List subscriptions the caller can read"),
+        arm("get", "/subscriptions/{subscriptionId}", "ARM", "Get a subscription"),
+        arm("get", "/subscriptions/{subscriptionId}/resourcegroups", "ARM", "List resource groups"),
+        arm("put", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", "ARM", "Create or update a resource group"),
+        arm("get", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", "ARM", "Get a resource group"),
+        arm("delete", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", "ARM", "Delete a resource group with its resources, their identities and role assignments"),
+        arm("get", "/{scope}/providers/Microsoft.Authorization/roleAssignments", "RBAC", "List role assignments at, above and below a scope ($filter=atScope() | principalId eq '…' | assignedTo('…'))"),
+        arm("put", "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}", "RBAC", "Create a role assignment"),
+        arm("get", "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}", "RBAC", "Get a role assignment"),
+        arm("delete", "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}", "RBAC", "Delete a role assignment"),
+        arm("get", "/{scope}/providers/Microsoft.Authorization/roleDefinitions", "RBAC", "List role definitions ($filter=roleName eq '…' | type eq 'CustomRole')"),
+        arm("put", "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}", "RBAC", "Create or update a custom role"),
+        arm("get", "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}", "RBAC", "Get a role definition"),
+        arm("delete", "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}", "RBAC", "Delete a custom role (refused while assigned)"),
+        arm("get", "/{scope}/providers/Microsoft.Authorization/denyAssignments", "RBAC", "List deny assignments"),
+        arm("put", "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}", "RBAC", "Create a deny assignment (Cloister extension)"),
+        arm("get", "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}", "RBAC", "Get a deny assignment"),
+        arm("delete", "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}", "RBAC", "Delete a deny assignment"),
+        arm("get", "/providers/Microsoft.Management/managementGroups", "ARM", "List management groups"),
+        arm("put", "/providers/Microsoft.Management/managementGroups/{groupId}", "ARM", "Create or update a management group (properties.details.parent.id)"),
+        arm("get", "/providers/Microsoft.Management/managementGroups/{groupId}", "ARM", "Get a management group"),
+        arm("delete", "/providers/Microsoft.Management/managementGroups/{groupId}", "ARM", "Delete an empty management group"),
+        arm("put", "/providers/Microsoft.Management/managementGroups/{groupId}/subscriptions/{subscriptionId}", "ARM", "Move a subscription under a management group"),
+        arm("delete", "/providers/Microsoft.Management/managementGroups/{groupId}/subscriptions/{subscriptionId}", "ARM", "Move a subscription back to the root"),
+        arm("put", "/providers/Microsoft.Subscription/aliases/{aliasName}", "ARM", "Create a subscription"),
+        arm("get", "/providers/Microsoft.Subscription/aliases/{aliasName}", "ARM", "Get a subscription alias"),
+        arm("post", "/providers/Cloister.Identity/bindings", "Cloister", "Bind a user-assigned identity for `cloister run` (needs …/assign/action on it); returns IDENTITY_ENDPOINT and IDENTITY_HEADER"),
+        arm("delete", "/providers/Cloister.Identity/bindings/current", "Cloister", "End the `cloister run` binding named by X-IDENTITY-HEADER (a session pool's binding answers 403)").no_auth(),
+        arm("get", "/providers/Cloister.Identity/signingKeys", "Cloister", "List signing keys and their states"),
+        arm("post", "/providers/Cloister.Identity/signingKeys/rotate", "Cloister", "Rotate now: the published next key starts signing"),
+        arm("post", "/providers/Cloister.Directory/tenants", "Cloister", "Create a tenant with its own admin application"),
+        arm("get", "/providers/Cloister.Directory/tenants", "Cloister", "List tenants"),
+        graph("post", "/v1.0/applications", "Create an application and its service principal"),
+        graph("get", "/v1.0/applications", "List applications"),
+        graph("get", "/v1.0/applications/{id}", "Get an application (object id or app id)"),
+        graph("patch", "/v1.0/applications/{id}", "Update an application"),
+        graph("delete", "/v1.0/applications/{id}", "Delete an application, its service principal and its role assignments"),
+        graph("post", "/v1.0/applications/{id}/addPassword", "Add a client secret (returned once)"),
+        graph("post", "/v1.0/applications/{id}/removePassword", "Remove a client secret"),
+        graph("post", "/v1.0/applications/{id}/keyCredentials", "Add a certificate credential (PEM or base64 DER)"),
+        graph("get", "/v1.0/servicePrincipals", "List service principals ($filter=appId eq '…')"),
+        graph("get", "/v1.0/servicePrincipals/{id}", "Get a service principal"),
+        graph("post", "/v1.0/users", "Create a user"),
+        graph("get", "/v1.0/users", "List users"),
+        graph("get", "/v1.0/users/{id}", "Get a user (id or userPrincipalName)"),
+        graph("delete", "/v1.0/users/{id}", "Delete a user"),
+        graph("post", "/v1.0/groups", "Create a group"),
+        graph("get", "/v1.0/groups", "List groups"),
+        graph("get", "/v1.0/groups/{id}", "Get a group"),
+        graph("delete", "/v1.0/groups/{id}", "Delete a group"),
+        graph("get", "/v1.0/groups/{id}/members", "List direct members"),
+        graph("post", "/v1.0/groups/{id}/members/$ref", "Add a member (@odata.id)"),
+        graph("delete", "/v1.0/groups/{id}/members/{memberId}/$ref", "Remove a member"),
+        Op::new("get", "/healthz", "Operations", "Liveness"),
+        Op::new("get", "/readyz", "Operations", "Readiness (store reachable)"),
+        Op::new("get", "/metrics", "Operations", "Prometheus metrics"),
+        Op::new("get", "/openapi.json", "Operations", "This document"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_composed_document_is_well_formed() {
+        let cfg = crate::config::ServerConfig {
+            arm_types: vec!["Contoso.Widgets/widgets".into()],
+            ..Default::default()
+        };
+        let reg = crate::providers::registry(&cfg).unwrap();
+        let d = document(&reg);
+        if let Err(e) = doc::check(&d) {
+            panic!("{}", e.join("\n"));
+        }
+        assert!(
+            d["paths"]["/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}/providers/Contoso.Widgets/widgets/{name}"]["put"]
+                .is_object()
+        );
+    }
 }

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 pub fn registry(cfg: &ServerConfig) -> anyhow::Result<Registry> {
     let mut r = Registry::default();
     let builtin = [
-        cloister_sessions::provider::arm_provider(),
-        cloister_identity::provider::arm_provider(),
-        cloister_credentials::provider::arm_provider(),
+        // Each with its OpenAPI description, from the same crate.
+        cloister_sessions::openapi::describe(cloister_sessions::provider::arm_provider()),
+        cloister_identity::openapi::describe(cloister_identity::provider::arm_provider()),
+        cloister_credentials::openapi::describe(cloister_credentials::provider::arm_provider()),
         ProviderSpec::new("Cloister.Platform")
             .with_type(TypeSpec::new("hosts", &["*"]).with_identity()),
     ];

@@ -10,6 +10,7 @@ pub mod bwrap;
 pub mod error;
 pub mod ident;
 pub mod pool;
+pub mod openapi;
 pub mod provider;
 pub mod runtime;
 pub mod spec;
