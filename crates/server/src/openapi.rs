@@ -10,6 +10,11 @@ use cloister_arm::openapi::{self as doc, ErrorShape, Op};
 use cloister_arm::registry::Registry;
 use serde_json::Value;
 
+/// For tests over the served document: its shape checker, the template matcher and the
+/// registry's types.
+pub use cloister_arm::openapi::{check, template_matches};
+pub use cloister_arm::registry::Level;
+
 /// Every documented operation, in the document's order of precedence.
 pub fn ops(reg: &Registry) -> Vec<Op> {
     doc::merge([
