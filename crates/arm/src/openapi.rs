@@ -401,7 +401,9 @@ fn describe(reg: &Registry, op: &ArmOp) -> Op {
         ),
         ArmOpKind::Delete => format!("Delete a {noun} and its child resources"),
         ArmOpKind::Head => format!("Whether a {noun} exists"),
-        ArmOpKind::List => format!("List the {noun} instances {list_where} ($filter, $top, nextLink)"),
+        ArmOpKind::List => {
+            format!("List the {noun} instances {list_where} ($filter, $top, nextLink)")
+        }
         ArmOpKind::ListBySubscription => {
             format!("List the {noun} instances of a subscription ($filter, $top, nextLink)")
         }
@@ -580,7 +582,10 @@ pub fn document(ops: &[Op], schemas: &[(String, Value)]) -> Value {
     for o in merge([ops.to_vec()]) {
         let mut entry = operation(&o);
         // Unique operation ids, whatever the contributors chose.
-        let base = entry["operationId"].as_str().unwrap_or_default().to_string();
+        let base = entry["operationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut id = base.clone();
         let mut n = 2;
         while !ids.insert(id.clone()) {
@@ -614,14 +619,38 @@ pub fn document(ops: &[Op], schemas: &[(String, Value)]) -> Value {
 /// The schemas every document has: the error shapes and ARM's resource envelope.
 fn shared_schemas() -> Vec<(String, Value)> {
     vec![
-        ("ArmError".into(), json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "target": {"type": "string"}}}}})),
-        ("AadError".into(), json!({"type": "object", "required": ["error", "error_description", "error_codes"], "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}, "error_codes": {"type": "array", "items": {"type": "integer"}}, "timestamp": {"type": "string"}, "trace_id": {"type": "string"}, "correlation_id": {"type": "string"}, "error_uri": {"type": "string"}}})),
-        ("ImdsError".into(), json!({"type": "object", "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}}})),
-        ("AppServiceError".into(), json!({"type": "object", "properties": {"statusCode": {"type": "integer"}, "message": {"type": "string"}}})),
-        ("SystemData".into(), json!({"type": "object", "properties": {"createdBy": {"type": "string"}, "createdByType": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"}, "lastModifiedBy": {"type": "string"}, "lastModifiedByType": {"type": "string"}, "lastModifiedAt": {"type": "string", "format": "date-time"}}})),
-        ("ManagedServiceIdentity".into(), json!({"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["None", "SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned"]}, "principalId": {"type": "string"}, "tenantId": {"type": "string"}, "userAssignedIdentities": {"type": "object", "additionalProperties": {"type": ["object", "null"], "properties": {"principalId": {"type": "string"}, "clientId": {"type": "string"}}}}}})),
-        ("ArmResource".into(), json!({"type": "object", "properties": {"id": {"type": "string", "readOnly": true}, "name": {"type": "string", "readOnly": true}, "type": {"type": "string", "readOnly": true}, "location": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "etag": {"type": "string", "readOnly": true}, "identity": {"$ref": "#/components/schemas/ManagedServiceIdentity"}, "systemData": {"$ref": "#/components/schemas/SystemData"}, "properties": {"type": "object"}}})),
-        ("ArmResourceList".into(), json!({"type": "object", "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/ArmResource"}}, "nextLink": {"type": ["string", "null"]}}})),
+        (
+            "ArmError".into(),
+            json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "target": {"type": "string"}}}}}),
+        ),
+        (
+            "AadError".into(),
+            json!({"type": "object", "required": ["error", "error_description", "error_codes"], "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}, "error_codes": {"type": "array", "items": {"type": "integer"}}, "timestamp": {"type": "string"}, "trace_id": {"type": "string"}, "correlation_id": {"type": "string"}, "error_uri": {"type": "string"}}}),
+        ),
+        (
+            "ImdsError".into(),
+            json!({"type": "object", "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}}}),
+        ),
+        (
+            "AppServiceError".into(),
+            json!({"type": "object", "properties": {"statusCode": {"type": "integer"}, "message": {"type": "string"}}}),
+        ),
+        (
+            "SystemData".into(),
+            json!({"type": "object", "properties": {"createdBy": {"type": "string"}, "createdByType": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"}, "lastModifiedBy": {"type": "string"}, "lastModifiedByType": {"type": "string"}, "lastModifiedAt": {"type": "string", "format": "date-time"}}}),
+        ),
+        (
+            "ManagedServiceIdentity".into(),
+            json!({"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["None", "SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned"]}, "principalId": {"type": "string"}, "tenantId": {"type": "string"}, "userAssignedIdentities": {"type": "object", "additionalProperties": {"type": ["object", "null"], "properties": {"principalId": {"type": "string"}, "clientId": {"type": "string"}}}}}}),
+        ),
+        (
+            "ArmResource".into(),
+            json!({"type": "object", "properties": {"id": {"type": "string", "readOnly": true}, "name": {"type": "string", "readOnly": true}, "type": {"type": "string", "readOnly": true}, "location": {"type": "string"}, "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "etag": {"type": "string", "readOnly": true}, "identity": {"$ref": "#/components/schemas/ManagedServiceIdentity"}, "systemData": {"$ref": "#/components/schemas/SystemData"}, "properties": {"type": "object"}}}),
+        ),
+        (
+            "ArmResourceList".into(),
+            json!({"type": "object", "properties": {"value": {"type": "array", "items": {"$ref": "#/components/schemas/ArmResource"}}, "nextLink": {"type": ["string", "null"]}}}),
+        ),
     ]
 }
 
@@ -692,7 +721,10 @@ pub fn check(doc: &Value) -> Result<(), Vec<String>> {
             let params = op["parameters"].as_array().cloned().unwrap_or_default();
             let in_path: Vec<&Value> = params.iter().filter(|p| p["in"] == "path").collect();
             for name in &declared_in_path {
-                let n = in_path.iter().filter(|p| p["name"] == name.as_str()).count();
+                let n = in_path
+                    .iter()
+                    .filter(|p| p["name"] == name.as_str())
+                    .count();
                 let required = in_path
                     .iter()
                     .any(|p| p["name"] == name.as_str() && p["required"] == true);
@@ -868,7 +900,9 @@ mod tests {
                     Level::ResourceGroup => "/subscriptions/s1/resourceGroups/g1",
                     Level::Subscription => "/subscriptions/s1",
                     Level::Tenant => "",
-                    Level::Extension => "/subscriptions/s1/resourceGroups/g1/providers/Microsoft.App/sessionPools/p1",
+                    Level::Extension => {
+                        "/subscriptions/s1/resourceGroups/g1/providers/Microsoft.App/sessionPools/p1"
+                    }
                 };
                 let mut item = format!("{prefix}/providers/{}", p.namespace);
                 for (i, c) in chain.iter().enumerate() {
@@ -898,7 +932,10 @@ mod tests {
                     if let Err(e) = r.route(&method, &path, &v) {
                         panic!("the router refuses {m} {path}: {}", e.message);
                     }
-                    assert!(documented(m, &path), "{m} {path} is routed but not documented");
+                    assert!(
+                        documented(m, &path),
+                        "{m} {path} is routed but not documented"
+                    );
                     n += 1;
                 }
             }
@@ -956,7 +993,10 @@ mod tests {
         let t = registry_ops(&tenant_reg());
         assert!(t.iter().any(|o| o.method == "get"
             && o.path == "/providers/Contoso.Tenant/things/{name}/things/{name2}"));
-        assert!(t.iter().any(|o| o.method == "get" && o.path == "/providers/Contoso.Tenant/things"));
+        assert!(
+            t.iter()
+                .any(|o| o.method == "get" && o.path == "/providers/Contoso.Tenant/things")
+        );
         let find = |m: &str, p: &str| {
             ops.iter()
                 .find(|o| o.method == m && o.path == p)
@@ -1031,7 +1071,10 @@ mod tests {
 
     #[test]
     fn template_matching() {
-        assert!(template_matches("/{scope}/providers/A.B/c", "/providers/A.B/c"));
+        assert!(template_matches(
+            "/{scope}/providers/A.B/c",
+            "/providers/A.B/c"
+        ));
         assert!(template_matches(
             "/{scope}/providers/A.B/c/{n}",
             "/subscriptions/s/resourceGroups/g/providers/a.b/C/x"
@@ -1040,6 +1083,9 @@ mod tests {
         assert!(!template_matches("/a/{n}", "/a/b/c"));
         assert_eq!(derived_param("onlineEndpoints"), "onlineEndpointName");
         assert_eq!(derived_param("policies"), "policyName");
-        assert_eq!(derived_param("mfeOperationsStatus"), "mfeOperationsStatusName");
+        assert_eq!(
+            derived_param("mfeOperationsStatus"),
+            "mfeOperationsStatusName"
+        );
     }
 }

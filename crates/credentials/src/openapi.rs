@@ -109,7 +109,8 @@ pub fn ops() -> Vec<Op> {
     );
     let apis = format!("{svc}/apis");
     let api = format!("{apis}/{{apiId}}");
-    let gw = "/gateway/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/service/{name}";
+    let gw =
+        "/gateway/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/service/{name}";
     let arm = |m: &str, p: &str, s: &str| Op::arm(m, p, TAG, s);
     let page = |m: &str, p: &str, s: &str| Op::new(m, p, TAG, s);
     vec![

@@ -14,8 +14,9 @@ pub fn ops() -> Vec<Op> {
             .form_body("TokenRequest")
             .response("TokenResponse")
     };
-    let discovery =
-        |path: &str, summary: &str| Op::new("get", path, "Discovery", summary).errors(ErrorShape::Aad);
+    let discovery = |path: &str, summary: &str| {
+        Op::new("get", path, "Discovery", summary).errors(ErrorShape::Aad)
+    };
     vec![
         token(
             "/{tenant}/oauth2/v2.0/token",

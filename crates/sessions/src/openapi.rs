@@ -13,9 +13,14 @@ pub fn ops() -> Vec<Op> {
         crate::api::PREFIX
     );
     let op = |method: &str, tail: &str, summary: &str| {
-        Op::new(method, &format!("{pool}{tail}"), "Session data plane", summary)
-            .errors(ErrorShape::Arm)
-            .auth()
+        Op::new(
+            method,
+            &format!("{pool}{tail}"),
+            "Session data plane",
+            summary,
+        )
+        .errors(ErrorShape::Arm)
+        .auth()
     };
     vec![
         op(
@@ -23,14 +28,22 @@ pub fn ops() -> Vec<Op> {
             "/code/execute",
             "Run code (2024-02-02-preview, 2024-08-02-preview): {properties:{status,stdout,stderr,result}}",
         ),
-        op("post", "/files/upload", "Upload files (multipart 'file'; legacy shape)"),
+        op(
+            "post",
+            "/files/upload",
+            "Upload files (multipart 'file'; legacy shape)",
+        ),
         op(
             "get",
             "/files",
             "List files in /mnt/data (legacy or current shape by api-version; path, recursive)",
         ),
         op("post", "/files", "Upload a file (multipart 'file'; path)"),
-        op("get", "/files/content/{fileName}", "Download a file (legacy)"),
+        op(
+            "get",
+            "/files/content/{fileName}",
+            "Download a file (legacy)",
+        ),
         op("get", "/files/{fileName}", "File metadata"),
         op("delete", "/files/{fileName}", "Delete a file"),
         op("get", "/files/{fileName}/content", "Download a file"),
