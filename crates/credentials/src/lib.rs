@@ -9,6 +9,7 @@
 
 pub mod model;
 pub mod oauth;
+pub mod openapi;
 pub mod provider;
 pub mod runtime;
 pub mod vault;

@@ -57,7 +57,7 @@ impl CredentialManager {
 #[async_trait::async_trait]
 impl cloister_arm::provider::Provider for CredentialManager {
     fn spec(&self) -> ProviderSpec {
-        cloister_credentials::provider::arm_provider()
+        cloister_credentials::openapi::describe(cloister_credentials::provider::arm_provider())
     }
 
     /// Everything below a service instance is the credential store's.
@@ -140,11 +140,13 @@ pub struct CredentialKeys(Arc<CredentialManager>);
 impl cloister_arm::provider::Provider for CredentialKeys {
     fn spec(&self) -> ProviderSpec {
         use cloister_arm::registry::{Level, TypeSpec};
-        ProviderSpec::new("Cloister.Credentials").with_type(
-            TypeSpec::new("keys", &["*"])
-                .level(Level::Tenant)
-                .collection_action("rotate"),
-        )
+        ProviderSpec::new("Cloister.Credentials")
+            .routes_itself()
+            .with_type(
+                TypeSpec::new("keys", &["*"])
+                    .level(Level::Tenant)
+                    .collection_action("rotate"),
+            )
     }
 
     fn claims(&self, _tail: &[&str]) -> bool {

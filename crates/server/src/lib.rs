@@ -338,8 +338,10 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     r
 }
 
-async fn openapi_doc() -> Response {
-    let mut r = openapi::document().to_string().into_response();
+async fn openapi_doc(State(st): State<Arc<AppState>>) -> Response {
+    let mut r = openapi::document(&st.host.registry)
+        .to_string()
+        .into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
