@@ -21,6 +21,8 @@ pub fn registry(cfg: &ServerConfig) -> anyhow::Result<Registry> {
     // Plain types, grouped by namespace; parents before children.
     let mut plain: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for t in &cfg.arm_types {
+        // `Namespace/type:lro`: writes and deletes of the type are long-running (simulated work).
+        let (t, _lro) = plain_type_marker(t);
         let (ns, path) = t
             .split_once('/')
             .filter(|(ns, p)| ns.contains('.') && !p.is_empty())
@@ -44,4 +46,14 @@ pub fn registry(cfg: &ServerConfig) -> anyhow::Result<Registry> {
             .map_err(|e| anyhow::anyhow!("arm_types: {e}"))?;
     }
     Ok(r)
+}
+
+/// A plain type of `arm_types` and whether it carries the long-running marker (`:lro`,
+/// any casing): `Contoso.Slow/things:lro` is the type `Contoso.Slow/things` whose PUT, PATCH
+/// and DELETE are long-running operations (`cloister_arm::operations::SimulatedWork`).
+pub fn plain_type_marker(t: &str) -> (&str, bool) {
+    match t.len().checked_sub(4).filter(|&i| t.is_char_boundary(i)) {
+        Some(i) if t[i..].eq_ignore_ascii_case(":lro") => (&t[..i], true),
+        _ => (t, false),
+    }
 }
