@@ -345,7 +345,7 @@ async fn an_operation_interrupted_by_a_restart_ends_failed_and_frees_its_resourc
         &admin,
         "PUT",
         &format!("{id}?{API}"),
-        Some(json!({"location": "local"})),
+        Some(json!({"location": "local", "properties": {}})),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.body);
