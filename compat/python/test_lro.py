@@ -20,7 +20,7 @@ scopes = ["{authority}/.default"]
 """
 
 GENERIC = PRELUDE + """
-from azure.mgmt.resource import ResourceManagementClient
+from azure.mgmt.resource.resources import ResourceManagementClient
 client = ResourceManagementClient(cred, "{sub}", base_url="{authority}", credential_scopes=scopes)
 rid = "{rid}"
 out = {{}}
@@ -49,13 +49,13 @@ print(json.dumps(out, default=str))
 """
 
 PIPELINE = PRELUDE + """
-from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RequestIdPolicy
 from azure.core.polling import LROPoller
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 client = ARMPipelineClient(base_url="{authority}", policies=[
-    BearerTokenCredentialPolicy(cred, *scopes)])
+    RequestIdPolicy(), BearerTokenCredentialPolicy(cred, *scopes)])
 req = HttpRequest("PUT", "{authority}{rid}?api-version=2024-01-01",
                   json={{"location": "local", "properties": {props}}})
 initial = client.send_request(req, _return_pipeline_response=True)
