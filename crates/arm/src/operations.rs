@@ -720,6 +720,9 @@ mod tests {
                 created_at: 0,
             }
         }
+        async fn principal_kind(&self, _id: &str) -> Result<Option<(String, String)>, ArmError> {
+            Ok(None)
+        }
         async fn changed(&self, _what: Changed) -> Result<(), ArmError> {
             Ok(())
         }
