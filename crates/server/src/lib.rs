@@ -134,7 +134,9 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             )
             .await?,
         ),
+        me: Default::default(),
     });
+    let _ = st.me.set(Arc::downgrade(&st));
     credman.attach(&st);
     sessions::serve_identity_socket(&st).await?;
     {
@@ -150,6 +152,8 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         });
     }
     st.pools.load_all().await?;
+    // Long-running operations a previous run left unfinished end Failed (and keep being swept).
+    cloister_arm::operations::recover(st.clone());
     {
         let st = st.clone();
         tokio::spawn(async move {
