@@ -68,6 +68,33 @@ res = poller.result(timeout=60)
 print(json.dumps({{"first": first, "result": res, "status": poller.status()}}))
 """
 
+POST_ACTION = PRELUDE + """
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RequestIdPolicy
+from azure.core.polling import LROPoller
+from azure.core.rest import HttpRequest
+from azure.mgmt.core import ARMPipelineClient
+from azure.mgmt.core.polling.arm_polling import ARMPolling
+client = ARMPipelineClient(base_url="{authority}", policies=[
+    RequestIdPolicy(), BearerTokenCredentialPolicy(cred, *scopes)])
+def lro(method, path, body):
+    req = HttpRequest(method, "{authority}" + path + "?api-version=2024-01-01", json=body)
+    initial = client.send_request(req, _return_pipeline_response=True)
+    poller = LROPoller(client, initial, lambda r: json.loads(r.http_response.text() or "null"),
+                       ARMPolling(timeout=1))
+    return initial.http_response.status_code, poller
+_, p = lro("PUT", "{rid}", {{"location": "local", "properties": {props}}})
+p.result(timeout=60)
+code, p = lro("POST", "{rid}/restart", {{"reason": "compat"}})
+out = {{"first": code}}
+try:
+    out["result"] = p.result(timeout=60)
+    out["status"] = p.status()
+except HttpResponseError as e:
+    out["error"] = {{"code": e.error.code if e.error else None, "message": e.message,
+                    "status": p.status()}}
+print(json.dumps(out))
+"""
+
 
 @pytest.fixture(scope="module")
 def slow():
@@ -127,3 +154,20 @@ def test_lro_poller_with_arm_polling_over_an_arm_pipeline_client(slow):
     assert "/operationResults/" in out["first"]["location"]
     assert out["status"] == "Succeeded"
     assert out["result"]["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_a_long_running_post_action_polls_to_its_result(slow):
+    out = run(slow, POST_ACTION, rid=rid(slow, "act"), props='{"provisionSeconds": 1}')
+    assert out["first"] == 202, out
+    assert out["status"] == "Succeeded", out
+    assert out["result"]["restarted"] == "act"
+    assert out["result"]["body"] == {"reason": "compat"}
+
+
+def test_a_long_running_post_action_that_fails_raises(slow):
+    out = run(slow, POST_ACTION, rid=rid(slow, "act-bad"),
+              props='{"provisionSeconds": 1, "failAction": "the restart failed"}')
+    assert out["first"] == 202, out
+    assert "error" in out, out
+    assert out["error"]["status"] == "Failed"
+    assert "the restart failed" in out["error"]["message"]

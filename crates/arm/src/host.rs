@@ -120,6 +120,10 @@ impl Host {
                 let prov = self
                     .provider(route.type_name.split('/').next().unwrap_or_default())
                     .ok_or_else(|| not_found_path(path))?;
+                if matches!(route.kind, RouteKind::Action(_)) && route.is_long_running(req.method)
+                {
+                    return crate::operations::action(p, prov.clone(), &route, req).await;
+                }
                 prov.action(p, self, &route, req).await
             }
         }

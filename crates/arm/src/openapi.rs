@@ -340,11 +340,36 @@ pub fn routed_ops(reg: &Registry) -> Vec<ArmOp> {
     out
 }
 
-/// Framework-served operation-status routes. None yet: the long-running work adds its
-/// status route here (`GET …/operationStatuses/{operationId}` answering
-/// [`crate::lro`]'s status body), so that every long-running type documents where it is polled.
-pub fn status_ops(_reg: &Registry) -> Vec<Op> {
-    vec![]
+/// The framework's operation routes (`crate::operations`), for each namespace that declares a
+/// long-running operation: the status (`Azure-AsyncOperation`) and the result (`Location`).
+pub fn status_ops(reg: &Registry) -> Vec<Op> {
+    let mut out = vec![];
+    for p in reg.providers() {
+        let lr = p.types.iter().any(|t| {
+            let l = &t.long_running;
+            l.put || l.patch || l.delete || !l.actions.is_empty()
+        });
+        if !lr {
+            continue;
+        }
+        let base = format!(
+            "/subscriptions/{{subscriptionId}}/providers/{}/locations/{{location}}",
+            p.namespace
+        );
+        out.push(Op::arm(
+            "get",
+            &format!("{base}/operationStatuses/{{operationId}}"),
+            &p.namespace,
+            "The status of a long-running operation (Accepted, Provisioning, Updating, Deleting, Succeeded, Failed, Canceled; error on failure)",
+        ));
+        out.push(Op::arm(
+            "get",
+            &format!("{base}/operationResults/{{operationId}}"),
+            &p.namespace,
+            "The result of a long-running operation: 202 while it runs, then the resource (200), nothing (204) or the error",
+        ));
+    }
+    out
 }
 
 /// The component schema name of a type (`Microsoft.App.sessionPools`).

@@ -60,6 +60,8 @@ pub const INTERRUPTED: &str = "OperationInterrupted";
 const CREATE: &str = "create";
 const UPDATE: &str = "update";
 const DELETE: &str = "delete";
+/// An action's operation kind is `action:{name}`.
+const ACTION: &str = "action:";
 
 /// The location segment of an operation's URLs: ARM's normalised form (`West US` → `westus`).
 pub fn location_segment(location: &str) -> String {
@@ -234,7 +236,40 @@ pub async fn start(
 ) -> Res {
     let mut resp = with_etag(status, body)?;
     add_headers(&mut resp, p, &op, route, req.api_version());
-    launch(p, prov, op).await;
+    launch(p, prov, op, Value::Null).await;
+    Ok(resp)
+}
+
+/// A long-running POST action on a resource: `404` if the resource does not exist; else `409`
+/// while another operation runs on it, or `202` with the operation's headers while the
+/// provider's [`Provider::run_action`] runs; its result is the result URL's answer.
+pub async fn action(p: &dyn Platform, prov: Arc<dyn Provider>, route: &Route, req: &Request<'_>) -> Res {
+    let crate::registry::RouteKind::Action(name) = &route.kind else {
+        return Err(crate::host::method_not_allowed(req.method));
+    };
+    let id = route.id.clone().unwrap_or_default();
+    let Some(r) = p.store().resource_get(&id).await.map_err(store_err)? else {
+        return Err(ArmError::not_found(
+            "ResourceNotFound",
+            format!(
+                "The Resource '{}' was not found.",
+                id.chars().take(300).collect::<String>()
+            ),
+        ));
+    };
+    let body: Value = if req.body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(req.body).map_err(|e| {
+            ArmError::invalid(format!(
+                "The request content was invalid and could not be deserialized: {e}."
+            ))
+        })?
+    };
+    let op = claim(p, route, req, &r.id, &r.location, &format!("{ACTION}{name}")).await?;
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    add_headers(&mut resp, p, &op, route, req.api_version());
+    launch(p, prov, op, body).await;
     Ok(resp)
 }
 
@@ -258,15 +293,15 @@ pub async fn delete(
     }
     let mut resp = StatusCode::ACCEPTED.into_response();
     add_headers(&mut resp, p, &op, route, req.api_version());
-    launch(p, prov, op).await;
+    launch(p, prov, op, Value::Null).await;
     Ok(resp)
 }
 
 /// Runs an operation's work: in the background when the platform offers a shared handle,
 /// else here (the request then answers when the work is done).
-async fn launch(p: &dyn Platform, prov: Arc<dyn Provider>, op: OperationRecord) {
+async fn launch(p: &dyn Platform, prov: Arc<dyn Provider>, op: OperationRecord, body: Value) {
     let Some(shared) = p.shared() else {
-        let outcome = work(p, &*prov, &op).await;
+        let outcome = work(p, &*prov, &op, &body).await;
         finish(p, &op, outcome).await;
         return;
     };
@@ -288,7 +323,7 @@ async fn launch(p: &dyn Platform, prov: Arc<dyn Provider>, op: OperationRecord) 
         // operation instead of leaving it running.
         let job = {
             let (p, prov, op) = (shared.clone(), prov.clone(), op.clone());
-            tokio::spawn(async move { work(&*p, &*prov, &op).await })
+            tokio::spawn(async move { work(&*p, &*prov, &op, &body).await })
         };
         let outcome = job.await.unwrap_or_else(|e| {
             tracing::error!("operation {}: the work stopped: {e}", op.id);
@@ -301,8 +336,14 @@ async fn launch(p: &dyn Platform, prov: Arc<dyn Provider>, op: OperationRecord) 
     });
 }
 
-/// The provider's part of an operation. For a delete, success also removes the resource.
-async fn work(p: &dyn Platform, prov: &dyn Provider, op: &OperationRecord) -> Result<(), ArmError> {
+/// The provider's part of an operation. For a delete, success also removes the resource; an
+/// action's success may carry its result.
+async fn work(
+    p: &dyn Platform,
+    prov: &dyn Provider,
+    op: &OperationRecord,
+    body: &Value,
+) -> Result<Option<Value>, ArmError> {
     let gone = || {
         ArmError::not_found(
             "ResourceNotFound",
@@ -315,6 +356,7 @@ async fn work(p: &dyn Platform, prov: &dyn Provider, op: &OperationRecord) -> Re
     let running = match op.kind.as_str() {
         CREATE => State::Provisioning,
         UPDATE => State::Updating,
+        k if k.starts_with(ACTION) => State::Updating,
         _ => State::Deleting,
     };
     let now = now_secs();
@@ -322,6 +364,16 @@ async fn work(p: &dyn Platform, prov: &dyn Provider, op: &OperationRecord) -> Re
         .op_update_state(&op.id, running.as_str(), None, None, None, now)
         .await
         .map_err(store_err)?;
+    if let Some(name) = op.kind.strip_prefix(ACTION) {
+        // An action leaves the resource's provisioningState alone.
+        let r = p
+            .store()
+            .resource_get(&op.resource_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(gone)?;
+        return prov.run_action(p, &r, name, body).await;
+    }
     if op.kind == DELETE {
         let r = p
             .store()
@@ -345,17 +397,17 @@ async fn work(p: &dyn Platform, prov: &dyn Provider, op: &OperationRecord) -> Re
             })
             .await?;
         }
-        return Ok(());
+        return Ok(None);
     }
     let r = set_state(p, &op.resource_id, running)
         .await?
         .ok_or_else(gone)?;
-    prov.provision(p, &r).await
+    prov.provision(p, &r).await.map(|()| None)
 }
 
 /// Records an operation's outcome: the resource first (so a poller that sees the operation
 /// end reads the final resource), then the operation.
-async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<(), ArmError>) {
+async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<Option<Value>, ArmError>) {
     let state = if outcome.is_ok() {
         State::Succeeded
     } else {
@@ -365,7 +417,8 @@ async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<(), ArmE
         tracing::info!("operation {} failed: {} {}", op.id, e.code, e.message);
     }
     let deleted = op.kind == DELETE && outcome.is_ok();
-    if !deleted && let Err(e) = set_state(p, &op.resource_id, state).await {
+    let action = op.kind.starts_with(ACTION);
+    if !deleted && !action && let Err(e) = set_state(p, &op.resource_id, state).await {
         tracing::warn!("operation {}: resource state: {}", op.id, e.message);
     }
     let now = now_secs();
@@ -373,9 +426,14 @@ async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<(), ArmE
         .as_ref()
         .err()
         .map(|e| (e.code.as_str(), e.message.as_str()));
+    let result = outcome
+        .as_ref()
+        .ok()
+        .and_then(|r| r.as_ref())
+        .map(|v| v.to_string());
     match p
         .store()
-        .op_update_state(&op.id, state.as_str(), err, Some(now), None, now)
+        .op_update_state(&op.id, state.as_str(), err, Some(now), result.as_deref(), now)
         .await
     {
         Ok(true) => {}
@@ -386,6 +444,7 @@ async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<(), ArmE
                 && let Some(s) = State::parse(&o.status)
                 && s != state
                 && !deleted
+                && !action
             {
                 let _ = set_state(p, &op.resource_id, s).await;
             }
@@ -556,6 +615,9 @@ async fn serve_op(
             Ok(resp)
         }
         State::Succeeded if op.kind == DELETE => Ok(StatusCode::NO_CONTENT.into_response()),
+        State::Succeeded if op.kind.starts_with(ACTION) && op.result.is_none() => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         State::Succeeded => {
             if let Some(v) = op
                 .result
@@ -628,9 +690,13 @@ impl SimulatedWork {
             put: true,
             patch: true,
             delete: true,
-            actions: vec![],
+            actions: vec![Self::ACTION.to_string()],
         }
     }
+
+    /// Its long-running POST action (`…/{name}/restart`): waits like a write, fails with
+    /// `properties.failAction`, and answers `{"restarted": name, "body": <the request body>}`.
+    pub const ACTION: &'static str = "restart";
 
     async fn run(r: &Resource, fail_key: &str) -> Result<(), ArmError> {
         let props: Value = serde_json::from_str(&r.properties).unwrap_or_default();
@@ -658,6 +724,16 @@ impl Provider for SimulatedWork {
     }
     async fn deprovision(&self, _p: &dyn Platform, r: &Resource) -> Result<(), ArmError> {
         Self::run(r, "failDelete").await
+    }
+    async fn run_action(
+        &self,
+        _p: &dyn Platform,
+        r: &Resource,
+        _action: &str,
+        body: &Value,
+    ) -> Result<Option<Value>, ArmError> {
+        Self::run(r, "failAction").await?;
+        Ok(Some(serde_json::json!({"restarted": r.name, "body": body})))
     }
 }
 

@@ -209,4 +209,20 @@ pub trait Provider: Send + Sync {
     async fn deprovision(&self, _p: &dyn Platform, _r: &Resource) -> Result<(), ArmError> {
         Ok(())
     }
+
+    /// The work of a long-running POST action on a resource (an action the type lists in
+    /// `LongRunning::actions`), run after the caller was answered `202`. Its `Some` value is
+    /// the operation's result, which the result URL answers when the operation succeeded.
+    async fn run_action(
+        &self,
+        _p: &dyn Platform,
+        _r: &Resource,
+        action: &str,
+        _body: &Value,
+    ) -> Result<Option<Value>, ArmError> {
+        Err(ArmError::bad_request(
+            "InvalidResourceType",
+            format!("The action '{action}' is not long-running here."),
+        ))
+    }
 }

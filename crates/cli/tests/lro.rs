@@ -352,3 +352,84 @@ async fn an_operation_interrupted_by_a_restart_ends_failed_and_frees_its_resourc
     let done = until_done(&s, &admin, &a.header("azure-asyncoperation")).await;
     assert_eq!(done["status"], "Succeeded");
 }
+
+#[tokio::test]
+async fn a_long_running_action_answers_202_and_its_result_url_the_result() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "slow").await;
+    let id = thing(&s.sub(), "act");
+    // No such resource yet: the action is refused before any operation starts.
+    let a = send(&s, &admin, "POST", &format!("{id}/restart?{API}"), None).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = send(
+        &s,
+        &admin,
+        "PUT",
+        &format!("{id}?{API}"),
+        Some(json!({"location": "local", "properties": {"provisionSeconds": 3}})),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let done = until_done(&s, &admin, &a.header("azure-asyncoperation")).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let a = send(
+        &s,
+        &admin,
+        "POST",
+        &format!("{id}/restart?{API}"),
+        Some(json!({"reason": "test"})),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert!(a.header("location").contains("/operationResults/"));
+    assert!(a.header("azure-asyncoperation").contains("/operationStatuses/"));
+    // While it runs the result URL answers 202, and a write to the resource 409.
+    let r = send(&s, &admin, "GET", &a.header("location"), None).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let w = send(
+        &s,
+        &admin,
+        "PATCH",
+        &format!("{id}?{API}"),
+        Some(json!({"tags": {"x": "1"}})),
+    )
+    .await;
+    assert_eq!(w.status, 409, "{}", w.body);
+    let done = until_done(&s, &admin, &a.header("azure-asyncoperation")).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let r = send(&s, &admin, "GET", &a.header("location"), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["restarted"], "act");
+    assert_eq!(r.body["body"]["reason"], "test");
+    // The action leaves the resource's provisioning state as it was.
+    let g = send(&s, &admin, "GET", &format!("{id}?{API}"), None).await;
+    assert_eq!(g.body["properties"]["provisioningState"], "Succeeded");
+    // A caller without the action's permission is refused before anything runs.
+    let (app, sp, secret) = s.new_sp(&admin, "reader-only").await;
+    s.assign(&admin, &format!("/subscriptions/{}", s.sub()), READER, &sp)
+        .await;
+    let tok = s.client_token(&app, &secret, &s.mgmt()).await;
+    let a = send(&s, &tok, "POST", &format!("{id}/restart?{API}"), None).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    // A failing action reports its error; the resource stays Succeeded.
+    let a = send(
+        &s,
+        &admin,
+        "PATCH",
+        &format!("{id}?{API}"),
+        Some(json!({"properties": {"failAction": "the restart failed"}})),
+    )
+    .await;
+    assert!(a.status == 200 || a.status == 202, "{}", a.body);
+    if !a.header("azure-asyncoperation").is_empty() {
+        until_done(&s, &admin, &a.header("azure-asyncoperation")).await;
+    }
+    let a = send(&s, &admin, "POST", &format!("{id}/restart?{API}"), None).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let done = until_done(&s, &admin, &a.header("azure-asyncoperation")).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    assert_eq!(done["error"]["message"], "the restart failed");
+    let g = send(&s, &admin, "GET", &format!("{id}?{API}"), None).await;
+    assert_eq!(g.body["properties"]["provisioningState"], "Succeeded");
+}

@@ -66,7 +66,9 @@ pub fn host(
         for (p, lro) in paths {
             let mut ts = TypeSpec::new(&p, &["*"]).with_identity();
             if lro {
-                ts = ts.long_running(SimulatedWork::long_running());
+                ts = ts
+                    .action(SimulatedWork::ACTION)
+                    .long_running(SimulatedWork::long_running());
             }
             spec = spec.with_type(ts);
         }
