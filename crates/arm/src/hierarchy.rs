@@ -42,7 +42,7 @@ impl Provider for ManagementGroups {
             .with_type(TypeSpec::new("managementGroups", &["*"]).level(Level::Tenant))
             .with_type(TypeSpec::new("managementGroups/subscriptions", &["*"]).level(Level::Tenant))
     }
-    fn raw(&self) -> bool {
+    fn claims(&self, _tail: &[&str]) -> bool {
         true
     }
     async fn serve_raw(
@@ -66,7 +66,7 @@ impl Provider for Aliases {
         ProviderSpec::new("Microsoft.Subscription")
             .with_type(TypeSpec::new("aliases", &["*"]).level(Level::Tenant))
     }
-    fn raw(&self) -> bool {
+    fn claims(&self, _tail: &[&str]) -> bool {
         true
     }
     async fn serve_raw(

@@ -78,7 +78,7 @@ impl Host {
         for i in (0..segs.len().saturating_sub(1)).rev() {
             if segs[i].eq_ignore_ascii_case("providers")
                 && let Some(prov) = self.provider(segs[i + 1])
-                && prov.raw()
+                && prov.claims(&segs[i + 2..])
             {
                 let scope = format!("/{}", segs[..i].join("/"));
                 return prov.serve_raw(p, self, &scope, &segs[i + 2..], req).await;

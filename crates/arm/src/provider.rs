@@ -8,7 +8,7 @@
 //! operation. A provider whose types live in storage of its own (the credential manager's
 //! child resources, role assignments) serves those requests itself ([`Provider::serve`]), and
 //! a namespace of plain operation endpoints (`/providers/Cloister.Identity/…`) claims its
-//! paths whole ([`Provider::serve_raw`]).
+//! paths ([`Provider::claims`], [`Provider::serve_raw`]).
 
 use crate::registry::{ProviderSpec, Route};
 use async_trait::async_trait;
@@ -91,6 +91,9 @@ pub trait Platform: Send + Sync {
     fn public_url(&self) -> String;
     /// A new (not yet stored) service principal for a managed identity of `resource_id`.
     fn new_managed_identity(&self, resource_id: &str, name: &str) -> ServicePrincipal;
+    /// The directory's kind (`User`, `Group`, `ServicePrincipal`) and display name of a
+    /// principal, `None` if the directory has no such object.
+    async fn principal_kind(&self, id: &str) -> Result<Option<(String, String)>, ArmError>;
     /// Refreshes what depends on identities, principals and role assignments.
     async fn changed(&self, what: Changed) -> Result<(), ArmError>;
 }
@@ -128,13 +131,14 @@ pub trait Provider: Send + Sync {
         None
     }
 
-    /// Whether this provider routes every path under its namespace itself (operation
-    /// endpoints that are not resources, or types with semantics of their own).
-    fn raw(&self) -> bool {
+    /// Whether this provider routes the path under its namespace itself (operation endpoints
+    /// that are not resources, types with semantics of their own, or everything below one of
+    /// its resources). `tail` is the path's segments after `providers/{namespace}`.
+    fn claims(&self, _tail: &[&str]) -> bool {
         false
     }
 
-    /// Serves a path under `{scope}/providers/{namespace}/…` when [`Provider::raw`] is true.
+    /// Serves a path under `{scope}/providers/{namespace}/…` that [`Provider::claims`].
     /// `scope` is the part of the path before `/providers/{namespace}` (`/` for the tenant) and
     /// `tail` the segments after the namespace.
     async fn serve_raw(

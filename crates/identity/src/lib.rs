@@ -12,13 +12,13 @@
 //! ```
 
 pub mod api;
+pub mod arm;
 pub mod authorize;
 pub mod config;
 pub mod directory;
 pub mod grants;
 pub mod keys;
 pub mod mi;
-pub mod provider;
 pub mod resources;
 pub mod strict;
 pub mod tokens;

@@ -5,12 +5,15 @@
 //! ETags on every write; `If-Match` required on DELETE; `$filter`, `$top`, `$skip`,
 //! `nextLink` on lists; secrets are write-only.
 
-use crate::arm::{not_found_path, scope, store_err};
-use crate::auth::Caller;
+use crate::arm::{scope, store_err};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cloister_arm::host::{Host, method_not_allowed, not_found_path};
+use cloister_arm::provider::Caller;
+use cloister_arm::provider::{Platform, Request};
+use cloister_arm::registry::ProviderSpec;
 use cloister_core::clock::now_secs;
 use cloister_core::error::ArmError;
 use cloister_credentials::model::{
@@ -19,8 +22,186 @@ use cloister_credentials::model::{
 use cloister_credentials::runtime::ConnRef;
 use cloister_store::CredItem;
 use serde_json::{Map, Value, json};
+use std::sync::{Arc, OnceLock, Weak};
 
 type Res = Result<Response, ArmError>;
+
+/// The credential manager's providers (`Microsoft.ApiManagement`, `Cloister.Credentials`),
+/// attached to the server state once it exists.
+#[derive(Default)]
+pub struct CredentialManager {
+    st: OnceLock<Weak<AppState>>,
+}
+
+impl CredentialManager {
+    pub fn attach(&self, st: &Arc<AppState>) {
+        let _ = self.st.set(Arc::downgrade(st));
+    }
+
+    fn state(&self) -> Result<Arc<AppState>, ArmError> {
+        self.st.get().and_then(Weak::upgrade).ok_or_else(|| {
+            ArmError::new(
+                503,
+                "ServiceUnavailable",
+                "The server is starting or stopping.",
+            )
+        })
+    }
+
+    /// The `Cloister.Credentials` provider (the key ring) sharing this state.
+    pub fn keys(self: &Arc<Self>) -> Arc<CredentialKeys> {
+        Arc::new(CredentialKeys(self.clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl cloister_arm::provider::Provider for CredentialManager {
+    fn spec(&self) -> ProviderSpec {
+        cloister_credentials::provider::arm_provider()
+    }
+
+    /// Everything below a service instance is the credential store's.
+    fn claims(&self, tail: &[&str]) -> bool {
+        tail.len() > 2
+    }
+
+    async fn serve_raw(
+        &self,
+        p: &dyn Platform,
+        _host: &Host,
+        scope_prefix: &str,
+        tail: &[&str],
+        req: &Request<'_>,
+    ) -> Res {
+        let st = self.state()?;
+        let sc = scope(scope_prefix)?;
+        let (Some(sub), Some(rg)) = (sc.subscription_id(), sc.resource_group()) else {
+            return Err(not_found_path(req.path));
+        };
+        if !tail[0].eq_ignore_ascii_case("service") {
+            return Err(not_found_path(req.path));
+        }
+        let sub = p
+            .store()
+            .subscription_get(sub)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ArmError::not_found(
+                    "SubscriptionNotFound",
+                    format!("The subscription '{sub}' could not be found."),
+                )
+            })?;
+        let instance = format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.ApiManagement/service/{}",
+            sub.id, tail[1]
+        );
+        handle(
+            &st,
+            req.caller,
+            req.method,
+            req.headers,
+            &instance,
+            &tail[2..],
+            req.raw_query,
+            req.body,
+        )
+        .await
+    }
+
+    async fn decorate(&self, _p: &dyn Platform, r: &cloister_store::Resource, props: &mut Value) {
+        if let Ok(st) = self.state()
+            && cloister_arm::host::type_of(r).eq_ignore_ascii_case(SERVICE_TYPE)
+        {
+            props["gatewayUrl"] = json!(gateway_url(&st, &r.id));
+        }
+    }
+
+    async fn removed(&self, p: &dyn Platform, ids: &[String]) {
+        for r in ids {
+            if r.to_ascii_lowercase()
+                .contains("/providers/microsoft.apimanagement/service/")
+            {
+                let _ = p.store().cred_delete_instance(r).await;
+            }
+        }
+        if let Ok(st) = self.state()
+            && let Some(cm) = &st.credentials
+        {
+            cm.invalidate();
+        }
+    }
+}
+
+/// `Cloister.Credentials`: the key ring of the credential store (`keys`, `keys/rotate`).
+pub struct CredentialKeys(Arc<CredentialManager>);
+
+#[async_trait::async_trait]
+impl cloister_arm::provider::Provider for CredentialKeys {
+    fn spec(&self) -> ProviderSpec {
+        use cloister_arm::registry::{Level, TypeSpec};
+        ProviderSpec::new("Cloister.Credentials").with_type(
+            TypeSpec::new("keys", &["*"])
+                .level(Level::Tenant)
+                .collection_action("rotate"),
+        )
+    }
+
+    fn claims(&self, _tail: &[&str]) -> bool {
+        true
+    }
+
+    async fn serve_raw(
+        &self,
+        p: &dyn Platform,
+        _host: &Host,
+        scope_prefix: &str,
+        tail: &[&str],
+        req: &Request<'_>,
+    ) -> Res {
+        let st = self.0.state()?;
+        if scope_prefix != "/" {
+            return Err(not_found_path(req.path));
+        }
+        let root = scope("/")?;
+        let lc: Vec<String> = tail.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let l: Vec<&str> = lc.iter().map(String::as_str).collect();
+        let unavailable = || {
+            ArmError::new(
+                503,
+                "ServiceUnavailable",
+                "The credential manager is not running.",
+            )
+        };
+        match (req.method.clone(), l.as_slice()) {
+            (Method::POST, ["keys", "rotate"]) => {
+                p.authorize(
+                    &req.caller.object_id,
+                    "Cloister.Credentials/keys/rotate/action",
+                    &root,
+                )?;
+                let cm = st.credentials.as_ref().ok_or_else(unavailable)?;
+                let report = crate::credentials::rotate(cm)
+                    .await
+                    .map_err(|e| ArmError::internal(format!("key rotation: {e}")))?;
+                Ok(json_resp(StatusCode::OK, report))
+            }
+            (Method::GET, ["keys"]) => {
+                p.authorize(
+                    &req.caller.object_id,
+                    "Cloister.Credentials/keys/read",
+                    &root,
+                )?;
+                let cm = st.credentials.as_ref().ok_or_else(unavailable)?;
+                Ok(json_resp(
+                    StatusCode::OK,
+                    crate::credentials::key_status(cm).await,
+                ))
+            }
+            _ => Err(not_found_path(req.path)),
+        }
+    }
+}
 
 pub const SERVICE_TYPE: &str = "Microsoft.ApiManagement/service";
 const PROVIDERS: &str = "authorizationProviders";
@@ -410,7 +591,7 @@ pub async fn handle(
     };
     let Some(name) = name else {
         if method != Method::GET {
-            return Err(crate::arm::method_not_allowed(method));
+            return Err(method_not_allowed(method));
         }
         act(&format!("{actions}/read"))?;
         if let Some(pk) = parent_kind {
@@ -451,7 +632,7 @@ pub async fn handle(
             act(&format!("{actions}/delete"))?;
             delete_item(st, cm, headers, &id, kind).await
         }
-        _ => Err(crate::arm::method_not_allowed(method)),
+        _ => Err(method_not_allowed(method)),
     }
 }
 

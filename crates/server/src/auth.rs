@@ -25,13 +25,16 @@ fn audiences(st: &AppState, path: &str) -> Vec<String> {
     a
 }
 
-/// The authenticated caller of a management API.
+/// The authenticated caller of a management API (the ARM framework's caller, extracted from
+/// the bearer token).
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub object_id: String,
-    pub tenant_id: String,
-    pub app_id: String,
-    pub idtyp: String,
+pub struct Caller(pub cloister_arm::provider::Caller);
+
+impl std::ops::Deref for Caller {
+    type Target = cloister_arm::provider::Caller;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -63,11 +66,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .id
             .validate(token, &audiences(st, parts.uri.path()))
             .map_err(|e| ArmError::unauthenticated(format!("The access token is invalid: {e}.")))?;
-        Ok(Caller {
+        Ok(Caller(cloister_arm::provider::Caller {
             object_id: claims.oid,
             tenant_id: claims.tid,
             app_id: claims.app_id,
             idtyp: claims.idtyp,
-        })
+        }))
     }
 }

@@ -106,7 +106,8 @@ pub async fn ensure_admin(
         }
     };
     let host_id = format!(
-        "/subscriptions/{sub}/resourceGroups/{SYSTEM_RG}/providers/Cloister.Platform/hosts/{}",
+        "/subscriptions/{sub}/resourceGroups/{SYSTEM_RG}/providers/{}/{}",
+        cloister_identity::arm::HOST_TYPE,
         cfg.host_name
     );
     if store
@@ -128,7 +129,7 @@ pub async fn ensure_admin(
             let sp = id.new_managed_identity(&host_id, &cfg.host_name);
             let r = Resource {
                 id: host_id.clone(),
-                type_: "Cloister.Platform/hosts".into(),
+                type_: cloister_identity::arm::HOST_TYPE.into(),
                 subscription_id: sub.into(),
                 resource_group: SYSTEM_RG.into(),
                 name: cfg.host_name.clone(),

@@ -11,8 +11,6 @@
 
 pub mod arm;
 pub mod arm_credman;
-pub mod arm_resources;
-pub mod arm_tenant;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
@@ -21,8 +19,8 @@ pub mod gateway;
 pub mod graph;
 pub mod listen;
 pub mod openapi;
+pub mod platform;
 pub mod providers;
-pub mod rbac;
 pub mod sessions;
 pub mod state;
 pub mod tls;
@@ -32,7 +30,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::get;
 use cloister_core::error::ArmError;
 use cloister_crypto::MasterKey;
 use cloister_identity::Identity;
@@ -99,14 +97,24 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("identity service: {e}"))?;
     bootstrap::ensure_admin(&cfg, &store, &id, &tenant, &sub).await?;
-    let rbac = rbac::Rbac::load(store.clone()).await?;
+    let rbac = cloister_authorization::Rbac::load(store.clone()).await?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
     let acceptor = tls::acceptor(&ca, &cfg.listen, &cfg.tls_names)?;
-    let arm = providers::registry(&cfg)?;
+    let manager = sessions::build_manager(&cfg);
+    let pools = Arc::new(cloister_sessions::arm::SessionPools::new(
+        manager.clone(),
+        id.clone(),
+        store.clone(),
+        cfg.public_url(),
+        sessions::identity_socket(&cfg),
+    ));
+    let credman = Arc::new(arm_credman::CredentialManager::default());
+    let host = providers::host(&cfg, &id, &rbac, &pools, &credman)?;
     let st = Arc::new(AppState {
-        arm,
+        host,
+        pools: pools.clone(),
         management_audiences: vec![
             id.management_endpoint.clone(),
             "https://management.azure.com".into(),
@@ -118,7 +126,7 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         rbac: rbac.clone(),
         prometheus,
         default_subscription: sub,
-        sessions: sessions::build_manager(&cfg),
+        sessions: manager,
         credentials: Some(
             credentials::Credentials::open(
                 store.clone(),
@@ -127,8 +135,8 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             )
             .await?,
         ),
-        pool_bindings: Default::default(),
     });
+    credman.attach(&st);
     sessions::serve_identity_socket(&st).await?;
     {
         let st = st.clone();
@@ -142,7 +150,7 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
-    sessions::load_all(&st).await?;
+    st.pools.load_all().await?;
     {
         let st = st.clone();
         tokio::spawn(async move {
@@ -150,7 +158,7 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             t.tick().await;
             loop {
                 t.tick().await;
-                sessions::renew(&st).await;
+                let _ = st.pools.load_all().await;
             }
         });
     }
@@ -260,10 +268,6 @@ pub fn router(st: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(arm::router())
         .merge(graph::router())
-        .route(
-            "/providers/Cloister.Identity/bindings/current",
-            delete(arm_tenant::delete_binding),
-        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -272,6 +276,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st.clone());
     let mut app = Router::new()
         .merge(cloister_identity::api::router(st.id.clone()))
+        .merge(cloister_identity::arm::bindings_router(st.id.clone()))
         .merge(gateway::router(st.clone()))
         .merge(api)
         .method_not_allowed_fallback(method_not_allowed)
@@ -282,7 +287,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     if let Some(m) = &st.sessions {
         let dp = Arc::new(cloister_sessions::api::DataPlane {
             manager: m.clone(),
-            auth: Arc::new(sessions::TokenAuthorizer {
+            auth: Arc::new(cloister_sessions::arm::TokenAuthorizer {
                 id: st.id.clone(),
                 rbac: st.rbac.clone(),
             }),

@@ -1,21 +1,43 @@
-//! Composition of the ARM provider registry: each service's provider, the platform's own
-//! types, and the plain types the configuration names.
+//! Composition of the ARM host: each service's providers, ARM's own hierarchy, and the plain
+//! types the configuration names. One line per provider.
 
+use crate::arm_credman::CredentialManager;
 use crate::config::ServerConfig;
-use cloister_arm::registry::{ProviderSpec, Registry, TypeSpec};
+use cloister_arm::host::Host;
+use cloister_arm::registry::{ProviderSpec, TypeSpec};
+use cloister_authorization::Rbac;
+use cloister_identity::Identity;
+use cloister_sessions::arm::SessionPools;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-pub fn registry(cfg: &ServerConfig) -> anyhow::Result<Registry> {
-    let mut r = Registry::default();
-    let builtin = [
-        cloister_sessions::provider::arm_provider(),
-        cloister_identity::provider::arm_provider(),
-        cloister_credentials::provider::arm_provider(),
-        ProviderSpec::new("Cloister.Platform")
-            .with_type(TypeSpec::new("hosts", &["*"]).with_identity()),
+pub fn host(
+    cfg: &ServerConfig,
+    id: &Arc<Identity>,
+    rbac: &Arc<Rbac>,
+    pools: &Arc<SessionPools>,
+    credman: &Arc<CredentialManager>,
+) -> anyhow::Result<Host> {
+    use cloister_arm::provider::Provider;
+    let mut h = Host::default();
+    let builtin: Vec<Arc<dyn Provider>> = vec![
+        Arc::new(cloister_arm::hierarchy::ManagementGroups),
+        Arc::new(cloister_arm::hierarchy::Aliases),
+        Arc::new(cloister_authorization::arm::Authorization { rbac: rbac.clone() }),
+        Arc::new(cloister_identity::arm::ManagedIdentities),
+        Arc::new(cloister_identity::arm::PlatformHosts),
+        Arc::new(cloister_identity::arm::CloisterIdentity::identity(
+            id.clone(),
+        )),
+        Arc::new(cloister_identity::arm::CloisterIdentity::directory(
+            id.clone(),
+        )),
+        pools.clone(),
+        credman.clone(),
+        credman.keys(),
     ];
     for p in builtin {
-        r.register(p)
+        h.register(p)
             .map_err(|e| anyhow::anyhow!("provider registry: {e}"))?;
     }
     // Plain types, grouped by namespace; parents before children.
@@ -31,7 +53,7 @@ pub fn registry(cfg: &ServerConfig) -> anyhow::Result<Registry> {
         e.1.push(path.to_string());
     }
     for (_, (ns, mut paths)) in plain {
-        if r.provider(&ns).is_some() {
+        if h.registry.provider(&ns).is_some() {
             anyhow::bail!("arm_types: the namespace '{ns}' belongs to a built-in provider");
         }
         paths.sort_by_key(|p| p.split('/').count());
@@ -40,8 +62,8 @@ pub fn registry(cfg: &ServerConfig) -> anyhow::Result<Registry> {
         for p in paths {
             spec = spec.with_type(TypeSpec::new(&p, &["*"]).with_identity());
         }
-        r.register(spec)
+        h.register_plain(spec)
             .map_err(|e| anyhow::anyhow!("arm_types: {e}"))?;
     }
-    Ok(r)
+    Ok(h)
 }

@@ -1,18 +1,15 @@
 //! Shared state of the composed server.
 
 use crate::config::ServerConfig;
-use crate::rbac::Rbac;
+use cloister_authorization::Rbac;
 use cloister_identity::Identity;
 use cloister_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
-/// A pool's in-session identity binding: (principals, secret, expiry).
-pub type PoolBinding = (Vec<String>, String, i64);
-
 pub struct AppState {
-    /// The ARM provider registry (types, api-versions, actions).
-    pub arm: cloister_arm::registry::Registry,
+    /// The ARM host: the provider registry and the providers behind it.
+    pub host: cloister_arm::host::Host,
     pub cfg: ServerConfig,
     pub store: Store,
     pub id: Arc<Identity>,
@@ -21,10 +18,10 @@ pub struct AppState {
     pub management_audiences: Vec<String>,
     pub prometheus: Option<PrometheusHandle>,
     pub default_subscription: String,
-    /// Session pools (None when this host cannot run sandboxes).
+    /// The sandbox pools (None when this host cannot run sandboxes).
     pub sessions: Option<Arc<cloister_sessions::Manager>>,
-    /// Per pool: (principals, binding secret, expiry) of its in-session identities.
+    /// The session-pool provider (pools kept in step with their resources).
+    pub pools: Arc<cloister_sessions::arm::SessionPools>,
     /// The credential manager (vault, runtime).
     pub credentials: Option<crate::credentials::Credentials>,
-    pub pool_bindings: std::sync::Mutex<std::collections::HashMap<String, PoolBinding>>,
 }

@@ -6,11 +6,11 @@
 //! - [`api`]: the pool's data plane (both API generations).
 
 pub mod api;
+pub mod arm;
 pub mod bwrap;
 pub mod error;
 pub mod ident;
 pub mod pool;
-pub mod provider;
 pub mod runtime;
 pub mod spec;
 

@@ -1,0 +1,332 @@
+//! The sessions service's resource provider: `Microsoft.App/sessionPools`, kept in step with
+//! the pool manager (a pool starts, changes and stops with its resource), its in-session
+//! identities (a binding per pool whose secret is the sessions' `IDENTITY_HEADER`), and the
+//! data plane's authorizer (Cloister tokens for the sessions audiences plus the Session
+//! Executor data action).
+
+use crate::Manager;
+use crate::api::{Authorizer, endpoint};
+use crate::error::DpError;
+use crate::runtime::SessionSpec;
+use crate::spec::PoolSpec;
+use cloister_arm::provider::{Platform, Provider, Write};
+use cloister_arm::registry::{ProviderSpec, TypeSpec};
+use cloister_core::error::ArmError;
+use cloister_core::scope::Scope;
+use cloister_identity::Identity;
+use cloister_store::{Resource, Store};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub const POOL_TYPE: &str = "Microsoft.App/sessionPools";
+/// The data action the Session Executor role grants.
+pub const EXECUTE: &str = "Microsoft.App/sessionPools/interpreters/execute/action";
+pub const AUDIENCES: [&str; 4] = [
+    "https://dynamicsessions.io",
+    "https://dynamicsessions.io/",
+    "https://acasessions.io",
+    "https://acasessions.io/",
+];
+
+/// A pool's in-session identity binding: (principals, secret, expiry).
+type PoolBinding = (Vec<String>, String, i64);
+
+/// The `Microsoft.App` provider.
+pub struct SessionPools {
+    /// The pool manager (None when this host cannot run sandboxes: pools are then only
+    /// resources).
+    pub manager: Option<Arc<Manager>>,
+    pub identity: Arc<Identity>,
+    pub store: Store,
+    /// The externally visible base URL, for `poolManagementEndpoint`.
+    pub public_url: String,
+    /// The socket sessions reach the managed-identity endpoint through.
+    pub socket: PathBuf,
+    bindings: Mutex<HashMap<String, PoolBinding>>,
+}
+
+impl SessionPools {
+    pub fn new(
+        manager: Option<Arc<Manager>>,
+        identity: Arc<Identity>,
+        store: Store,
+        public_url: String,
+        socket: PathBuf,
+    ) -> Self {
+        SessionPools {
+            manager,
+            identity,
+            store,
+            public_url,
+            socket,
+            bindings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts every stored pool (server start), and renews in-session identity bindings
+    /// before they expire, re-creating lost ones (the renewal tick).
+    pub async fn load_all(&self) -> Result<(), cloister_store::StoreError> {
+        load_all(self).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for SessionPools {
+    /// `Microsoft.App/sessionPools` (with ARM's identity block). Every dated api-version is
+    /// answered: clients from `2023-08-01-preview` to `2025-10-02-preview` send pools of the
+    /// same shape, and the fields of each version are told apart by the pool's own validation.
+    fn spec(&self) -> ProviderSpec {
+        ProviderSpec::new("Microsoft.App")
+            .with_type(TypeSpec::new("sessionPools", &["*"]).with_identity())
+    }
+
+    async fn properties(
+        &self,
+        _p: &dyn Platform,
+        w: &Write<'_>,
+    ) -> Result<Option<Value>, ArmError> {
+        prepare(w.resource, w.properties, w.patch, w.name).map(Some)
+    }
+
+    async fn decorate(&self, _p: &dyn Platform, r: &Resource, props: &mut Value) {
+        decorate(self, r, props);
+    }
+
+    async fn written(&self, _p: &dyn Platform, r: &Resource, _created: bool) {
+        apply(self, r).await;
+    }
+
+    async fn removed(&self, _p: &dyn Platform, ids: &[String]) {
+        removed(self, ids).await;
+    }
+}
+
+pub struct TokenAuthorizer {
+    pub id: Arc<Identity>,
+    pub rbac: Arc<cloister_authorization::Rbac>,
+}
+
+impl Authorizer for TokenAuthorizer {
+    fn authorize(&self, authorization: Option<&str>, pool_id: &str) -> Result<String, DpError> {
+        let Some(h) = authorization else {
+            return Err(DpError::new(
+                401,
+                "Unauthorized",
+                "Authentication failed. The 'Authorization' header is missing; send a bearer token for https://dynamicsessions.io.",
+            ));
+        };
+        let token = match h.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => {
+                return Err(DpError::new(
+                    401,
+                    "Unauthorized",
+                    "Authentication failed. The 'Authorization' header must be 'Bearer <token>'.",
+                ));
+            }
+        };
+        let auds: Vec<String> = AUDIENCES.iter().map(|s| s.to_string()).collect();
+        let claims = self.id.validate(token, &auds).map_err(|e| {
+            DpError::new(
+                401,
+                "InvalidAuthenticationToken",
+                format!("The access token is invalid: {e}. Session pools accept tokens for https://dynamicsessions.io or https://acasessions.io."),
+            )
+        })?;
+        let sc = Scope::parse(pool_id)
+            .map_err(|e| DpError::bad(format!("The pool path is not valid: {e}")))?;
+        self.rbac
+            .authorize_data(&claims.oid, EXECUTE, &sc)
+            .map_err(|e| DpError::new(403, "PermissionDenied", e.message))?;
+        Ok(claims.oid)
+    }
+}
+
+/// Validates and normalises a pool's `properties` on PUT/PATCH; returns the stored text.
+fn prepare(
+    r: &Resource,
+    props: Option<&Value>,
+    patch: bool,
+    name: &str,
+) -> Result<Value, ArmError> {
+    let ok_name = (2..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok_name {
+        return Err(ArmError::bad_request(
+            "InvalidResourceName",
+            format!(
+                "The session pool name '{name}' is not valid: use 2-63 lower-case letters, digits and hyphens, starting with a letter."
+            ),
+        ));
+    }
+    let base = if patch {
+        serde_json::from_str::<Value>(&r.properties)
+            .ok()
+            .and_then(|v| PoolSpec::parse(&v, None).ok())
+    } else {
+        None
+    };
+    let empty = json!({});
+    let spec = PoolSpec::parse(props.unwrap_or(&empty), base.as_ref())
+        .map_err(|m| ArmError::bad_request("InvalidRequestContent", m))?;
+    for i in &spec.identities {
+        let known = if i.identity == "system" {
+            r.system_principal_id.is_some()
+        } else {
+            r.user_identities
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(&i.identity))
+        };
+        if !known {
+            return Err(ArmError::bad_request(
+                "InvalidManagedIdentitySettings",
+                format!(
+                    "managedIdentitySettings names '{}', which is not an identity of this session pool; add it to the pool's 'identity' block first.",
+                    i.identity
+                ),
+            ));
+        }
+    }
+    Ok(spec.to_stored())
+}
+
+fn spec_of(r: &Resource) -> Option<PoolSpec> {
+    serde_json::from_str::<Value>(&r.properties)
+        .ok()
+        .and_then(|v| PoolSpec::parse(&v, None).ok())
+}
+
+/// The pool's properties as returned: both `dynamicPoolConfiguration` forms, the
+/// data-plane endpoint and the provisioning state.
+fn decorate(pools: &SessionPools, r: &Resource, props: &mut Value) {
+    if let Some(spec) = spec_of(r) {
+        let mut p = spec.to_stored();
+        p["dynamicPoolConfiguration"]["executionType"] = json!("Timed");
+        p["dynamicPoolConfiguration"]["cooldownPeriodInSeconds"] = json!(spec.cooldown_secs);
+        *props = p;
+    }
+    props["poolManagementEndpoint"] = json!(endpoint(&pools.public_url, &r.id));
+    props["nodeCount"] = json!(0);
+    if let Some(p) = pools.manager.as_ref().and_then(|m| m.pool(&r.id)) {
+        props["nodeCount"] = json!(p.session_count() + p.ready_count());
+    }
+}
+
+/// Binding lifetime for a pool's in-session identities; renewed well before it ends.
+const BINDING_TTL: i64 = 7 * 86400;
+
+/// The sandbox settings of a pool: its network, and, when some of its identities have
+/// lifecycle `Main`, a binding to exactly those identities whose secret is the
+/// `IDENTITY_HEADER` inside its sessions.
+async fn session_spec(st: &SessionPools, r: &Resource, spec: &PoolSpec) -> SessionSpec {
+    let mut ss = SessionSpec {
+        network: spec.network,
+        identity_socket: None,
+        identity_header: None,
+    };
+    let mut principals = vec![];
+    for i in spec.identities.iter().filter(|i| i.main) {
+        if i.identity == "system" {
+            if let Some(p) = &r.system_principal_id {
+                principals.push(p.clone());
+            }
+        } else if let Ok(Some(sp)) = st.store.sp_by_mi_resource(&i.identity).await {
+            principals.push(sp.id);
+        }
+    }
+    if principals.is_empty() {
+        let gone = st.bindings.lock().unwrap().remove(&r.id.to_lowercase());
+        if let Some((_, old, _)) = gone
+            && let Err(e) = st.identity.forget_session_binding(&old).await
+        {
+            tracing::warn!(pool = %r.id, "ending the previous identity binding: {e}");
+        }
+        return ss;
+    }
+    principals.sort();
+    let key = r.id.to_lowercase();
+    // One secret per pool and set of identities, for the life of this process: the binding
+    // under it is kept alive (re-created if deleted, purged or expired), so the sessions
+    // holding it keep their identities. A new set of identities gets a new secret and the old
+    // binding ends.
+    let known = st.bindings.lock().unwrap().get(&key).cloned();
+    let secret = match known {
+        Some((p, s, _)) if p == principals => s,
+        other => {
+            if let Some((_, old, _)) = other
+                && let Err(e) = st.identity.forget_session_binding(&old).await
+            {
+                tracing::warn!(pool = %r.id, "ending the previous identity binding: {e}");
+            }
+            cloister_crypto::random_token(32)
+        }
+    };
+    match st
+        .identity
+        .keep_session_binding(&r.id, principals.clone(), &secret, BINDING_TTL)
+        .await
+    {
+        Ok(exp) => {
+            st.bindings
+                .lock()
+                .unwrap()
+                .insert(key, (principals, secret.clone(), exp));
+        }
+        Err(e) => {
+            tracing::error!(pool = %r.id, "identity binding for sessions: {e}");
+            return ss;
+        }
+    }
+    ss.identity_socket = Some(st.socket.clone());
+    ss.identity_header = Some(secret);
+    ss
+}
+
+/// Brings the running pool in line with the stored resource.
+async fn apply(st: &SessionPools, r: &Resource) {
+    if st.manager.is_none() {
+        return;
+    }
+    if let Some(spec) = spec_of(r) {
+        let ss = session_spec(st, r, &spec).await;
+        if let Some(m) = &st.manager {
+            m.upsert(&r.id, spec, ss);
+        }
+    }
+}
+
+/// Stops pools whose resources are gone.
+async fn removed(st: &SessionPools, ids: &[String]) {
+    let Some(m) = &st.manager else { return };
+    for id in ids {
+        m.remove(id).await;
+        let gone = st.bindings.lock().unwrap().remove(&id.to_lowercase());
+        if let Some((_, secret, _)) = gone
+            && let Err(e) = st.identity.forget_session_binding(&secret).await
+        {
+            tracing::warn!(pool = %id, "ending the identity binding of a deleted pool: {e}");
+        }
+    }
+}
+
+/// Starts every stored pool (server start).
+async fn load_all(st: &SessionPools) -> Result<(), cloister_store::StoreError> {
+    if st.manager.is_none() {
+        return Ok(());
+    }
+    for sub in st.store.subscription_list().await? {
+        for r in st
+            .store
+            .resource_list(&sub.id, None, Some(POOL_TYPE))
+            .await?
+        {
+            apply(st, &r).await;
+        }
+    }
+    Ok(())
+}
