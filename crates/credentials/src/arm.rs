@@ -113,6 +113,14 @@ impl Provider for ApiManagement {
         }
     }
 
+    /// A created instance is served by the gateway at once (on this node; others follow as
+    /// their caches expire).
+    async fn written(&self, _p: &dyn Platform, r: &Resource, created: bool) {
+        if created && is_service(&r.id) {
+            self.cm.invalidate();
+        }
+    }
+
     async fn removed(&self, p: &dyn Platform, ids: &[String]) {
         let mut any = false;
         for id in ids.iter().filter(|id| is_service(id)) {
@@ -152,7 +160,7 @@ impl Provider for ApiManagement {
     }
 }
 
-/// The key ring routes its two paths itself (`raw`): they are operations on the vault, not
+/// The key ring routes its two paths itself ([`Provider::claims`]): they are operations on the vault, not
 /// resources; the spec still declares them (a tenant-level `keys` type with a `rotate`
 /// collection action) so the registry lists what exists.
 #[async_trait]
@@ -161,7 +169,7 @@ impl Provider for KeyRing {
         key_ring_spec()
     }
 
-    fn raw(&self) -> bool {
+    fn claims(&self, _tail: &[&str]) -> bool {
         true
     }
 

@@ -20,7 +20,6 @@ pub mod gateway;
 pub mod manager;
 pub mod model;
 pub mod oauth;
-pub mod provider;
 pub mod runtime;
 pub mod vault;
 

@@ -1,7 +1,6 @@
 //! Composition of the ARM host: each service's providers, ARM's own hierarchy, and the plain
 //! types the configuration names. One line per provider.
 
-use crate::arm_credman::CredentialManager;
 use crate::config::ServerConfig;
 use cloister_arm::host::Host;
 use cloister_arm::registry::{ProviderSpec, TypeSpec};
@@ -16,7 +15,7 @@ pub fn host(
     id: &Arc<Identity>,
     rbac: &Arc<Rbac>,
     pools: &Arc<SessionPools>,
-    credman: &Arc<CredentialManager>,
+    credentials: &Arc<cloister_credentials::Credentials>,
 ) -> anyhow::Result<Host> {
     use cloister_arm::provider::Provider;
     let mut h = Host::default();
@@ -33,8 +32,12 @@ pub fn host(
             id.clone(),
         )),
         pools.clone(),
-        credman.clone(),
-        credman.keys(),
+        Arc::new(cloister_credentials::arm::ApiManagement {
+            cm: credentials.clone(),
+        }),
+        Arc::new(cloister_credentials::arm::KeyRing {
+            cm: credentials.clone(),
+        }),
     ];
     for p in builtin {
         h.register(p)

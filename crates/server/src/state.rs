@@ -22,6 +22,6 @@ pub struct AppState {
     pub sessions: Option<Arc<cloister_sessions::Manager>>,
     /// The session-pool provider (pools kept in step with their resources).
     pub pools: Arc<cloister_sessions::arm::SessionPools>,
-    /// The credential manager (vault, runtime).
-    pub credentials: Option<crate::credentials::Credentials>,
+    /// The credential manager (vault, runtime, caches).
+    pub credentials: Arc<cloister_credentials::Credentials>,
 }
