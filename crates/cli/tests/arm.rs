@@ -319,3 +319,175 @@ async fn lists_page_with_next_link_and_filter() {
         assert_eq!(st, 400, "{bad}: {v}");
     }
 }
+
+/// Reader (built-in acdd72a7-3385-48ef-bd42-f606fba81ae7).
+const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+
+#[tokio::test]
+async fn a_paged_list_never_shows_what_the_caller_cannot_read() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    for g in ["mine", "theirs"] {
+        s.create_rg(&admin, g).await;
+        for i in 0..4 {
+            let (st, v) = s
+                .call(
+                    &admin,
+                    "PUT",
+                    &format!(
+                        "/subscriptions/{}/resourceGroups/{g}/providers/Contoso.Widgets/widgets/{g}{i}?{API}",
+                        s.sub()
+                    ),
+                    Some(json!({"location": "local"})),
+                )
+                .await;
+            assert_eq!(st, 201, "{v}");
+        }
+    }
+    let (app, sp, secret) = s.new_sp(&admin, "reader-of-one-group").await;
+    s.assign(
+        &admin,
+        &format!("/subscriptions/{}/resourceGroups/mine", s.sub()),
+        READER,
+        &sp,
+    )
+    .await;
+    let tok = s.client_token(&app, &secret, &s.mgmt()).await;
+    // Page through the whole subscription, one at a time: only "mine" appears, on every page.
+    let mut url = format!("/subscriptions/{}/resources?{API}&$top=1", s.sub());
+    let mut seen = vec![];
+    for _ in 0..20 {
+        let (st, v) = s.call(&tok, "GET", &url, None).await;
+        assert_eq!(st, 200, "{v}");
+        for r in v["value"].as_array().unwrap() {
+            seen.push(r["name"].as_str().unwrap().to_string());
+        }
+        match v["nextLink"].as_str() {
+            Some(next) => {
+                let base = s.url("");
+                url = next[base.trim_end_matches('/').len()..].to_string();
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["mine0", "mine1", "mine2", "mine3"]);
+    // The type-scoped list of the subscription, and the other group's lists, likewise.
+    let (st, v) = s
+        .call(
+            &tok,
+            "GET",
+            &format!(
+                "/subscriptions/{}/providers/Contoso.Widgets/widgets?{API}",
+                s.sub()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"].as_str().unwrap().starts_with("mine")),
+        "{v}"
+    );
+    let (st, v) = s
+        .call(
+            &tok,
+            "GET",
+            &format!(
+                "/subscriptions/{}/resourceGroups/theirs/resources?{API}",
+                s.sub()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["value"].as_array().unwrap().len(), 0, "{v}");
+    // A single read of the other group's widget is refused, not shown.
+    let (st, v) = s
+        .call(
+            &tok,
+            "GET",
+            &format!(
+                "/subscriptions/{}/resourceGroups/theirs/providers/Contoso.Widgets/widgets/theirs0?{API}",
+                s.sub()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+}
+
+#[tokio::test]
+async fn a_condition_header_that_is_not_ascii_is_a_bad_request() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "arm").await;
+    let id = format!("{}/w1?{API}", widgets(&s));
+    let (st, _, v) = raw(
+        &s,
+        &admin,
+        "PUT",
+        &id,
+        &[],
+        Some(json!({"location": "local"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    // reqwest sends header bytes as given; 0xE9 is obs-text, not a valid ETag character.
+    let r = s
+        .http
+        .put(s.url(&id))
+        .bearer_auth(&admin)
+        .header(
+            "if-match",
+            reqwest::header::HeaderValue::from_bytes(b"\"caf\xe9\"").unwrap(),
+        )
+        .json(&json!({"location": "local", "tags": {"x": "1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidCondition", "{v}");
+    // Nothing was written.
+    let (_, _, v) = raw(&s, &admin, "GET", &id, &[], None).await;
+    assert_eq!(v["tags"], json!({}), "{v}");
+}
+
+#[tokio::test]
+async fn the_identity_block_is_refused_on_a_type_that_does_not_declare_it() {
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "arm").await;
+    // A user-assigned identity is itself an identity: no identity block.
+    let ua = format!(
+        "/subscriptions/{}/resourceGroups/arm/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u1?{API}",
+        s.sub()
+    );
+    let (st, v) = s
+        .call(
+            &admin,
+            "PUT",
+            &ua,
+            Some(json!({"location": "local", "identity": {"type": "SystemAssigned"}})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    // A widget may not link something that is not a user-assigned identity.
+    let (st, v) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{}/w2?{API}", widgets(&s)),
+            Some(json!({"location": "local", "identity": {"type": "UserAssigned", "userAssignedIdentities": {
+                format!("/subscriptions/{}/resourceGroups/arm/providers/Contoso.Widgets/widgets/w9", s.sub()): {}
+            }}})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "InvalidUserAssignedIdentity", "{v}");
+}

@@ -14,9 +14,11 @@
 pub mod api;
 pub mod arm;
 pub mod authorize;
+pub mod bearer;
 pub mod config;
 pub mod directory;
 pub mod grants;
+pub mod graph;
 pub mod keys;
 pub mod mi;
 pub mod resources;

@@ -13,7 +13,6 @@ pub mod arm;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
-pub mod graph;
 pub mod listen;
 pub mod openapi;
 pub mod platform;
@@ -260,7 +259,6 @@ async fn shutdown_signal() {
 pub fn router(st: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(arm::router())
-        .merge(graph::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -270,6 +268,18 @@ pub fn router(st: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .merge(cloister_identity::api::router(st.id.clone()))
         .merge(cloister_identity::arm::bindings_router(st.id.clone()))
+        .merge(cloister_identity::graph::router(Arc::new(
+            cloister_identity::graph::Graph {
+                id: st.id.clone(),
+                platform: st.clone(),
+                audiences: st
+                    .management_audiences
+                    .iter()
+                    .cloned()
+                    .chain(cloister_identity::graph::GRAPH_AUDIENCES.map(String::from))
+                    .collect(),
+            },
+        )))
         .merge(cloister_credentials::gateway::router(Arc::new(
             cloister_credentials::gateway::Gateway {
                 cm: st.credentials.clone(),

@@ -455,8 +455,8 @@ impl Store {
     }
 }
 
-/// Principals owned by a resource: its system-assigned identity, and if it is itself a
-/// user-assigned identity, that identity.
+/// Principals owned by a resource: its system-assigned identity, and every managed identity
+/// made for it (a user-assigned identity resource is one), whatever its type.
 async fn identity_principals_of(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     r: &Resource,
@@ -465,15 +465,14 @@ async fn identity_principals_of(
     if let Some(p) = &r.system_principal_id {
         out.push(p.clone());
     }
-    if r.type_
-        .eq_ignore_ascii_case("microsoft.managedidentity/userassignedidentities")
-    {
-        let row = sqlx::query("SELECT id FROM service_principals WHERE lower(mi_resource_id) = $1")
-            .bind(r.id.to_lowercase())
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(row) = row {
-            out.push(row.get::<String, _>(0));
+    let rows = sqlx::query("SELECT id FROM service_principals WHERE lower(mi_resource_id) = $1")
+        .bind(r.id.to_lowercase())
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in rows {
+        let id = row.get::<String, _>(0);
+        if !out.contains(&id) {
+            out.push(id);
         }
     }
     Ok(out)

@@ -2,15 +2,17 @@
 //! same objects (`/v1.0/applications`, `servicePrincipals`, `users`, `groups`). Writes are
 //! authorized through the RBAC evaluator with `Cloister.Directory/*` actions at the root scope.
 
-use crate::arm::{parse_body, scope, store_err};
-use crate::auth::Caller;
-use crate::state::AppState;
+use crate::Identity;
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cloister_arm::host::{parse_body, scope, store_err};
+use cloister_arm::provider::{Changed, Platform};
 use cloister_core::clock::format_rfc3339;
 use cloister_core::error::ArmError;
 use cloister_crypto::Secret;
@@ -20,9 +22,59 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 type Res = Result<Response, ArmError>;
-type St = State<Arc<AppState>>;
+type St = State<Arc<Graph>>;
 
-pub fn router() -> Router<Arc<AppState>> {
+/// Microsoft Graph's audiences: its URL and its first-party application id.
+pub const GRAPH_AUDIENCES: [&str; 2] = [
+    "https://graph.microsoft.com",
+    "00000003-0000-0000-c000-000000000000",
+];
+
+/// What the directory API needs: the identity service, and the platform for the store,
+/// authorization and cache refreshes.
+pub struct Graph {
+    pub id: Arc<Identity>,
+    pub platform: Arc<dyn Platform>,
+    /// The audiences a token for this API may carry (the management API's and Graph's).
+    pub audiences: Vec<String>,
+}
+
+impl Graph {
+    fn store(&self) -> &cloister_store::Store {
+        self.platform.store()
+    }
+}
+
+const RBAC: Changed = Changed {
+    identities: false,
+    principals: false,
+    rbac: true,
+};
+
+/// The authenticated caller of the directory API.
+pub struct Caller(cloister_arm::provider::Caller);
+
+impl std::ops::Deref for Caller {
+    type Target = cloister_arm::provider::Caller;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl FromRequestParts<Arc<Graph>> for Caller {
+    type Rejection = ArmError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<Graph>) -> Result<Self, ArmError> {
+        crate::bearer::caller(
+            &st.id,
+            parts.headers.get(axum::http::header::AUTHORIZATION),
+            &st.audiences,
+        )
+        .map(Caller)
+    }
+}
+
+pub fn router(st: Arc<Graph>) -> Router {
     Router::new()
         .route("/v1.0/applications", post(create_app).get(list_apps))
         .route(
@@ -51,10 +103,11 @@ pub fn router() -> Router<Arc<AppState>> {
             "/v1.0/groups/{id}/members/{member}/$ref",
             axum::routing::delete(remove_member),
         )
+        .with_state(st)
 }
 
-fn authz(st: &AppState, c: &Caller, action: &str) -> Result<(), ArmError> {
-    st.rbac.authorize(
+fn authz(st: &Graph, c: &Caller, action: &str) -> Result<(), ArmError> {
+    st.platform.authorize(
         &c.object_id,
         &format!("Cloister.Directory/{action}"),
         &scope("/")?,
@@ -139,15 +192,15 @@ fn uris(v: Option<&Value>) -> Result<Vec<String>, ArmError> {
     }
 }
 
-async fn app_by_object_id(st: &AppState, id: &str) -> Result<Application, ArmError> {
+async fn app_by_object_id(st: &Graph, id: &str) -> Result<Application, ArmError> {
     let a = st
-        .store
+        .store()
         .application_by_object_id(id)
         .await
         .map_err(store_err)?;
     let a = match a {
         Some(a) => Some(a),
-        None => st.store.application_get(id).await.map_err(store_err)?,
+        None => st.store().application_get(id).await.map_err(store_err)?,
     };
     a.filter(|a| a.tenant_id == st.id.home_tenant)
         .ok_or_else(|| not_found("application", id))
@@ -180,17 +233,21 @@ async fn list_apps(State(st): St, c: Caller) -> Res {
     authz(&st, &c, "applications/read")?;
     let mut out = vec![];
     for a in st
-        .store
+        .store()
         .application_list(&st.id.home_tenant)
         .await
         .map_err(store_err)?
     {
         let s = st
-            .store
+            .store()
             .secrets_for_app(&a.app_id)
             .await
             .map_err(store_err)?;
-        let k = st.store.certs_for_app(&a.app_id).await.map_err(store_err)?;
+        let k = st
+            .store()
+            .certs_for_app(&a.app_id)
+            .await
+            .map_err(store_err)?;
         out.push(app_json(&a, &s, &k));
     }
     okv(json!({ "value": out }))
@@ -200,11 +257,15 @@ async fn get_app(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "applications/read")?;
     let a = app_by_object_id(&st, &id).await?;
     let s = st
-        .store
+        .store()
         .secrets_for_app(&a.app_id)
         .await
         .map_err(store_err)?;
-    let k = st.store.certs_for_app(&a.app_id).await.map_err(store_err)?;
+    let k = st
+        .store()
+        .certs_for_app(&a.app_id)
+        .await
+        .map_err(store_err)?;
     okv(app_json(&a, &s, &k))
 }
 
@@ -213,7 +274,7 @@ async fn patch_app(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes
     let mut a = app_by_object_id(&st, &id).await?;
     let b = parse_body(&body)?;
     if let Some(n) = b.get("displayName").and_then(|v| v.as_str()) {
-        cloister_identity::directory::valid_display_name(n).map_err(ArmError::from)?;
+        crate::directory::valid_display_name(n).map_err(ArmError::from)?;
         a.display_name = n.to_string();
     }
     if let Some(w) = b.get("web").and_then(|w| w.get("redirectUris")) {
@@ -233,7 +294,7 @@ async fn patch_app(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes
         url::Url::parse(u)
             .map_err(|e| ArmError::invalid(format!("'{u}' is not a valid URI: {e}")))?;
     }
-    st.store.application_update(&a).await.map_err(store_err)?;
+    st.store().application_update(&a).await.map_err(store_err)?;
     st.id.invalidate_client(&a.tenant_id, &a.app_id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -241,12 +302,12 @@ async fn patch_app(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes
 async fn delete_app(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "applications/delete")?;
     let a = app_by_object_id(&st, &id).await?;
-    st.store
+    st.store()
         .application_delete(&a.app_id)
         .await
         .map_err(store_err)?;
     st.id.invalidate_client(&a.tenant_id, &a.app_id);
-    st.rbac.changed().await?;
+    st.platform.changed(RBAC).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -295,7 +356,7 @@ async fn remove_password(State(st): St, c: Caller, Path(id): Path<String>, body:
         .and_then(|v| v.as_str())
         .ok_or_else(|| ArmError::invalid("'keyId' is required."))?;
     if !st
-        .store
+        .store()
         .secret_remove(&a.app_id, key)
         .await
         .map_err(store_err)?
@@ -336,7 +397,7 @@ async fn list_sps(State(st): St, c: Caller, Query(q): Query<HashMap<String, Stri
             .flatten()
     });
     let out: Vec<Value> = st
-        .store
+        .store()
         .sp_list(&st.id.home_tenant)
         .await
         .map_err(store_err)?
@@ -353,10 +414,10 @@ async fn list_sps(State(st): St, c: Caller, Query(q): Query<HashMap<String, Stri
 
 async fn get_sp(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "servicePrincipals/read")?;
-    let sp = match st.store.sp_get(&id).await.map_err(store_err)? {
+    let sp = match st.store().sp_get(&id).await.map_err(store_err)? {
         Some(s) => s,
         None => st
-            .store
+            .store()
             .sp_by_app_id(&id)
             .await
             .map_err(store_err)?
@@ -384,7 +445,7 @@ async fn create_user(State(st): St, c: Caller, body: Bytes) -> Res {
         .await
     {
         Ok(u) => created(user_json(&u)),
-        Err(cloister_identity::IdentityError::Store(cloister_store::StoreError::Conflict(_))) => {
+        Err(crate::IdentityError::Store(cloister_store::StoreError::Conflict(_))) => {
             Err(graph_err(
                 "Request_BadRequest",
                 400,
@@ -398,7 +459,7 @@ async fn create_user(State(st): St, c: Caller, body: Bytes) -> Res {
 async fn list_users(State(st): St, c: Caller) -> Res {
     authz(&st, &c, "users/read")?;
     let v: Vec<Value> = st
-        .store
+        .store()
         .user_list(&st.id.home_tenant)
         .await
         .map_err(store_err)?
@@ -408,11 +469,11 @@ async fn list_users(State(st): St, c: Caller) -> Res {
     okv(json!({ "value": v }))
 }
 
-async fn find_user(st: &AppState, id: &str) -> Result<User, ArmError> {
-    let u = match st.store.user_get(id).await.map_err(store_err)? {
+async fn find_user(st: &Graph, id: &str) -> Result<User, ArmError> {
+    let u = match st.store().user_get(id).await.map_err(store_err)? {
         Some(u) => Some(u),
         None => st
-            .store
+            .store()
             .user_by_upn(&st.id.home_tenant, id)
             .await
             .map_err(store_err)?,
@@ -428,8 +489,8 @@ async fn get_user(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
 async fn delete_user(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "users/delete")?;
     let u = find_user(&st, &id).await?;
-    st.store.user_delete(&u.id).await.map_err(store_err)?;
-    st.rbac.changed().await?;
+    st.store().user_delete(&u.id).await.map_err(store_err)?;
+    st.platform.changed(RBAC).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -452,7 +513,7 @@ async fn create_group(State(st): St, c: Caller, body: Bytes) -> Res {
 async fn list_groups(State(st): St, c: Caller) -> Res {
     authz(&st, &c, "groups/read")?;
     let v: Vec<Value> = st
-        .store
+        .store()
         .group_list(&st.id.home_tenant)
         .await
         .map_err(store_err)?
@@ -462,8 +523,8 @@ async fn list_groups(State(st): St, c: Caller) -> Res {
     okv(json!({ "value": v }))
 }
 
-async fn find_group(st: &AppState, id: &str) -> Result<Group, ArmError> {
-    st.store
+async fn find_group(st: &Graph, id: &str) -> Result<Group, ArmError> {
+    st.store()
         .group_get(id)
         .await
         .map_err(store_err)?
@@ -478,8 +539,8 @@ async fn get_group(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
 async fn delete_group(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "groups/delete")?;
     let g = find_group(&st, &id).await?;
-    st.store.group_delete(&g.id).await.map_err(store_err)?;
-    st.rbac.changed().await?;
+    st.store().group_delete(&g.id).await.map_err(store_err)?;
+    st.platform.changed(RBAC).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -487,7 +548,7 @@ async fn list_members(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "groups/read")?;
     let g = find_group(&st, &id).await?;
     let mut out = vec![];
-    for m in st.store.group_members(&g.id).await.map_err(store_err)? {
+    for m in st.store().group_members(&g.id).await.map_err(store_err)? {
         let (kind, name) = st
             .id
             .principal_kind(&m)
@@ -535,7 +596,7 @@ async fn add_member(State(st): St, c: Caller, Path(id): Path<String>, body: Byte
         ));
     }
     if !st
-        .store
+        .store()
         .group_add_member(&g.id, &member)
         .await
         .map_err(store_err)?
@@ -546,7 +607,7 @@ async fn add_member(State(st): St, c: Caller, Path(id): Path<String>, body: Byte
             "One or more added object references already exist for the following modified properties: 'members'.",
         ));
     }
-    st.rbac.changed().await?;
+    st.platform.changed(RBAC).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -558,14 +619,14 @@ async fn remove_member(
     authz(&st, &c, "groups/members/write")?;
     let g = find_group(&st, &id).await?;
     if !st
-        .store
+        .store()
         .group_remove_member(&g.id, &member.to_ascii_lowercase())
         .await
         .map_err(store_err)?
     {
         return Err(not_found("member", &member));
     }
-    st.rbac.changed().await?;
+    st.platform.changed(RBAC).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -622,7 +683,7 @@ fn validate_app_roles(v: &Value) -> Result<Value, ArmError> {
 async fn assign_app_role(State(st): St, c: Caller, Path(id): Path<String>, body: Bytes) -> Res {
     authz(&st, &c, "servicePrincipals/appRoleAssignedTo/write")?;
     let resource = st
-        .store
+        .store()
         .sp_get(&id)
         .await
         .map_err(store_err)?
@@ -648,7 +709,7 @@ async fn assign_app_role(State(st): St, c: Caller, Path(id): Path<String>, body:
         ));
     }
     let app = st
-        .store
+        .store()
         .application_get(&resource.app_id)
         .await
         .map_err(store_err)?
@@ -695,7 +756,7 @@ async fn assign_app_role(State(st): St, c: Caller, Path(id): Path<String>, body:
         app_role_id: role.clone(),
         created_at: cloister_core::clock::now_secs(),
     };
-    match st.store.app_role_assignment_create(&row).await {
+    match st.store().app_role_assignment_create(&row).await {
         Ok(()) => {}
         Err(cloister_store::StoreError::Conflict(m)) => {
             return Err(graph_err("Request_BadRequest", 400, m));
@@ -710,14 +771,12 @@ async fn assign_app_role(State(st): St, c: Caller, Path(id): Path<String>, body:
 async fn list_app_role_assignments(State(st): St, c: Caller, Path(id): Path<String>) -> Res {
     authz(&st, &c, "servicePrincipals/read")?;
     let resource = st
-        .store
+        .store()
         .sp_get(&id)
         .await
         .map_err(store_err)?
         .ok_or_else(|| not_found("servicePrincipal", &id))?;
-    let v: Vec<Value> = st
-        .store
-        .app_role_assignments_to(&resource.app_id)
+    let v: Vec<Value> = st.store().app_role_assignments_to(&resource.app_id)
         .await
         .map_err(store_err)?
         .iter()
