@@ -39,6 +39,7 @@ pub struct Aliases;
 impl Provider for ManagementGroups {
     fn spec(&self) -> ProviderSpec {
         ProviderSpec::new("Microsoft.Management")
+            .routes_itself()
             .with_type(TypeSpec::new("managementGroups", &["*"]).level(Level::Tenant))
             .with_type(TypeSpec::new("managementGroups/subscriptions", &["*"]).level(Level::Tenant))
     }
@@ -64,6 +65,7 @@ impl Provider for ManagementGroups {
 impl Provider for Aliases {
     fn spec(&self) -> ProviderSpec {
         ProviderSpec::new("Microsoft.Subscription")
+            .routes_itself()
             .with_type(TypeSpec::new("aliases", &["*"]).level(Level::Tenant))
     }
     fn claims(&self, _tail: &[&str]) -> bool {
@@ -410,6 +412,38 @@ pub async fn list_subscriptions(p: &dyn Platform, caller: &crate::provider::Call
     ok(StatusCode::OK, json!({ "value": out }))
 }
 
+/// A registered provider as ARM's Providers API shows it (`az provider show`), with each
+/// type's level and actions as extra fields.
+fn provider_json(sub: &str, ps: &ProviderSpec) -> Value {
+    let types: Vec<Value> = ps
+        .types
+        .iter()
+        .map(|t| {
+            json!({
+                "resourceType": t.path,
+                "locations": t.locations,
+                "apiVersions": t.api_versions,
+                "capabilities": "None",
+                "level": match t.level {
+                    Level::ResourceGroup => "ResourceGroup",
+                    Level::Subscription => "Subscription",
+                    Level::Tenant => "Tenant",
+                    Level::Extension => "Extension",
+                },
+                "actions": t.actions,
+                "collectionActions": t.collection_actions,
+            })
+        })
+        .collect();
+    json!({
+        "id": format!("/subscriptions/{sub}/providers/{}", ps.namespace),
+        "namespace": ps.namespace,
+        "registrationState": "Registered",
+        "registrationPolicy": "RegistrationRequired",
+        "resourceTypes": types,
+    })
+}
+
 fn subscription_json(s: &Subscription) -> Value {
     json!({
         "id": format!("/subscriptions/{}", s.id),
@@ -602,6 +636,37 @@ pub async fn serve(host: &Host, p: &dyn Platform, segs: &[&str], req: &Request<'
                 ok(StatusCode::OK, json!({ "value": out }))
             }
             (3, Some("resources")) => host.list(p, req, &sub.id, None, None, None).await,
+            (3, Some("providers")) | (4, Some("providers")) => {
+                if *method != Method::GET {
+                    return Err(method_not_allowed(method));
+                }
+                p.authorize(
+                    &req.caller.object_id,
+                    "Microsoft.Resources/subscriptions/providers/read",
+                    &scope(&format!("/subscriptions/{}", sub.id))?,
+                )?;
+                let all: Vec<Value> = host
+                    .registry
+                    .providers()
+                    .map(|ps| provider_json(&sub.id, ps))
+                    .collect();
+                match segs.get(3) {
+                    None => ok(StatusCode::OK, json!({ "value": all })),
+                    Some(ns) => host
+                        .registry
+                        .provider(ns)
+                        .map(|ps| ok(StatusCode::OK, provider_json(&sub.id, ps)))
+                        .unwrap_or_else(|| {
+                            Err(ArmError::not_found(
+                                "InvalidResourceNamespace",
+                                format!(
+                                    "The resource namespace '{}' is invalid.",
+                                    ns.chars().take(100).collect::<String>()
+                                ),
+                            ))
+                        }),
+                }
+            }
             (4, Some("resourcegroups")) => resource_group(host, p, req, &sub, segs[3]).await,
             (5, Some("resourcegroups")) if lc(4).as_deref() == Some("resources") => {
                 host.list(p, req, &sub.id, Some(segs[3]), None, None).await

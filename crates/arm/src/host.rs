@@ -303,6 +303,10 @@ impl Host {
         };
         let if_match = header(header::IF_MATCH)?;
         let if_none_match = header(header::IF_NONE_MATCH)?;
+        let writes = matches!(*req.method, Method::PUT | Method::PATCH | Method::DELETE);
+        if writes && !route.is_long_running(req.method) {
+            crate::operations::ensure_idle(p, route, &id).await?;
+        }
         match *req.method {
             Method::GET | Method::HEAD => {
                 let r = p.store().resource_get(&id).await.map_err(store_err)?;
@@ -325,6 +329,11 @@ impl Host {
                         if_none_match.as_deref(),
                         cur.as_ref().map(|r| r.etag.as_str()),
                     )?;
+                }
+                if route.is_long_running(req.method)
+                    && let Some(prov) = self.owner_of(&t)
+                {
+                    return crate::operations::delete(p, prov.clone(), route, req, &id).await;
                 }
                 match p.store().resource_delete(&id).await.map_err(store_err)? {
                     Some(removed) => {
@@ -470,10 +479,14 @@ impl Host {
         r.modified_by = by;
         r.modified_by_type = by_type.to_string();
         r.etag = crate::conditional::new_etag();
-        let long_running = route.is_long_running(req.method);
-        if long_running {
+        let long_running = route.is_long_running(req.method) && owner.is_some();
+        let op = if long_running {
             set_provisioning_state(&mut r, crate::lro::State::Accepted);
-        }
+            let kind = crate::operations::write_kind(existing.is_none());
+            Some(crate::operations::claim(p, route, req, &id, &r.location, kind).await?)
+        } else {
+            None
+        };
         // The condition is checked again by the write itself, so a concurrent writer that
         // changed the resource after the check above cannot be overwritten.
         let expect = match (&existing, if_match, if_none_match) {
@@ -482,16 +495,29 @@ impl Host {
             (Some(e), None, Some(_)) => Expect::Etag(&e.etag),
             _ => Expect::Any,
         };
-        let written = store
+        let written = match store
             .resource_put_if(&r, &new_principals, &drop_principals, expect)
             .await
-            .map_err(store_err)?;
+        {
+            Ok(w) => w,
+            Err(e) => {
+                let e = store_err(e);
+                if let Some(op) = &op {
+                    crate::operations::abandon(p, op, &e).await;
+                }
+                return Err(e);
+            }
+        };
         if !written {
-            return Err(ArmError::new(
+            let e = ArmError::new(
                 412,
                 "PreconditionFailed",
                 "The resource was changed by another request; read it again and retry.",
-            ));
+            );
+            if let Some(op) = &op {
+                crate::operations::abandon(p, op, &e).await;
+            }
+            return Err(e);
         }
         p.changed(Changed {
             identities: true,
@@ -513,9 +539,18 @@ impl Host {
             StatusCode::CREATED
         };
         let body = self.resource_json(p, &stored).await;
-        if long_running && let Some(prov) = owner {
-            return crate::operations::start(p, prov.clone(), &stored, route, req, status, body)
-                .await;
+        if let (Some(op), Some(prov)) = (op, owner) {
+            return crate::operations::start(
+                p,
+                prov.clone(),
+                op,
+                &stored,
+                route,
+                req,
+                status,
+                body,
+            )
+            .await;
         }
         with_etag(status, body)
     }

@@ -18,6 +18,7 @@
 //!   groups and aliases; [`operations`]: long-running operations.
 //! * [`lro`]: provisioning states, operation-status bodies and the headers azure-core's and
 //!   azure-mgmt-core's pollers follow.
+//! * [`openapi`]: the OpenAPI document, its ARM operations generated from the registry.
 //!
 //! ```
 //! use cloister_arm::registry::{ProviderSpec, Registry, RouteKind, TypeSpec};
@@ -43,6 +44,7 @@ pub mod filter;
 pub mod hierarchy;
 pub mod host;
 pub mod lro;
+pub mod openapi;
 pub mod operations;
 pub mod paging;
 pub mod provider;

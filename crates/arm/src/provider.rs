@@ -96,6 +96,12 @@ pub trait Platform: Send + Sync {
     async fn principal_kind(&self, id: &str) -> Result<Option<(String, String)>, ArmError>;
     /// Refreshes what depends on identities, principals and role assignments.
     async fn changed(&self, what: Changed) -> Result<(), ArmError>;
+    /// The platform as a shared handle, for work that outlives its request (the background
+    /// part of a long-running operation). `None`: that work runs within the request, which
+    /// then answers only when it is done.
+    fn shared(&self) -> Option<std::sync::Arc<dyn Platform>> {
+        None
+    }
 }
 
 /// A create or update of a resource, as handed to [`Provider::properties`].
@@ -195,6 +201,12 @@ pub trait Provider: Send + Sync {
     /// `provisioningState` `Accepted`. The resource is `Succeeded` when it returns `Ok`,
     /// `Failed` (with the error) otherwise.
     async fn provision(&self, _p: &dyn Platform, _r: &Resource) -> Result<(), ArmError> {
+        Ok(())
+    }
+
+    /// The work of a long-running delete, run after the resource is marked `Deleting` and
+    /// before it is removed. An error keeps the resource, `Failed`, and fails the operation.
+    async fn deprovision(&self, _p: &dyn Platform, _r: &Resource) -> Result<(), ArmError> {
         Ok(())
     }
 }

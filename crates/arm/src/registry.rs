@@ -60,6 +60,58 @@ pub struct TypeSpec {
     /// on create, its ids among the read-only properties, no `identity` block).
     pub identity_resource: bool,
     pub long_running: LongRunning,
+    /// How the OpenAPI document describes the type (see [`crate::openapi`]); routing ignores it.
+    pub doc: TypeDoc,
+}
+
+/// The OpenAPI description of a type: all optional, with generated defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeDoc {
+    /// The path parameter naming an instance (`authorizationProviderId`); default `name` for
+    /// a top-level type, `{singular}Name` for a child type.
+    pub param: Option<String>,
+    /// The tag its operations are grouped under; default the namespace.
+    pub tag: Option<String>,
+    /// What one instance is called in summaries (`session pool`); default the type name.
+    pub noun: Option<String>,
+    /// Summaries by operation: `get`, `put`, `patch`, `delete`, `head`, `list`,
+    /// `listBySubscription`, or an action's name.
+    pub summaries: Vec<(String, String)>,
+    /// The JSON Schema of the resource's `properties`.
+    pub properties: Option<serde_json::Value>,
+}
+
+impl TypeDoc {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn param(mut self, name: &str) -> Self {
+        self.param = Some(name.to_string());
+        self
+    }
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tag = Some(tag.to_string());
+        self
+    }
+    pub fn noun(mut self, noun: &str) -> Self {
+        self.noun = Some(noun.to_string());
+        self
+    }
+    pub fn summary(mut self, op: &str, text: &str) -> Self {
+        self.summaries.push((op.to_string(), text.to_string()));
+        self
+    }
+    pub fn properties(mut self, schema: serde_json::Value) -> Self {
+        self.properties = Some(schema);
+        self
+    }
+    /// The summary given for an operation (case-insensitive key).
+    pub fn summary_of(&self, op: &str) -> Option<&str> {
+        self.summaries
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(op))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl TypeSpec {
@@ -74,6 +126,7 @@ impl TypeSpec {
             identity: false,
             identity_resource: false,
             long_running: LongRunning::default(),
+            doc: TypeDoc::default(),
         }
     }
     pub fn level(mut self, level: Level) -> Self {
@@ -104,6 +157,11 @@ impl TypeSpec {
     }
     pub fn long_running(mut self, lro: LongRunning) -> Self {
         self.long_running = lro;
+        self
+    }
+    /// The type's OpenAPI description.
+    pub fn doc(mut self, doc: TypeDoc) -> Self {
+        self.doc = doc;
         self
     }
     fn depth(&self) -> usize {
@@ -151,6 +209,9 @@ impl TypeSpec {
 pub struct ProviderSpec {
     pub namespace: String,
     pub types: Vec<TypeSpec>,
+    /// The provider routes its own paths (operation endpoints, or semantics of its own): its
+    /// operations are documented by the provider rather than generated from its types.
+    pub routes_itself: bool,
 }
 
 impl ProviderSpec {
@@ -158,10 +219,29 @@ impl ProviderSpec {
         ProviderSpec {
             namespace: namespace.to_string(),
             types: vec![],
+            routes_itself: false,
         }
+    }
+    /// See [`ProviderSpec::routes_itself`].
+    pub fn routes_itself(mut self) -> Self {
+        self.routes_itself = true;
+        self
     }
     pub fn with_type(mut self, t: TypeSpec) -> Self {
         self.types.push(t);
+        self
+    }
+    /// Sets the OpenAPI description of the type at `path` (case-insensitive), if this
+    /// provider has it: a service's `openapi` module describes the types its provider
+    /// registers without touching the registration.
+    pub fn describe(mut self, path: &str, doc: TypeDoc) -> Self {
+        if let Some(t) = self
+            .types
+            .iter_mut()
+            .find(|t| t.path.eq_ignore_ascii_case(path))
+        {
+            t.doc = doc;
+        }
         self
     }
     fn find(&self, chain: &[&str]) -> Option<&TypeSpec> {

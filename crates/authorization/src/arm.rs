@@ -30,6 +30,7 @@ impl Provider for Authorization {
     fn spec(&self) -> ProviderSpec {
         let ext = |t: &str| TypeSpec::new(t, &["*"]).level(Level::Extension);
         ProviderSpec::new("Microsoft.Authorization")
+            .routes_itself()
             .with_type(ext("roleAssignments"))
             .with_type(ext("roleDefinitions"))
             .with_type(ext("denyAssignments"))

@@ -62,7 +62,9 @@ pub fn api_management_spec() -> ProviderSpec {
 
 /// `Cloister.Credentials`: the tenant-level key ring of the credential vault.
 pub fn key_ring_spec() -> ProviderSpec {
-    ProviderSpec::new("Cloister.Credentials").with_type(
+    ProviderSpec::new("Cloister.Credentials")
+        .routes_itself()
+        .with_type(
         TypeSpec::new("keys", &["*"])
             .level(Level::Tenant)
             .collection_action("rotate"),
@@ -89,7 +91,7 @@ fn is_service(id: &str) -> bool {
 #[async_trait]
 impl Provider for ApiManagement {
     fn spec(&self) -> ProviderSpec {
-        api_management_spec()
+        crate::openapi::describe(api_management_spec())
     }
 
     async fn serve(

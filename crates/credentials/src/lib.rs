@@ -20,6 +20,8 @@ pub mod gateway;
 pub mod manager;
 pub mod model;
 pub mod oauth;
+pub mod openapi;
+pub mod provider;
 pub mod runtime;
 pub mod vault;
 

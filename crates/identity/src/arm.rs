@@ -21,6 +21,14 @@ use std::sync::Arc;
 /// The user-assigned identity type.
 pub const UAMI_TYPE: &str = "Microsoft.ManagedIdentity/userAssignedIdentities";
 
+/// `Microsoft.ManagedIdentity/userAssignedIdentities`, with its OpenAPI description.
+pub fn arm_provider() -> ProviderSpec {
+    crate::openapi::describe(
+        ProviderSpec::new("Microsoft.ManagedIdentity")
+            .with_type(TypeSpec::new("userAssignedIdentities", &["*"]).identity_resource()),
+    )
+}
+
 /// `Microsoft.ManagedIdentity`: user-assigned identities, handled by the framework's generic
 /// path (a principal per instance, its ids among the read-only properties).
 pub struct ManagedIdentities;
@@ -28,8 +36,7 @@ pub struct ManagedIdentities;
 #[async_trait::async_trait]
 impl Provider for ManagedIdentities {
     fn spec(&self) -> ProviderSpec {
-        ProviderSpec::new("Microsoft.ManagedIdentity")
-            .with_type(TypeSpec::new("userAssignedIdentities", &["*"]).identity_resource())
+        arm_provider()
     }
 }
 
@@ -74,9 +81,12 @@ impl Provider for CloisterIdentity {
     fn spec(&self) -> ProviderSpec {
         let t = |p: &str| TypeSpec::new(p, &["*"]).level(Level::Tenant);
         if self.namespace == "Cloister.Directory" {
-            ProviderSpec::new(self.namespace).with_type(t("tenants"))
+            ProviderSpec::new(self.namespace)
+                .routes_itself()
+                .with_type(t("tenants"))
         } else {
             ProviderSpec::new(self.namespace)
+                .routes_itself()
                 .with_type(t("bindings"))
                 .with_type(t("signingKeys").collection_action("rotate"))
         }

@@ -21,6 +21,7 @@ pub mod grants;
 pub mod graph;
 pub mod keys;
 pub mod mi;
+pub mod openapi;
 pub mod resources;
 pub mod strict;
 pub mod tokens;

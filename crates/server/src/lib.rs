@@ -133,7 +133,9 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         default_subscription: sub,
         sessions: manager,
         credentials: credentials.clone(),
+        me: Default::default(),
     });
+    let _ = st.me.set(Arc::downgrade(&st));
     sessions::serve_identity_socket(&st).await?;
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(3600));
@@ -143,6 +145,8 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         }
     });
     st.pools.load_all().await?;
+    // Long-running operations a previous run left unfinished end Failed (and keep being swept).
+    cloister_arm::operations::recover(st.clone());
     {
         let st = st.clone();
         tokio::spawn(async move {
@@ -337,8 +341,10 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     r
 }
 
-async fn openapi_doc() -> Response {
-    let mut r = openapi::document().to_string().into_response();
+async fn openapi_doc(State(st): State<Arc<AppState>>) -> Response {
+    let mut r = openapi::document(&st.host.registry)
+        .to_string()
+        .into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -33,6 +33,11 @@ impl Platform for AppState {
         self.id.principal_kind(id).await.map_err(ArmError::from)
     }
 
+    fn shared(&self) -> Option<std::sync::Arc<dyn Platform>> {
+        let st = self.me.get()?.upgrade()?;
+        Some(st)
+    }
+
     async fn changed(&self, what: Changed) -> Result<(), ArmError> {
         if what.identities || what.principals {
             self.id.invalidate_identity_sets();

@@ -3,6 +3,7 @@
 
 use crate::config::ServerConfig;
 use cloister_arm::host::Host;
+use cloister_arm::operations::SimulatedWork;
 use cloister_arm::registry::{ProviderSpec, TypeSpec};
 use cloister_authorization::Rbac;
 use cloister_identity::Identity;
@@ -44,8 +45,10 @@ pub fn host(
             .map_err(|e| anyhow::anyhow!("provider registry: {e}"))?;
     }
     // Plain types, grouped by namespace; parents before children.
-    let mut plain: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    let mut plain: BTreeMap<String, (String, Vec<(String, bool)>)> = BTreeMap::new();
     for t in &cfg.arm_types {
+        // `Namespace/type:lro`: writes and deletes of the type are long-running (simulated work).
+        let (t, lro) = plain_type_marker(t);
         let (ns, path) = t
             .split_once('/')
             .filter(|(ns, p)| ns.contains('.') && !p.is_empty())
@@ -53,20 +56,39 @@ pub fn host(
         let e = plain
             .entry(ns.to_ascii_lowercase())
             .or_insert_with(|| (ns.to_string(), vec![]));
-        e.1.push(path.to_string());
+        e.1.push((path.to_string(), lro));
     }
     for (_, (ns, mut paths)) in plain {
         if h.registry.provider(&ns).is_some() {
             anyhow::bail!("arm_types: the namespace '{ns}' belongs to a built-in provider");
         }
-        paths.sort_by_key(|p| p.split('/').count());
-        paths.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        paths.sort_by_key(|(p, _)| p.split('/').count());
+        paths.dedup_by(|a, b| a.0.eq_ignore_ascii_case(&b.0));
+        let any_lro = paths.iter().any(|(_, lro)| *lro);
         let mut spec = ProviderSpec::new(&ns);
-        for p in paths {
-            spec = spec.with_type(TypeSpec::new(&p, &["*"]).with_identity());
+        for (p, lro) in paths {
+            let mut ts = TypeSpec::new(&p, &["*"]).with_identity();
+            if lro {
+                ts = ts.long_running(SimulatedWork::long_running());
+            }
+            spec = spec.with_type(ts);
         }
-        h.register_plain(spec)
-            .map_err(|e| anyhow::anyhow!("arm_types: {e}"))?;
+        let r = if any_lro {
+            h.register(Arc::new(SimulatedWork(spec)))
+        } else {
+            h.register_plain(spec)
+        };
+        r.map_err(|e| anyhow::anyhow!("arm_types: {e}"))?;
     }
     Ok(h)
+}
+
+/// A plain type of `arm_types` and whether it carries the long-running marker (`:lro`,
+/// any casing): `Contoso.Slow/things:lro` is the type `Contoso.Slow/things` whose PUT, PATCH
+/// and DELETE are long-running operations (`cloister_arm::operations::SimulatedWork`).
+pub fn plain_type_marker(t: &str) -> (&str, bool) {
+    match t.len().checked_sub(4).filter(|&i| t.is_char_boundary(i)) {
+        Some(i) if t[i..].eq_ignore_ascii_case(":lro") => (&t[..i], true),
+        _ => (t, false),
+    }
 }

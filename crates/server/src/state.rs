@@ -24,4 +24,6 @@ pub struct AppState {
     pub pools: Arc<cloister_sessions::arm::SessionPools>,
     /// The credential manager (vault, runtime, caches).
     pub credentials: Arc<cloister_credentials::Credentials>,
+    /// This state itself, for work that outlives a request (long-running operations).
+    pub me: std::sync::OnceLock<std::sync::Weak<AppState>>,
 }

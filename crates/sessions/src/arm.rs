@@ -33,6 +33,17 @@ pub const AUDIENCES: [&str; 4] = [
 /// A pool's in-session identity binding: (principals, secret, expiry).
 type PoolBinding = (Vec<String>, String, i64);
 
+/// `Microsoft.App/sessionPools` (with ARM's identity block), with its OpenAPI description.
+/// Every dated api-version is answered: clients from `2023-08-01-preview` to
+/// `2025-10-02-preview` send pools of the same shape, and the fields of each version are told
+/// apart by the pool's own validation.
+pub fn arm_provider() -> ProviderSpec {
+    crate::openapi::describe(
+        ProviderSpec::new("Microsoft.App")
+            .with_type(TypeSpec::new("sessionPools", &["*"]).with_identity()),
+    )
+}
+
 /// The `Microsoft.App` provider.
 pub struct SessionPools {
     /// The pool manager (None when this host cannot run sandboxes: pools are then only
@@ -74,12 +85,8 @@ impl SessionPools {
 
 #[async_trait::async_trait]
 impl Provider for SessionPools {
-    /// `Microsoft.App/sessionPools` (with ARM's identity block). Every dated api-version is
-    /// answered: clients from `2023-08-01-preview` to `2025-10-02-preview` send pools of the
-    /// same shape, and the fields of each version are told apart by the pool's own validation.
     fn spec(&self) -> ProviderSpec {
-        ProviderSpec::new("Microsoft.App")
-            .with_type(TypeSpec::new("sessionPools", &["*"]).with_identity())
+        arm_provider()
     }
 
     async fn properties(

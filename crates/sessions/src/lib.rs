@@ -10,6 +10,7 @@ pub mod arm;
 pub mod bwrap;
 pub mod error;
 pub mod ident;
+pub mod openapi;
 pub mod pool;
 pub mod runtime;
 pub mod spec;

@@ -15,6 +15,7 @@
 mod credentials;
 mod credman;
 mod directory;
+mod operations;
 mod rbac;
 mod resources;
 mod tokens;
@@ -22,6 +23,7 @@ mod tokens;
 pub use credentials::*;
 pub use credman::*;
 pub use directory::*;
+pub use operations::*;
 pub use rbac::*;
 pub use resources::*;
 pub use tokens::*;
@@ -329,4 +331,37 @@ pub(crate) fn oi(row: &AnyRow, col: &str) -> Result<Option<i64>> {
 }
 pub(crate) fn json_vec(row: &AnyRow, col: &str) -> Result<Vec<String>> {
     serde_json::from_str(&s(row, col)?).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A number no other call in this process returns.
+    pub fn unique() -> u64 {
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A store on a fresh database of the PostgreSQL server at `base`.
+    pub async fn fresh_pg(base: &str) -> crate::Store {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let name = format!(
+            "s_{}_{}_{}",
+            std::process::id(),
+            unique(),
+            cloister_core::clock::now_millis()
+        );
+        let mut c = sqlx::AnyConnection::connect(&format!("{base}/postgres"))
+            .await
+            .expect("connect to CLOISTER_TEST_PG");
+        sqlx::Executor::execute(
+            &mut c,
+            sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+        )
+        .await
+        .expect("create database");
+        crate::Store::open(&format!("{base}/{name}")).await.unwrap()
+    }
 }

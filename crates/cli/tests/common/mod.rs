@@ -147,7 +147,7 @@ impl Server {
             // The plain resource types the tests use as "a resource of the user's own".
             .env(
                 "CLOISTER_ARM_TYPES",
-                "Contoso.Widgets/widgets,Contoso.Web/sites",
+                "Contoso.Widgets/widgets,Contoso.Web/sites,Contoso.Slow/things:lro",
             )
             .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::null())

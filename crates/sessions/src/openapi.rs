@@ -1,0 +1,124 @@
+//! The sessions service's part of the OpenAPI document: the session data plane it serves
+//! ([`crate::api`]) and the description of the resource type its provider registers
+//! ([`crate::provider`]).
+
+use cloister_arm::openapi::{ErrorShape, Op};
+use cloister_arm::registry::{ProviderSpec, TypeDoc};
+use serde_json::json;
+
+/// The operations of [`crate::api::router`], under [`crate::api::PREFIX`].
+pub fn ops() -> Vec<Op> {
+    let pool = format!(
+        "{}/subscriptions/{{subscriptionId}}/resourceGroups/{{resourceGroupName}}/sessionPools/{{name}}",
+        crate::api::PREFIX
+    );
+    let op = |method: &str, tail: &str, summary: &str| {
+        Op::new(
+            method,
+            &format!("{pool}{tail}"),
+            "Session data plane",
+            summary,
+        )
+        .errors(ErrorShape::Arm)
+        .auth()
+    };
+    vec![
+        op(
+            "post",
+            "/code/execute",
+            "Run code (2024-02-02-preview, 2024-08-02-preview): {properties:{status,stdout,stderr,result}}",
+        ),
+        op(
+            "post",
+            "/files/upload",
+            "Upload files (multipart 'file'; legacy shape)",
+        ),
+        op(
+            "get",
+            "/files",
+            "List files in /mnt/data (legacy or current shape by api-version; path, recursive)",
+        ),
+        op("post", "/files", "Upload a file (multipart 'file'; path)"),
+        op(
+            "get",
+            "/files/content/{fileName}",
+            "Download a file (legacy)",
+        ),
+        op("get", "/files/{fileName}", "File metadata"),
+        op("delete", "/files/{fileName}", "Delete a file"),
+        op("get", "/files/{fileName}/content", "Download a file"),
+        op(
+            "post",
+            "/executions",
+            "Run code synchronously or asynchronously (2024-10-02-preview and later)",
+        ),
+        op(
+            "get",
+            "/executions/{executionId}",
+            "An execution's status and result",
+        ),
+        op("get", "/session", "The session of an identifier"),
+        op("delete", "/session", "Delete a session now"),
+        op("get", "/listSessions", "Sessions of the pool (skip)"),
+        op("get", "/metadata", "Runtime and pre-installed packages"),
+        op(
+            "post",
+            "/.management/getSession",
+            "The session of an identifier (expiresAt)",
+        ),
+        op(
+            "post",
+            "/.management/listSessions",
+            "Sessions of the pool ({value,count,nextLink})",
+        ),
+        op(
+            "post",
+            "/.management/stopSession",
+            "Delete a session now (text/plain answer)",
+        ),
+    ]
+}
+
+/// Describes the types of [`crate::arm::arm_provider`].
+pub fn describe(p: ProviderSpec) -> ProviderSpec {
+    p.describe(
+        "sessionPools",
+        TypeDoc::new()
+            .noun("session pool")
+            .tag("Session pools")
+            .summary(
+                "put",
+                "Create or update a session pool (PythonLTS; scaleConfiguration, dynamicPoolConfiguration in both forms, sessionNetworkConfiguration, managedIdentitySettings; ARM's identity block); returns poolManagementEndpoint",
+            )
+            .summary("delete", "Delete a session pool and every session in it")
+            .summary("list", "Session pools of a resource group")
+            .summary("listBySubscription", "Session pools of a subscription")
+            .properties(json!({"type": "object", "properties": {
+                "poolManagementType": {"type": "string"},
+                "containerType": {"type": "string"},
+                "scaleConfiguration": {"type": "object", "properties": {
+                    "maxConcurrentSessions": {"type": "integer"},
+                    "readySessionInstances": {"type": "integer"},
+                }},
+                "dynamicPoolConfiguration": {"type": "object"},
+                "sessionNetworkConfiguration": {"type": "object", "properties": {"status": {"type": "string"}}},
+                "managedIdentitySettings": {"type": "array", "items": {"type": "object"}},
+                "poolManagementEndpoint": {"type": "string", "readOnly": true},
+                "nodeCount": {"type": "integer", "readOnly": true},
+                "provisioningState": {"type": "string", "readOnly": true},
+            }})),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_registered_type_is_described() {
+        let p = super::describe(crate::arm::arm_provider());
+        for t in &p.types {
+            assert!(t.doc.noun.is_some(), "{} has no description", t.path);
+        }
+        let ops = super::ops();
+        assert!(ops.iter().all(|o| o.path.starts_with("/dynamicsessions/")));
+    }
+}
