@@ -65,10 +65,10 @@ pub fn key_ring_spec() -> ProviderSpec {
     ProviderSpec::new("Cloister.Credentials")
         .routes_itself()
         .with_type(
-        TypeSpec::new("keys", &["*"])
-            .level(Level::Tenant)
-            .collection_action("rotate"),
-    )
+            TypeSpec::new("keys", &["*"])
+                .level(Level::Tenant)
+                .collection_action("rotate"),
+        )
 }
 
 /// The provider of `Microsoft.ApiManagement`.
