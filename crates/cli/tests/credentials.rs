@@ -1059,3 +1059,305 @@ async fn refresh_answers_without_refresh_token_or_expires_in() {
         seen[2]
     );
 }
+
+/// Hostile: one instance's names used under another. A connection of instance A named under
+/// instance B (its items, its gateway, an API of B pointing at it), a login started for A
+/// confirmed and called back through B, and a caller who may read A listing B.
+#[tokio::test]
+async fn one_instance_cannot_reach_anothers_connections() {
+    let e = instance(Server::start().await, "apima").await;
+    let b = format!(
+        "/subscriptions/{}/resourceGroups/cm/providers/Microsoft.ApiManagement/service/apimb",
+        e.s.sub()
+    );
+    let (st, v) = e
+        .s
+        .call(
+            &e.admin,
+            "PUT",
+            &format!("{b}?{API}"),
+            Some(json!({"location": "local", "properties": {"allowedPostLoginRedirectUrls": ["http://127.0.0.1:9/done*"]}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let gateway_b = v["properties"]["gatewayUrl"].as_str().unwrap().to_string();
+    assert_ne!(gateway_b, e.gateway);
+    let on_b = |path: &str| format!("{b}/{path}?{API}");
+    // In A: a connection to Cloister's own plane, connected, with a policy for the admin.
+    let (app, _, secret) = e.s.new_sp(&e.admin, "downstream").await;
+    let (st, v) = e
+        .put(
+            "authorizationProviders/self",
+            json!({"properties": {"displayName": "Cloister", "identityProvider": "cloister", "oauth2": {"grantTypes": {"clientCredentials": {
+                "clientId": app, "clientSecret": secret, "scopes": "https://dynamicsessions.io/.default"}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = e
+        .put(
+            "authorizationProviders/self/authorizations/me",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(
+        (st, &v["properties"]["status"]),
+        (201, &json!("Connected")),
+        "{v}"
+    );
+    e.policy_for_admin("self", "me", "admin").await;
+    let (st, v) = e.context(&e.admin, "self", "me", "").await;
+    assert_eq!(st, 200, "{v}");
+    // Under B the same names are nothing: no items, no token, no policy can be added.
+    let (st, v) =
+        e.s.call(
+            &e.admin,
+            "GET",
+            &on_b("authorizationProviders/self/authorizations/me"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) =
+        e.s.call(&e.admin, "GET", &on_b("authorizationProviders"), None)
+            .await;
+    assert_eq!(
+        (st, v["value"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (st, v) =
+        e.s.call(
+            &e.admin,
+            "PUT",
+            &on_b("authorizationProviders/self/authorizations/me/accessPolicies/sneak"),
+            Some(json!({"properties": {"tenantId": e.s.tenant(), "objectId": claims(&e.admin)["oid"]}})),
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let r =
+        e.s.http
+            .post(format!(
+                "{gateway_b}/authorizationContext?provider-id=self&authorization-id=me"
+            ))
+            .bearer_auth(&e.admin)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 403);
+    // An API of B that names A's connection gets B's (missing) connection, not A's token.
+    let (st, v) =
+        e.s.call(
+            &e.admin,
+            "PUT",
+            &on_b("apis/steal"),
+            Some(
+                json!({"properties": {"path": "steal", "serviceUrl": "http://127.0.0.1:9/x",
+                "authorizationPolicy": {"providerId": "self", "authorizationId": "me"}}}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let r =
+        e.s.http
+            .get(format!("{gateway_b}/steal/y"))
+            .bearer_auth(&e.admin)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 403);
+    // A login started for A: its consent code does not confirm through B, and B's callback
+    // does not finish it.
+    let (st, v) = e
+        .put(
+            "authorizationProviders/ac",
+            json!({"properties": {"displayName": "AC", "identityProvider": "oauth2", "oauth2": {"grantTypes": {"authorizationCode": {
+                "clientId": "c", "clientSecret": "s", "authorizationUrl": "http://127.0.0.1:9/authorize", "tokenUrl": "http://127.0.0.1:9/token"}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _) = e
+        .put(
+            "authorizationProviders/ac/authorizations/u",
+            json!({"properties": {"oauth2grantType": "AuthorizationCode"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, v) = e
+        .post(
+            "authorizationProviders/ac/authorizations/u/getLoginLinks",
+            json!({"postLoginRedirectUrl": "http://127.0.0.1:9/done"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let link = v["loginLink"].as_str().unwrap().to_string();
+    let state = link.split("state=").nth(1).unwrap().to_string();
+    let html =
+        e.s.http
+            .get(&link)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    let code = html
+        .split("id=\"consent-code\">")
+        .nth(1)
+        .and_then(|x| x.split('<').next())
+        .unwrap()
+        .to_string();
+    let (st, v) =
+        e.s.call(
+            &e.admin,
+            "POST",
+            &on_b("authorizationProviders/ac/authorizations/u/confirmConsentCode"),
+            Some(json!({"consentCode": code})),
+        )
+        .await;
+    assert!(st == 400 || st == 404, "{st} {v}");
+    let r = e.s.http.get(&link).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the link still shows the anti-phishing page"
+    );
+    let r =
+        e.s.http
+            .get(e.s.url(&format!(
+                "/credential-manager/redirect/{}/cm/apimb?state={state}&code=stolen",
+                e.s.sub()
+            )))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, v) = e.get("authorizationProviders/ac/authorizations/u").await;
+    assert_eq!(v["properties"]["status"], "Error", "{v}");
+    assert_eq!(v["properties"]["error"]["code"], "Unauthenticated", "{v}");
+    // A reader of A: reads A's items (no secrets), not B's, and changes nothing.
+    let (rapp, rsp, rsecret) = e.s.new_sp(&e.admin, "reader-of-a").await;
+    e.s.assign(
+        &e.admin,
+        &e.instance,
+        "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+        &rsp,
+    )
+    .await;
+    let reader = e.s.client_token(&rapp, &rsecret, &e.s.mgmt()).await;
+    let (st, v) =
+        e.s.call(
+            &reader,
+            "GET",
+            &format!("{}/authorizationProviders?{API}", e.instance),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["value"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(&secret), "{v}");
+    for path in ["authorizationProviders", "apis", "apis/steal"] {
+        let (st, v) = e.s.call(&reader, "GET", &on_b(path), None).await;
+        assert_eq!(st, 403, "{path}: {v}");
+    }
+    let (st, v) =
+        e.s.call(
+            &reader,
+            "GET",
+            &format!(
+                "/subscriptions/{}/providers/Microsoft.ApiManagement/service?{API}",
+                e.s.sub()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let names: Vec<&str> = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert_eq!(names, ["apima"], "{v}");
+    let (st, v) =
+        e.s.call(
+            &reader,
+            "PUT",
+            &format!(
+                "{}/authorizationProviders/self/authorizations/me/accessPolicies/me?{API}",
+                e.instance
+            ),
+            Some(json!({"properties": {"tenantId": e.s.tenant(), "objectId": rsp}})),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) =
+        e.s.call(
+            &reader,
+            "POST",
+            &format!(
+                "{}/authorizationProviders/ac/authorizations/u/getLoginLinks?{API}",
+                e.instance
+            ),
+            Some(json!({"postLoginRedirectUrl": "http://127.0.0.1:9/done"})),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, _) = e.context(&reader, "self", "me", "").await;
+    assert_eq!(st, 403);
+}
+
+/// Deleting a service instance deletes what the credential manager kept under it: a new
+/// instance of the same name starts empty and its gateway serves nothing of the old one.
+#[tokio::test]
+async fn a_deleted_instance_leaves_nothing_behind() {
+    let e = instance(Server::start().await, "apimd").await;
+    let (app, _, secret) = e.s.new_sp(&e.admin, "downstream").await;
+    let (st, v) = e
+        .put(
+            "authorizationProviders/self",
+            json!({"properties": {"displayName": "Cloister", "identityProvider": "cloister", "oauth2": {"grantTypes": {"clientCredentials": {
+                "clientId": app, "clientSecret": secret, "scopes": "https://dynamicsessions.io/.default"}}}}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _) = e
+        .put(
+            "authorizationProviders/self/authorizations/me",
+            json!({"properties": {"oauth2grantType": "ClientCredentials"}}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    e.policy_for_admin("self", "me", "admin").await;
+    let (st, _) = e.context(&e.admin, "self", "me", "").await;
+    assert_eq!(st, 200);
+    let (st, v) =
+        e.s.call(&e.admin, "DELETE", &format!("{}?{API}", e.instance), None)
+            .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = e.get("authorizationProviders").await;
+    assert_eq!(st, 404, "no instance, no children");
+    let (st, _) = e.context(&e.admin, "self", "me", "").await;
+    assert_eq!(st, 404, "the gateway of a deleted instance");
+    let (st, v) =
+        e.s.call(
+            &e.admin,
+            "PUT",
+            &format!("{}?{API}", e.instance),
+            Some(json!({"location": "local"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = e.get("authorizationProviders").await;
+    assert_eq!(
+        (st, v["value"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    // The gateway's instance cache lives a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (st, _) = e.context(&e.admin, "self", "me", "").await;
+    assert_eq!(st, 403);
+}

@@ -1,20 +1,11 @@
-//! The credential manager's resource types, as registered with the ARM framework.
+//! The credential manager's resource types, as registered with the ARM framework (the
+//! providers that serve them are in [`crate::arm`]).
 
-use cloister_arm::registry::{ProviderSpec, TypeSpec};
+use cloister_arm::registry::ProviderSpec;
 
 /// `Microsoft.ApiManagement/service` and the credential manager's children of it
-/// (authorization providers, their authorizations, and access policies).
+/// (authorization providers, their authorizations with the consent actions, access
+/// policies, and the gateway's APIs).
 pub fn arm_provider() -> ProviderSpec {
-    let any = &["*"];
-    ProviderSpec::new("Microsoft.ApiManagement")
-        .with_type(TypeSpec::new("service", any).with_identity())
-        .with_type(TypeSpec::new("service/authorizationProviders", any))
-        .with_type(TypeSpec::new(
-            "service/authorizationProviders/authorizations",
-            any,
-        ))
-        .with_type(TypeSpec::new(
-            "service/authorizationProviders/authorizations/accessPolicies",
-            any,
-        ))
+    crate::arm::api_management_spec()
 }

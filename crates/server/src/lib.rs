@@ -10,12 +10,9 @@
 //! ```
 
 pub mod arm;
-pub mod arm_credman;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
-pub mod credentials;
-pub mod gateway;
 pub mod listen;
 pub mod openapi;
 pub mod platform;
@@ -109,8 +106,17 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         cfg.public_url(),
         sessions::identity_socket(&cfg),
     ));
-    let credman = Arc::new(arm_credman::CredentialManager::default());
-    let host = providers::host(&cfg, &id, &rbac, &pools, &credman)?;
+    let credentials = Arc::new(
+        cloister_credentials::Credentials::open(
+            store.clone(),
+            mk.clone(),
+            std::fs::read(cfg.data_dir.join("ca.pem")).ok(),
+            cfg.public_url(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let host = providers::host(&cfg, &id, &rbac, &pools, &credentials)?;
     let st = Arc::new(AppState {
         host,
         pools: pools.clone(),
@@ -126,31 +132,18 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         prometheus,
         default_subscription: sub,
         sessions: manager,
-        credentials: Some(
-            credentials::Credentials::open(
-                store.clone(),
-                mk.clone(),
-                std::fs::read(cfg.data_dir.join("ca.pem")).ok(),
-            )
-            .await?,
-        ),
+        credentials: credentials.clone(),
         me: Default::default(),
     });
     let _ = st.me.set(Arc::downgrade(&st));
-    credman.attach(&st);
     sessions::serve_identity_socket(&st).await?;
-    {
-        let st = st.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                t.tick().await;
-                if let Some(cm) = &st.credentials {
-                    credentials::upkeep(cm).await;
-                }
-            }
-        });
-    }
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            t.tick().await;
+            credentials.upkeep().await;
+        }
+    });
     st.pools.load_all().await?;
     // Long-running operations a previous run left unfinished end Failed (and keep being swept).
     cloister_arm::operations::recover(st.clone());
@@ -291,7 +284,13 @@ pub fn router(st: Arc<AppState>) -> Router {
                     .collect(),
             },
         )))
-        .merge(gateway::router(st.clone()))
+        .merge(cloister_credentials::gateway::router(Arc::new(
+            cloister_credentials::gateway::Gateway {
+                cm: st.credentials.clone(),
+                id: st.id.clone(),
+                management_audiences: st.management_audiences.clone(),
+            },
+        )))
         .merge(api)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(

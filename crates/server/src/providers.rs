@@ -1,7 +1,6 @@
 //! Composition of the ARM host: each service's providers, ARM's own hierarchy, and the plain
 //! types the configuration names. One line per provider.
 
-use crate::arm_credman::CredentialManager;
 use crate::config::ServerConfig;
 use cloister_arm::host::Host;
 use cloister_arm::operations::SimulatedWork;
@@ -17,7 +16,7 @@ pub fn host(
     id: &Arc<Identity>,
     rbac: &Arc<Rbac>,
     pools: &Arc<SessionPools>,
-    credman: &Arc<CredentialManager>,
+    credentials: &Arc<cloister_credentials::Credentials>,
 ) -> anyhow::Result<Host> {
     use cloister_arm::provider::Provider;
     let mut h = Host::default();
@@ -34,8 +33,12 @@ pub fn host(
             id.clone(),
         )),
         pools.clone(),
-        credman.clone(),
-        credman.keys(),
+        Arc::new(cloister_credentials::arm::ApiManagement {
+            cm: credentials.clone(),
+        }),
+        Arc::new(cloister_credentials::arm::KeyRing {
+            cm: credentials.clone(),
+        }),
     ];
     for p in builtin {
         h.register(p)

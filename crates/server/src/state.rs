@@ -22,8 +22,8 @@ pub struct AppState {
     pub sessions: Option<Arc<cloister_sessions::Manager>>,
     /// The session-pool provider (pools kept in step with their resources).
     pub pools: Arc<cloister_sessions::arm::SessionPools>,
-    /// The credential manager (vault, runtime).
-    pub credentials: Option<crate::credentials::Credentials>,
+    /// The credential manager (vault, runtime, caches).
+    pub credentials: Arc<cloister_credentials::Credentials>,
     /// This state itself, for work that outlives a request (long-running operations).
     pub me: std::sync::OnceLock<std::sync::Weak<AppState>>,
 }

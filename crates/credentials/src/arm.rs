@@ -1,152 +1,174 @@
-//! The credential manager's management API, in API Management's shape, under a service
-//! instance (`…/providers/Microsoft.ApiManagement/service/{name}`):
-//! `authorizationProviders/{id}`, `…/authorizations/{id}` (+ `getLoginLinks`,
-//! `confirmConsentCode`), `…/accessPolicies/{id}`, and `apis/{id}` for the gateway's proxy.
-//! ETags on every write; `If-Match` required on DELETE; `$filter`, `$top`, `$skip`,
+//! The credential manager's resource providers.
+//!
+//! [`ApiManagement`] owns `Microsoft.ApiManagement`. A service instance
+//! (`…/providers/Microsoft.ApiManagement/service/{name}`) is a plain ARM resource handled by
+//! the framework's generic path (with an `identity` block); this provider adds its
+//! read-only `gatewayUrl` and, when an instance is deleted (directly or by a cascade), deletes
+//! the credential items, tokens and pending logins below it. The instance's children live in
+//! the credential store, not in the resource table, and are served here, in API Management's
+//! shape: `authorizationProviders/{id}`, `…/authorizations/{id}` (+ the `getLoginLinks` and
+//! `confirmConsentCode` actions), `…/accessPolicies/{id}`, and `apis/{id}` for the gateway's
+//! proxy. ETags on every write; `If-Match` required on DELETE; `$filter`, `$top`, `$skip`,
 //! `nextLink` on lists; secrets are write-only.
+//!
+//! [`KeyRing`] owns `Cloister.Credentials`: the tenant-level `keys` collection (GET: the
+//! vault's key ring) and its `rotate` action (a new key version; every data key re-wrapped).
 
-use crate::arm::{scope, store_err};
-use crate::state::AppState;
-use axum::body::Bytes;
+use crate::manager::Credentials;
+use crate::model::{
+    self, Connection, Grant, MAX_CONNECTIONS, MAX_POLICIES, MAX_PROVIDERS, Provider as Settings,
+};
+use crate::runtime::ConnRef;
+use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cloister_arm::host::{Host, method_not_allowed, not_found_path};
-use cloister_arm::provider::Caller;
-use cloister_arm::provider::{Platform, Request};
-use cloister_arm::registry::ProviderSpec;
+use cloister_arm::host::{Host, method_not_allowed, not_found_path, ok, store_err};
+use cloister_arm::provider::{Platform, Provider, Request, Res};
+use cloister_arm::registry::{Level, ProviderSpec, Route, RouteKind, TypeSpec};
 use cloister_core::clock::now_secs;
 use cloister_core::error::ArmError;
-use cloister_credentials::model::{
-    self, Connection, Grant, MAX_CONNECTIONS, MAX_POLICIES, MAX_PROVIDERS, Provider,
-};
-use cloister_credentials::runtime::ConnRef;
-use cloister_store::CredItem;
+use cloister_core::scope::Scope;
+use cloister_store::{CredItem, Resource, Store};
 use serde_json::{Map, Value, json};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 
-type Res = Result<Response, ArmError>;
+pub const NAMESPACE: &str = "Microsoft.ApiManagement";
+pub const SERVICE_TYPE: &str = "Microsoft.ApiManagement/service";
+const PROVIDERS_T: &str = "Microsoft.ApiManagement/service/authorizationProviders";
+const CONNECTIONS_T: &str = "Microsoft.ApiManagement/service/authorizationProviders/authorizations";
+const POLICIES_T: &str =
+    "Microsoft.ApiManagement/service/authorizationProviders/authorizations/accessPolicies";
+const APIS_T: &str = "Microsoft.ApiManagement/service/apis";
 
-/// The credential manager's providers (`Microsoft.ApiManagement`, `Cloister.Credentials`),
-/// attached to the server state once it exists.
-#[derive(Default)]
-pub struct CredentialManager {
-    st: OnceLock<Weak<AppState>>,
+/// `Microsoft.ApiManagement`: the service instance, and the credential manager's children of
+/// it (authorization providers, their authorizations with the consent actions, access
+/// policies, and the gateway's APIs).
+pub fn api_management_spec() -> ProviderSpec {
+    let any = &["*"];
+    ProviderSpec::new(NAMESPACE)
+        .with_type(TypeSpec::new("service", any).with_identity())
+        .with_type(TypeSpec::new("service/apis", any))
+        .with_type(TypeSpec::new("service/authorizationProviders", any))
+        .with_type(
+            TypeSpec::new("service/authorizationProviders/authorizations", any)
+                .action("getLoginLinks")
+                .action("confirmConsentCode"),
+        )
+        .with_type(TypeSpec::new(
+            "service/authorizationProviders/authorizations/accessPolicies",
+            any,
+        ))
 }
 
-impl CredentialManager {
-    pub fn attach(&self, st: &Arc<AppState>) {
-        let _ = self.st.set(Arc::downgrade(st));
-    }
-
-    fn state(&self) -> Result<Arc<AppState>, ArmError> {
-        self.st.get().and_then(Weak::upgrade).ok_or_else(|| {
-            ArmError::new(
-                503,
-                "ServiceUnavailable",
-                "The server is starting or stopping.",
-            )
-        })
-    }
-
-    /// The `Cloister.Credentials` provider (the key ring) sharing this state.
-    pub fn keys(self: &Arc<Self>) -> Arc<CredentialKeys> {
-        Arc::new(CredentialKeys(self.clone()))
-    }
+/// `Cloister.Credentials`: the tenant-level key ring of the credential vault.
+pub fn key_ring_spec() -> ProviderSpec {
+    ProviderSpec::new("Cloister.Credentials")
+        .routes_itself()
+        .with_type(
+            TypeSpec::new("keys", &["*"])
+                .level(Level::Tenant)
+                .collection_action("rotate"),
+        )
 }
 
-#[async_trait::async_trait]
-impl cloister_arm::provider::Provider for CredentialManager {
+/// The provider of `Microsoft.ApiManagement`.
+pub struct ApiManagement {
+    pub cm: Arc<Credentials>,
+}
+
+/// The provider of `Cloister.Credentials` (the vault's key ring).
+pub struct KeyRing {
+    pub cm: Arc<Credentials>,
+}
+
+fn is_service(id: &str) -> bool {
+    Scope::parse(id)
+        .ok()
+        .and_then(|s| s.resource_type())
+        .is_some_and(|t| t.eq_ignore_ascii_case(SERVICE_TYPE))
+}
+
+#[async_trait]
+impl Provider for ApiManagement {
     fn spec(&self) -> ProviderSpec {
-        cloister_credentials::openapi::describe(cloister_credentials::provider::arm_provider())
+        crate::openapi::describe(api_management_spec())
     }
 
-    /// Everything below a service instance is the credential store's.
-    fn claims(&self, tail: &[&str]) -> bool {
-        tail.len() > 2
-    }
-
-    async fn serve_raw(
+    async fn serve(
         &self,
         p: &dyn Platform,
         _host: &Host,
-        scope_prefix: &str,
-        tail: &[&str],
+        route: &Route,
         req: &Request<'_>,
-    ) -> Res {
-        let st = self.state()?;
-        let sc = scope(scope_prefix)?;
-        let (Some(sub), Some(rg)) = (sc.subscription_id(), sc.resource_group()) else {
-            return Err(not_found_path(req.path));
-        };
-        if !tail[0].eq_ignore_ascii_case("service") {
-            return Err(not_found_path(req.path));
+    ) -> Option<Res> {
+        // The instance itself is a plain resource; actions go through the host's
+        // authorization to `action` below.
+        if route.type_name == SERVICE_TYPE || matches!(route.kind, RouteKind::Action(_)) {
+            return None;
         }
-        let sub = p
-            .store()
-            .subscription_get(sub)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| {
-                ArmError::not_found(
-                    "SubscriptionNotFound",
-                    format!("The subscription '{sub}' could not be found."),
-                )
-            })?;
-        let instance = format!(
-            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.ApiManagement/service/{}",
-            sub.id, tail[1]
-        );
-        handle(
-            &st,
-            req.caller,
-            req.method,
-            req.headers,
-            &instance,
-            &tail[2..],
-            req.raw_query,
-            req.body,
-        )
-        .await
+        Some(self.child(p, route, req).await)
     }
 
-    async fn decorate(&self, _p: &dyn Platform, r: &cloister_store::Resource, props: &mut Value) {
-        if let Ok(st) = self.state()
-            && cloister_arm::host::type_of(r).eq_ignore_ascii_case(SERVICE_TYPE)
-        {
-            props["gatewayUrl"] = json!(gateway_url(&st, &r.id));
+    async fn decorate(&self, _p: &dyn Platform, r: &Resource, props: &mut Value) {
+        if is_service(&r.id) {
+            props["gatewayUrl"] = json!(self.cm.gateway_url(&r.id));
+        }
+    }
+
+    /// A created instance is served by the gateway at once (on this node; others follow as
+    /// their caches expire).
+    async fn written(&self, _p: &dyn Platform, r: &Resource, created: bool) {
+        if created && is_service(&r.id) {
+            self.cm.invalidate();
         }
     }
 
     async fn removed(&self, p: &dyn Platform, ids: &[String]) {
-        for r in ids {
-            if r.to_ascii_lowercase()
-                .contains("/providers/microsoft.apimanagement/service/")
-            {
-                let _ = p.store().cred_delete_instance(r).await;
+        let mut any = false;
+        for id in ids.iter().filter(|id| is_service(id)) {
+            if let Err(e) = p.store().cred_delete_instance(id).await {
+                tracing::warn!("deleting the credential items of a removed instance: {e}");
             }
+            any = true;
         }
-        if let Ok(st) = self.state()
-            && let Some(cm) = &st.credentials
-        {
-            cm.invalidate();
+        if any {
+            self.cm.invalidate();
+        }
+    }
+
+    async fn action(
+        &self,
+        p: &dyn Platform,
+        _host: &Host,
+        route: &Route,
+        req: &Request<'_>,
+    ) -> Res {
+        let RouteKind::Action(a) = &route.kind else {
+            return Err(not_found_path(req.path));
+        };
+        let at = At::of(p.store(), route).await?;
+        let conn_id = at.item_id();
+        let provider_id = parent_of(&conn_id);
+        match a.as_str() {
+            "getLoginLinks" => {
+                crate::consent::login_link(&self.cm, &at.inst, &provider_id, &conn_id, req.body)
+                    .await
+            }
+            "confirmConsentCode" => {
+                crate::consent::confirm_consent_code(&self.cm, &conn_id, req.body).await
+            }
+            _ => Err(not_found_path(req.path)),
         }
     }
 }
 
-/// `Cloister.Credentials`: the key ring of the credential store (`keys`, `keys/rotate`).
-pub struct CredentialKeys(Arc<CredentialManager>);
-
-#[async_trait::async_trait]
-impl cloister_arm::provider::Provider for CredentialKeys {
+/// The key ring routes its two paths itself ([`Provider::claims`]): they are operations on the vault, not
+/// resources; the spec still declares them (a tenant-level `keys` type with a `rotate`
+/// collection action) so the registry lists what exists.
+#[async_trait]
+impl Provider for KeyRing {
     fn spec(&self) -> ProviderSpec {
-        use cloister_arm::registry::{Level, TypeSpec};
-        ProviderSpec::new("Cloister.Credentials")
-            .routes_itself()
-            .with_type(
-                TypeSpec::new("keys", &["*"])
-                    .level(Level::Tenant)
-                    .collection_action("rotate"),
-            )
+        key_ring_spec()
     }
 
     fn claims(&self, _tail: &[&str]) -> bool {
@@ -157,58 +179,169 @@ impl cloister_arm::provider::Provider for CredentialKeys {
         &self,
         p: &dyn Platform,
         _host: &Host,
-        scope_prefix: &str,
+        scope: &str,
         tail: &[&str],
         req: &Request<'_>,
     ) -> Res {
-        let st = self.0.state()?;
-        if scope_prefix != "/" {
+        let lc: Vec<String> = tail.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let lc: Vec<&str> = lc.iter().map(String::as_str).collect();
+        if scope != "/" {
             return Err(not_found_path(req.path));
         }
-        let root = scope("/")?;
-        let lc: Vec<String> = tail.iter().map(|s| s.to_ascii_lowercase()).collect();
-        let l: Vec<&str> = lc.iter().map(String::as_str).collect();
-        let unavailable = || {
-            ArmError::new(
-                503,
-                "ServiceUnavailable",
-                "The credential manager is not running.",
-            )
-        };
-        match (req.method.clone(), l.as_slice()) {
+        let root = Scope::root();
+        let who = &req.caller.object_id;
+        match (req.method.clone(), lc.as_slice()) {
             (Method::POST, ["keys", "rotate"]) => {
-                p.authorize(
-                    &req.caller.object_id,
-                    "Cloister.Credentials/keys/rotate/action",
-                    &root,
-                )?;
-                let cm = st.credentials.as_ref().ok_or_else(unavailable)?;
-                let report = crate::credentials::rotate(cm)
+                p.authorize(who, "Cloister.Credentials/keys/rotate/action", &root)?;
+                let report = self
+                    .cm
+                    .rotate()
                     .await
                     .map_err(|e| ArmError::internal(format!("key rotation: {e}")))?;
-                Ok(json_resp(StatusCode::OK, report))
+                ok(StatusCode::OK, report)
             }
             (Method::GET, ["keys"]) => {
-                p.authorize(
-                    &req.caller.object_id,
-                    "Cloister.Credentials/keys/read",
-                    &root,
-                )?;
-                let cm = st.credentials.as_ref().ok_or_else(unavailable)?;
-                Ok(json_resp(
-                    StatusCode::OK,
-                    crate::credentials::key_status(cm).await,
-                ))
+                p.authorize(who, "Cloister.Credentials/keys/read", &root)?;
+                ok(StatusCode::OK, self.cm.key_status().await)
+            }
+            (_, ["keys"] | ["keys", "rotate"]) => Err(method_not_allowed(req.method)),
+            _ => Err(not_found_path(req.path)),
+        }
+    }
+}
+
+/// Where a request below a service instance points: the stored instance, and the (type,
+/// name) pairs below it (registered type names, the caller's names).
+struct At {
+    inst: Resource,
+    below: Vec<(String, String)>,
+}
+
+impl At {
+    /// The instance of a routed child item, action or collection (its scope is the item, or
+    /// the collection's parent); `ParentResourceNotFound` when there is none.
+    async fn of(store: &Store, route: &Route) -> Result<At, ArmError> {
+        let sc = &route.scope;
+        let path = sc.resource_path();
+        let (Some(sub), Some(rg), Some((_, name))) =
+            (sc.subscription_id(), sc.resource_group(), path.first())
+        else {
+            return Err(not_found_path(&sc.to_string()));
+        };
+        let instance_id = format!(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/{NAMESPACE}/service/{name}"
+        );
+        let inst = store
+            .resource_get(&instance_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ArmError::not_found(
+                    "ParentResourceNotFound",
+                    format!("The service instance '{instance_id}' was not found."),
+                )
+            })?;
+        Ok(At {
+            inst,
+            below: path[1..].to_vec(),
+        })
+    }
+
+    /// The id of the item (or of the collection's parent) under the stored instance's id.
+    fn item_id(&self) -> String {
+        let mut id = self.inst.id.clone();
+        for (t, n) in &self.below {
+            id.push('/');
+            id.push_str(t);
+            id.push('/');
+            id.push_str(n);
+        }
+        id
+    }
+}
+
+/// An id without its last `/{type}/{name}`.
+fn parent_of(id: &str) -> String {
+    let mut it = id.rsplitn(3, '/');
+    it.next();
+    it.next();
+    it.next().unwrap_or_default().to_string()
+}
+
+impl ApiManagement {
+    /// A child item or collection of a service instance, from the credential store.
+    async fn child(&self, p: &dyn Platform, route: &Route, req: &Request<'_>) -> Res {
+        p.authorize(&req.caller.object_id, &route.authz_action, &route.scope)?;
+        let cm = &*self.cm;
+        let kind = match route.type_name.as_str() {
+            PROVIDERS_T => "provider",
+            CONNECTIONS_T => "connection",
+            POLICIES_T => "policy",
+            APIS_T => "api",
+            _ => return Err(not_found_path(req.path)),
+        };
+        let at = At::of(&cm.store, route).await?;
+        let inst_lc = at.inst.id.to_lowercase();
+        let method = req.method;
+        match route.kind {
+            RouteKind::Collection => {
+                if *method != Method::GET {
+                    return Err(method_not_allowed(method));
+                }
+                let parent = at.item_id();
+                match kind {
+                    "connection" => drop(require(&cm.store, &parent, "provider").await?),
+                    "policy" => drop(require(&cm.store, &parent, "connection").await?),
+                    _ => {}
+                }
+                let items = cm
+                    .store
+                    .cred_children(&parent, kind)
+                    .await
+                    .map_err(store_err)?;
+                let segment = route.type_name.rsplit('/').next().unwrap_or_default();
+                list(
+                    &cm.public_url,
+                    items,
+                    &query_pairs(req.raw_query),
+                    &format!("{parent}/{segment}"),
+                )
+            }
+            RouteKind::Item => {
+                let id = at.item_id();
+                let parent = parent_of(&id);
+                let name = at.below.last().map(|(_, n)| n.as_str()).unwrap_or_default();
+                let headers = req.headers;
+                let body = &req.body[..];
+                match *method {
+                    Method::GET => get_item(&cm.store, &id, kind).await,
+                    Method::PUT => {
+                        valid_name(name)?;
+                        match kind {
+                            "provider" => {
+                                let tenant = p.home_tenant();
+                                put_provider(cm, headers, &at.inst, &tenant, &id, name, body).await
+                            }
+                            "connection" => {
+                                put_connection(cm, headers, &inst_lc, &parent, &id, name, body)
+                                    .await
+                            }
+                            "policy" => {
+                                put_policy(cm, headers, &inst_lc, &parent, &id, name, body).await
+                            }
+                            _ => put_api(cm, headers, &inst_lc, &id, name, body).await,
+                        }
+                    }
+                    Method::DELETE => delete_item(cm, headers, &id, kind).await,
+                    _ => Err(method_not_allowed(method)),
+                }
             }
             _ => Err(not_found_path(req.path)),
         }
     }
 }
 
-pub const SERVICE_TYPE: &str = "Microsoft.ApiManagement/service";
-const PROVIDERS: &str = "authorizationProviders";
-const CONNECTIONS: &str = "authorizations";
-const POLICIES: &str = "accessPolicies";
+// ---- the credential store's items, in API Management's shape ------------------------------
 
 fn new_etag() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -243,29 +376,6 @@ fn precondition_failed() -> ArmError {
         412,
         "PreconditionFailed",
         "The If-Match header does not match the entity's current ETag; read it again and retry.",
-    )
-}
-
-/// The gateway and redirect URLs of an instance.
-pub fn gateway_url(st: &AppState, instance_id: &str) -> String {
-    let p: Vec<&str> = instance_id.trim_matches('/').split('/').collect();
-    format!(
-        "{}/gateway/subscriptions/{}/resourceGroups/{}/service/{}",
-        st.cfg.public_url(),
-        p.get(1).unwrap_or(&""),
-        p.get(3).unwrap_or(&""),
-        p.last().unwrap_or(&"")
-    )
-}
-
-pub fn redirect_url(st: &AppState, instance_id: &str) -> String {
-    let p: Vec<&str> = instance_id.trim_matches('/').split('/').collect();
-    format!(
-        "{}/credential-manager/redirect/{}/{}/{}",
-        st.cfg.public_url(),
-        p.get(1).unwrap_or(&""),
-        p.get(3).unwrap_or(&""),
-        p.last().unwrap_or(&"")
     )
 }
 
@@ -445,7 +555,7 @@ fn matches(it: &CredItem, cs: &[Clause]) -> bool {
     })
 }
 
-fn list(st: &AppState, items: Vec<CredItem>, pairs: &[(String, String)], path: &str) -> Res {
+fn list(public_url: &str, items: Vec<CredItem>, pairs: &[(String, String)], path: &str) -> Res {
     let filter = match q(pairs, "$filter") {
         Some(f) if !f.trim().is_empty() => parse_filter(f)?,
         _ => vec![],
@@ -482,164 +592,13 @@ fn list(st: &AppState, items: Vec<CredItem>, pairs: &[(String, String)], path: &
         let qs: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(next)
             .finish();
-        v["nextLink"] = json!(format!("{}{path}?{qs}", st.cfg.public_url()));
+        v["nextLink"] = json!(format!("{public_url}{path}?{qs}"));
     }
     Ok(json_resp(StatusCode::OK, v))
 }
 
-/// Routes `…/service/{name}/…` below the instance. `segs` are the path segments after the
-/// instance id.
-#[allow(clippy::too_many_arguments)]
-pub async fn handle(
-    st: &AppState,
-    caller: &Caller,
-    method: &Method,
-    headers: &HeaderMap,
-    instance_id: &str,
-    segs: &[&str],
-    raw_query: Option<&str>,
-    body: &Bytes,
-) -> Res {
-    let Some(cm) = &st.credentials else {
-        return Err(ArmError::new(
-            503,
-            "ServiceUnavailable",
-            "The credential manager is not running.",
-        ));
-    };
-    let inst = st
-        .store
-        .resource_get(instance_id)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| {
-            ArmError::not_found(
-                "ParentResourceNotFound",
-                format!("The service instance '{instance_id}' was not found."),
-            )
-        })?;
-    let instance_id = inst.id.clone();
-    let inst_lc = instance_id.to_lowercase();
-    let pairs = query_pairs(raw_query);
-    let lc: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let l: Vec<&str> = lc.iter().map(String::as_str).collect();
-    let full_path = format!("{instance_id}/{}", segs.join("/"));
-    let sc = scope(&full_path).or_else(|_| scope(&instance_id))?;
-    let act = |a: &str| st.rbac.authorize(&caller.object_id, a, &sc);
-    const CONN_ACTIONS: &str =
-        "Microsoft.ApiManagement/service/authorizationProviders/authorizations";
-    let provider_id = |i: usize| format!("{instance_id}/{PROVIDERS}/{}", segs[i]);
-    let connection_id = |i: usize| format!("{}/{CONNECTIONS}/{}", provider_id(i), segs[i + 2]);
-    // Connection actions first; then every kind is a collection with items, by path shape:
-    // (kind, its parent's id, the parent's kind if it must exist, the item name, its actions).
-    let (kind, parent, parent_kind, name, actions) = match l.as_slice() {
-        [
-            "authorizationproviders",
-            _,
-            "authorizations",
-            _,
-            "getloginlinks",
-        ] if method == Method::POST => {
-            act(&format!("{CONN_ACTIONS}/getLoginLinks/action"))?;
-            return crate::gateway::login_link(st, &inst, &provider_id(1), &connection_id(1), body)
-                .await;
-        }
-        [
-            "authorizationproviders",
-            _,
-            "authorizations",
-            _,
-            "confirmconsentcode",
-        ] if method == Method::POST => {
-            act(&format!("{CONN_ACTIONS}/confirmConsentCode/action"))?;
-            return crate::gateway::confirm_consent_code(st, &connection_id(1), body).await;
-        }
-        ["authorizationproviders", rest @ ..] if rest.len() <= 1 => (
-            "provider",
-            instance_id.clone(),
-            None,
-            rest.first().map(|_| segs[1]),
-            "Microsoft.ApiManagement/service/authorizationProviders".to_string(),
-        ),
-        ["authorizationproviders", _, "authorizations", rest @ ..] if rest.len() <= 1 => (
-            "connection",
-            provider_id(1),
-            Some("provider"),
-            rest.first().map(|_| segs[3]),
-            CONN_ACTIONS.to_string(),
-        ),
-        [
-            "authorizationproviders",
-            _,
-            "authorizations",
-            _,
-            "accesspolicies",
-            rest @ ..,
-        ] if rest.len() <= 1 => (
-            "policy",
-            connection_id(1),
-            Some("connection"),
-            rest.first().map(|_| segs[5]),
-            format!("{CONN_ACTIONS}/accessPolicies"),
-        ),
-        ["apis", rest @ ..] if rest.len() <= 1 => (
-            "api",
-            instance_id.clone(),
-            None,
-            rest.first().map(|_| segs[1]),
-            "Microsoft.ApiManagement/service/apis".to_string(),
-        ),
-        _ => return Err(not_found_path(&full_path)),
-    };
-    let Some(name) = name else {
-        if method != Method::GET {
-            return Err(method_not_allowed(method));
-        }
-        act(&format!("{actions}/read"))?;
-        if let Some(pk) = parent_kind {
-            require(st, &parent, pk).await?;
-        }
-        let items = st
-            .store
-            .cred_children(&parent, kind)
-            .await
-            .map_err(store_err)?;
-        return list(st, items, &pairs, &full_path);
-    };
-    // The id with the canonical casing of its collection segments.
-    let id = match kind {
-        "provider" => provider_id(1),
-        "connection" => connection_id(1),
-        "policy" => format!("{}/{POLICIES}/{name}", connection_id(1)),
-        _ => format!("{instance_id}/apis/{name}"),
-    };
-    match *method {
-        Method::GET => {
-            act(&format!("{actions}/read"))?;
-            get_item(st, &id, kind).await
-        }
-        Method::PUT => {
-            act(&format!("{actions}/write"))?;
-            valid_name(name)?;
-            match kind {
-                "provider" => put_provider(st, cm, headers, &inst, &id, name, body).await,
-                "connection" => {
-                    put_connection(st, cm, headers, &inst_lc, &parent, &id, name, body).await
-                }
-                "policy" => put_policy(st, cm, headers, &inst_lc, &parent, &id, name, body).await,
-                _ => put_api(st, cm, headers, &inst_lc, &id, name, body).await,
-            }
-        }
-        Method::DELETE => {
-            act(&format!("{actions}/delete"))?;
-            delete_item(st, cm, headers, &id, kind).await
-        }
-        _ => Err(method_not_allowed(method)),
-    }
-}
-
-async fn require(st: &AppState, id: &str, kind: &str) -> Result<CredItem, ArmError> {
-    match st.store.cred_get(id).await.map_err(store_err)? {
+async fn require(store: &Store, id: &str, kind: &str) -> Result<CredItem, ArmError> {
+    match store.cred_get(id).await.map_err(store_err)? {
         Some(it) if it.kind == kind => Ok(it),
         _ => Err(ArmError::not_found(
             "ResourceNotFound",
@@ -648,15 +607,15 @@ async fn require(st: &AppState, id: &str, kind: &str) -> Result<CredItem, ArmErr
     }
 }
 
-async fn get_item(st: &AppState, id: &str, kind: &str) -> Res {
-    let it = require(st, id, kind).await?;
+async fn get_item(store: &Store, id: &str, kind: &str) -> Res {
+    let it = require(store, id, kind).await?;
     Ok(with_etag(
         json_resp(StatusCode::OK, item_json(&it)),
         &it.etag,
     ))
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ArmError> {
+fn parse_body(body: &[u8]) -> Result<Value, ArmError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
@@ -687,7 +646,7 @@ fn limit_err(e: cloister_store::StoreError, what: &str, max: i64) -> ArmError {
 
 /// Writes an item honouring `If-Match`; returns (status, etag).
 async fn write(
-    st: &AppState,
+    store: &Store,
     headers: &HeaderMap,
     it: CredItem,
     existing: &Option<CredItem>,
@@ -695,8 +654,7 @@ async fn write(
     what: &str,
 ) -> Result<(StatusCode, CredItem), ArmError> {
     let im = if_match(headers);
-    let ok = st
-        .store
+    let ok = store
         .cred_put(&it, im.as_deref(), Some(limit))
         .await
         .map_err(|e| limit_err(e, what, limit))?;
@@ -739,13 +697,13 @@ fn new_item(
     }
 }
 
-pub fn conn_ref(
+pub(crate) fn conn_ref(
     inst_lc: &str,
     provider: &CredItem,
     conn_lc: &str,
     conn_props: &Value,
 ) -> Option<ConnRef> {
-    let p = Provider::from_properties(&serde_json::from_str(&provider.properties).ok()?)?;
+    let p = Settings::from_properties(&serde_json::from_str(&provider.properties).ok()?)?;
     Some(ConnRef {
         instance_lc: inst_lc.to_string(),
         provider_lc: provider.id.to_lowercase(),
@@ -759,20 +717,19 @@ pub fn conn_ref(
 }
 
 async fn put_provider(
-    st: &AppState,
-    cm: &crate::credentials::Credentials,
+    cm: &Credentials,
     headers: &HeaderMap,
-    inst: &cloister_store::Resource,
+    inst: &Resource,
+    home_tenant: &str,
     id: &str,
     name: &str,
-    body: &Bytes,
+    body: &[u8],
 ) -> Res {
     let b = parse_body(body)?;
     let inst_lc = inst.id.to_lowercase();
-    let existing = st.store.cred_get(id).await.map_err(store_err)?;
-    let (p, secret) =
-        model::parse_provider(&b["properties"], &st.cfg.public_url(), &st.id.home_tenant)
-            .map_err(|m| ArmError::bad_request("ValidationError", m))?;
+    let existing = cm.store.cred_get(id).await.map_err(store_err)?;
+    let (p, secret) = model::parse_provider(&b["properties"], &cm.public_url, home_tenant)
+        .map_err(|m| ArmError::bad_request("ValidationError", m))?;
     if existing.is_none() && secret.is_none() {
         return Err(ArmError::bad_request(
             "ValidationError",
@@ -781,7 +738,7 @@ async fn put_provider(
     }
     if let Some(e) = &existing
         && let Some(old) =
-            Provider::from_properties(&serde_json::from_str(&e.properties).unwrap_or(json!({})))
+            Settings::from_properties(&serde_json::from_str(&e.properties).unwrap_or(json!({})))
         && old.grant != p.grant
     {
         return Err(ArmError::bad_request(
@@ -789,7 +746,7 @@ async fn put_provider(
             "A provider's grant type cannot change; delete it and create a new one.",
         ));
     }
-    let props = p.to_properties(&redirect_url(st, &inst.id));
+    let props = p.to_properties(&cm.redirect_url(&inst.id));
     let it = new_item(id, "provider", &inst_lc, &inst_lc, name, props, &existing);
     // The secret first: a provider never exists without one.
     if let Some(s) = &secret {
@@ -806,7 +763,7 @@ async fn put_provider(
             .map_err(|e| ArmError::internal(e.to_string()))?;
     }
     let (status, it) = write(
-        st,
+        &cm.store,
         headers,
         it,
         &existing,
@@ -820,21 +777,20 @@ async fn put_provider(
 
 #[allow(clippy::too_many_arguments)]
 async fn put_connection(
-    st: &AppState,
-    cm: &crate::credentials::Credentials,
+    cm: &Credentials,
     headers: &HeaderMap,
     inst_lc: &str,
     parent: &str,
     id: &str,
     name: &str,
-    body: &Bytes,
+    body: &[u8],
 ) -> Res {
     let b = parse_body(body)?;
-    let provider = require(st, parent, "provider").await?;
+    let provider = require(&cm.store, parent, "provider").await?;
     let p =
-        Provider::from_properties(&serde_json::from_str(&provider.properties).unwrap_or(json!({})))
+        Settings::from_properties(&serde_json::from_str(&provider.properties).unwrap_or(json!({})))
             .ok_or_else(|| ArmError::internal("The provider's stored settings are unreadable."))?;
-    let existing = st.store.cred_get(id).await.map_err(store_err)?;
+    let existing = cm.store.cred_get(id).await.map_err(store_err)?;
     let (c, secret): (Connection, Option<String>) =
         model::parse_connection(&b["properties"], p.grant)
             .map_err(|m| ArmError::bad_request("ValidationError", m))?;
@@ -879,7 +835,7 @@ async fn put_connection(
             .map_err(|e| ArmError::internal(e.to_string()))?;
     }
     let (status, mut it) = write(
-        st,
+        &cm.store,
         headers,
         it,
         &existing,
@@ -904,7 +860,7 @@ async fn put_connection(
         );
         it.properties = props.to_string();
         it.etag = new_etag();
-        st.store
+        cm.store
             .cred_set_properties(&it.id, &it.properties, &it.etag, now_secs())
             .await
             .map_err(store_err)?;
@@ -914,20 +870,19 @@ async fn put_connection(
 
 #[allow(clippy::too_many_arguments)]
 async fn put_policy(
-    st: &AppState,
-    cm: &crate::credentials::Credentials,
+    cm: &Credentials,
     headers: &HeaderMap,
     inst_lc: &str,
     parent: &str,
     id: &str,
     name: &str,
-    body: &Bytes,
+    body: &[u8],
 ) -> Res {
     let b = parse_body(body)?;
-    require(st, parent, "connection").await?;
+    require(&cm.store, parent, "connection").await?;
     let p = model::parse_policy(&b["properties"])
         .map_err(|m| ArmError::bad_request("ValidationError", m))?;
-    let existing = st.store.cred_get(id).await.map_err(store_err)?;
+    let existing = cm.store.cred_get(id).await.map_err(store_err)?;
     let it = new_item(
         id,
         "policy",
@@ -938,7 +893,7 @@ async fn put_policy(
         &existing,
     );
     let (status, it) = write(
-        st,
+        &cm.store,
         headers,
         it,
         &existing,
@@ -951,13 +906,12 @@ async fn put_policy(
 }
 
 async fn put_api(
-    st: &AppState,
-    cm: &crate::credentials::Credentials,
+    cm: &Credentials,
     headers: &HeaderMap,
     inst_lc: &str,
     id: &str,
     name: &str,
-    body: &Bytes,
+    body: &[u8],
 ) -> Res {
     let b = parse_body(body)?;
     let props = b["properties"].as_object().cloned().unwrap_or_default();
@@ -1019,8 +973,8 @@ async fn put_api(
             "authorizationPolicy needs providerId and authorizationId.",
         ));
     }
-    let existing = st.store.cred_get(id).await.map_err(store_err)?;
-    for other in st
+    let existing = cm.store.cred_get(id).await.map_err(store_err)?;
+    for other in cm
         .store
         .cred_children(inst_lc, "api")
         .await
@@ -1041,18 +995,12 @@ async fn put_api(
         "authorizationPolicy": {"providerId": provider_id, "authorizationId": authorization_id, "identityType": identity_type},
     });
     let it = new_item(id, "api", inst_lc, inst_lc, name, stored, &existing);
-    let (status, it) = write(st, headers, it, &existing, 1000, "APIs per instance").await?;
+    let (status, it) = write(&cm.store, headers, it, &existing, 1000, "APIs per instance").await?;
     cm.invalidate();
     Ok(with_etag(json_resp(status, item_json(&it)), &it.etag))
 }
 
-async fn delete_item(
-    st: &AppState,
-    cm: &crate::credentials::Credentials,
-    headers: &HeaderMap,
-    id: &str,
-    kind: &str,
-) -> Res {
+async fn delete_item(cm: &Credentials, headers: &HeaderMap, id: &str, kind: &str) -> Res {
     let Some(m) = if_match(headers) else {
         return Err(ArmError::new(
             428,
@@ -1060,11 +1008,11 @@ async fn delete_item(
             "DELETE needs an If-Match header: the entity's ETag, or * to delete whatever version is there.",
         ));
     };
-    match st.store.cred_get(id).await.map_err(store_err)? {
+    match cm.store.cred_get(id).await.map_err(store_err)? {
         Some(it) if it.kind == kind => {}
         _ => return Ok(StatusCode::NO_CONTENT.into_response()),
     }
-    match st.store.cred_delete(id, &m).await.map_err(store_err)? {
+    match cm.store.cred_delete(id, &m).await.map_err(store_err)? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
         Some(false) => Err(precondition_failed()),
         Some(true) => {

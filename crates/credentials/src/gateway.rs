@@ -1,35 +1,43 @@
-//! The credential manager's runtime surface: login links and the consent callback, the
-//! anti-phishing page, `authorizationContext` (get-authorization-context), and the API proxy
-//! that attaches a connection's access token.
+//! The credential manager's runtime surface, served beside the management API: the login
+//! link's anti-phishing page, the consent callback, `authorizationContext`
+//! (get-authorization-context), and the API proxy that attaches a connection's access token.
+//! The management API's `getLoginLinks` and `confirmConsentCode` actions ([`crate::arm`])
+//! start and confirm the logins these pages continue.
 
-use crate::arm::store_err;
-use crate::arm_credman::{conn_ref, redirect_url};
-use crate::state::AppState;
+use crate::arm::conn_ref;
+use crate::consent::{pending_login, state_hash, unseal};
+use crate::manager::Credentials;
+use crate::model::{Grant, Provider};
+use crate::runtime::RuntimeError;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
-use base64::Engine;
 use cloister_core::clock::now_secs;
 use cloister_core::error::ArmError;
-use cloister_credentials::model::{Grant, Provider};
-use cloister_credentials::runtime::RuntimeError;
-use cloister_store::LoginRow;
+use cloister_identity::Identity;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-type Res = Result<Response, ArmError>;
-
-const LOGIN_TTL: i64 = 600;
-const STATE_PURPOSE: &str = "credential-login-state";
-const LOGIN_AAD: &[u8] = b"cloister credential login v1";
 /// The audience of user/app tokens presented with `identity-type=jwt`.
 pub const AUTHORIZATION_MANAGER: &str = "https://azure-api.net/authorization-manager";
 
-pub fn router(st: Arc<AppState>) -> Router {
+/// What the gateway needs: the credential manager, and the identity service that validates
+/// its callers' bearer tokens (management audiences for `managed`, the authorization
+/// manager's for `jwt`).
+pub struct Gateway {
+    pub cm: Arc<Credentials>,
+    pub id: Arc<Identity>,
+    /// The audiences of a `managed` caller's token (the management API's).
+    pub management_audiences: Vec<String>,
+}
+
+type St = State<Arc<Gateway>>;
+
+pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/credential-manager/login",
@@ -43,167 +51,7 @@ pub fn router(st: Arc<AppState>) -> Router {
             "/gateway/subscriptions/{sub}/resourceGroups/{rg}/service/{svc}/{*rest}",
             any(gateway),
         )
-        .with_state(st)
-}
-
-fn random_token() -> String {
-    cloister_crypto::random_token(32)
-}
-
-fn seal(st: &AppState, v: &Value) -> String {
-    base64::engine::general_purpose::STANDARD
-        .encode(st.id.mk.seal(v.to_string().as_bytes(), LOGIN_AAD))
-}
-
-fn unseal(st: &AppState, s: &str) -> Option<Value> {
-    let raw = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
-    let plain = st.id.mk.open(&raw, LOGIN_AAD).ok()?;
-    serde_json::from_slice(&plain).ok()
-}
-
-/// Whether `url` is on the instance's allow-list (`properties.allowedPostLoginRedirectUrls`:
-/// exact URLs, or prefixes ending in `*`).
-fn redirect_allowed(inst: &cloister_store::Resource, url: &str) -> bool {
-    let props: Value = serde_json::from_str(&inst.properties).unwrap_or(json!({}));
-    props["allowedPostLoginRedirectUrls"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .any(|e| match e.strip_suffix('*') {
-                    Some(prefix) => url.starts_with(prefix),
-                    None => url == e,
-                })
-        })
-        .unwrap_or(false)
-}
-
-/// `POST …/getLoginLinks {postLoginRedirectUrl}` → `{loginLink}`.
-pub async fn login_link(
-    st: &AppState,
-    inst: &cloister_store::Resource,
-    provider_id: &str,
-    conn_id: &str,
-    body: &Bytes,
-) -> Res {
-    let b: Value = serde_json::from_slice(body).unwrap_or(json!({}));
-    let redirect = b["postLoginRedirectUrl"]
-        .as_str()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    if redirect.is_empty() {
-        return Err(ArmError::bad_request(
-            "ValidationError",
-            "'postLoginRedirectUrl' is required.",
-        ));
-    }
-    if !(redirect.starts_with("https://") || redirect.starts_with("http://")) {
-        return Err(ArmError::bad_request(
-            "ValidationError",
-            "'postLoginRedirectUrl' must be an absolute http(s) URL.",
-        ));
-    }
-    if !redirect_allowed(inst, &redirect) {
-        return Err(ArmError::bad_request(
-            "RedirectUrlNotAllowed",
-            format!(
-                "'{redirect}' is not in the service instance's properties.allowedPostLoginRedirectUrls; add it (or a prefix ending in *) first."
-            ),
-        ));
-    }
-    let provider = st
-        .store
-        .cred_get(provider_id)
-        .await
-        .map_err(store_err)?
-        .filter(|p| p.kind == "provider")
-        .ok_or_else(|| {
-            ArmError::not_found("ResourceNotFound", "The credential provider was not found.")
-        })?;
-    let conn = st
-        .store
-        .cred_get(conn_id)
-        .await
-        .map_err(store_err)?
-        .filter(|c| c.kind == "connection")
-        .ok_or_else(|| ArmError::not_found("ResourceNotFound", "The connection was not found."))?;
-    let p =
-        Provider::from_properties(&serde_json::from_str(&provider.properties).unwrap_or(json!({})))
-            .ok_or_else(|| ArmError::internal("The provider's stored settings are unreadable."))?;
-    if p.grant != Grant::AuthorizationCode {
-        return Err(ArmError::bad_request(
-            "ValidationError",
-            "Login links are for authorizationCode providers; client-credentials connections need no consent.",
-        ));
-    }
-    let state = random_token();
-    let verifier = random_token() + &random_token();
-    let consent_code = random_token()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(8)
-        .collect::<String>()
-        .to_uppercase();
-    let now = now_secs();
-    st.store
-        .login_insert(&LoginRow {
-            state_hash: st.id.mk.keyed_hash(STATE_PURPOSE, state.as_bytes()),
-            connection_lc: conn.id.to_lowercase(),
-            sealed: seal(st, &json!({
-                "verifier": verifier, "redirect": redirect, "consentCode": consent_code, "confirmed": false,
-                "provider": provider.id, "connection": conn.id, "instance": inst.id,
-            })),
-            expires_at: now + LOGIN_TTL,
-            created_at: now,
-        })
-        .await
-        .map_err(store_err)?;
-    let _ = st.store.login_purge(now).await;
-    let link = format!(
-        "{}/credential-manager/login?state={state}",
-        st.cfg.public_url()
-    );
-    Ok((StatusCode::OK, axum::Json(json!({"loginLink": link}))).into_response())
-}
-
-/// `POST …/confirmConsentCode {consentCode}`: the code the anti-phishing page showed; once
-/// confirmed, that login link goes straight to the identity provider.
-pub async fn confirm_consent_code(st: &AppState, conn_id: &str, body: &Bytes) -> Res {
-    let b: Value = serde_json::from_slice(body).unwrap_or(json!({}));
-    let code = b["consentCode"]
-        .as_str()
-        .unwrap_or("")
-        .trim()
-        .to_uppercase();
-    if code.is_empty() {
-        return Err(ArmError::bad_request(
-            "ValidationError",
-            "'consentCode' is required.",
-        ));
-    }
-    // The code is unique among this connection's pending logins.
-    let pending = st
-        .store
-        .logins_of(&conn_id.to_lowercase(), now_secs())
-        .await
-        .map_err(store_err)?;
-    for l in pending {
-        if let Some(mut v) = unseal(st, &l.sealed)
-            && v["consentCode"].as_str() == Some(code.as_str())
-        {
-            v["confirmed"] = json!(true);
-            st.store
-                .login_update(&l.state_hash, &seal(st, &v))
-                .await
-                .map_err(store_err)?;
-            return Ok(StatusCode::OK.into_response());
-        }
-    }
-    Err(ArmError::bad_request(
-        "InvalidConsentCode",
-        "The consent code does not match a pending login of this connection.",
-    ))
+        .with_state(gw)
 }
 
 fn page(title: &str, body: &str) -> Response {
@@ -232,18 +80,8 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-async fn pending_login(st: &AppState, state: &str) -> Option<(LoginRow, Value)> {
-    let h = st.id.mk.keyed_hash(STATE_PURPOSE, state.as_bytes());
-    let l = st.store.login_peek(&h).await.ok().flatten()?;
-    if l.expires_at < now_secs() {
-        return None;
-    }
-    let v = unseal(st, &l.sealed)?;
-    Some((l, v))
-}
-
-async fn authorize_redirect(st: &AppState, state: &str, v: &Value) -> Response {
-    let provider = match st
+async fn authorize_redirect(cm: &Credentials, state: &str, v: &Value) -> Response {
+    let provider = match cm
         .store
         .cred_get(v["provider"].as_str().unwrap_or(""))
         .await
@@ -262,7 +100,7 @@ async fn authorize_redirect(st: &AppState, state: &str, v: &Value) -> Response {
         return page("Error", "<h1>The provider's settings are unreadable.</h1>");
     };
     let challenge = cloister_crypto::pkce_s256(v["verifier"].as_str().unwrap_or(""));
-    let redirect_uri = redirect_url(st, v["instance"].as_str().unwrap_or(""));
+    let redirect_uri = cm.redirect_url(v["instance"].as_str().unwrap_or(""));
     let mut url = url::Url::parse(&p.authorization_url).expect("validated on write");
     {
         let mut qp = url.query_pairs_mut();
@@ -291,18 +129,16 @@ async fn authorize_redirect(st: &AppState, state: &str, v: &Value) -> Response {
 }
 
 /// The login link: the anti-phishing page, unless its consent code was confirmed.
-async fn login_page(
-    State(st): State<Arc<AppState>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn login_page(State(gw): St, Query(q): Query<HashMap<String, String>>) -> Response {
+    let cm = &gw.cm;
     let state = q.get("state").cloned().unwrap_or_default();
-    let Some((_, v)) = pending_login(&st, &state).await else {
+    let Some((_, v)) = pending_login(cm, &state).await else {
         return (StatusCode::BAD_REQUEST, page("Link expired", "<h1>This login link is not valid or has expired.</h1><p>Ask the application for a new one.</p>")).into_response();
     };
     if v["confirmed"] == true {
-        return authorize_redirect(&st, &state, &v).await;
+        return authorize_redirect(cm, &state, &v).await;
     }
-    let provider = st
+    let provider = cm
         .store
         .cred_get(v["provider"].as_str().unwrap_or(""))
         .await
@@ -337,11 +173,11 @@ Tokens you grant will be stored by Cloister and used by that application.</p>\
     page("Confirm the connection", &body)
 }
 
-async fn login_continue(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn login_continue(State(gw): St, body: Bytes) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let state = form.get("state").cloned().unwrap_or_default();
-    match pending_login(&st, &state).await {
-        Some((_, v)) => authorize_redirect(&st, &state, &v).await,
+    match pending_login(&gw.cm, &state).await {
+        Some((_, v)) => authorize_redirect(&gw.cm, &state, &v).await,
         None => (
             StatusCode::BAD_REQUEST,
             page(
@@ -371,29 +207,22 @@ fn back(redirect: &str, params: &[(&str, &str)]) -> Response {
     r
 }
 
-async fn set_status(st: &AppState, conn_id: &str, status: &str, err: Option<(&str, &str)>) {
-    crate::credentials::set_connection_status(&st.store, conn_id, status, err).await;
-    if let Some(cm) = &st.credentials {
-        cm.invalidate();
-    }
-}
-
 /// The consent callback: one-time `state`, code redeemed with the PKCE verifier, tokens
 /// sealed and stored, the connection Connected, then back to `postLoginRedirectUrl`.
 async fn callback(
-    State(st): State<Arc<AppState>>,
+    State(gw): St,
     Path((sub, rg, svc)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let cm = &gw.cm;
     let state = q.get("state").cloned().unwrap_or_default();
-    let h = st.id.mk.keyed_hash(STATE_PURPOSE, state.as_bytes());
-    let login = match st.store.login_take(&h).await {
+    let login = match cm.store.login_take(&state_hash(cm, &state)).await {
         Ok(Some(l)) if l.expires_at >= now_secs() => l,
         _ => {
             return (StatusCode::BAD_REQUEST, page("Invalid state", "<h1>This sign-in response does not match a pending login (it expired or was already used).</h1>")).into_response();
         }
     };
-    let Some(v) = unseal(&st, &login.sealed) else {
+    let Some(v) = unseal(cm, &login.sealed) else {
         return (
             StatusCode::BAD_REQUEST,
             page("Invalid state", "<h1>The login could not be read.</h1>"),
@@ -419,12 +248,12 @@ async fn callback(
     if let Some(err) = q.get("error") {
         let desc = q.get("error_description").cloned().unwrap_or_default();
         let msg = format!("The identity provider answered {err}: {desc}");
-        set_status(&st, &conn_id, "Error", Some(("ConsentFailed", &msg))).await;
+        cm.set_status(&conn_id, "Error", Some(("ConsentFailed", &msg)))
+            .await;
         return back(&redirect, &[("status", "error"), ("error", err)]);
     }
     let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
-        set_status(
-            &st,
+        cm.set_status(
             &conn_id,
             "Error",
             Some((
@@ -435,12 +264,11 @@ async fn callback(
         .await;
         return back(&redirect, &[("status", "error"), ("error", "missing_code")]);
     };
-    let (Some(cm), Ok(Some(provider)), Ok(Some(conn))) = (
-        &st.credentials,
-        st.store
+    let (Ok(Some(provider)), Ok(Some(conn))) = (
+        cm.store
             .cred_get(v["provider"].as_str().unwrap_or(""))
             .await,
-        st.store.cred_get(&conn_id).await,
+        cm.store.cred_get(&conn_id).await,
     ) else {
         return back(
             &redirect,
@@ -466,14 +294,15 @@ async fn callback(
             let msg = format!(
                 "The sign-in response came from '{iss}', not from the provider's authorization server."
             );
-            set_status(&st, &conn_id, "Error", Some(("ConsentFailed", &msg))).await;
+            cm.set_status(&conn_id, "Error", Some(("ConsentFailed", &msg)))
+                .await;
             return back(
                 &redirect,
                 &[("status", "error"), ("error", "issuer_mismatch")],
             );
         }
     }
-    let redirect_uri = redirect_url(&st, &instance);
+    let redirect_uri = cm.redirect_url(&instance);
     match cm
         .runtime
         .redeem_code(
@@ -485,7 +314,7 @@ async fn callback(
         .await
     {
         Ok(()) => {
-            set_status(&st, &conn_id, "Connected", None).await;
+            cm.set_status(&conn_id, "Connected", None).await;
             back(&redirect, &[("status", "success")])
         }
         Err(e) => {
@@ -494,7 +323,8 @@ async fn callback(
                 RuntimeError::ClientSecret { .. } => "ClientSecretInvalid".into(),
                 _ => "ConsentFailed".into(),
             };
-            set_status(&st, &conn_id, "Error", Some((&code, &e.to_string()))).await;
+            cm.set_status(&conn_id, "Error", Some((&code, &e.to_string())))
+                .await;
             back(&redirect, &[("status", "error"), ("error", &code)])
         }
     }
@@ -512,7 +342,7 @@ struct CallerId {
 }
 
 fn caller(
-    st: &AppState,
+    gw: &Gateway,
     headers: &HeaderMap,
     identity_type: &str,
 ) -> Result<CallerId, Box<Response>> {
@@ -529,11 +359,11 @@ fn caller(
             format!("{AUTHORIZATION_MANAGER}/"),
         ]
     } else {
-        let mut a = st.management_audiences.clone();
+        let mut a = gw.management_audiences.clone();
         a.push(AUTHORIZATION_MANAGER.to_string());
         a
     };
-    let claims = st.id.validate(&token, &auds).map_err(|e| {
+    let claims = gw.id.validate(&token, &auds).map_err(|e| {
         gw_err(
             401,
             "InvalidAuthenticationToken",
@@ -548,21 +378,14 @@ fn caller(
 }
 
 async fn gateway(
-    State(st): State<Arc<AppState>>,
+    State(gw): St,
     Path((sub, rg, svc, rest)): Path<(String, String, String, String)>,
     req: Request,
 ) -> Response {
     let instance = format!(
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ApiManagement/service/{svc}"
     );
-    let Some(cm) = &st.credentials else {
-        return gw_err(
-            503,
-            "ServiceUnavailable",
-            "The credential manager is not running.",
-        );
-    };
-    if !cm.instance_exists(&st, &instance).await {
+    if !gw.cm.instance_exists(&instance).await {
         return gw_err(
             404,
             "NotFound",
@@ -570,13 +393,13 @@ async fn gateway(
         );
     }
     if rest.eq_ignore_ascii_case("authorizationContext") && req.method() == Method::POST {
-        return authorization_context(&st, &instance, req).await;
+        return authorization_context(&gw, &instance, req).await;
     }
-    proxy(&st, &instance, &rest, req).await
+    proxy(&gw, &instance, &rest, req).await
 }
 
 /// `POST {gatewayUrl}/authorizationContext?provider-id=&authorization-id=&identity-type=&ignore-error=`
-async fn authorization_context(st: &AppState, instance: &str, req: Request) -> Response {
+async fn authorization_context(gw: &Gateway, instance: &str, req: Request) -> Response {
     let q: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -608,11 +431,11 @@ async fn authorization_context(st: &AppState, instance: &str, req: Request) -> R
             "provider-id and authorization-id are required.",
         );
     }
-    let who = match caller(st, req.headers(), identity_type) {
+    let who = match caller(gw, req.headers(), identity_type) {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    match context_for(st, instance, &provider_id, &authorization_id, &who).await {
+    match context_for(&gw.cm, instance, &provider_id, &authorization_id, &who).await {
         Ok((token, claims)) => (
             StatusCode::OK,
             axum::Json(json!({"AccessToken": token, "Claims": claims})),
@@ -634,18 +457,16 @@ async fn authorization_context(st: &AppState, instance: &str, req: Request) -> R
 type CtxErr = (u16, String, String);
 
 async fn context_for(
-    st: &AppState,
+    cm: &Credentials,
     instance: &str,
     provider_id: &str,
     authorization_id: &str,
     who: &CallerId,
 ) -> Result<(String, Value), CtxErr> {
-    let cm = st.credentials.as_ref().expect("checked");
     let pid = format!("{instance}/authorizationProviders/{provider_id}");
     let cid = format!("{pid}/authorizations/{authorization_id}");
     let (provider, conn, allowed) = cm
         .lookup(
-            st,
             &pid,
             &cid,
             who.oid.as_str(),
@@ -715,8 +536,9 @@ const HOP: &[&str] = &[
 ];
 
 /// `{gatewayUrl}/{api path}/…` → the API's `serviceUrl/…` with the connection's token.
-async fn proxy(st: &AppState, instance: &str, rest: &str, req: Request) -> Response {
-    let apis = st
+async fn proxy(gw: &Gateway, instance: &str, rest: &str, req: Request) -> Response {
+    let cm = &gw.cm;
+    let apis = cm
         .store
         .cred_children(&instance.to_lowercase(), "api")
         .await
@@ -739,12 +561,12 @@ async fn proxy(st: &AppState, instance: &str, rest: &str, req: Request) -> Respo
     };
     let pol = &api["authorizationPolicy"];
     let identity_type = pol["identityType"].as_str().unwrap_or("managed");
-    let who = match caller(st, req.headers(), identity_type) {
+    let who = match caller(gw, req.headers(), identity_type) {
         Ok(c) => c,
         Err(r) => return *r,
     };
     let (token, _) = match context_for(
-        st,
+        cm,
         instance,
         pol["providerId"].as_str().unwrap_or(""),
         pol["authorizationId"].as_str().unwrap_or(""),
@@ -778,7 +600,6 @@ async fn proxy(st: &AppState, instance: &str, rest: &str, req: Request) -> Respo
             );
         }
     };
-    let cm = st.credentials.as_ref().expect("checked");
     let resp = cm
         .runtime
         .http()
