@@ -4,11 +4,11 @@
 //! groups (`Microsoft.Management/managementGroups`). Authorized like every request: one call
 //! with the action of the operation.
 
-use crate::host::{
-    Host, method_not_allowed, not_found_path, ok, parse_body, rg_id, rg_not_found, scope, store_err,
-};
-use crate::provider::{Changed, Platform, Provider, Request, Res};
+use crate::provider::{Changed, HostOps, Platform, Provider, Request, Res};
 use crate::registry::{Level, ProviderSpec, TypeSpec};
+use crate::wire::{
+    method_not_allowed, not_found_path, ok, parse_body, rg_id, rg_not_found, scope, store_err,
+};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use cloister_core::clock::now_secs;
@@ -49,7 +49,7 @@ impl Provider for ManagementGroups {
     async fn serve_raw(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         scope_prefix: &str,
         _tail: &[&str],
         req: &Request<'_>,
@@ -74,7 +74,7 @@ impl Provider for Aliases {
     async fn serve_raw(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         scope_prefix: &str,
         _tail: &[&str],
         req: &Request<'_>,
@@ -468,7 +468,7 @@ fn rg_json(g: &ResourceGroup) -> Value {
 }
 
 async fn resource_group(
-    host: &Host,
+    host: &dyn HostOps,
     p: &dyn Platform,
     req: &Request<'_>,
     sub: &Subscription,
@@ -570,7 +570,12 @@ fn mg_json(p: &dyn Platform, m: &ManagementGroup) -> Value {
 /// The paths of the hierarchy under `/subscriptions/{id}`: the subscription, its resource
 /// groups, and the resource lists of a subscription, a group and a type. `None` for a path
 /// below a provider (the registry's).
-pub async fn serve(host: &Host, p: &dyn Platform, segs: &[&str], req: &Request<'_>) -> Option<Res> {
+pub async fn serve(
+    host: &dyn HostOps,
+    p: &dyn Platform,
+    segs: &[&str],
+    req: &Request<'_>,
+) -> Option<Res> {
     if !segs
         .first()
         .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"))
@@ -646,14 +651,14 @@ pub async fn serve(host: &Host, p: &dyn Platform, segs: &[&str], req: &Request<'
                     &scope(&format!("/subscriptions/{}", sub.id))?,
                 )?;
                 let all: Vec<Value> = host
-                    .registry
+                    .registry()
                     .providers()
                     .map(|ps| provider_json(&sub.id, ps))
                     .collect();
                 match segs.get(3) {
                     None => ok(StatusCode::OK, json!({ "value": all })),
                     Some(ns) => host
-                        .registry
+                        .registry()
                         .provider(ns)
                         .map(|ps| ok(StatusCode::OK, provider_json(&sub.id, ps)))
                         .unwrap_or_else(|| {
@@ -675,4 +680,107 @@ pub async fn serve(host: &Host, p: &dyn Platform, segs: &[&str], req: &Request<'
         }
     };
     Some(r.await)
+}
+
+/// The hierarchy's operations in the OpenAPI document (its namespaces route themselves).
+pub fn ops() -> Vec<crate::openapi::Op> {
+    use crate::openapi::Op;
+    vec![
+        Op::arm(
+            "get",
+            "/subscriptions",
+            "ARM",
+            "List subscriptions the caller can read",
+        ),
+        Op::arm(
+            "get",
+            "/subscriptions/{subscriptionId}",
+            "ARM",
+            "Get a subscription",
+        ),
+        Op::arm(
+            "get",
+            "/subscriptions/{subscriptionId}/resourcegroups",
+            "ARM",
+            "List resource groups",
+        ),
+        Op::arm(
+            "put",
+            "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}",
+            "ARM",
+            "Create or update a resource group",
+        ),
+        Op::arm(
+            "get",
+            "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}",
+            "ARM",
+            "Get a resource group",
+        ),
+        Op::arm(
+            "delete",
+            "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}",
+            "ARM",
+            "Delete a resource group with its resources, their identities and role assignments",
+        ),
+        Op::arm(
+            "get",
+            "/providers/Microsoft.Management/managementGroups",
+            "ARM",
+            "List management groups",
+        ),
+        Op::arm(
+            "put",
+            "/providers/Microsoft.Management/managementGroups/{groupId}",
+            "ARM",
+            "Create or update a management group (properties.details.parent.id)",
+        ),
+        Op::arm(
+            "get",
+            "/providers/Microsoft.Management/managementGroups/{groupId}",
+            "ARM",
+            "Get a management group",
+        ),
+        Op::arm(
+            "delete",
+            "/providers/Microsoft.Management/managementGroups/{groupId}",
+            "ARM",
+            "Delete an empty management group",
+        ),
+        Op::arm(
+            "put",
+            "/providers/Microsoft.Management/managementGroups/{groupId}/subscriptions/{subscriptionId}",
+            "ARM",
+            "Move a subscription under a management group",
+        ),
+        Op::arm(
+            "delete",
+            "/providers/Microsoft.Management/managementGroups/{groupId}/subscriptions/{subscriptionId}",
+            "ARM",
+            "Move a subscription back to the root",
+        ),
+        Op::arm(
+            "put",
+            "/providers/Microsoft.Subscription/aliases/{aliasName}",
+            "ARM",
+            "Create a subscription",
+        ),
+        Op::arm(
+            "get",
+            "/providers/Microsoft.Subscription/aliases/{aliasName}",
+            "ARM",
+            "Get a subscription alias",
+        ),
+        Op::arm(
+            "get",
+            "/subscriptions/{subscriptionId}/providers",
+            "ARM",
+            "List the registered resource providers, their types, api-versions and locations",
+        ),
+        Op::arm(
+            "get",
+            "/subscriptions/{subscriptionId}/providers/{resourceProviderNamespace}",
+            "ARM",
+            "Get a registered resource provider",
+        ),
+    ]
 }

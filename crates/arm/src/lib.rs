@@ -50,3 +50,4 @@ pub mod paging;
 pub mod provider;
 pub mod registry;
 pub mod system_data;
+pub mod wire;

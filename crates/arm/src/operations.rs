@@ -33,10 +33,10 @@
 //! server called [`recover`] at start-up. Interrupted work is not resumed: a provider's hook
 //! may have been half done, and the client that sees `Failed` sends its request again.
 
-use crate::host::{Host, set_provisioning_state, store_err, with_etag};
 use crate::lro::{Operation, State, start_headers};
-use crate::provider::{Changed, Platform, Provider, Request, Res};
+use crate::provider::{Changed, HostOps, Platform, Provider, Request, Res};
 use crate::registry::{LongRunning, ProviderSpec, Route};
+use crate::wire::{set_provisioning_state, store_err, with_etag};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloister_core::clock::now_secs;
@@ -243,9 +243,14 @@ pub async fn start(
 /// A long-running POST action on a resource: `404` if the resource does not exist; else `409`
 /// while another operation runs on it, or `202` with the operation's headers while the
 /// provider's [`Provider::run_action`] runs; its result is the result URL's answer.
-pub async fn action(p: &dyn Platform, prov: Arc<dyn Provider>, route: &Route, req: &Request<'_>) -> Res {
+pub async fn action(
+    p: &dyn Platform,
+    prov: Arc<dyn Provider>,
+    route: &Route,
+    req: &Request<'_>,
+) -> Res {
     let crate::registry::RouteKind::Action(name) = &route.kind else {
-        return Err(crate::host::method_not_allowed(req.method));
+        return Err(crate::wire::method_not_allowed(req.method));
     };
     let id = route.id.clone().unwrap_or_default();
     let Some(r) = p.store().resource_get(&id).await.map_err(store_err)? else {
@@ -266,7 +271,15 @@ pub async fn action(p: &dyn Platform, prov: Arc<dyn Provider>, route: &Route, re
             ))
         })?
     };
-    let op = claim(p, route, req, &r.id, &r.location, &format!("{ACTION}{name}")).await?;
+    let op = claim(
+        p,
+        route,
+        req,
+        &r.id,
+        &r.location,
+        &format!("{ACTION}{name}"),
+    )
+    .await?;
     let mut resp = StatusCode::ACCEPTED.into_response();
     add_headers(&mut resp, p, &op, route, req.api_version());
     launch(p, prov, op, body).await;
@@ -418,7 +431,10 @@ async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<Option<V
     }
     let deleted = op.kind == DELETE && outcome.is_ok();
     let action = op.kind.starts_with(ACTION);
-    if !deleted && !action && let Err(e) = set_state(p, &op.resource_id, state).await {
+    if !deleted
+        && !action
+        && let Err(e) = set_state(p, &op.resource_id, state).await
+    {
         tracing::warn!("operation {}: resource state: {}", op.id, e.message);
     }
     let now = now_secs();
@@ -433,7 +449,14 @@ async fn finish(p: &dyn Platform, op: &OperationRecord, outcome: Result<Option<V
         .map(|v| v.to_string());
     match p
         .store()
-        .op_update_state(&op.id, state.as_str(), err, Some(now), result.as_deref(), now)
+        .op_update_state(
+            &op.id,
+            state.as_str(),
+            err,
+            Some(now),
+            result.as_deref(),
+            now,
+        )
         .await
     {
         Ok(true) => {}
@@ -525,7 +548,12 @@ pub fn recover(p: Arc<dyn Platform>) -> tokio::task::JoinHandle<()> {
 /// The status and result endpoints of operations, if `segs` names one:
 /// `subscriptions/{s}/providers/{ns}/locations/{l}/operationStatuses|operationResults/{id}`
 /// of a registered namespace.
-pub async fn serve(host: &Host, p: &dyn Platform, segs: &[&str], req: &Request<'_>) -> Option<Res> {
+pub async fn serve(
+    host: &dyn HostOps,
+    p: &dyn Platform,
+    segs: &[&str],
+    req: &Request<'_>,
+) -> Option<Res> {
     let is = |i: usize, k: &str| segs.get(i).is_some_and(|s| s.eq_ignore_ascii_case(k));
     if segs.len() != 8 || !is(0, "subscriptions") || !is(2, "providers") || !is(4, "locations") {
         return None;
@@ -537,23 +565,23 @@ pub async fn serve(host: &Host, p: &dyn Platform, segs: &[&str], req: &Request<'
     } else {
         return None;
     };
-    host.registry.provider(segs[3])?;
+    host.registry().provider(segs[3])?;
     Some(serve_op(host, p, segs, result, req).await)
 }
 
 async fn serve_op(
-    host: &Host,
+    host: &dyn HostOps,
     p: &dyn Platform,
     segs: &[&str],
     result: bool,
     req: &Request<'_>,
 ) -> Res {
     if *req.method != Method::GET {
-        return Err(crate::host::method_not_allowed(req.method));
+        return Err(crate::wire::method_not_allowed(req.method));
     }
     let (sub, ns, loc, id) = (segs[1], segs[3], segs[5], segs[7]);
     let ns = host
-        .registry
+        .registry()
         .provider(ns)
         .map(|s| s.namespace.clone())
         .unwrap_or_else(|| ns.to_string());
@@ -580,7 +608,11 @@ async fn serve_op(
     // Whoever may read the resource may follow its operations.
     let sc = Scope::parse(&op.resource_id).map_err(|_| not_found())?;
     let t = sc.resource_type().unwrap_or_default();
-    let t = host.registry.resolve_type(&t).map(|(n, _)| n).unwrap_or(t);
+    let t = host
+        .registry()
+        .resolve_type(&t)
+        .map(|(n, _)| n)
+        .unwrap_or(t);
     p.authorize(&req.caller.object_id, &format!("{t}/read"), &sc)?;
     if !op.is_terminal() && op.heartbeat_at < now_secs() - STALE_AFTER_SECS {
         sweep(p).await;
@@ -740,6 +772,7 @@ impl Provider for SimulatedWork {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Host;
     use crate::provider::Caller;
     use crate::registry::TypeSpec;
     use axum::body::Bytes;

@@ -14,14 +14,13 @@ use crate::registry::{ProviderSpec, Route};
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method};
-use axum::response::Response;
 use cloister_core::error::ArmError;
 use cloister_core::scope::Scope;
 use cloister_store::{Resource, ServicePrincipal, Store};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-pub type Res = Result<Response, ArmError>;
+pub use crate::wire::Res;
 
 /// The authenticated caller of the management API.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +103,33 @@ pub trait Platform: Send + Sync {
     }
 }
 
+/// What providers may ask of the host that routed their request (the host implements it;
+/// providers see only this, so no module of the framework imports another in a loop).
+#[async_trait]
+pub trait HostOps: Send + Sync {
+    /// The registry of every provider's types.
+    fn registry(&self) -> &crate::registry::Registry;
+    /// The JSON of a stored resource, as the generic path answers it.
+    async fn resource_json(&self, p: &dyn Platform, r: &Resource) -> Value;
+    /// Tells the owning providers that resources are gone (a cascade) and refreshes caches.
+    async fn after_removal(
+        &self,
+        p: &dyn Platform,
+        removed: &cloister_store::Removed,
+    ) -> Result<(), ArmError>;
+    /// The generic, paged, authorized list of resources.
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        p: &dyn Platform,
+        req: &Request<'_>,
+        sub: &str,
+        rg: Option<&str>,
+        type_: Option<String>,
+        parent: Option<&str>,
+    ) -> Res;
+}
+
 /// A create or update of a resource, as handed to [`Provider::properties`].
 pub struct Write<'a> {
     /// The registered type name (`Microsoft.App/sessionPools`).
@@ -130,7 +156,7 @@ pub trait Provider: Send + Sync {
     async fn serve(
         &self,
         _p: &dyn Platform,
-        _host: &crate::host::Host,
+        _host: &dyn HostOps,
         _route: &Route,
         _req: &Request<'_>,
     ) -> Option<Res> {
@@ -150,12 +176,12 @@ pub trait Provider: Send + Sync {
     async fn serve_raw(
         &self,
         _p: &dyn Platform,
-        _host: &crate::host::Host,
+        _host: &dyn HostOps,
         _scope: &str,
         _tail: &[&str],
         req: &Request<'_>,
     ) -> Res {
-        Err(crate::host::not_found_path(req.path))
+        Err(crate::wire::not_found_path(req.path))
     }
 
     /// Validates and normalises the `properties` to store. `None`: the generic rule (an
@@ -184,7 +210,7 @@ pub trait Provider: Send + Sync {
     async fn action(
         &self,
         _p: &dyn Platform,
-        _host: &crate::host::Host,
+        _host: &dyn HostOps,
         route: &Route,
         _req: &Request<'_>,
     ) -> Res {

@@ -6,9 +6,9 @@ use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use cloister_access::{DenyAssignment, Permission, RoleDefinition};
 use cloister_arm::host::{
-    Host, method_not_allowed, not_found_path, ok, parse_body, scope, scope_exists, store_err,
+    method_not_allowed, not_found_path, ok, parse_body, scope, scope_exists, store_err,
 };
-use cloister_arm::provider::{Caller, Platform, Provider, Request, Res};
+use cloister_arm::provider::{Caller, HostOps, Platform, Provider, Request, Res};
 use cloister_arm::registry::{Level, ProviderSpec, TypeSpec};
 use cloister_core::clock::{format_rfc3339, now_secs};
 use cloister_core::error::ArmError;
@@ -43,7 +43,7 @@ impl Provider for Authorization {
     async fn serve_raw(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         scope_str: &str,
         tail: &[&str],
         req: &Request<'_>,
@@ -904,4 +904,84 @@ async fn list_deny_assignments(st: &Ctx<'_>, caller: &Caller, method: &Method, s
         .map(deny_json)
         .collect();
     ok(StatusCode::OK, json!({ "value": out }))
+}
+
+/// `Microsoft.Authorization`'s operations in the OpenAPI document (the provider routes them
+/// itself).
+pub fn ops() -> Vec<cloister_arm::openapi::Op> {
+    use cloister_arm::openapi::Op;
+    vec![
+        Op::arm(
+            "get",
+            "/{scope}/providers/Microsoft.Authorization/roleAssignments",
+            "RBAC",
+            "List role assignments at, above and below a scope ($filter=atScope() | principalId eq '…' | assignedTo('…'))",
+        ),
+        Op::arm(
+            "put",
+            "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}",
+            "RBAC",
+            "Create a role assignment",
+        ),
+        Op::arm(
+            "get",
+            "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}",
+            "RBAC",
+            "Get a role assignment",
+        ),
+        Op::arm(
+            "delete",
+            "/{scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentId}",
+            "RBAC",
+            "Delete a role assignment",
+        ),
+        Op::arm(
+            "get",
+            "/{scope}/providers/Microsoft.Authorization/roleDefinitions",
+            "RBAC",
+            "List role definitions ($filter=roleName eq '…' | type eq 'CustomRole')",
+        ),
+        Op::arm(
+            "put",
+            "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}",
+            "RBAC",
+            "Create or update a custom role",
+        ),
+        Op::arm(
+            "get",
+            "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}",
+            "RBAC",
+            "Get a role definition",
+        ),
+        Op::arm(
+            "delete",
+            "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}",
+            "RBAC",
+            "Delete a custom role (refused while assigned)",
+        ),
+        Op::arm(
+            "get",
+            "/{scope}/providers/Microsoft.Authorization/denyAssignments",
+            "RBAC",
+            "List deny assignments",
+        ),
+        Op::arm(
+            "put",
+            "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}",
+            "RBAC",
+            "Create a deny assignment (Cloister extension)",
+        ),
+        Op::arm(
+            "get",
+            "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}",
+            "RBAC",
+            "Get a deny assignment",
+        ),
+        Op::arm(
+            "delete",
+            "/{scope}/providers/Microsoft.Authorization/denyAssignments/{denyAssignmentId}",
+            "RBAC",
+            "Delete a deny assignment",
+        ),
+    ]
 }

@@ -730,6 +730,7 @@ async fn refresh_is_single_flight_across_nodes() {
         .replace(&format!(":{}/", e.s.port), &format!(":{}/", b.port));
     tokio::time::sleep(Duration::from_secs(11)).await;
     idp.reset().await;
+    let burst = std::time::Instant::now();
     let mut tasks = vec![];
     for i in 0..400 {
         let http = if i % 2 == 0 {
@@ -763,12 +764,17 @@ async fn refresh_is_single_flight_across_nodes() {
         assert_eq!(st, 200);
         tokens.insert(tok);
     }
-    assert_eq!(
-        idp.stats().await["client_credentials"],
-        1,
-        "one refresh for both nodes"
+    // Single flight across nodes: one refresh per token lifetime (10 s) the burst lasted, for
+    // both nodes together (a loaded machine can outlast one lifetime; see the test above).
+    let lifetimes = 1 + burst.elapsed().as_secs() / 10;
+    let refreshes = idp.stats().await["client_credentials"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        refreshes >= 1 && refreshes <= lifetimes,
+        "{refreshes} refreshes for both nodes in {lifetimes} token lifetimes"
     );
-    assert_eq!(tokens.len(), 1);
+    assert!(tokens.len() as u64 <= refreshes, "{tokens:?}");
 }
 
 #[tokio::test]

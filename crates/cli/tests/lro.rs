@@ -383,7 +383,10 @@ async fn a_long_running_action_answers_202_and_its_result_url_the_result() {
     .await;
     assert_eq!(a.status, 202, "{}", a.body);
     assert!(a.header("location").contains("/operationResults/"));
-    assert!(a.header("azure-asyncoperation").contains("/operationStatuses/"));
+    assert!(
+        a.header("azure-asyncoperation")
+            .contains("/operationStatuses/")
+    );
     // While it runs the result URL answers 202, and a write to the resource 409.
     let r = send(&s, &admin, "GET", &a.header("location"), None).await;
     assert_eq!(r.status, 202, "{}", r.body);

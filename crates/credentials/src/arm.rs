@@ -22,8 +22,8 @@ use crate::runtime::ConnRef;
 use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cloister_arm::host::{Host, method_not_allowed, not_found_path, ok, store_err};
-use cloister_arm::provider::{Platform, Provider, Request, Res};
+use cloister_arm::host::{method_not_allowed, not_found_path, ok, store_err};
+use cloister_arm::provider::{HostOps, Platform, Provider, Request, Res};
 use cloister_arm::registry::{Level, ProviderSpec, Route, RouteKind, TypeSpec};
 use cloister_core::clock::now_secs;
 use cloister_core::error::ArmError;
@@ -97,7 +97,7 @@ impl Provider for ApiManagement {
     async fn serve(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         route: &Route,
         req: &Request<'_>,
     ) -> Option<Res> {
@@ -139,7 +139,7 @@ impl Provider for ApiManagement {
     async fn action(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         route: &Route,
         req: &Request<'_>,
     ) -> Res {
@@ -178,7 +178,7 @@ impl Provider for KeyRing {
     async fn serve_raw(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         scope: &str,
         tail: &[&str],
         req: &Request<'_>,

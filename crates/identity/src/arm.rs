@@ -8,8 +8,8 @@ use crate::Identity;
 use axum::Router;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
-use cloister_arm::host::{Host, not_found_path, ok, parse_body, scope, store_err};
-use cloister_arm::provider::{Platform, Provider, Request, Res};
+use cloister_arm::host::{not_found_path, ok, parse_body, scope, store_err};
+use cloister_arm::provider::{HostOps, Platform, Provider, Request, Res};
 use cloister_arm::registry::{Level, ProviderSpec, TypeSpec};
 use cloister_core::clock::{format_rfc3339, now_secs};
 use cloister_core::error::ArmError;
@@ -97,7 +97,7 @@ impl Provider for CloisterIdentity {
     async fn serve_raw(
         &self,
         p: &dyn Platform,
-        _host: &Host,
+        _host: &dyn HostOps,
         scope_prefix: &str,
         _tail: &[&str],
         req: &Request<'_>,

@@ -1,13 +1,58 @@
 //! The identity service's part of the OpenAPI document: the token service, OpenID Connect
 //! discovery, the managed-identity endpoints it serves ([`crate::api`]), and the description
-//! of the resource type its provider registers ([`crate::provider`]).
+//! of the resource type its provider registers ([`crate::arm`]).
 
 use cloister_arm::openapi::{ErrorShape, Op};
 use cloister_arm::registry::{ProviderSpec, TypeDoc};
 use serde_json::{Value, json};
 
-/// The operations of [`crate::api::router`].
+/// The operations of [`crate::api::router`], of the Graph-shaped directory
+/// ([`crate::graph`]) and of the `Cloister.Identity` / `Cloister.Directory` endpoints
+/// ([`crate::arm`]).
 pub fn ops() -> Vec<Op> {
+    let mut v = api_ops();
+    v.extend(directory_ops());
+    v
+}
+
+fn directory_ops() -> Vec<Op> {
+    let graph = |method: &str, path: &str, summary: &str| {
+        Op::new(method, path, "Directory", summary)
+            .errors(ErrorShape::Arm)
+            .auth()
+    };
+    vec![
+        Op::arm("post", "/providers/Cloister.Identity/bindings", "Cloister", "Bind a user-assigned identity for `cloister run` (needs …/assign/action on it); returns IDENTITY_ENDPOINT and IDENTITY_HEADER"),
+        Op::arm("delete", "/providers/Cloister.Identity/bindings/current", "Cloister", "End the `cloister run` binding named by X-IDENTITY-HEADER (a session pool's binding answers 403)").no_auth(),
+        Op::arm("get", "/providers/Cloister.Identity/signingKeys", "Cloister", "List signing keys and their states"),
+        Op::arm("post", "/providers/Cloister.Identity/signingKeys/rotate", "Cloister", "Rotate now: the published next key starts signing"),
+        Op::arm("post", "/providers/Cloister.Directory/tenants", "Cloister", "Create a tenant with its own admin application"),
+        Op::arm("get", "/providers/Cloister.Directory/tenants", "Cloister", "List tenants"),
+        graph("post", "/v1.0/applications", "Create an application and its service principal"),
+        graph("get", "/v1.0/applications", "List applications"),
+        graph("get", "/v1.0/applications/{id}", "Get an application (object id or app id)"),
+        graph("patch", "/v1.0/applications/{id}", "Update an application"),
+        graph("delete", "/v1.0/applications/{id}", "Delete an application, its service principal and its role assignments"),
+        graph("post", "/v1.0/applications/{id}/addPassword", "Add a client secret (returned once)"),
+        graph("post", "/v1.0/applications/{id}/removePassword", "Remove a client secret"),
+        graph("post", "/v1.0/applications/{id}/keyCredentials", "Add a certificate credential (PEM or base64 DER)"),
+        graph("get", "/v1.0/servicePrincipals", "List service principals ($filter=appId eq '…')"),
+        graph("get", "/v1.0/servicePrincipals/{id}", "Get a service principal"),
+        graph("post", "/v1.0/users", "Create a user"),
+        graph("get", "/v1.0/users", "List users"),
+        graph("get", "/v1.0/users/{id}", "Get a user (id or userPrincipalName)"),
+        graph("delete", "/v1.0/users/{id}", "Delete a user"),
+        graph("post", "/v1.0/groups", "Create a group"),
+        graph("get", "/v1.0/groups", "List groups"),
+        graph("get", "/v1.0/groups/{id}", "Get a group"),
+        graph("delete", "/v1.0/groups/{id}", "Delete a group"),
+        graph("get", "/v1.0/groups/{id}/members", "List direct members"),
+        graph("post", "/v1.0/groups/{id}/members/$ref", "Add a member (@odata.id)"),
+        graph("delete", "/v1.0/groups/{id}/members/{memberId}/$ref", "Remove a member"),
+    ]
+}
+
+fn api_ops() -> Vec<Op> {
     let token = |path: &str, summary: &str| {
         Op::new("post", path, "Token service", summary)
             .errors(ErrorShape::Aad)
