@@ -70,6 +70,20 @@ impl Host {
         self.provider(&ns)
     }
 
+    /// Runs every provider's [`Provider::upkeep`] (server start, daily tick); the first error
+    /// is returned after all have run.
+    pub async fn upkeep(&self, p: &dyn Platform) -> Result<(), ArmError> {
+        let mut first = Ok(());
+        for prov in &self.providers {
+            if let Err(e) = prov.upkeep(p).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
     /// Every management request: the raw namespaces, ARM's hierarchy, then the registry.
     pub async fn handle(&self, p: &dyn Platform, req: &Request<'_>) -> Res {
         require_api_version(req.api_version_opt())?;

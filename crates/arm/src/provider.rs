@@ -230,6 +230,12 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// At server start, and again on the platform's daily upkeep tick: bring what runs in
+    /// step with the stored resources (start pools, renew bindings).
+    async fn upkeep(&self, _p: &dyn Platform) -> Result<(), ArmError> {
+        Ok(())
+    }
+
     /// The work of a long-running delete, run after the resource is marked `Deleting` and
     /// before it is removed. An error keeps the resource, `Failed`, and fails the operation.
     async fn deprovision(&self, _p: &dyn Platform, _r: &Resource) -> Result<(), ArmError> {

@@ -119,7 +119,6 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
     let host = providers::host(&cfg, &id, &rbac, &pools, &credentials)?;
     let st = Arc::new(AppState {
         host,
-        pools: pools.clone(),
         management_audiences: vec![
             id.management_endpoint.clone(),
             "https://management.azure.com".into(),
@@ -144,7 +143,10 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             credentials.upkeep().await;
         }
     });
-    st.pools.load_all().await?;
+    st.host
+        .upkeep(st.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("providers' start-up: {}", e.message))?;
     // Long-running operations a previous run left unfinished end Failed (and keep being swept).
     cloister_arm::operations::recover(st.clone());
     {
@@ -154,7 +156,7 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
             t.tick().await;
             loop {
                 t.tick().await;
-                let _ = st.pools.load_all().await;
+                let _ = st.host.upkeep(st.as_ref()).await;
             }
         });
     }

@@ -20,8 +20,6 @@ pub struct AppState {
     pub default_subscription: String,
     /// The sandbox pools (None when this host cannot run sandboxes).
     pub sessions: Option<Arc<cloister_sessions::Manager>>,
-    /// The session-pool provider (pools kept in step with their resources).
-    pub pools: Arc<cloister_sessions::arm::SessionPools>,
     /// The credential manager (vault, runtime, caches).
     pub credentials: Arc<cloister_credentials::Credentials>,
     /// This state itself, for work that outlives a request (long-running operations).

@@ -108,6 +108,13 @@ impl Provider for SessionPools {
     async fn removed(&self, _p: &dyn Platform, ids: &[String]) {
         removed(self, ids).await;
     }
+
+    async fn upkeep(&self, _p: &dyn Platform) -> Result<(), ArmError> {
+        load_all(self).await.map_err(|e| {
+            tracing::error!("session pools: {e}");
+            ArmError::internal("The session pools could not be loaded.")
+        })
+    }
 }
 
 pub struct TokenAuthorizer {
