@@ -44,7 +44,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use manifest::ImageConfig;
 pub use reference::{Reference, ReferenceError};
@@ -62,7 +61,10 @@ pub struct RegistryAuth {
 
 impl fmt::Debug for RegistryAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryAuth").field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -81,7 +83,11 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { plain_http: Vec::new(), timeout: Duration::from_secs(600), max_bytes: 8 << 30 }
+        PullOptions {
+            plain_http: Vec::new(),
+            timeout: Duration::from_secs(600),
+            max_bytes: 8 << 30,
+        }
     }
 }
 
@@ -109,7 +115,11 @@ pub enum PullError {
     Unauthorized(String),
     /// Content did not hash to the digest that names it.
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
-    DigestMismatch { what: String, expected: String, actual: String },
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
     /// Connecting, TLS, timeouts, unexpected statuses.
     #[error("network: {0}")]
     Network(String),
@@ -149,6 +159,28 @@ struct ImageRecord {
     /// `registry/repository` pairs it was verified from (see `pull`).
     #[serde(default)]
     sources: Vec<String>,
+    /// The boot it was unpacked in, and whether its files are known to be on disk since
+    /// (`syncfs` runs after the pull has returned, off the pull's path). An image neither
+    /// synced nor from this boot may have lost data in a crash: it is unpacked again.
+    #[serde(default)]
+    boot_id: String,
+    #[serde(default)]
+    synced: bool,
+}
+
+impl ImageRecord {
+    fn trusted(&self) -> bool {
+        self.synced || (!self.boot_id.is_empty() && self.boot_id == boot_id())
+    }
+}
+
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// The content-addressed image store. Cheap to clone (shared state).
@@ -165,7 +197,9 @@ struct Inner {
 
 impl fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImageStore").field("root", &self.inner.root).finish()
+        f.debug_struct("ImageStore")
+            .field("root", &self.inner.root)
+            .finish()
     }
 }
 
@@ -174,10 +208,20 @@ impl ImageStore {
     /// images already in it (they do not survive a reboot).
     pub fn open(root: impl Into<PathBuf>) -> io::Result<ImageStore> {
         let root: PathBuf = root.into();
-        let root = if root.is_absolute() { root } else { std::env::current_dir()?.join(root) };
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()?.join(root)
+        };
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o711))?;
-        for (dir, mode) in [("blobs/sha256", 0o700), ("blobs/scopes", 0o700), ("images", 0o711), ("locks", 0o700), ("tmp", 0o700)] {
+        for (dir, mode) in [
+            ("blobs/sha256", 0o700),
+            ("blobs/scopes", 0o700),
+            ("images", 0o711),
+            ("locks", 0o700),
+            ("tmp", 0o700),
+        ] {
             let p = root.join(dir);
             fs::create_dir_all(&p)?;
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
@@ -188,15 +232,44 @@ impl ImageStore {
             let day = Duration::from_secs(86_400);
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a > day);
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|a| a > day);
                 if name.starts_with("removed.") || (name.starts_with("blob.") && old) {
-                    let _ = if e.path().is_dir() { fs::remove_dir_all(e.path()) } else { fs::remove_file(e.path()) };
+                    let _ = if e.path().is_dir() {
+                        fs::remove_dir_all(e.path())
+                    } else {
+                        fs::remove_file(e.path())
+                    };
                 }
             }
         }
         let store = ImageStore {
-            inner: Arc::new(Inner { root, blob_downloads: AtomicU64::new(0), unpacks: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                root,
+                blob_downloads: AtomicU64::new(0),
+                unpacks: AtomicU64::new(0),
+            }),
         };
+        if let Ok(entries) = fs::read_dir(store.inner.root.join("images")) {
+            for e in entries.flatten() {
+                let hex = e.file_name().to_string_lossy().to_string();
+                if reference::is_sha256_digest(&format!("sha256:{hex}"))
+                    && store.read_record(&hex).is_none()
+                {
+                    let _lock = mount::flock(
+                        &store.inner.root.join("locks").join(format!("{hex}.lock")),
+                        true,
+                    )?;
+                    if let Err(e) = store.discard_untrusted(&hex) {
+                        tracing::warn!(digest = %hex, error = %e, "cannot discard an incomplete image");
+                    }
+                }
+            }
+        }
         for image in store.list() {
             if let Err(e) = mount::make_read_only(&image.rootfs) {
                 tracing::warn!(rootfs = %image.rootfs.display(), error = %e, "cannot make an image's rootfs read-only");
@@ -220,19 +293,38 @@ impl ImageStore {
     /// layers once per image digest into a read-only rootfs, and returns it. Concurrent pulls
     /// of the same image (in this process or others on the same root) share one download and
     /// one unpack.
-    pub async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>, opts: &PullOptions) -> Result<Image, PullError> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+        opts: &PullOptions,
+    ) -> Result<Image, PullError> {
         let r = Reference::parse(reference)?;
         match tokio::time::timeout(opts.timeout, self.pull_inner(&r, auth, opts)).await {
             Ok(result) => result,
-            Err(_) => Err(PullError::Network(format!("pulling {r} timed out after {:?}", opts.timeout))),
+            Err(_) => Err(PullError::Network(format!(
+                "pulling {r} timed out after {:?}",
+                opts.timeout
+            ))),
         }
     }
 
-    async fn pull_inner(&self, r: &Reference, auth: Option<&RegistryAuth>, opts: &PullOptions) -> Result<Image, PullError> {
+    async fn pull_inner(
+        &self,
+        r: &Reference,
+        auth: Option<&RegistryAuth>,
+        opts: &PullOptions,
+    ) -> Result<Image, PullError> {
         let reference = r.to_string();
         // Every pull asks the registry for the manifest with the caller's credentials, even
         // when the store has the image: that is what proves this caller may have it.
-        let mut reg = Registry::new(r.api_host(), &r.repository, auth, &opts.plain_http, opts.timeout)?;
+        let mut reg = Registry::new(
+            r.api_host(),
+            &r.repository,
+            auth,
+            &opts.plain_http,
+            opts.timeout,
+        )?;
         let scope = format!("{}/{}", r.registry.to_ascii_lowercase(), r.repository);
         let mut budget_left = opts.max_bytes;
 
@@ -248,30 +340,44 @@ impl ImageStore {
             });
         }
         let mut blobs = Vec::new();
-        let mut doc = manifest::parse_document(&fetched.bytes, fetched.content_type.as_deref()).map_err(PullError::Invalid)?;
+        let mut doc = manifest::parse_document(&fetched.bytes, fetched.content_type.as_deref())
+            .map_err(PullError::Invalid)?;
         let mut manifest_bytes = fetched.bytes;
         if let Document::Index(list) = &doc {
             self.store_blob_bytes(&digest, &manifest_bytes, &scope)?;
             blobs.push(digest.clone());
-            let chosen = manifest::pick_platform(list)
-                .ok_or_else(|| PullError::NotFound(format!("{reference} has no linux/amd64 image")))?;
+            let chosen = manifest::pick_platform(list).ok_or_else(|| {
+                PullError::NotFound(format!("{reference} has no linux/amd64 image"))
+            })?;
             let want = chosen.digest.clone();
             if chosen.size > MAX_DOCUMENT {
-                return Err(PullError::TooLarge { what: format!("manifest {want}"), limit: MAX_DOCUMENT });
+                return Err(PullError::TooLarge {
+                    what: format!("manifest {want}"),
+                    limit: MAX_DOCUMENT,
+                });
             }
             let inner = reg.manifest(&want, MAX_DOCUMENT).await?;
             let got = sha256_of(&inner.bytes);
             if got != want {
-                return Err(PullError::DigestMismatch { what: format!("manifest of {reference}"), expected: want, actual: got });
+                return Err(PullError::DigestMismatch {
+                    what: format!("manifest of {reference}"),
+                    expected: want,
+                    actual: got,
+                });
             }
-            doc = manifest::parse_document(&inner.bytes, inner.content_type.as_deref()).map_err(PullError::Invalid)?;
+            doc = manifest::parse_document(&inner.bytes, inner.content_type.as_deref())
+                .map_err(PullError::Invalid)?;
             if matches!(doc, Document::Index(_)) {
-                return Err(PullError::Invalid(format!("{reference}: an index inside an index is not supported")));
+                return Err(PullError::Invalid(format!(
+                    "{reference}: an index inside an index is not supported"
+                )));
             }
             digest = got;
             manifest_bytes = inner.bytes;
         }
-        let Document::Manifest { config, layers } = doc else { unreachable!("indexes were resolved above") };
+        let Document::Manifest { config, layers } = doc else {
+            unreachable!("indexes were resolved above")
+        };
         let hex = digest.trim_start_matches("sha256:").to_string();
 
         if let Some(image) = self.local_image(&hex, &scope, &reference) {
@@ -287,15 +393,30 @@ impl ImageStore {
         self.store_blob_bytes(&digest, &manifest_bytes, &scope)?;
         blobs.push(digest.clone());
 
-        let declared: u64 = layers.iter().map(|l| l.size).sum::<u64>().saturating_add(config.size);
+        let declared: u64 = layers
+            .iter()
+            .map(|l| l.size)
+            .sum::<u64>()
+            .saturating_add(config.size);
         if declared > opts.max_bytes {
-            return Err(PullError::TooLarge { what: format!("image {reference} ({declared} bytes)"), limit: opts.max_bytes });
+            return Err(PullError::TooLarge {
+                what: format!("image {reference} ({declared} bytes)"),
+                limit: opts.max_bytes,
+            });
         }
-        let config_path =
-            self.fetch_blob(&mut reg, &config.digest, MAX_DOCUMENT.min(budget_left), &mut budget_left, &scope).await?;
+        let config_path = self
+            .fetch_blob(
+                &mut reg,
+                &config.digest,
+                MAX_DOCUMENT.min(budget_left),
+                &mut budget_left,
+                &scope,
+            )
+            .await?;
         blobs.push(config.digest.clone());
         let config_bytes = fs::read(&config_path).map_err(storage)?;
-        let (image_config, diff_ids) = manifest::parse_config(&config_bytes).map_err(PullError::Invalid)?;
+        let (image_config, diff_ids) =
+            manifest::parse_config(&config_bytes).map_err(PullError::Invalid)?;
         if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
             return Err(PullError::Invalid(format!(
                 "{reference}: the config lists {} diff_ids for {} layers",
@@ -305,7 +426,9 @@ impl ImageStore {
         }
         let mut layer_files = Vec::new();
         for l in &layers {
-            let path = self.fetch_blob(&mut reg, &l.digest, budget_left, &mut budget_left, &scope).await?;
+            let path = self
+                .fetch_blob(&mut reg, &l.digest, budget_left, &mut budget_left, &scope)
+                .await?;
             blobs.push(l.digest.clone());
             layer_files.push((path, l.compression));
         }
@@ -323,11 +446,20 @@ impl ImageStore {
             return Ok(image);
         }
 
+        self.discard_untrusted(&hex).map_err(storage)?;
+
         // Unpack on a blocking thread that owns the lock: a cancelled pull cannot release it
         // while the rootfs is half written.
         let store = self.clone();
-        let record =
-            ImageRecord { reference: reference.clone(), digest: digest.clone(), config: image_config, blobs, sources: vec![scope] };
+        let record = ImageRecord {
+            reference: reference.clone(),
+            digest: digest.clone(),
+            config: image_config,
+            blobs,
+            sources: vec![scope],
+            boot_id: boot_id().to_string(),
+            synced: false,
+        };
         let max = opts.max_bytes;
         tokio::task::spawn_blocking(move || {
             let _held = (lock, gc);
@@ -349,7 +481,10 @@ impl ImageStore {
         // Leftovers of a crashed unpack of this digest (we hold its lock, so nobody is using them).
         if let Ok(entries) = fs::read_dir(&tmp_root) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("{hex}.")) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{hex}."))
+                {
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
@@ -364,20 +499,33 @@ impl ImageStore {
             for (i, (path, compression)) in layers.iter().enumerate() {
                 let file = File::open(path).map_err(storage)?;
                 let diff_id = diff_ids.get(i).map(String::as_str);
-                unpack::apply_layer(file, *compression, &rootfs, &mut budget, diff_id).map_err(|e| match e {
-                    unpack::UnpackError::TooLarge { limit } => {
-                        PullError::TooLarge { what: format!("{} unpacked", record.reference), limit }
-                    }
-                    unpack::UnpackError::DiffIdMismatch { expected, actual } => {
-                        PullError::DigestMismatch { what: format!("layer {} of {} (diff_id)", i + 1, record.reference), expected, actual }
-                    }
-                    unpack::UnpackError::Io(e) => PullError::Storage(format!("unpacking {}: {e}", record.reference)),
-                    other => PullError::Invalid(format!("layer {} of {}: {other}", i + 1, record.reference)),
-                })?;
+                unpack::apply_layer(file, *compression, &rootfs, &mut budget, diff_id).map_err(
+                    |e| match e {
+                        unpack::UnpackError::TooLarge { limit } => PullError::TooLarge {
+                            what: format!("{} unpacked", record.reference),
+                            limit,
+                        },
+                        unpack::UnpackError::DiffIdMismatch { expected, actual } => {
+                            PullError::DigestMismatch {
+                                what: format!("layer {} of {} (diff_id)", i + 1, record.reference),
+                                expected,
+                                actual,
+                            }
+                        }
+                        unpack::UnpackError::Io(e) => {
+                            PullError::Storage(format!("unpacking {}: {e}", record.reference))
+                        }
+                        other => PullError::Invalid(format!(
+                            "layer {} of {}: {other}",
+                            i + 1,
+                            record.reference
+                        )),
+                    },
+                )?;
             }
-            let json = serde_json::to_vec_pretty(record).map_err(|e| PullError::Storage(e.to_string()))?;
+            let json =
+                serde_json::to_vec_pretty(record).map_err(|e| PullError::Storage(e.to_string()))?;
             fs::write(work.join("image.json"), json).map_err(storage)?;
-            mount::syncfs(&work).map_err(storage)?;
             let dest = self.inner.root.join("images").join(hex);
             fs::rename(&work, &dest).map_err(storage)?;
             Ok(dest)
@@ -390,10 +538,36 @@ impl ImageStore {
             }
         };
         self.inner.unpacks.fetch_add(1, Ordering::Relaxed);
+        // Make it durable off the pull's path (syncfs waits for every dirty page of the file
+        // system, other writers' too); until then the record says it is from this boot only.
+        let store = self.clone();
+        let hex_owned = hex.to_string();
+        std::thread::spawn(move || {
+            let lock = store
+                .inner
+                .root
+                .join("locks")
+                .join(format!("{hex_owned}.lock"));
+            if mount::syncfs(&store.inner.root.join("images").join(&hex_owned)).is_ok()
+                && let Ok(_held) = mount::flock(&lock, true)
+                && let Some(mut rec) = store.read_record(&hex_owned)
+                && !rec.synced
+            {
+                rec.synced = true;
+                let _ = store.write_record(&hex_owned, &rec);
+            }
+        });
         let rootfs = dest.join("rootfs");
-        mount::make_read_only(&rootfs).map_err(|e| PullError::Storage(format!("making {} read-only: {e}", rootfs.display())))?;
+        mount::make_read_only(&rootfs).map_err(|e| {
+            PullError::Storage(format!("making {} read-only: {e}", rootfs.display()))
+        })?;
         tracing::info!(image = %record.reference, digest = %record.digest, "image unpacked");
-        Ok(Image { reference: record.reference.clone(), digest: record.digest.clone(), rootfs, config: record.config.clone() })
+        Ok(Image {
+            reference: record.reference.clone(),
+            digest: record.digest.clone(),
+            rootfs,
+            config: record.config.clone(),
+        })
     }
 
     /// The image with this manifest digest, when the store has it for `scope` (the
@@ -414,22 +588,51 @@ impl ImageStore {
         }
     }
 
+    /// The record of a complete image (see `ImageRecord::trusted`).
     fn read_record(&self, hex: &str) -> Option<ImageRecord> {
+        self.read_record_raw(hex).filter(ImageRecord::trusted)
+    }
+
+    fn read_record_raw(&self, hex: &str) -> Option<ImageRecord> {
         let dir = self.inner.root.join("images").join(hex);
         serde_json::from_slice(&fs::read(dir.join("image.json")).ok()?).ok()
+    }
+
+    /// Deletes an image directory whose record is missing or untrusted (the caller holds the
+    /// digest's lock).
+    fn discard_untrusted(&self, hex: &str) -> io::Result<()> {
+        let dir = self.inner.root.join("images").join(hex);
+        if !dir.exists() || self.read_record(hex).is_some() {
+            return Ok(());
+        }
+        tracing::warn!(digest = %hex, "discarding an image that may not have reached the disk before a crash");
+        mount::unmount(&dir.join("rootfs"))?;
+        let doomed = self
+            .inner
+            .root
+            .join("tmp")
+            .join(format!("removed.{hex}.{}", rand_suffix()));
+        fs::rename(&dir, &doomed)?;
+        fs::remove_dir_all(&doomed)
     }
 
     fn write_record(&self, hex: &str, record: &ImageRecord) -> Result<(), PullError> {
         let dir = self.inner.root.join("images").join(hex);
         let tmp = dir.join(format!("image.json.{}", rand_suffix()));
-        let json = serde_json::to_vec_pretty(record).map_err(|e| PullError::Storage(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|e| PullError::Storage(e.to_string()))?;
         fs::write(&tmp, json).map_err(storage)?;
         fs::rename(&tmp, dir.join("image.json")).map_err(storage)
     }
 
     fn image_of(&self, hex: &str, rec: ImageRecord) -> Image {
         let rootfs = self.inner.root.join("images").join(hex).join("rootfs");
-        Image { reference: rec.reference, digest: rec.digest, rootfs, config: rec.config }
+        Image {
+            reference: rec.reference,
+            digest: rec.digest,
+            rootfs,
+            config: rec.config,
+        }
     }
 
     fn read_image(&self, hex: &str) -> Option<Image> {
@@ -438,17 +641,24 @@ impl ImageStore {
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
-        self.inner.root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+        self.inner
+            .root
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
     }
 
     fn scopes_path(&self, digest: &str) -> PathBuf {
-        self.inner.root.join("blobs/scopes").join(digest.trim_start_matches("sha256:"))
+        self.inner
+            .root
+            .join("blobs/scopes")
+            .join(digest.trim_start_matches("sha256:"))
     }
 
     /// Whether the blob is in the store and was verified from `scope`.
     fn blob_in_scope(&self, digest: &str, scope: &str) -> bool {
         self.blob_path(digest).exists()
-            && fs::read_to_string(self.scopes_path(digest)).is_ok_and(|s| s.lines().any(|l| l == scope))
+            && fs::read_to_string(self.scopes_path(digest))
+                .is_ok_and(|s| s.lines().any(|l| l == scope))
     }
 
     fn add_scope(&self, digest: &str, scope: &str) -> Result<(), PullError> {
@@ -456,14 +666,23 @@ impl ImageStore {
         if self.blob_in_scope(digest, scope) {
             return Ok(());
         }
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(self.scopes_path(digest)).map_err(storage)?;
-        f.write_all(format!("{scope}\n").as_bytes()).map_err(storage)
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scopes_path(digest))
+            .map_err(storage)?;
+        f.write_all(format!("{scope}\n").as_bytes())
+            .map_err(storage)
     }
 
     fn store_blob_bytes(&self, digest: &str, bytes: &[u8], scope: &str) -> Result<(), PullError> {
         let path = self.blob_path(digest);
         if !path.exists() {
-            let tmp = self.inner.root.join("tmp").join(format!("blob.{}.{}", digest.trim_start_matches("sha256:"), rand_suffix()));
+            let tmp = self.inner.root.join("tmp").join(format!(
+                "blob.{}.{}",
+                digest.trim_start_matches("sha256:"),
+                rand_suffix()
+            ));
             fs::write(&tmp, bytes).map_err(storage)?;
             fs::rename(&tmp, &path).map_err(storage)?;
         }
@@ -485,8 +704,14 @@ impl ImageStore {
         if self.blob_in_scope(digest, scope) {
             return Ok(path);
         }
-        let tmp = self.inner.root.join("tmp").join(format!("blob.{}.{}", digest.trim_start_matches("sha256:"), rand_suffix()));
-        let result = reg.blob_to_file(digest, &tmp, limit.min(*budget_left)).await;
+        let tmp = self.inner.root.join("tmp").join(format!(
+            "blob.{}.{}",
+            digest.trim_start_matches("sha256:"),
+            rand_suffix()
+        ));
+        let result = reg
+            .blob_to_file(digest, &tmp, limit.min(*budget_left))
+            .await;
         let (actual, size) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -496,7 +721,11 @@ impl ImageStore {
         };
         if actual != digest {
             let _ = fs::remove_file(&tmp);
-            return Err(PullError::DigestMismatch { what: format!("blob {digest}"), expected: digest.to_string(), actual });
+            return Err(PullError::DigestMismatch {
+                what: format!("blob {digest}"),
+                expected: digest.to_string(),
+                actual,
+            });
         }
         *budget_left = budget_left.saturating_sub(size);
         if path.exists() {
@@ -545,18 +774,33 @@ impl ImageStore {
     /// sure no session still uses it.
     pub fn remove(&self, digest: &str) -> io::Result<()> {
         if !reference::is_sha256_digest(digest) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "digest must be sha256:<64 hex>"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "digest must be sha256:<64 hex>",
+            ));
         }
         let hex = digest.trim_start_matches("sha256:");
-        let _lock = mount::flock(&self.inner.root.join("locks").join(format!("{hex}.lock")), true)?;
+        let _lock = mount::flock(
+            &self.inner.root.join("locks").join(format!("{hex}.lock")),
+            true,
+        )?;
         let _gc = mount::flock(&self.inner.root.join("locks/gc.lock"), true)?;
         let dir = self.inner.root.join("images").join(hex);
-        let rec: Option<ImageRecord> = fs::read(dir.join("image.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let rec: Option<ImageRecord> = fs::read(dir.join("image.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if !dir.exists() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no image {digest} in the store")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no image {digest} in the store"),
+            ));
         }
         mount::unmount(&dir.join("rootfs"))?;
-        let doomed = self.inner.root.join("tmp").join(format!("removed.{hex}.{}", rand_suffix()));
+        let doomed = self
+            .inner
+            .root
+            .join("tmp")
+            .join(format!("removed.{hex}.{}", rand_suffix()));
         fs::rename(&dir, &doomed)?;
         fs::remove_dir_all(&doomed)?;
         if let Some(rec) = rec {
@@ -588,7 +832,10 @@ impl ImageStore {
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    format!(
+        "sha256:{}",
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+    )
 }
 
 fn storage(e: io::Error) -> PullError {
@@ -598,8 +845,15 @@ fn storage(e: io::Error) -> PullError {
 fn rand_suffix() -> String {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{}.{}.{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}.{}.{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 mod mount {
@@ -612,7 +866,8 @@ mod mount {
     use std::path::Path;
 
     fn cstr(p: &Path) -> io::Result<CString> {
-        CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
     }
 
     /// Whether `path` is a mount point (from /proc/self/mountinfo).
@@ -620,7 +875,9 @@ mod mount {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let want = path.as_os_str().as_bytes();
         Ok(info.lines().any(|l| {
-            l.split(' ').nth(4).is_some_and(|mp| unescape(mp).as_slice() == want)
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape(mp).as_slice() == want)
         }))
     }
 
@@ -629,7 +886,10 @@ mod mount {
         let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            if b[i] == b'\\'
+                && i + 3 < b.len()
+                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
                 out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
                 i += 4;
             } else {
@@ -646,12 +906,29 @@ mod mount {
             return Ok(());
         }
         let c = cstr(dir)?;
-        let rc = unsafe { libc::mount(c.as_ptr(), c.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+        let rc = unsafe {
+            libc::mount(
+                c.as_ptr(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-        let rc = unsafe { libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+        let flags =
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
         if rc != 0 {
             let e = io::Error::last_os_error();
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -673,8 +950,16 @@ mod mount {
 
     /// An exclusive or shared flock on `path` (created), held while the file stays open.
     pub fn flock(path: &Path, exclusive: bool) -> io::Result<File> {
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         loop {
             if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
                 return Ok(f);

@@ -74,13 +74,17 @@ pub struct Layer {
 #[derive(Debug)]
 pub enum Document {
     Index(Vec<Descriptor>),
-    Manifest { config: Descriptor, layers: Vec<Layer> },
+    Manifest {
+        config: Descriptor,
+        layers: Vec<Layer>,
+    },
 }
 
 /// Parses a manifest or an index. `content_type` is the response's `Content-Type`, used when
 /// the document does not name its own media type.
 pub fn parse_document(bytes: &[u8], content_type: Option<&str>) -> Result<Document, String> {
-    let raw: RawDocument = serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
+    let raw: RawDocument = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
     let ct = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_string());
     let media = raw.media_type.clone().or(ct).unwrap_or_default();
     if raw.schema_version != 2 {
@@ -89,7 +93,9 @@ pub fn parse_document(bytes: &[u8], content_type: Option<&str>) -> Result<Docume
             raw.schema_version
         ));
     }
-    let is_index = media == OCI_INDEX || media == DOCKER_LIST || (raw.manifests.is_some() && raw.layers.is_none());
+    let is_index = media == OCI_INDEX
+        || media == DOCKER_LIST
+        || (raw.manifests.is_some() && raw.layers.is_none());
     if is_index {
         let list = raw.manifests.unwrap_or_default();
         for d in &list {
@@ -103,43 +109,75 @@ pub fn parse_document(bytes: &[u8], content_type: Option<&str>) -> Result<Docume
     let config = raw.config.ok_or("the manifest has no config")?;
     check_descriptor(&config, "config")?;
     if config.size > MAX_DOCUMENT {
-        return Err(format!("the image config is {} bytes (more than {MAX_DOCUMENT})", config.size));
+        return Err(format!(
+            "the image config is {} bytes (more than {MAX_DOCUMENT})",
+            config.size
+        ));
     }
     let mut layers = Vec::new();
     for l in raw.layers.unwrap_or_default() {
         check_descriptor(&l, "layer")?;
         if l.urls.as_ref().is_some_and(|u| !u.is_empty()) {
-            return Err(format!("layer {} is a foreign (non-distributable) layer; those are not pulled", l.digest));
+            return Err(format!(
+                "layer {} is a foreign (non-distributable) layer; those are not pulled",
+                l.digest
+            ));
         }
         let compression = match l.media_type.as_str() {
-            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
             "application/vnd.oci.image.layer.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => Compression::Gzip,
             "application/vnd.oci.image.layer.v1.tar+zstd" => Compression::Zstd,
-            other => return Err(format!("layer {} has media type {other:?}, which is not a filesystem layer", l.digest)),
+            other => {
+                return Err(format!(
+                    "layer {} has media type {other:?}, which is not a filesystem layer",
+                    l.digest
+                ));
+            }
         };
-        layers.push(Layer { digest: l.digest, size: l.size, compression });
+        layers.push(Layer {
+            digest: l.digest,
+            size: l.size,
+            compression,
+        });
     }
     if layers.len() > 256 {
-        return Err(format!("the manifest has {} layers (at most 256)", layers.len()));
+        return Err(format!(
+            "the manifest has {} layers (at most 256)",
+            layers.len()
+        ));
     }
     Ok(Document::Manifest { config, layers })
 }
 
 fn check_descriptor(d: &Descriptor, what: &str) -> Result<(), String> {
     if !is_sha256_digest(&d.digest) {
-        return Err(format!("{what} digest {:?} is not sha256:<64 hex>", d.digest.chars().take(80).collect::<String>()));
+        return Err(format!(
+            "{what} digest {:?} is not sha256:<64 hex>",
+            d.digest.chars().take(80).collect::<String>()
+        ));
     }
     Ok(())
 }
 
 /// Picks the linux/amd64 manifest of an index (a plain `amd64` before a variant of it).
 pub fn pick_platform(list: &[Descriptor]) -> Option<&Descriptor> {
-    let linux_amd64 = |d: &&Descriptor| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64");
+    let linux_amd64 = |d: &&Descriptor| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+    };
     list.iter()
         .filter(linux_amd64)
-        .find(|d| d.platform.as_ref().is_some_and(|p| p.variant.as_deref().is_none_or(|v| v.is_empty() || v == "v1")))
+        .find(|d| {
+            d.platform.as_ref().is_some_and(|p| {
+                p.variant
+                    .as_deref()
+                    .is_none_or(|v| v.is_empty() || v == "v1")
+            })
+        })
         .or_else(|| list.iter().find(linux_amd64))
 }
 
@@ -191,7 +229,8 @@ struct RawRootFs {
 
 /// The parts of an image config blob Cloister uses: the run config and the layers' diff ids.
 pub fn parse_config(bytes: &[u8]) -> Result<(ImageConfig, Vec<String>), String> {
-    let raw: RawConfigFile = serde_json::from_slice(bytes).map_err(|e| format!("the image config is not valid JSON: {e}"))?;
+    let raw: RawConfigFile = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the image config is not valid JSON: {e}"))?;
     if let Some(os) = raw.os.as_deref()
         && !os.is_empty()
         && os != "linux"
@@ -202,12 +241,17 @@ pub fn parse_config(bytes: &[u8]) -> Result<(ImageConfig, Vec<String>), String> 
         && !arch.is_empty()
         && arch != "amd64"
     {
-        return Err(format!("the image is for architecture {arch:?}; this host runs amd64"));
+        return Err(format!(
+            "the image is for architecture {arch:?}; this host runs amd64"
+        ));
     }
     let diff_ids = raw.rootfs.map(|r| r.diff_ids).unwrap_or_default();
     for d in &diff_ids {
         if !is_sha256_digest(d) {
-            return Err(format!("diff_id {:?} is not sha256:<64 hex>", d.chars().take(80).collect::<String>()));
+            return Err(format!(
+                "diff_id {:?} is not sha256:<64 hex>",
+                d.chars().take(80).collect::<String>()
+            ));
         }
     }
     let c = raw.config;
@@ -273,7 +317,11 @@ mod tests {
         let traversal = r#"{"schemaVersion":2,"config":{"digest":"sha256:../../../etc/passwd","size":1},"layers":[]}"#;
         assert!(parse_document(traversal.as_bytes(), Some(OCI_MANIFEST)).is_err());
         let schema1 = r#"{"schemaVersion":1,"fsLayers":[]}"#;
-        assert!(parse_document(schema1.as_bytes(), None).unwrap_err().contains("schemaVersion 1"));
+        assert!(
+            parse_document(schema1.as_bytes(), None)
+                .unwrap_err()
+                .contains("schemaVersion 1")
+        );
         let foreign = format!(
             r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":1}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{D2}","size":1,"urls":["http://x"]}}]}}"#
         );

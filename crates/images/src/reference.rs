@@ -48,7 +48,9 @@ impl Reference {
         let (rest, digest) = match input.split_once('@') {
             Some((r, d)) => {
                 if !is_sha256_digest(d) {
-                    return Err(err("the digest must be sha256: followed by 64 lowercase hex digits"));
+                    return Err(err(
+                        "the digest must be sha256: followed by 64 lowercase hex digits",
+                    ));
                 }
                 (r, Some(d.to_string()))
             }
@@ -57,20 +59,30 @@ impl Reference {
         // A tag is after the last ':' that follows the last '/'.
         let last_slash = rest.rfind('/');
         let (name, tag) = match rest.rfind(':') {
-            Some(i) if last_slash.is_none_or(|s| i > s) => (&rest[..i], Some(rest[i + 1..].to_string())),
+            Some(i) if last_slash.is_none_or(|s| i > s) => {
+                (&rest[..i], Some(rest[i + 1..].to_string()))
+            }
             _ => (rest, None),
         };
         if let Some(t) = &tag
             && !is_tag(t)
         {
-            return Err(err("the tag must be 1-128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-'"));
+            return Err(err(
+                "the tag must be 1-128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+            ));
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), path.to_string())
             }
             _ => {
-                let path = if name.contains('/') { name.to_string() } else { format!("library/{name}") };
+                let path = if name.contains('/') {
+                    name.to_string()
+                } else {
+                    format!("library/{name}")
+                };
                 ("docker.io".to_string(), path)
             }
         };
@@ -82,7 +94,12 @@ impl Reference {
                 "the repository must be lowercase path components of letters and digits separated by '.', '_', '__' or '-'",
             ));
         }
-        Ok(Reference { registry, repository, tag, digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// The host the registry API is spoken to (`registry-1.docker.io` for Docker Hub).
@@ -96,7 +113,10 @@ impl Reference {
 
     /// What to ask the registry's manifest endpoint for: the digest when pinned, else the tag.
     pub fn manifest_ref(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 }
 
@@ -115,8 +135,11 @@ impl fmt::Display for Reference {
 
 /// `sha256:` followed by exactly 64 lowercase hex digits (the only form used as a file name).
 pub fn is_sha256_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn is_tag(t: &str) -> bool {
@@ -124,7 +147,8 @@ fn is_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn is_host(h: &str) -> bool {
@@ -133,7 +157,10 @@ fn is_host(h: &str) -> bool {
         None => (h, None),
     };
     if let Some(p) = port
-        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) || !p.parse::<u32>().is_ok_and(|v| v != 0 && v <= 65535))
+        && (p.is_empty()
+            || p.len() > 5
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || !p.parse::<u32>().is_ok_and(|v| v != 0 && v <= 65535))
     {
         return false;
     }
@@ -142,7 +169,9 @@ fn is_host(h: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -207,7 +236,10 @@ mod tests {
         assert_eq!(r.digest.as_deref(), Some(D));
 
         let r = Reference::parse("python:3.12").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.api_host()), ("docker.io", "library/python", "registry-1.docker.io"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.api_host()),
+            ("docker.io", "library/python", "registry-1.docker.io")
+        );
         let r = Reference::parse("example.com/x").unwrap();
         assert_eq!(r.manifest_ref(), "latest");
         assert_eq!(r.to_string(), "example.com/x");

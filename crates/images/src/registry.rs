@@ -15,9 +15,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use aws_lc_rs::digest::{Context, SHA256};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
-use sha2::{Digest, Sha256};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE,
+};
 use tokio::io::AsyncWriteExt;
 
 use crate::{PullError, RegistryAuth};
@@ -56,7 +58,7 @@ impl Registry {
             let url = attempt.url();
             let scheme = url.scheme().to_string();
             let hostport = host_port(url);
-            if scheme == "https" || (scheme == "http" && redirect_allowed.iter().any(|h| *h == hostport)) {
+            if scheme == "https" || (scheme == "http" && redirect_allowed.contains(&hostport)) {
                 return attempt.follow();
             }
             attempt.error(format!("refusing a redirect to {scheme}://{hostport}"))
@@ -81,17 +83,32 @@ impl Registry {
 
     /// GET a manifest (tag or digest) with the manifest `Accept` list.
     pub async fn manifest(&mut self, reference: &str, limit: u64) -> Result<Fetched, PullError> {
-        let url = format!("{}/v2/{}/manifests/{}", self.base, self.repository, reference);
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base, self.repository, reference
+        );
         let what = format!("manifest {}/{}:{}", self.host, self.repository, reference);
         let mut resp = self.get(&url, Some(crate::manifest::ACCEPT), &what).await?;
-        let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = read_limited(&mut resp, limit, &what).await?;
-        Ok(Fetched { bytes, content_type })
+        Ok(Fetched {
+            bytes,
+            content_type,
+        })
     }
 
     /// Streams a blob to `dest` (a new file), hashing it; returns its sha256 digest and size.
     /// Refuses to go past `limit` bytes.
-    pub async fn blob_to_file(&mut self, digest: &str, dest: &Path, limit: u64) -> Result<(String, u64), PullError> {
+    pub async fn blob_to_file(
+        &mut self,
+        digest: &str,
+        dest: &Path,
+        limit: u64,
+    ) -> Result<(String, u64), PullError> {
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
         let what = format!("blob {digest}");
         let mut resp = self.get(&url, None, &what).await?;
@@ -103,7 +120,7 @@ impl Registry {
         let mut file = tokio::fs::File::create(dest)
             .await
             .map_err(|e| PullError::Storage(format!("creating {}: {e}", dest.display())))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Context::new(&SHA256);
         let mut total = 0u64;
         while let Some(chunk) = resp.chunk().await.map_err(|e| net(&what, e))? {
             total += chunk.len() as u64;
@@ -111,13 +128,25 @@ impl Registry {
                 return Err(PullError::TooLarge { what, limit });
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| PullError::Storage(format!("writing {}: {e}", dest.display())))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| PullError::Storage(format!("writing {}: {e}", dest.display())))?;
         }
-        file.sync_all().await.map_err(|e| PullError::Storage(format!("writing {}: {e}", dest.display())))?;
-        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), total))
+        file.sync_all()
+            .await
+            .map_err(|e| PullError::Storage(format!("writing {}: {e}", dest.display())))?;
+        Ok((
+            format!("sha256:{}", hex::encode(hasher.finish().as_ref())),
+            total,
+        ))
     }
 
-    async fn get(&mut self, url: &str, accept: Option<&str>, what: &str) -> Result<reqwest::Response, PullError> {
+    async fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response, PullError> {
         let mut tried_challenge = false;
         loop {
             let mut req = self.client.get(url);
@@ -141,20 +170,45 @@ impl Registry {
         }
     }
 
-    async fn status_error(&self, status: StatusCode, mut resp: reqwest::Response, what: &str) -> PullError {
-        let body = read_limited(&mut resp, 16 * 1024, what).await.unwrap_or_default();
+    async fn status_error(
+        &self,
+        status: StatusCode,
+        mut resp: reqwest::Response,
+        what: &str,
+    ) -> PullError {
+        let body = read_limited(&mut resp, 16 * 1024, what)
+            .await
+            .unwrap_or_default();
         let code = registry_error_code(&body);
-        let detail = code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+        let detail = code
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
         match status {
             StatusCode::UNAUTHORIZED => PullError::Unauthorized(format!(
                 "registry {} refused the credentials for {what}{detail}: {}",
                 self.host,
-                if self.auth.is_some() { "wrong user name or password?" } else { "it needs credentials" }
+                if self.auth.is_some() {
+                    "wrong user name or password?"
+                } else {
+                    "it needs credentials"
+                }
             )),
-            StatusCode::FORBIDDEN => PullError::Unauthorized(format!("registry {} denied access to {what}{detail}", self.host)),
-            StatusCode::NOT_FOUND => PullError::NotFound(format!("{what} does not exist in registry {}{detail}", self.host)),
-            StatusCode::TOO_MANY_REQUESTS => PullError::Network(format!("registry {} is rate limiting ({what})", self.host)),
-            s => PullError::Network(format!("registry {} answered {s} for {what}{detail}", self.host)),
+            StatusCode::FORBIDDEN => PullError::Unauthorized(format!(
+                "registry {} denied access to {what}{detail}",
+                self.host
+            )),
+            StatusCode::NOT_FOUND => PullError::NotFound(format!(
+                "{what} does not exist in registry {}{detail}",
+                self.host
+            )),
+            StatusCode::TOO_MANY_REQUESTS => {
+                PullError::Network(format!("registry {} is rate limiting ({what})", self.host))
+            }
+            s => PullError::Network(format!(
+                "registry {} answered {s} for {what}{detail}",
+                self.host
+            )),
         }
     }
 
@@ -187,12 +241,16 @@ impl Registry {
 
     async fn bearer_token(&self, c: &Challenge) -> Result<HeaderValue, PullError> {
         let realm = c.param("realm").ok_or_else(|| {
-            PullError::Unauthorized(format!("registry {}'s Bearer challenge has no realm", self.host))
+            PullError::Unauthorized(format!(
+                "registry {}'s Bearer challenge has no realm",
+                self.host
+            ))
         })?;
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|_| PullError::Unauthorized(format!("registry {}'s token realm is not a URL", self.host)))?;
+        let mut url = reqwest::Url::parse(realm).map_err(|_| {
+            PullError::Unauthorized(format!("registry {}'s token realm is not a URL", self.host))
+        })?;
         let realm_host = host_port(&url);
-        let plain_ok = url.scheme() == "http" && self.plain_http.iter().any(|h| *h == realm_host);
+        let plain_ok = url.scheme() == "http" && self.plain_http.contains(&realm_host);
         if url.scheme() != "https" && !plain_ok {
             return Err(PullError::Unauthorized(format!(
                 "registry {}'s token realm {}://{realm_host} is not HTTPS; credentials are not sent there",
@@ -219,11 +277,17 @@ impl Registry {
             return Err(PullError::Unauthorized(format!(
                 "the token service {realm_host} of registry {} refused {}",
                 self.host,
-                if self.auth.is_some() { "the credentials (wrong user name or password?)" } else { "an anonymous pull" }
+                if self.auth.is_some() {
+                    "the credentials (wrong user name or password?)"
+                } else {
+                    "an anonymous pull"
+                }
             )));
         }
         if !status.is_success() {
-            return Err(PullError::Network(format!("the token service {realm_host} answered {status}")));
+            return Err(PullError::Network(format!(
+                "the token service {realm_host} answered {status}"
+            )));
         }
         let body = read_limited(&mut resp, 1 << 20, &what).await?;
         #[derive(serde::Deserialize)]
@@ -231,13 +295,21 @@ impl Registry {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| PullError::Unauthorized(format!("the token service {realm_host} sent no JSON token")))?;
-        let token = t.token.or(t.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
-            PullError::Unauthorized(format!("the token service {realm_host} sent no token"))
+        let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            PullError::Unauthorized(format!("the token service {realm_host} sent no JSON token"))
         })?;
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| PullError::Unauthorized(format!("the token service {realm_host} sent an unusable token")))?;
+        let token = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                PullError::Unauthorized(format!("the token service {realm_host} sent no token"))
+            })?;
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            PullError::Unauthorized(format!(
+                "the token service {realm_host} sent an unusable token"
+            ))
+        })?;
         v.set_sensitive(true);
         Ok(v)
     }
@@ -246,8 +318,11 @@ impl Registry {
 fn basic(auth: &RegistryAuth) -> HeaderValue {
     use base64::Engine;
     let raw = format!("{}:{}", auth.username, auth.password);
-    let mut v = HeaderValue::from_str(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
-        .expect("base64 is a valid header value");
+    let mut v = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+    .expect("base64 is a valid header value");
     v.set_sensitive(true);
     v
 }
@@ -280,16 +355,26 @@ fn net(what: &str, e: reqwest::Error) -> PullError {
     PullError::Network(msg)
 }
 
-async fn read_limited(resp: &mut reqwest::Response, limit: u64, what: &str) -> Result<Vec<u8>, PullError> {
+async fn read_limited(
+    resp: &mut reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>, PullError> {
     if let Some(len) = resp.content_length()
         && len > limit
     {
-        return Err(PullError::TooLarge { what: what.to_string(), limit });
+        return Err(PullError::TooLarge {
+            what: what.to_string(),
+            limit,
+        });
     }
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| net(what, e))? {
         if (out.len() + chunk.len()) as u64 > limit {
-            return Err(PullError::TooLarge { what: what.to_string(), limit });
+            return Err(PullError::TooLarge {
+                what: what.to_string(),
+                limit,
+            });
         }
         out.extend_from_slice(&chunk);
     }
@@ -325,7 +410,10 @@ struct Challenge {
 
 impl Challenge {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -410,14 +498,24 @@ mod tests {
 
     #[test]
     fn error_codes_are_filtered() {
-        assert_eq!(registry_error_code(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x"}]}"#).as_deref(), Some("MANIFEST_UNKNOWN"));
-        assert_eq!(registry_error_code(br#"{"errors":[{"code":"<script>"}]}"#), None);
+        assert_eq!(
+            registry_error_code(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x"}]}"#)
+                .as_deref(),
+            Some("MANIFEST_UNKNOWN")
+        );
+        assert_eq!(
+            registry_error_code(br#"{"errors":[{"code":"<script>"}]}"#),
+            None
+        );
         assert_eq!(registry_error_code(b"nope"), None);
     }
 
     #[test]
     fn credentials_are_not_in_debug_output() {
-        let a = RegistryAuth { username: "u".into(), password: "hunter2-secret".into() };
+        let a = RegistryAuth {
+            username: "u".into(),
+            password: "hunter2-secret".into(),
+        };
         assert!(!format!("{a:?}").contains("hunter2"));
         let v = basic(&a);
         assert!(v.is_sensitive());

@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use aws_lc_rs::digest::{Context, SHA256};
 
 use crate::manifest::Compression;
 
@@ -63,7 +63,11 @@ pub struct Budget {
 impl Budget {
     /// `limit` bounds the decompressed tar streams and, separately, the bytes written to files.
     pub fn new(limit: u64) -> Budget {
-        Budget { limit, stream_left: limit, files_left: limit }
+        Budget {
+            limit,
+            stream_left: limit,
+            files_left: limit,
+        }
     }
 }
 
@@ -104,28 +108,54 @@ pub fn apply_layer<R: Read>(
                 .map_err(|e| UnpackError::Corrupt(format!("zstd: {e}")))?,
         ),
     };
-    let tracking = Tracking { inner: decoded, hasher: Sha256::new(), left: budget.stream_left, exceeded: false };
-    let mut archive = tar::Archive::new(ZeroPadAtEof { inner: tracking, pos: 0, pad: None });
-    let mut state = LayerState { created: HashSet::new(), dir_times: Vec::new(), stats: LayerStats::default() };
+    let tracking = Tracking {
+        inner: decoded,
+        hasher: Context::new(&SHA256),
+        left: budget.stream_left,
+        exceeded: false,
+    };
+    let mut archive = tar::Archive::new(ZeroPadAtEof {
+        inner: tracking,
+        pos: 0,
+        pad: None,
+    });
+    let mut state = LayerState {
+        created: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: LayerStats::default(),
+    };
     let result = apply_entries(&mut archive, root, budget, &mut state);
     let mut tracking = archive.into_inner().inner;
     if tracking.exceeded {
-        return Err(UnpackError::TooLarge { limit: budget.limit });
+        return Err(UnpackError::TooLarge {
+            limit: budget.limit,
+        });
     }
     result?;
     // The diff_id covers the whole stream, including anything after the end-of-archive blocks.
     io::copy(&mut tracking, &mut io::sink()).map_err(|e| {
-        if tracking.exceeded { UnpackError::TooLarge { limit: budget.limit } } else { UnpackError::Corrupt(e.to_string()) }
+        if tracking.exceeded {
+            UnpackError::TooLarge {
+                limit: budget.limit,
+            }
+        } else {
+            UnpackError::Corrupt(e.to_string())
+        }
     })?;
     if tracking.exceeded {
-        return Err(UnpackError::TooLarge { limit: budget.limit });
+        return Err(UnpackError::TooLarge {
+            limit: budget.limit,
+        });
     }
     budget.stream_left = tracking.left;
-    let actual = format!("sha256:{}", hex::encode(tracking.hasher.finalize()));
+    let actual = format!("sha256:{}", hex::encode(tracking.hasher.finish().as_ref()));
     if let Some(expected) = expected_diff_id
         && expected != actual
     {
-        return Err(UnpackError::DiffIdMismatch { expected: expected.to_string(), actual });
+        return Err(UnpackError::DiffIdMismatch {
+            expected: expected.to_string(),
+            actual,
+        });
     }
     for (dir, mtime) in state.dir_times.iter().rev() {
         let _ = set_mtime(dir, *mtime);
@@ -145,7 +175,10 @@ fn corrupt(e: io::Error) -> UnpackError {
 }
 
 fn hostile(path: &Path, reason: impl Into<String>) -> UnpackError {
-    UnpackError::Hostile { path: path.to_string_lossy().chars().take(200).collect(), reason: reason.into() }
+    UnpackError::Hostile {
+        path: path.to_string_lossy().chars().take(200).collect(),
+        reason: reason.into(),
+    }
 }
 
 fn apply_entries<R: Read>(
@@ -189,8 +222,10 @@ fn apply_entries<R: Read>(
         }
         let header = entry.header();
         let mode = header.mode().map_err(corrupt)? & 0o7777;
-        let uid = u32::try_from(header.uid().map_err(corrupt)?).map_err(|_| hostile(&raw, "uid out of range"))?;
-        let gid = u32::try_from(header.gid().map_err(corrupt)?).map_err(|_| hostile(&raw, "gid out of range"))?;
+        let uid = u32::try_from(header.uid().map_err(corrupt)?)
+            .map_err(|_| hostile(&raw, "uid out of range"))?;
+        let gid = u32::try_from(header.gid().map_err(corrupt)?)
+            .map_err(|_| hostile(&raw, "gid out of range"))?;
         let mtime = header.mtime().unwrap_or(0);
         let xattrs = xattrs_of(&mut entry);
 
@@ -268,14 +303,23 @@ fn apply_entries<R: Read>(
                 if tcomps.is_empty() {
                     return Err(hostile(&raw, "a hard link to the root"));
                 }
-                let tparent = resolve(root, &tcomps[..tcomps.len() - 1], false, &target).map_err(|_| {
-                    hostile(&raw, format!("hard link target {:?} is not in the image", target))
-                })?;
+                let tparent =
+                    resolve(root, &tcomps[..tcomps.len() - 1], false, &target).map_err(|_| {
+                        hostile(
+                            &raw,
+                            format!("hard link target {:?} is not in the image", target),
+                        )
+                    })?;
                 let tpath = root.join(tparent).join(tcomps.last().unwrap());
                 match fs::symlink_metadata(&tpath) {
                     Ok(m) if m.is_dir() => return Err(hostile(&raw, "a hard link to a directory")),
                     Ok(_) => {}
-                    Err(_) => return Err(hostile(&raw, format!("hard link target {:?} is not in the image", target))),
+                    Err(_) => {
+                        return Err(hostile(
+                            &raw,
+                            format!("hard link target {:?} is not in the image", target),
+                        ));
+                    }
                 }
                 if tpath == dest {
                     continue;
@@ -322,7 +366,12 @@ fn clean(raw: &Path) -> Result<Vec<OsString>, UnpackError> {
 
 /// Resolves directory components inside `root` (see the module docs), creating missing
 /// directories when `create`. Returns the resolved path relative to `root`.
-fn resolve(root: &Path, comps: &[OsString], create: bool, raw: &Path) -> Result<PathBuf, UnpackError> {
+fn resolve(
+    root: &Path,
+    comps: &[OsString],
+    create: bool,
+    raw: &Path,
+) -> Result<PathBuf, UnpackError> {
     let mut queue: VecDeque<OsString> = comps.iter().cloned().collect();
     let mut cur = PathBuf::new();
     let mut hops = 0;
@@ -390,7 +439,10 @@ fn implicit_dirs(root: &Path, dest: &Path) -> Vec<PathBuf> {
 fn ensure_dir(dir: &Path, st: &mut LayerState) -> Result<(), UnpackError> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(UnpackError::Corrupt(format!("{} is not a directory", dir.display()))),
+        Ok(_) => Err(UnpackError::Corrupt(format!(
+            "{} is not a directory",
+            dir.display()
+        ))),
         Err(_) => {
             fs::create_dir(dir)?;
             st.created.insert(dir.to_path_buf());
@@ -430,7 +482,11 @@ fn set_owner_mode(path: &Path, uid: u32, gid: u32, mode: u32, am_root: bool) -> 
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
-fn copy_limited(from: &mut impl Read, to: &mut File, budget: &mut Budget) -> Result<u64, UnpackError> {
+fn copy_limited(
+    from: &mut impl Read,
+    to: &mut File,
+    budget: &mut Budget,
+) -> Result<u64, UnpackError> {
     let mut buf = vec![0u8; 128 * 1024];
     let mut total = 0u64;
     loop {
@@ -439,7 +495,9 @@ fn copy_limited(from: &mut impl Read, to: &mut File, budget: &mut Budget) -> Res
             return Ok(total);
         }
         if n as u64 > budget.files_left {
-            return Err(UnpackError::TooLarge { limit: budget.limit });
+            return Err(UnpackError::TooLarge {
+                limit: budget.limit,
+            });
         }
         budget.files_left -= n as u64;
         to.write_all(&buf[..n])?;
@@ -448,14 +506,32 @@ fn copy_limited(from: &mut impl Read, to: &mut File, budget: &mut Budget) -> Res
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
 fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
     let c = cstr(path)?;
     let secs = i64::try_from(mtime).unwrap_or(0) as libc::time_t;
-    let times = [libc::timespec { tv_sec: secs, tv_nsec: 0 }, libc::timespec { tv_sec: secs, tv_nsec: 0 }];
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+    let times = [
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+    ];
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -483,10 +559,18 @@ fn apply_xattrs(path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) {
     }
     let Ok(p) = cstr(path) else { return };
     for (name, value) in xattrs {
-        let Ok(n) = CString::new(name.clone()) else { continue };
+        let Ok(n) = CString::new(name.clone()) else {
+            continue;
+        };
         // Best effort: a file system without xattrs (or a non-root unpack) just lacks them.
         unsafe {
-            libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0);
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            );
         }
     }
 }
@@ -494,7 +578,7 @@ fn apply_xattrs(path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) {
 /// Hashes and counts the decompressed stream; refuses to go past the budget.
 struct Tracking<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Context,
     left: u64,
     exceeded: bool,
 }

@@ -12,11 +12,13 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+/// Token requests seen: (query, the Authorization header if any).
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 struct Gate {
     addr: String,
     /// Token requests seen: (query, had basic auth).
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
 
 /// Starts a gate on loopback: `/token` hands out a token for user `robot` / password `pw` (and for
@@ -30,7 +32,9 @@ async fn gate(upstream: String, realm: Option<String>) -> Gate {
     let seen2 = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { return };
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
             let (upstream, realm, seen) = (upstream.clone(), realm.clone(), seen2.clone());
             tokio::spawn(async move {
                 let (rd, mut wr) = sock.into_split();
@@ -41,6 +45,7 @@ async fn gate(upstream: String, realm: Option<String>) -> Gate {
                 }
                 let path = line.split(' ').nth(1).unwrap_or("/").to_string();
                 let mut auth = None;
+                let mut accept = String::new();
                 loop {
                     let mut h = String::new();
                     if rd.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
@@ -50,11 +55,18 @@ async fn gate(upstream: String, realm: Option<String>) -> Gate {
                         && k.eq_ignore_ascii_case("authorization")
                     {
                         auth = Some(v.trim().to_string());
+                    } else if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("accept")
+                    {
+                        accept = v.trim().to_string();
                     }
                 }
                 let repo = path
                     .strip_prefix("/v2/")
-                    .and_then(|p| p.split_once("/manifests/").or_else(|| p.split_once("/blobs/")))
+                    .and_then(|p| {
+                        p.split_once("/manifests/")
+                            .or_else(|| p.split_once("/blobs/"))
+                    })
                     .map(|(r, _)| r.to_string())
                     .unwrap_or_default();
                 let public = repo.starts_with("public/");
@@ -70,11 +82,22 @@ async fn gate(upstream: String, realm: Option<String>) -> Gate {
                         None
                     };
                     match token {
-                        Some(t) => (200, vec![("content-type".into(), "application/json".into())], format!(r#"{{"token":"{t}"}}"#).into_bytes()),
+                        Some(t) => (
+                            200,
+                            vec![("content-type".into(), "application/json".into())],
+                            format!(r#"{{"token":"{t}"}}"#).into_bytes(),
+                        ),
                         None => (401, vec![], b"{}".to_vec()),
                     }
-                } else if auth.as_deref() == Some("Bearer tok-robot") || (public && auth.as_deref() == Some("Bearer tok-anon")) {
-                    let r = reqwest::get(format!("http://{upstream}{path}")).await.unwrap();
+                } else if auth.as_deref() == Some("Bearer tok-robot")
+                    || (public && auth.as_deref() == Some("Bearer tok-anon"))
+                {
+                    let r = reqwest::Client::new()
+                        .get(format!("http://{upstream}{path}"))
+                        .header("accept", accept)
+                        .send()
+                        .await
+                        .unwrap();
                     let status = r.status().as_u16();
                     let mut hs = Vec::new();
                     for k in ["content-type", "docker-content-digest"] {
@@ -84,10 +107,19 @@ async fn gate(upstream: String, realm: Option<String>) -> Gate {
                     }
                     (status, hs, r.bytes().await.unwrap().to_vec())
                 } else {
-                    let challenge = format!(r#"Bearer realm="{realm}",service="cloister-gate",scope="repository:{repo}:pull""#);
-                    (401, vec![("www-authenticate".into(), challenge)], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.to_vec())
+                    let challenge = format!(
+                        r#"Bearer realm="{realm}",service="cloister-gate",scope="repository:{repo}:pull""#
+                    );
+                    (
+                        401,
+                        vec![("www-authenticate".into(), challenge)],
+                        br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.to_vec(),
+                    )
                 };
-                let mut head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
                 for (k, v) in headers {
                     head.push_str(&format!("{k}: {v}\r\n"));
                 }
@@ -118,36 +150,97 @@ fn gate_opts(g: &Gate) -> cloister_images::PullOptions {
 async fn bearer_tokens_with_credentials_and_anonymously() {
     require_tools!("docker-registry");
     let reg = TestRegistry::start(None);
-    let (digest, _) = reg.push_image("private/app", "v1", &[layer(&[E::File("who", b"private")])], default_config()).await;
-    let (pdigest, _) = reg.push_image("public/app", "v1", &[layer(&[E::File("who", b"public")])], default_config()).await;
+    let (digest, _) = reg
+        .push_image(
+            "private/app",
+            "v1",
+            &[layer(&[E::File("who", b"private")])],
+            default_config(),
+        )
+        .await;
+    let (pdigest, _) = reg
+        .push_image(
+            "public/app",
+            "v1",
+            &[layer(&[E::File("who", b"public")])],
+            default_config(),
+        )
+        .await;
     let g = gate(reg.addr.clone(), None).await;
     let ts = TempStore::new();
 
-    let robot = RegistryAuth { username: "robot".into(), password: "pw".into() };
-    let image = ts.store.pull(&format!("{}/private/app:v1", g.addr), Some(&robot), &gate_opts(&g)).await.unwrap();
+    let robot = RegistryAuth {
+        username: "robot".into(),
+        password: "pw".into(),
+    };
+    let image = ts
+        .store
+        .pull(
+            &format!("{}/private/app:v1", g.addr),
+            Some(&robot),
+            &gate_opts(&g),
+        )
+        .await
+        .unwrap();
     assert_eq!(image.digest, digest);
     assert_eq!(std::fs::read(image.rootfs.join("who")).unwrap(), b"private");
     {
         let seen = g.seen.lock().unwrap();
         let (q, auth) = &seen[0];
-        assert!(q.contains("service=cloister-gate") && q.contains("scope=repository%3Aprivate%2Fapp%3Apull"), "{q}");
-        assert!(auth.as_deref().is_some_and(|a| a.starts_with("Basic ")), "credentials go to the realm");
+        assert!(
+            q.contains("service=cloister-gate")
+                && q.contains("scope=repository%3Aprivate%2Fapp%3Apull"),
+            "{q}"
+        );
+        assert!(
+            auth.as_deref().is_some_and(|a| a.starts_with("Basic ")),
+            "credentials go to the realm"
+        );
     }
 
     // Wrong password: the token service says no.
-    let wrong = RegistryAuth { username: "robot".into(), password: "nope".into() };
-    let err = TempStore::new().store.pull(&format!("{}/private/app:v1", g.addr), Some(&wrong), &gate_opts(&g)).await.unwrap_err();
+    let wrong = RegistryAuth {
+        username: "robot".into(),
+        password: "nope".into(),
+    };
+    let err = TempStore::new()
+        .store
+        .pull(
+            &format!("{}/private/app:v1", g.addr),
+            Some(&wrong),
+            &gate_opts(&g),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Unauthorized(_)), "{err:?}");
-    assert!(err.to_string().contains("token service") && !err.to_string().contains("nope"), "{err}");
+    assert!(
+        err.to_string().contains("token service") && !err.to_string().contains("nope"),
+        "{err}"
+    );
 
     // Anonymous: a token for the public repository, none for the private one.
     let g2 = gate(reg.addr.clone(), None).await;
     let anon = TempStore::new();
-    let image = anon.store.pull(&format!("{}/public/app:v1", g2.addr), None, &gate_opts(&g2)).await.unwrap();
+    let image = anon
+        .store
+        .pull(&format!("{}/public/app:v1", g2.addr), None, &gate_opts(&g2))
+        .await
+        .unwrap();
     assert_eq!(image.digest, pdigest);
     assert_eq!(std::fs::read(image.rootfs.join("who")).unwrap(), b"public");
-    assert!(g2.seen.lock().unwrap().iter().all(|(_, a)| a.is_none()), "anonymous means no Authorization");
-    let err = anon.store.pull(&format!("{}/private/app:v1", g2.addr), None, &gate_opts(&g2)).await.unwrap_err();
+    assert!(
+        g2.seen.lock().unwrap().iter().all(|(_, a)| a.is_none()),
+        "anonymous means no Authorization"
+    );
+    let err = anon
+        .store
+        .pull(
+            &format!("{}/private/app:v1", g2.addr),
+            None,
+            &gate_opts(&g2),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Unauthorized(_)), "{err:?}");
     assert!(err.to_string().contains("anonymous"), "{err}");
 }
@@ -156,16 +249,36 @@ async fn bearer_tokens_with_credentials_and_anonymously() {
 async fn credentials_never_go_to_a_plain_http_realm_nobody_listed() {
     require_tools!("docker-registry");
     let reg = TestRegistry::start(None);
-    reg.push_image("private/app", "v1", &[layer(&[E::File("who", b"private")])], default_config()).await;
+    reg.push_image(
+        "private/app",
+        "v1",
+        &[layer(&[E::File("who", b"private")])],
+        default_config(),
+    )
+    .await;
     // The realm is another loopback port, not listed as plain HTTP.
     let trap = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let trap_addr = trap.local_addr().unwrap().to_string();
     let g = gate(reg.addr.clone(), Some(format!("http://{trap_addr}/token"))).await;
-    let robot = RegistryAuth { username: "robot".into(), password: "pw".into() };
-    let err = TempStore::new().store.pull(&format!("{}/private/app:v1", g.addr), Some(&robot), &gate_opts(&g)).await.unwrap_err();
+    let robot = RegistryAuth {
+        username: "robot".into(),
+        password: "pw".into(),
+    };
+    let err = TempStore::new()
+        .store
+        .pull(
+            &format!("{}/private/app:v1", g.addr),
+            Some(&robot),
+            &gate_opts(&g),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Unauthorized(_)), "{err:?}");
     assert!(err.to_string().contains("not HTTPS"), "{err}");
     // Nobody connected to the trap.
     let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), trap.accept()).await;
-    assert!(accepted.is_err(), "the client connected to the unlisted realm");
+    assert!(
+        accepted.is_err(),
+        "the client connected to the unlisted realm"
+    );
 }

@@ -15,13 +15,29 @@ async fn test_image_by_tag_and_by_digest_read_only_with_its_files_and_config() {
     let digest = push_test_image(&reg, "cloister/test:1");
     let ts = TempStore::new();
 
-    let image = ts.store.pull(&format!("{}/cloister/test:1", reg.addr), None, &opts(&reg)).await.unwrap();
+    let image = ts
+        .store
+        .pull(&format!("{}/cloister/test:1", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
     assert_eq!(image.digest, digest);
     let root = &image.rootfs;
     assert!(root.join("opt/cloister-test/server.py").is_file());
-    assert!(root.join("usr/bin/python3").exists(), "python3 through its symlink");
-    assert!(fs::symlink_metadata(root.join("bin")).unwrap().file_type().is_symlink(), "merged /usr kept as a symlink");
-    assert_eq!(image.config.cmd, ["python3", "-u", "/opt/cloister-test/server.py"]);
+    assert!(
+        root.join("usr/bin/python3").exists(),
+        "python3 through its symlink"
+    );
+    assert!(
+        fs::symlink_metadata(root.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "merged /usr kept as a symlink"
+    );
+    assert_eq!(
+        image.config.cmd,
+        ["python3", "-u", "/opt/cloister-test/server.py"]
+    );
     assert_eq!(image.config.exposed_ports, [8080]);
     assert_eq!(image.config.user.as_deref(), Some("65534:65534"));
     assert!(image.config.env.iter().any(|e| e == "PORT=8080"));
@@ -40,37 +56,68 @@ async fn test_image_by_tag_and_by_digest_read_only_with_its_files_and_config() {
     assert_eq!(err.raw_os_error(), Some(libc_erofs()), "{err}");
 
     // By digest: the same image, no second unpack.
-    let again = ts.store.pull(&format!("{}/cloister/test@{digest}", reg.addr), None, &opts(&reg)).await.unwrap();
+    let again = ts
+        .store
+        .pull(
+            &format!("{}/cloister/test@{digest}", reg.addr),
+            None,
+            &opts(&reg),
+        )
+        .await
+        .unwrap();
     assert_eq!(again.rootfs, image.rootfs);
     assert_eq!(ts.store.stats().unpacks, 1);
     assert_eq!(ts.store.list().len(), 1);
 
     // By digest into a fresh store.
     let other = TempStore::new();
-    let pinned = other.store.pull(&format!("{}/cloister/test@{digest}", reg.addr), None, &opts(&reg)).await.unwrap();
+    let pinned = other
+        .store
+        .pull(
+            &format!("{}/cloister/test@{digest}", reg.addr),
+            None,
+            &opts(&reg),
+        )
+        .await
+        .unwrap();
     assert_eq!(pinned.digest, digest);
     assert!(pinned.rootfs.join("opt/cloister-test/server.py").is_file());
 
     // The store never hands out an image without the registry's word for this caller: with
     // the registry gone, even a digest the store has fails.
     drop(reg);
-    let err = other.store.pull(&format!("{}/cloister/test@{digest}", pinned_host(&pinned)), None, &Default::default()).await;
+    let err = other
+        .store
+        .pull(
+            &format!("{}/cloister/test@{digest}", pinned_host(&pinned)),
+            None,
+            &Default::default(),
+        )
+        .await;
     assert!(matches!(err, Err(PullError::Network(_))), "{err:?}");
 
     // Removal unmounts and deletes it, and its blobs.
     other.store.remove(&digest).unwrap();
     assert!(other.store.list().is_empty());
     assert!(!pinned.rootfs.exists());
-    let blobs: Vec<_> = fs::read_dir(other.store.root().join("blobs/sha256")).unwrap().collect();
+    let blobs: Vec<_> = fs::read_dir(other.store.root().join("blobs/sha256"))
+        .unwrap()
+        .collect();
     assert!(blobs.is_empty(), "{blobs:?}");
     // A store reopened later finds its images read-only again.
     let ts_root = ts.store.root().to_path_buf();
     ts.store.unmount_all();
-    assert!(fs::write(image.rootfs.join("probe"), b"x").is_ok(), "unmounted: writable");
+    assert!(
+        fs::write(image.rootfs.join("probe"), b"x").is_ok(),
+        "unmounted: writable"
+    );
     fs::remove_file(image.rootfs.join("probe")).unwrap();
     let reopened = ImageStore::open(&ts_root).unwrap();
     assert_eq!(reopened.list().len(), 1);
-    assert!(fs::write(image.rootfs.join("probe"), b"x").is_err(), "read-only after open");
+    assert!(
+        fs::write(image.rootfs.join("probe"), b"x").is_err(),
+        "read-only after open"
+    );
     reopened.unmount_all();
 }
 
@@ -86,32 +133,78 @@ fn libc_erofs() -> i32 {
 async fn basic_auth_right_wrong_and_missing_credentials() {
     require_tools!("docker-registry", "htpasswd");
     let reg = TestRegistry::start(Some(("puller", "s3cret-pw")));
-    let (digest, _) = reg.push_image("team/app", "v1", &[layer(&[E::File("app/hello.txt", b"hi")])], default_config()).await;
+    let (digest, _) = reg
+        .push_image(
+            "team/app",
+            "v1",
+            &[layer(&[E::File("app/hello.txt", b"hi")])],
+            default_config(),
+        )
+        .await;
     let r = format!("{}/team/app:v1", reg.addr);
     let ts = TempStore::new();
 
-    let right = RegistryAuth { username: "puller".into(), password: "s3cret-pw".into() };
+    let right = RegistryAuth {
+        username: "puller".into(),
+        password: "s3cret-pw".into(),
+    };
     let image = ts.store.pull(&r, Some(&right), &opts(&reg)).await.unwrap();
     assert_eq!(image.digest, digest);
     assert_eq!(fs::read(image.rootfs.join("app/hello.txt")).unwrap(), b"hi");
 
-    let wrong = RegistryAuth { username: "puller".into(), password: "not-the-password".into() };
+    let wrong = RegistryAuth {
+        username: "puller".into(),
+        password: "not-the-password".into(),
+    };
     // The image is in this store now; the wrong password still gets nothing from it.
-    let err = ts.store.pull(&r, Some(&wrong), &opts(&reg)).await.unwrap_err();
+    let err = ts
+        .store
+        .pull(&r, Some(&wrong), &opts(&reg))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Unauthorized(_)), "{err:?}");
-    let err = ts.store.pull(&format!("{}/team/app@{digest}", reg.addr), None, &opts(&reg)).await.unwrap_err();
-    assert!(matches!(err, PullError::Unauthorized(_)), "no credentials, pinned digest: {err:?}");
+    let err = ts
+        .store
+        .pull(
+            &format!("{}/team/app@{digest}", reg.addr),
+            None,
+            &opts(&reg),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Unauthorized(_)),
+        "no credentials, pinned digest: {err:?}"
+    );
     // Nor does another registry that merely names the digest.
     let open = TestRegistry::start(None);
-    let err = ts.store.pull(&format!("{}/team/app@{digest}", open.addr), None, &opts(&open)).await.unwrap_err();
+    let err = ts
+        .store
+        .pull(
+            &format!("{}/team/app@{digest}", open.addr),
+            None,
+            &opts(&open),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::NotFound(_)), "{err:?}");
 
     let other = TempStore::new();
-    let err = other.store.pull(&r, Some(&wrong), &opts(&reg)).await.unwrap_err();
+    let err = other
+        .store
+        .pull(&r, Some(&wrong), &opts(&reg))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Unauthorized(_)), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(&reg.addr) && msg.contains("wrong user name or password"), "{msg}");
-    assert!(!msg.contains("not-the-password") && !format!("{err:?}").contains("not-the-password"), "{msg}");
+    assert!(
+        msg.contains(&reg.addr) && msg.contains("wrong user name or password"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("not-the-password") && !format!("{err:?}").contains("not-the-password"),
+        "{msg}"
+    );
 
     let err = other.store.pull(&r, None, &opts(&reg)).await.unwrap_err();
     assert!(matches!(err, PullError::Unauthorized(_)), "{err:?}");
@@ -123,7 +216,13 @@ async fn basic_auth_right_wrong_and_missing_credentials() {
 async fn missing_images_are_not_found() {
     require_tools!("docker-registry");
     let reg = TestRegistry::start(None);
-    reg.push_image("there/app", "v1", &[layer(&[E::File("a", b"1")])], default_config()).await;
+    reg.push_image(
+        "there/app",
+        "v1",
+        &[layer(&[E::File("a", b"1")])],
+        default_config(),
+    )
+    .await;
     let ts = TempStore::new();
     let zero = format!("sha256:{}", "0".repeat(64));
     for r in [
@@ -135,7 +234,11 @@ async fn missing_images_are_not_found() {
         assert!(matches!(err, PullError::NotFound(_)), "{r}: {err:?}");
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
-    let err = ts.store.pull("not a reference", None, &opts(&reg)).await.unwrap_err();
+    let err = ts
+        .store
+        .pull("not a reference", None, &opts(&reg))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Invalid(_)), "{err:?}");
 }
 
@@ -143,8 +246,14 @@ async fn missing_images_are_not_found() {
 async fn a_tampered_blob_is_a_digest_mismatch() {
     require_tools!("docker-registry");
     let reg = TestRegistry::start(None);
-    let (_, layers) =
-        reg.push_image("t/app", "v1", &[layer(&[E::File("payload", &[b'A'; 4096])])], default_config()).await;
+    let (_, layers) = reg
+        .push_image(
+            "t/app",
+            "v1",
+            &[layer(&[E::File("payload", &[b'A'; 4096])])],
+            default_config(),
+        )
+        .await;
     // Flip one byte of the stored layer (same length, so only the hash can tell).
     let file = reg.blob_file(&layers[0]);
     let mut bytes = fs::read(&file).unwrap();
@@ -153,16 +262,26 @@ async fn a_tampered_blob_is_a_digest_mismatch() {
     fs::write(&file, &bytes).unwrap();
 
     let ts = TempStore::new();
-    let err = ts.store.pull(&format!("{}/t/app:v1", reg.addr), None, &opts(&reg)).await.unwrap_err();
+    let err = ts
+        .store
+        .pull(&format!("{}/t/app:v1", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap_err();
     match &err {
-        PullError::DigestMismatch { expected, actual, .. } => {
+        PullError::DigestMismatch {
+            expected, actual, ..
+        } => {
             assert_eq!(expected, &layers[0]);
             assert_ne!(actual, expected);
         }
         other => panic!("{other:?}"),
     }
     assert!(ts.store.list().is_empty());
-    let blob = ts.store.root().join("blobs/sha256").join(layers[0].trim_start_matches("sha256:"));
+    let blob = ts
+        .store
+        .root()
+        .join("blobs/sha256")
+        .join(layers[0].trim_start_matches("sha256:"));
     assert!(!blob.exists(), "a bad blob is never stored");
     let tmp: Vec<_> = fs::read_dir(ts.store.root().join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "{tmp:?}");
@@ -172,12 +291,30 @@ async fn a_tampered_blob_is_a_digest_mismatch() {
 async fn a_tampered_manifest_pinned_by_digest_is_refused() {
     require_tools!("docker-registry");
     let reg = TestRegistry::start(None);
-    let (digest, _) = reg.push_image("t/m", "v1", &[layer(&[E::File("a", b"1")])], default_config()).await;
+    let (digest, _) = reg
+        .push_image(
+            "t/m",
+            "v1",
+            &[layer(&[E::File("a", b"1")])],
+            default_config(),
+        )
+        .await;
     // Another manifest under the tag; asking for the old digest by tag+digest must still get the old one.
-    let (other, _) = reg.push_image("t/m", "v1", &[layer(&[E::File("b", b"2")])], default_config()).await;
+    let (other, _) = reg
+        .push_image(
+            "t/m",
+            "v1",
+            &[layer(&[E::File("b", b"2")])],
+            default_config(),
+        )
+        .await;
     assert_ne!(digest, other);
     let ts = TempStore::new();
-    let image = ts.store.pull(&format!("{}/t/m:v1@{digest}", reg.addr), None, &opts(&reg)).await.unwrap();
+    let image = ts
+        .store
+        .pull(&format!("{}/t/m:v1@{digest}", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
     assert_eq!(image.digest, digest);
     assert!(image.rootfs.join("a").exists());
     // The manifest file in the registry's storage changed behind its digest.
@@ -186,7 +323,11 @@ async fn a_tampered_manifest_pinned_by_digest_is_refused() {
     let i = m.iter().position(|&b| b == b'{').unwrap();
     m.insert(i + 1, b' ');
     fs::write(&mfile, &m).unwrap();
-    let err = TempStore::new().store.pull(&format!("{}/t/m@{other}", reg.addr), None, &opts(&reg)).await.unwrap_err();
+    let err = TempStore::new()
+        .store
+        .pull(&format!("{}/t/m@{other}", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::DigestMismatch { .. }), "{err:?}");
 }
 
@@ -196,7 +337,15 @@ async fn concurrent_pulls_share_one_download_and_one_unpack() {
     let reg = TestRegistry::start(None);
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let (digest, _) = reg
-        .push_image("c/app", "v1", &[layer(&[E::File("big", &big)]), layer(&[E::File("small", b"s")])], default_config())
+        .push_image(
+            "c/app",
+            "v1",
+            &[
+                layer(&[E::File("big", &big)]),
+                layer(&[E::File("small", b"s")]),
+            ],
+            default_config(),
+        )
         .await;
     let ts = TempStore::new();
     let second = ImageStore::open(ts.store.root()).unwrap(); // as another process would
@@ -204,7 +353,11 @@ async fn concurrent_pulls_share_one_download_and_one_unpack() {
     let o = opts(&reg);
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let s = if i % 2 == 0 { ts.store.clone() } else { second.clone() };
+        let s = if i % 2 == 0 {
+            ts.store.clone()
+        } else {
+            second.clone()
+        };
         let (r, o) = (r.clone(), o.clone());
         tasks.push(tokio::spawn(async move { s.pull(&r, None, &o).await }));
     }
@@ -218,7 +371,11 @@ async fn concurrent_pulls_share_one_download_and_one_unpack() {
     assert_eq!(roots.len(), 1);
     let (a, b) = (ts.store.stats(), second.stats());
     assert_eq!(a.unpacks + b.unpacks, 1, "{a:?} {b:?}");
-    assert_eq!(a.blob_downloads + b.blob_downloads, 3, "config and two layers, once: {a:?} {b:?}");
+    assert_eq!(
+        a.blob_downloads + b.blob_downloads,
+        3,
+        "config and two layers, once: {a:?} {b:?}"
+    );
     assert_eq!(fs::read(roots[0].join("big")).unwrap(), big);
 }
 
@@ -243,16 +400,28 @@ async fn whiteouts_and_opaque_directories_across_layers() {
         E::File("var/cache/.wh..wh..opq", b""),
         E::File("var/cache/new", b"n"),
     ]);
-    let (digest, _) = reg.push_image("w/app", "v1", &[l1, l2], default_config()).await;
+    let (digest, _) = reg
+        .push_image("w/app", "v1", &[l1, l2], default_config())
+        .await;
     let ts = TempStore::new();
-    let image = ts.store.pull(&format!("{}/w/app:v1", reg.addr), None, &opts(&reg)).await.unwrap();
+    let image = ts
+        .store
+        .pull(&format!("{}/w/app:v1", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
     assert_eq!(image.digest, digest);
     let r = &image.rootfs;
     assert!(r.join("etc/keep").exists());
     assert!(!r.join("etc/gone").exists());
-    assert!(fs::symlink_metadata(r.join("etc/link")).is_err(), "whiteout removes the symlink itself");
+    assert!(
+        fs::symlink_metadata(r.join("etc/link")).is_err(),
+        "whiteout removes the symlink itself"
+    );
     assert!(r.join("etc/hard").exists());
-    assert!(!r.join("var/cache/old1").exists() && !r.join("var/cache/sub").exists(), "opaque hides lower");
+    assert!(
+        !r.join("var/cache/old1").exists() && !r.join("var/cache/sub").exists(),
+        "opaque hides lower"
+    );
     assert_eq!(fs::read(r.join("var/cache/new")).unwrap(), b"n");
     assert!(!r.join("etc/.wh.gone").exists() && !r.join("var/cache/.wh..wh..opq").exists());
 }
@@ -267,39 +436,99 @@ async fn hostile_layers_are_refused_or_contained() {
     let canary_s = canary.to_str().unwrap().to_string();
 
     // `..` out of the root: refused, nothing stored.
-    let (_, _) = reg.push_image("h/dotdot", "v1", &[layer(&[E::File("../../../../canary/pwned", b"x")])], default_config()).await;
-    let err = ts.store.pull(&format!("{}/h/dotdot:v1", reg.addr), None, &opts(&reg)).await.unwrap_err();
+    let (_, _) = reg
+        .push_image(
+            "h/dotdot",
+            "v1",
+            &[layer(&[E::File("../../../../canary/pwned", b"x")])],
+            default_config(),
+        )
+        .await;
+    let err = ts
+        .store
+        .pull(&format!("{}/h/dotdot:v1", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Invalid(_)), "{err:?}");
     assert!(err.to_string().contains("climbs out"), "{err}");
     assert!(ts.store.list().is_empty());
 
     // A symlink to a host path, then a write through it: lands inside the rootfs.
-    let l = layer(&[E::Sym("evil", &canary_s), E::File("evil/pwned", b"x"), E::Link("stolen", "evil/../../etc/shadow")]);
-    reg.push_image("h/symlink", "v1", &[l], default_config()).await;
-    let err = ts.store.pull(&format!("{}/h/symlink:v1", reg.addr), None, &opts(&reg)).await.unwrap_err();
-    assert!(matches!(err, PullError::Invalid(_)), "the hard link to a host file is refused: {err:?}");
-    let l = layer(&[E::Sym("evil", &canary_s), E::File("evil/pwned", b"x"), E::File("/abs/file", b"y")]);
-    reg.push_image("h/symlink2", "v1", &[l], default_config()).await;
-    let image = ts.store.pull(&format!("{}/h/symlink2:v1", reg.addr), None, &opts(&reg)).await.unwrap();
-    assert!(image.rootfs.join(canary_s.trim_start_matches('/')).join("pwned").exists());
+    let l = layer(&[
+        E::Sym("evil", &canary_s),
+        E::File("evil/pwned", b"x"),
+        E::Link("stolen", "evil/../../etc/shadow"),
+    ]);
+    reg.push_image("h/symlink", "v1", &[l], default_config())
+        .await;
+    let err = ts
+        .store
+        .pull(&format!("{}/h/symlink:v1", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Invalid(_)),
+        "the hard link to a host file is refused: {err:?}"
+    );
+    let l = layer(&[
+        E::Sym("evil", &canary_s),
+        E::File("evil/pwned", b"x"),
+        E::File("/abs/file", b"y"),
+    ]);
+    reg.push_image("h/symlink2", "v1", &[l], default_config())
+        .await;
+    let image = ts
+        .store
+        .pull(&format!("{}/h/symlink2:v1", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
+    assert!(
+        image
+            .rootfs
+            .join(canary_s.trim_start_matches('/'))
+            .join("pwned")
+            .exists()
+    );
     assert!(image.rootfs.join("abs/file").exists());
-    assert_eq!(fs::read_dir(&canary).unwrap().count(), 0, "nothing written outside the rootfs");
+    assert_eq!(
+        fs::read_dir(&canary).unwrap().count(),
+        0,
+        "nothing written outside the rootfs"
+    );
 
     // A gzip bomb: a small layer that inflates past max_bytes.
     let bomb = layer(&[E::File("zeros", &vec![0u8; 8 << 20])]);
     assert!(bomb.len() < 100_000);
-    reg.push_image("h/bomb", "v1", &[bomb], default_config()).await;
+    reg.push_image("h/bomb", "v1", &[bomb], default_config())
+        .await;
     let mut o = opts(&reg);
     o.max_bytes = 2 << 20;
-    let err = ts.store.pull(&format!("{}/h/bomb:v1", reg.addr), None, &o).await.unwrap_err();
+    let err = ts
+        .store
+        .pull(&format!("{}/h/bomb:v1", reg.addr), None, &o)
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::TooLarge { .. }), "{err:?}");
     // And a download larger than max_bytes.
     o.max_bytes = 1000;
     // (an image already in the store needs no download, so the limit does not apply to it)
-    ts.store.pull(&format!("{}/h/symlink2:v1", reg.addr), None, &o).await.unwrap();
+    ts.store
+        .pull(&format!("{}/h/symlink2:v1", reg.addr), None, &o)
+        .await
+        .unwrap();
     let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 256) as u8).collect();
-    reg.push_image("h/big", "v1", &[layer(&[E::File("noise", &big)])], default_config()).await;
-    let err = ts.store.pull(&format!("{}/h/big:v1", reg.addr), None, &o).await.unwrap_err();
+    reg.push_image(
+        "h/big",
+        "v1",
+        &[layer(&[E::File("noise", &big)])],
+        default_config(),
+    )
+    .await;
+    let err = ts
+        .store
+        .pull(&format!("{}/h/big:v1", reg.addr), None, &o)
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::TooLarge { .. }), "{err:?}");
 }
 
@@ -307,10 +536,18 @@ async fn hostile_layers_are_refused_or_contained() {
 async fn an_index_resolves_to_linux_amd64_and_plain_http_needs_listing() {
     require_tools!("docker-registry");
     let reg = TestRegistry::start(None);
-    let (amd, _) = reg.image_manifest("i/app", &[layer(&[E::File("arch", b"amd64")])], default_config()).await;
+    let (amd, _) = reg
+        .image_manifest(
+            "i/app",
+            &[layer(&[E::File("arch", b"amd64")])],
+            default_config(),
+        )
+        .await;
     let mut arm_cfg = default_config();
     arm_cfg["architecture"] = "arm64".into();
-    let (arm, _) = reg.image_manifest("i/app", &[layer(&[E::File("arch", b"arm64")])], arm_cfg).await;
+    let (arm, _) = reg
+        .image_manifest("i/app", &[layer(&[E::File("arch", b"arm64")])], arm_cfg)
+        .await;
     let mt = "application/vnd.oci.image.manifest.v1+json";
     let amd_d = reg.push_manifest("i/app", &sha256(&amd), mt, &amd).await;
     let arm_d = reg.push_manifest("i/app", &sha256(&arm), mt, &arm).await;
@@ -322,20 +559,50 @@ async fn an_index_resolves_to_linux_amd64_and_plain_http_needs_listing() {
         ]
     });
     let index = serde_json::to_vec(&index).unwrap();
-    let index_d = reg.push_manifest("i/app", "multi", "application/vnd.oci.image.index.v1+json", &index).await;
+    let index_d = reg
+        .push_manifest(
+            "i/app",
+            "multi",
+            "application/vnd.oci.image.index.v1+json",
+            &index,
+        )
+        .await;
     let ts = TempStore::new();
-    let image = ts.store.pull(&format!("{}/i/app:multi", reg.addr), None, &opts(&reg)).await.unwrap();
+    let image = ts
+        .store
+        .pull(&format!("{}/i/app:multi", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
     assert_eq!(image.digest, amd_d);
     assert_eq!(fs::read(image.rootfs.join("arch")).unwrap(), b"amd64");
     // Pinned by the index digest: resolved from the store.
-    let pinned = ts.store.pull(&format!("{}/i/app@{index_d}", reg.addr), None, &opts(&reg)).await.unwrap();
+    let pinned = ts
+        .store
+        .pull(&format!("{}/i/app@{index_d}", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
     assert_eq!(pinned.digest, amd_d);
     // An arm64-only image is refused clearly.
-    let err = ts.store.pull(&format!("{}/i/app@{arm_d}", reg.addr), None, &opts(&reg)).await.unwrap_err();
-    assert!(matches!(err, PullError::Invalid(_)) && err.to_string().contains("arm64"), "{err:?}");
+    let err = ts
+        .store
+        .pull(&format!("{}/i/app@{arm_d}", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Invalid(_)) && err.to_string().contains("arm64"),
+        "{err:?}"
+    );
 
     // The same registry without listing it as plain HTTP: HTTPS only, which it does not speak.
-    let err = TempStore::new().store.pull(&format!("{}/i/app:multi", reg.addr), None, &Default::default()).await.unwrap_err();
+    let err = TempStore::new()
+        .store
+        .pull(
+            &format!("{}/i/app:multi", reg.addr),
+            None,
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Network(_)), "{err:?}");
 }
 
@@ -351,7 +618,11 @@ async fn a_registry_that_stalls_hits_the_timeout() {
         max_bytes: 1 << 20,
     };
     let started = std::time::Instant::now();
-    let err = ts.store.pull(&format!("{addr}/slow/app:1"), None, &o).await.unwrap_err();
+    let err = ts
+        .store
+        .pull(&format!("{addr}/slow/app:1"), None, &o)
+        .await
+        .unwrap_err();
     assert!(matches!(err, PullError::Network(_)), "{err:?}");
     assert!(err.to_string().contains("timed out"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -361,6 +632,15 @@ async fn a_registry_that_stalls_hits_the_timeout() {
 #[test]
 fn remove_refuses_bad_digests() {
     let ts = TempStore::new();
-    assert_eq!(ts.store.remove("sha256:../../etc").unwrap_err().kind(), ErrorKind::InvalidInput);
-    assert_eq!(ts.store.remove(&format!("sha256:{}", "a".repeat(64))).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        ts.store.remove("sha256:../../etc").unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        ts.store
+            .remove(&format!("sha256:{}", "a".repeat(64)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
 }

@@ -23,7 +23,11 @@ fn header(name: &str, kind: tar::EntryType, size: u64, link: &str) -> tar::Heade
     h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
     h.set_entry_type(kind);
     h.set_size(size);
-    h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(1_700_000_000);
@@ -76,19 +80,39 @@ fn fx() -> Fx {
     fs::create_dir(&root).unwrap();
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("secret"), b"host secret").unwrap();
-    Fx { _tmp: tmp, root, outside }
+    Fx {
+        _tmp: tmp,
+        root,
+        outside,
+    }
 }
 
 fn apply(root: &Path, entries: &[E<'_>]) -> Result<LayerStats, UnpackError> {
     let tar = tar_of(entries, true);
-    apply_layer(&tar[..], Compression::None, root, &mut Budget::new(1 << 30), None)
+    apply_layer(
+        &tar[..],
+        Compression::None,
+        root,
+        &mut Budget::new(1 << 30),
+        None,
+    )
 }
 
 fn outside_untouched(f: &Fx) {
-    let names: Vec<_> = fs::read_dir(&f.outside).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![OsString::from("secret")], "something was written outside the rootfs");
+    let names: Vec<_> = fs::read_dir(&f.outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![OsString::from("secret")],
+        "something was written outside the rootfs"
+    );
     assert_eq!(fs::read(f.outside.join("secret")).unwrap(), b"host secret");
-    let parent: Vec<_> = fs::read_dir(f.root.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let parent: Vec<_> = fs::read_dir(f.root.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(parent.len(), 2, "new entries beside the rootfs: {parent:?}");
 }
 
@@ -109,14 +133,25 @@ fn files_dirs_links_and_metadata() {
     )
     .unwrap();
     assert_eq!(fs::read(f.root.join("etc/hostname")).unwrap(), b"box\n");
-    assert_eq!(fs::read_link(f.root.join("etc/alias")).unwrap(), PathBuf::from("hostname"));
+    assert_eq!(
+        fs::read_link(f.root.join("etc/alias")).unwrap(),
+        PathBuf::from("hostname")
+    );
     let a = fs::metadata(f.root.join("etc/hostname")).unwrap();
     let b = fs::metadata(f.root.join("etc/hard")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hard link");
     assert_eq!(a.mode() & 0o7777, 0o644);
     assert_eq!(a.mtime(), 1_700_000_000);
-    assert!(fs::symlink_metadata(f.root.join("etc/pipe")).unwrap().file_type().is_fifo_like());
-    assert!(!f.root.join("dev/null").exists(), "device nodes are skipped");
+    assert!(
+        fs::symlink_metadata(f.root.join("etc/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo_like()
+    );
+    assert!(
+        !f.root.join("dev/null").exists(),
+        "device nodes are skipped"
+    );
     assert_eq!(stats.skipped_devices, 1);
     assert_eq!(fs::read(f.root.join("deep/er/file")).unwrap(), b"x");
 }
@@ -160,19 +195,36 @@ fn whiteouts_and_opaque_directories() {
     assert_eq!(stats.whiteouts, 5);
     assert!(!f.root.join("a/x").exists());
     assert!(f.root.join("a/y").exists());
-    assert!(!f.root.join("b/z").exists(), "opaque dir hides the lower contents");
-    assert_eq!(fs::read(f.root.join("b/new")).unwrap(), b"6", "but keeps its own layer's");
-    assert!(!f.root.join("d/sub/lower").exists(), "opaque applies to nested lower entries");
+    assert!(
+        !f.root.join("b/z").exists(),
+        "opaque dir hides the lower contents"
+    );
+    assert_eq!(
+        fs::read(f.root.join("b/new")).unwrap(),
+        b"6",
+        "but keeps its own layer's"
+    );
+    assert!(
+        !f.root.join("d/sub/lower").exists(),
+        "opaque applies to nested lower entries"
+    );
     assert!(f.root.join("d/sub/upper").exists());
     assert!(!f.root.join("keep").exists());
-    assert!(!f.root.join("b/.wh..wh..opq").exists(), "markers are never materialised");
+    assert!(
+        !f.root.join("b/.wh..wh..opq").exists(),
+        "markers are never materialised"
+    );
     assert!(!f.root.join("nothere").join(".wh.ghost").exists());
 }
 
 #[test]
 fn replacing_entries_of_another_type() {
     let f = fx();
-    apply(&f.root, &[E::Dir("p/"), E::File("p/inner", b"1"), E::File("q", b"2")]).unwrap();
+    apply(
+        &f.root,
+        &[E::Dir("p/"), E::File("p/inner", b"1"), E::File("q", b"2")],
+    )
+    .unwrap();
     apply(&f.root, &[E::File("p", b"now a file"), E::Dir("q/")]).unwrap();
     assert_eq!(fs::read(f.root.join("p")).unwrap(), b"now a file");
     assert!(f.root.join("q").is_dir());
@@ -194,7 +246,14 @@ fn dotdot_escape_is_refused() {
 fn absolute_names_are_contained() {
     let f = fx();
     let abs = format!("{}/pwned", f.outside.display());
-    apply(&f.root, &[E::File(&abs, b"x"), E::File("/etc/passwd", b"root:x:0:0::/:/bin/sh\n")]).unwrap();
+    apply(
+        &f.root,
+        &[
+            E::File(&abs, b"x"),
+            E::File("/etc/passwd", b"root:x:0:0::/:/bin/sh\n"),
+        ],
+    )
+    .unwrap();
     assert!(f.root.join(abs.trim_start_matches('/')).exists());
     assert!(f.root.join("etc/passwd").exists());
     outside_untouched(&f);
@@ -218,12 +277,21 @@ fn symlinks_pointing_outside_are_not_written_through() {
     )
     .unwrap();
     // The writes landed inside the rootfs, where the container would see them.
-    assert!(f.root.join(out.trim_start_matches('/')).join("pwned").exists());
+    assert!(
+        f.root
+            .join(out.trim_start_matches('/'))
+            .join("pwned")
+            .exists()
+    );
     assert!(f.root.join("pwned2").exists());
     assert!(f.root.join("outside/pwned3").exists());
     // A regular file over an existing symlink replaces the link.
     apply(&f.root, &[E::File("secretlink", b"overwritten?")]).unwrap();
-    assert!(fs::symlink_metadata(f.root.join("secretlink")).unwrap().is_file());
+    assert!(
+        fs::symlink_metadata(f.root.join("secretlink"))
+            .unwrap()
+            .is_file()
+    );
     // A hard link through a symlink to a host file finds nothing inside the rootfs.
     let err = apply(&f.root, &[E::Sym("h", &out), E::Link("stolen", "h/secret")]).unwrap_err();
     assert!(matches!(err, UnpackError::Hostile { .. }), "{err}");
@@ -236,17 +304,37 @@ fn symlinks_pointing_outside_are_not_written_through() {
 #[test]
 fn symlink_loops_are_refused() {
     let f = fx();
-    let err = apply(&f.root, &[E::Sym("a", "b"), E::Sym("b", "a"), E::File("a/x", b"")]).unwrap_err();
+    let err = apply(
+        &f.root,
+        &[E::Sym("a", "b"), E::Sym("b", "a"), E::File("a/x", b"")],
+    )
+    .unwrap_err();
     assert!(matches!(err, UnpackError::Hostile { .. }), "{err}");
 }
 
 #[test]
 fn a_layer_without_trailer_is_accepted() {
     let f = fx();
-    let tar = tar_of(&[E::Dir("srv/"), E::File("srv/index.html", b"<h1>hello from umoci insert</h1>\n")], false);
+    let tar = tar_of(
+        &[
+            E::Dir("srv/"),
+            E::File("srv/index.html", b"<h1>hello from umoci insert</h1>\n"),
+        ],
+        false,
+    );
     assert_eq!(tar.len(), 512 + 512 + 33, "no padding, no end blocks");
-    apply_layer(&tar[..], Compression::None, &f.root, &mut Budget::new(1 << 20), None).unwrap();
-    assert_eq!(fs::read(f.root.join("srv/index.html")).unwrap(), b"<h1>hello from umoci insert</h1>\n");
+    apply_layer(
+        &tar[..],
+        Compression::None,
+        &f.root,
+        &mut Budget::new(1 << 20),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(f.root.join("srv/index.html")).unwrap(),
+        b"<h1>hello from umoci insert</h1>\n"
+    );
 }
 
 #[test]
@@ -256,7 +344,14 @@ fn size_limits_stop_bombs() {
     let tar = tar_of(&[E::File("big", &big)], true);
     let gz = gzip(&tar);
     assert!(gz.len() < 64 * 1024, "compresses well");
-    let err = apply_layer(&gz[..], Compression::Gzip, &f.root, &mut Budget::new(1 << 20), None).unwrap_err();
+    let err = apply_layer(
+        &gz[..],
+        Compression::Gzip,
+        &f.root,
+        &mut Budget::new(1 << 20),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
     // The budget is shared by the layers of one image.
     let mut budget = Budget::new(6 << 20);
@@ -269,11 +364,28 @@ fn size_limits_stop_bombs() {
 fn diff_id_is_checked_over_the_decompressed_stream() {
     let f = fx();
     let tar = tar_of(&[E::File("a", b"1")], true);
-    let good = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+    let good = format!(
+        "sha256:{}",
+        hex::encode(aws_lc_rs::digest::digest(&SHA256, &tar).as_ref())
+    );
     let gz = gzip(&tar);
-    apply_layer(&gz[..], Compression::Gzip, &f.root, &mut Budget::new(1 << 20), Some(&good)).unwrap();
+    apply_layer(
+        &gz[..],
+        Compression::Gzip,
+        &f.root,
+        &mut Budget::new(1 << 20),
+        Some(&good),
+    )
+    .unwrap();
     let bad = format!("sha256:{}", "0".repeat(64));
-    let err = apply_layer(&gz[..], Compression::Gzip, &f.root, &mut Budget::new(1 << 20), Some(&bad)).unwrap_err();
+    let err = apply_layer(
+        &gz[..],
+        Compression::Gzip,
+        &f.root,
+        &mut Budget::new(1 << 20),
+        Some(&bad),
+    )
+    .unwrap_err();
     assert!(matches!(err, UnpackError::DiffIdMismatch { .. }), "{err}");
 }
 
@@ -281,23 +393,47 @@ fn diff_id_is_checked_over_the_decompressed_stream() {
 fn zstd_layers() {
     let f = fx();
     let tar = tar_of(&[E::File("z", b"zstd content")], true);
-    let z = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
-    apply_layer(&z[..], Compression::Zstd, &f.root, &mut Budget::new(1 << 20), None).unwrap();
+    let z =
+        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    apply_layer(
+        &z[..],
+        Compression::Zstd,
+        &f.root,
+        &mut Budget::new(1 << 20),
+        None,
+    )
+    .unwrap();
     assert_eq!(fs::read(f.root.join("z")).unwrap(), b"zstd content");
 }
 
 #[test]
 fn garbage_is_corrupt_not_a_panic() {
     let f = fx();
-    for junk in [&b"\x1f\x8b\x08garbage"[..], &[0xffu8; 700][..], &b"short"[..]] {
-        let r = apply_layer(junk, Compression::Gzip, &f.root, &mut Budget::new(1 << 20), None);
-        assert!(matches!(r, Err(UnpackError::Corrupt(_))) || r.is_ok(), "{r:?}");
+    for junk in [
+        &b"\x1f\x8b\x08garbage"[..],
+        &[0xffu8; 700][..],
+        &b"short"[..],
+    ] {
+        let r = apply_layer(
+            junk,
+            Compression::Gzip,
+            &f.root,
+            &mut Budget::new(1 << 20),
+            None,
+        );
+        assert!(
+            matches!(r, Err(UnpackError::Corrupt(_))) || r.is_ok(),
+            "{r:?}"
+        );
     }
 }
 
 fn name_strategy() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(vec!["a", "b", "..", ".", "", "c", "/", "x/..", "evil"]), 1..6)
-        .prop_map(|parts| parts.join("/"))
+    prop::collection::vec(
+        prop::sample::select(vec!["a", "b", "..", ".", "", "c", "/", "x/..", "evil"]),
+        1..6,
+    )
+    .prop_map(|parts| parts.join("/"))
 }
 
 #[derive(Debug, Clone)]
@@ -313,10 +449,20 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         name_strategy().prop_map(Op::File),
         name_strategy().prop_map(Op::Dir),
-        (name_strategy(), prop_oneof![name_strategy(), Just("/".to_string()), Just("OUTSIDE".to_string())])
+        (
+            name_strategy(),
+            prop_oneof![
+                name_strategy(),
+                Just("/".to_string()),
+                Just("OUTSIDE".to_string())
+            ]
+        )
             .prop_map(|(a, b)| Op::Sym(a, b)),
         (name_strategy(), name_strategy()).prop_map(|(a, b)| Op::Link(a, b)),
-        (name_strategy(), prop::sample::select(vec!["a", "secret", "outside", "rootfs"]))
+        (
+            name_strategy(),
+            prop::sample::select(vec!["a", "secret", "outside", "rootfs"])
+        )
             .prop_map(|(n, w)| Op::Wh(format!("{n}/.wh.{w}"))),
     ]
 }

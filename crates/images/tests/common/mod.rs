@@ -7,20 +7,35 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The tools the registry tests need; `None` when present, else why the test is skipped.
 pub fn missing_tools(tools: &[&str]) -> Option<String> {
-    let missing: Vec<&str> =
-        tools.iter().copied().filter(|t| !Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().unwrap().status.success()).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        })
+        .collect();
     if missing.is_empty() {
         None
     } else {
-        Some(format!("skipped: {} not installed (scripts/install-deps.sh installs them)", missing.join(", ")))
+        Some(format!(
+            "skipped: {} not installed (scripts/install-deps.sh installs them)",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -50,15 +65,26 @@ impl TestRegistry {
             cmd.arg(format!("{u}:{p}"));
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "registry start failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "registry start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let addr = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        TestRegistry { dir, addr, auth: auth.map(|(u, p)| (u.to_string(), p.to_string())) }
+        TestRegistry {
+            dir,
+            addr,
+            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        }
     }
 
     /// The registry's stored copy of a blob.
     pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        self.dir.path().join(format!(
+            "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
     }
 
     fn client(&self) -> reqwest::Client {
@@ -75,10 +101,18 @@ impl TestRegistry {
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256(data);
         let c = self.client();
-        let r = self.req(c.post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr))).send().await.unwrap();
+        let r = self
+            .req(c.post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202, "start upload: {}", r.text().await.unwrap());
         let loc = r.headers()["location"].to_str().unwrap().to_string();
-        let loc = if loc.starts_with("http") { loc } else { format!("http://{}{loc}", self.addr) };
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("http://{}{loc}", self.addr)
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .req(c.put(format!("{loc}{sep}digest={digest}")))
@@ -87,30 +121,62 @@ impl TestRegistry {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201, "finish upload: {}", r.text().await.unwrap());
+        assert_eq!(
+            r.status(),
+            201,
+            "finish upload: {}",
+            r.text().await.unwrap()
+        );
         digest
     }
 
-    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+    pub async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> String {
         let r = self
-            .req(self.client().put(format!("http://{}/v2/{repo}/manifests/{reference}", self.addr)))
+            .req(self.client().put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.addr
+            )))
             .header("content-type", media_type)
             .body(body.to_vec())
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201, "push manifest: {}", r.text().await.unwrap());
+        assert_eq!(
+            r.status(),
+            201,
+            "push manifest: {}",
+            r.text().await.unwrap()
+        );
         sha256(body)
     }
 
     /// Pushes an image of gzip layers with a config; returns (manifest digest, layer digests).
-    pub async fn push_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>], config: serde_json::Value) -> (String, Vec<String>) {
+    pub async fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        config: serde_json::Value,
+    ) -> (String, Vec<String>) {
         let (m, digests) = self.image_manifest(repo, layers, config).await;
-        let d = self.push_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &m).await;
+        let d = self
+            .push_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &m)
+            .await;
         (d, digests)
     }
 
-    pub async fn image_manifest(&self, repo: &str, layers: &[Vec<u8>], mut config: serde_json::Value) -> (Vec<u8>, Vec<String>) {
+    pub async fn image_manifest(
+        &self,
+        repo: &str,
+        layers: &[Vec<u8>],
+        mut config: serde_json::Value,
+    ) -> (Vec<u8>, Vec<String>) {
         let mut descs = Vec::new();
         let mut digests = Vec::new();
         let mut diff_ids = Vec::new();
@@ -137,7 +203,10 @@ impl TestRegistry {
 
 impl Drop for TestRegistry {
     fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("scripts/test-registry.sh")).arg("stop").arg(self.dir.path()).output();
+        let _ = Command::new(repo_root().join("scripts/test-registry.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
     }
 }
 
@@ -149,7 +218,10 @@ pub fn default_config() -> serde_json::Value {
 }
 
 pub fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    format!(
+        "sha256:{}",
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+    )
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
@@ -161,7 +233,9 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 pub fn gunzip(data: &[u8]) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -187,7 +261,11 @@ pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
-        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(1_700_000_000);
@@ -241,6 +319,10 @@ pub fn push_test_image(reg: &TestRegistry, repo_tag: &str) -> String {
         cmd.arg(format!("{u}:{p}"));
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "test-image.sh push failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "test-image.sh push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
