@@ -25,6 +25,12 @@ struct Gate {
 /// anonymous requests whose scope is a `public/` repository); `/v2/…` requires the token and
 /// forwards to `upstream`. `realm` overrides the advertised realm.
 async fn gate(upstream: String, realm: Option<String>) -> Gate {
+    gate_with(upstream, realm, false).await
+}
+
+/// As `gate`; with `redirect_blobs`, blob requests are answered with a 307 to the upstream
+/// registry itself (as registries do to their blob storage).
+async fn gate_with(upstream: String, realm: Option<String>, redirect_blobs: bool) -> Gate {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -89,6 +95,15 @@ async fn gate(upstream: String, realm: Option<String>) -> Gate {
                         ),
                         None => (401, vec![], b"{}".to_vec()),
                     }
+                } else if redirect_blobs
+                    && path.contains("/blobs/")
+                    && auth.as_deref() == Some("Bearer tok-robot")
+                {
+                    (
+                        307,
+                        vec![("location".into(), format!("http://{upstream}{path}"))],
+                        Vec::new(),
+                    )
                 } else if auth.as_deref() == Some("Bearer tok-robot")
                     || (public && auth.as_deref() == Some("Bearer tok-anon"))
                 {
@@ -280,5 +295,45 @@ async fn credentials_never_go_to_a_plain_http_realm_nobody_listed() {
     assert!(
         accepted.is_err(),
         "the client connected to the unlisted realm"
+    );
+}
+
+#[tokio::test]
+async fn blob_redirects_are_followed_but_never_downgraded_to_an_unlisted_http_host() {
+    require_tools!("docker-registry");
+    let reg = TestRegistry::start(None);
+    let (digest, _) = reg
+        .push_image(
+            "private/app",
+            "v1",
+            &[layer(&[E::File("who", b"redirected")])],
+            default_config(),
+        )
+        .await;
+    let g = gate_with(reg.addr.clone(), None, true).await;
+    let robot = RegistryAuth {
+        username: "robot".into(),
+        password: "pw".into(),
+    };
+    let r = format!("{}/private/app:v1", g.addr);
+
+    // The blob host is plain HTTP and not listed: the redirect is refused.
+    let err = TempStore::new()
+        .store
+        .pull(&r, Some(&robot), &gate_opts(&g))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PullError::Network(_)), "{err:?}");
+    assert!(err.to_string().contains("refusing a redirect"), "{err}");
+
+    // Listed: followed.
+    let mut o = gate_opts(&g);
+    o.plain_http.push(reg.addr.clone());
+    let ts = TempStore::new();
+    let image = ts.store.pull(&r, Some(&robot), &o).await.unwrap();
+    assert_eq!(image.digest, digest);
+    assert_eq!(
+        std::fs::read(image.rootfs.join("who")).unwrap(),
+        b"redirected"
     );
 }
