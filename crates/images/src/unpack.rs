@@ -13,7 +13,8 @@
 //! * Hard links must name a non-directory that already exists inside the root (resolved the same way).
 //! * Device nodes are skipped (sessions get their devices from the runtime); fifos are made.
 //! * Sizes are bounded: the decompressed tar stream and the bytes written to files each count
-//!   against the pull's `max_bytes`, so a gzip bomb or a sparse-file bomb stops at the limit.
+//!   against the pull's `max_bytes`, so a gzip bomb or a sparse-file bomb stops at the limit;
+//!   an image has at most [`MAX_ENTRIES`] entries (inode exhaustion).
 //! * The unpacker runs in a private temporary directory that only it writes, so nothing can
 //!   change a path between its check and its use.
 //! * A stream without the end-of-archive blocks (and without the last entry's padding) is
@@ -58,7 +59,11 @@ pub struct Budget {
     limit: u64,
     stream_left: u64,
     files_left: u64,
+    entries_left: u64,
 }
+
+/// Most entries (files, directories, links, whiteouts) all layers of one image may have.
+pub const MAX_ENTRIES: u64 = 1_000_000;
 
 impl Budget {
     /// `limit` bounds the decompressed tar streams and, separately, the bytes written to files.
@@ -67,6 +72,15 @@ impl Budget {
             limit,
             stream_left: limit,
             files_left: limit,
+            entries_left: MAX_ENTRIES,
+        }
+    }
+
+    #[cfg(test)]
+    fn with_entries(limit: u64, entries: u64) -> Budget {
+        Budget {
+            entries_left: entries,
+            ..Budget::new(limit)
         }
     }
 }
@@ -191,6 +205,13 @@ fn apply_entries<R: Read>(
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         st.stats.entries += 1;
+        if budget.entries_left == 0 {
+            return Err(UnpackError::Hostile {
+                path: String::new(),
+                reason: format!("the image has more than {MAX_ENTRIES} entries"),
+            });
+        }
+        budget.entries_left -= 1;
         let raw: PathBuf = entry.path().map_err(corrupt)?.into_owned();
         let comps = clean(&raw)?;
         let kind = entry.header().entry_type();

@@ -361,6 +361,21 @@ fn size_limits_stop_bombs() {
 }
 
 #[test]
+fn entry_count_is_bounded() {
+    let f = fx();
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let entries: Vec<E<'_>> = names.iter().map(|n| E::File(n, b"")).collect();
+    let tar = tar_of(&entries, true);
+    let mut budget = Budget::with_entries(1 << 20, 25);
+    apply_layer(&tar[..], Compression::None, &f.root, &mut budget, None).unwrap();
+    let err = apply_layer(&tar[..], Compression::None, &f.root, &mut budget, None).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::Hostile { ref reason, .. } if reason.contains("entries")),
+        "{err}"
+    );
+}
+
+#[test]
 fn diff_id_is_checked_over_the_decompressed_stream() {
     let f = fx();
     let tar = tar_of(&[E::File("a", b"1")], true);
