@@ -20,6 +20,7 @@
 //! Store layout under the root directory (mode 0711, owned by the server's user):
 //! ```text
 //! blobs/sha256/<hex>        verified blobs: manifests, indexes, configs, layers (0700 dir)
+//! blobs/scopes/<hex>        the `registry/repository` pairs each blob was verified from
 //! images/<hex>/image.json   what was pulled: reference, manifest digest, config, blob list
 //! images/<hex>/rootfs/      the unpacked layers; a read-only, nosuid, nodev bind mount of itself
 //! locks/<hex>.lock          one flock per manifest digest (across processes), locks/gc.lock
