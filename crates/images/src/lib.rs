@@ -409,7 +409,7 @@ impl ImageStore {
             .fetch_blob(
                 &mut reg,
                 &config.digest,
-                MAX_DOCUMENT.min(budget_left),
+                config.size,
                 &mut budget_left,
                 &scope,
             )
@@ -428,7 +428,7 @@ impl ImageStore {
         let mut layer_files = Vec::new();
         for l in &layers {
             let path = self
-                .fetch_blob(&mut reg, &l.digest, budget_left, &mut budget_left, &scope)
+                .fetch_blob(&mut reg, &l.digest, l.size, &mut budget_left, &scope)
                 .await?;
             blobs.push(l.digest.clone());
             layer_files.push((path, l.compression));

@@ -102,7 +102,8 @@ impl Registry {
     }
 
     /// Streams a blob to `dest` (a new file), hashing it; returns its sha256 digest and size.
-    /// Refuses to go past `limit` bytes.
+    /// Refuses to go past `limit` bytes (its descriptor's size, or what is left of the pull's
+    /// budget when that is less).
     pub async fn blob_to_file(
         &mut self,
         digest: &str,

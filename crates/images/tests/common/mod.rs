@@ -1,7 +1,7 @@
 //! Test helpers: a real registry (Debian's docker-registry) on loopback through
 //! scripts/test-registry.sh, a small OCI push client for images built in the test, and a raw
 //! tar writer for layers the `tar` crate's builder would refuse to write.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
