@@ -215,6 +215,9 @@ impl ImageStore {
             std::env::current_dir()?.join(root)
         };
         fs::create_dir_all(&root)?;
+        // The mount table names resolved paths; so must we (a symlinked root would otherwise
+        // stack a new bind mount on every check).
+        let root = fs::canonicalize(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o711))?;
         for (dir, mode) in [
             ("blobs/sha256", 0o700),

@@ -348,7 +348,10 @@ async fn concurrent_pulls_share_one_download_and_one_unpack() {
         )
         .await;
     let ts = TempStore::new();
-    let second = ImageStore::open(ts.store.root()).unwrap(); // as another process would
+    // As another process would, through a symlink to the same directory.
+    let link = ts.dir.path().join("store-link");
+    std::os::unix::fs::symlink(ts.store.root(), &link).unwrap();
+    let second = ImageStore::open(&link).unwrap();
     let r = format!("{}/c/app:v1", reg.addr);
     let o = opts(&reg);
     let mut tasks = Vec::new();
@@ -377,6 +380,13 @@ async fn concurrent_pulls_share_one_download_and_one_unpack() {
         "config and two layers, once: {a:?} {b:?}"
     );
     assert_eq!(fs::read(roots[0].join("big")).unwrap(), big);
+    // One read-only mount, however many pulls.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let n = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == roots[0].to_str())
+        .count();
+    assert_eq!(n, 1, "{n} mounts on {}", roots[0].display());
 }
 
 #[tokio::test]
