@@ -603,6 +603,41 @@ async fn an_index_resolves_to_linux_amd64_and_plain_http_needs_listing() {
         "{err:?}"
     );
 
+    // Docker's media types: a v2 schema 2 manifest list of v2 manifests with Docker layers.
+    let dl = layer(&[E::File("arch", b"docker")]);
+    let dld = reg.push_blob("i/docker", &dl).await;
+    let mut dcfg = default_config();
+    dcfg["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [sha256(&gunzip(&dl))]});
+    let dcfg = serde_json::to_vec(&dcfg).unwrap();
+    let dcd = reg.push_blob("i/docker", &dcfg).await;
+    let dm = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": dcd, "size": dcfg.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": dld, "size": dl.len()}],
+    }))
+    .unwrap();
+    let dmt = "application/vnd.docker.distribution.manifest.v2+json";
+    let dmd = reg.push_manifest("i/docker", &sha256(&dm), dmt, &dm).await;
+    let dlist = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [{"mediaType": dmt, "digest": dmd, "size": dm.len(), "platform": {"os": "linux", "architecture": "amd64"}}],
+    }))
+    .unwrap();
+    reg.push_manifest(
+        "i/docker",
+        "list",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        &dlist,
+    )
+    .await;
+    let image = ts
+        .store
+        .pull(&format!("{}/i/docker:list", reg.addr), None, &opts(&reg))
+        .await
+        .unwrap();
+    assert_eq!(image.digest, dmd);
+    assert_eq!(fs::read(image.rootfs.join("arch")).unwrap(), b"docker");
+
     // The same registry without listing it as plain HTTP: HTTPS only, which it does not speak.
     let err = TempStore::new()
         .store

@@ -156,6 +156,48 @@ fn files_dirs_links_and_metadata() {
     assert_eq!(fs::read(f.root.join("deep/er/file")).unwrap(), b"x");
 }
 
+#[test]
+fn ownership_and_special_modes_are_kept() {
+    let f = fx();
+    let mut out = Vec::new();
+    for (name, kind, mode, uid, gid) in [
+        ("home/", tar::EntryType::Directory, 0o750, 1000u64, 1001u64),
+        ("home/tool", tar::EntryType::Regular, 0o4755, 0, 0),
+        ("home/notes", tar::EntryType::Regular, 0o600, 1000, 1001),
+        ("tmp/", tar::EntryType::Directory, 0o1777, 0, 0),
+    ] {
+        let mut h = header(name, kind, 0, "");
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+    }
+    out.resize(out.len() + 1024, 0);
+    apply_layer(
+        &out[..],
+        Compression::None,
+        &f.root,
+        &mut Budget::new(1 << 20),
+        None,
+    )
+    .unwrap();
+    let m = |p: &str| fs::symlink_metadata(f.root.join(p)).unwrap();
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        assert_eq!((m("home").uid(), m("home").gid()), (1000, 1001));
+        assert_eq!((m("home/notes").uid(), m("home/notes").gid()), (1000, 1001));
+    }
+    assert_eq!(m("home").mode() & 0o7777, 0o750);
+    assert_eq!(
+        m("home/tool").mode() & 0o7777,
+        0o4755,
+        "setuid kept (the store is mounted nosuid)"
+    );
+    assert_eq!(m("home/notes").mode() & 0o7777, 0o600);
+    assert_eq!(m("tmp").mode() & 0o7777, 0o1777);
+}
+
 trait FifoLike {
     fn is_fifo_like(&self) -> bool;
 }
