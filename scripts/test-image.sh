@@ -53,12 +53,16 @@ case "${1:-build}" in
     [ $# -ge 3 ] || { echo "usage: $0 push HOST:PORT REPO:TAG [USER:PASS]" >&2; exit 2; }
     build
     creds=()
-    [ -z "${4:-}" ] || creds=(--dest-creds "$4")
-    df="$(mktemp)"
+    df="$(mktemp)" af="$(mktemp)"
+    if [ -n "${4:-}" ]; then
+      # Credentials in a 0600 auth file, not on skopeo's command line.
+      printf '{"auths":{"%s":{"auth":"%s"}}}' "$2" "$(printf '%s' "$4" | base64 -w0)" > "$af"
+      creds=(--dest-authfile "$af")
+    fi
     skopeo copy --quiet --dest-tls-verify=false "${creds[@]}" --digestfile "$df" \
       "oci:$dir/oci:test" "docker://$2/$3" >&2
     cat "$df"; echo
-    rm -f "$df"
+    rm -f "$df" "$af"
     ;;
   *) echo "usage: $0 [build] | push HOST:PORT REPO:TAG [USER:PASS]" >&2; exit 2 ;;
 esac

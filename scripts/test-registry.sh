@@ -24,7 +24,8 @@ case "$cmd" in
     auth=""
     if [ -n "${3:-}" ]; then
       command -v htpasswd >/dev/null || { echo "test-registry.sh: htpasswd is missing (apache2-utils)" >&2; exit 2; }
-      htpasswd -Bbn "${3%%:*}" "${3#*:}" > "$dir/htpasswd" 2>/dev/null
+      # The password goes through stdin, never onto a command line.
+      printf '%s' "${3#*:}" | htpasswd -iBn "${3%%:*}" > "$dir/htpasswd" 2>/dev/null
       chmod 600 "$dir/htpasswd"
       auth="auth: { htpasswd: { realm: cloister-test, path: $dir/htpasswd } }"
     fi
