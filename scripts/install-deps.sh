@@ -24,6 +24,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
+# Custom-container images: mmdebstrap + umoci build the test image (scripts/image-build.sh),
+# skopeo pushes it, docker-registry (CNCF distribution) serves it on loopback, htpasswd
+# (apache2-utils) makes the basic-auth registry's bcrypt password file.
+need=()
+for p in mmdebstrap umoci skopeo docker-registry apache2-utils; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 # The sessions' Python runtime (numpy, pandas, matplotlib, ...), pinned, built once.
 $SUDO ./scripts/sandbox-runtime.sh
 if [ "${1:-}" = "--python" ]; then
