@@ -32,7 +32,7 @@ pub struct PoolRef {
 
 #[derive(Args)]
 pub struct PoolSettings {
-    /// PythonLTS (the code interpreter).
+    /// PythonLTS (the code interpreter, the default), Shell or NodeLTS.
     #[arg(long)]
     container_type: Option<String>,
     /// maxConcurrentSessions.

@@ -12,6 +12,38 @@ DATA = "/mnt/data"
 DEFAULT_MAX_OUTPUT = 65536
 IDENTITY_PORT = 42356
 
+
+def _exec_node():
+    """A NodeLTS sandbox: node_agent.js serves the protocol on fd 4 instead of this agent. The
+    jail (namespaces, cgroup, uid, seccomp) is already complete; only the program changes."""
+    try:
+        os.close(3)  # bwrap's seccomp program, if still open
+    except OSError:
+        pass
+    if os.environ.pop("CLOISTER_ENV_ON_CHANNEL", "") == "1":
+        # The session's own variables, read unbuffered: nothing past this line is consumed.
+        line = b""
+        while not line.endswith(b"\n"):
+            b = os.read(PROTO_FD, 1)
+            if not b:
+                os._exit(1)
+            line += b
+        os.environ.update(json.loads(line)["env"])
+    node = os.environ.pop("CLOISTER_NODE", "/usr/bin/node")
+    os.environ.pop("CLOISTER_AGENT", None)
+    for k in ("CLOISTER_PRELOAD", "CLOISTER_MPL_CACHE", "MPLBACKEND", "MPLCONFIGDIR", "IPYTHONDIR",
+              "PYTHONDONTWRITEBYTECODE"):
+        os.environ.pop(k, None)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.execve(node, [node, "/opt/cloister/node_agent.js"], dict(os.environ))
+
+
+if os.environ.get("CLOISTER_AGENT") == "node":
+    _exec_node()
+
 # Not dumpable: no other process of the host, whatever its uid, may ptrace the agent or read
 # its memory (/proc/PID/mem, environ); the agent still reads its own /proc/self/fd and status.
 # Subprocesses that exec become dumpable again (the kernel resets it), forked ones do not.
@@ -394,6 +426,147 @@ def op_exec(req):
     }
 
 
+# --- shell commands ---------------------------------------------------------------------------
+# A Shell session runs each command in a fresh `bash` of its own process group (a new session),
+# started in the working directory the previous command ended in and with the variables it had
+# exported: the EXIT trap of the wrapper below writes both (`$PWD`, then `env -0`) to a memfd the
+# agent reads once bash has gone. Nothing else persists: unexported variables, functions, aliases,
+# shell options, traps and background jobs end with the command (its process group is killed when
+# bash exits, and the supervisor kills any stray left in the sandbox after every request).
+MAX_SHELL_STATE = 1 << 20
+_SHELL_INTERNAL = {"PWD", "OLDPWD", "SHLVL", "_", "CLOISTER_SHELL_COMMAND"}
+_shell_state = {"cwd": DATA, "env": None}
+_SHELL_WRAPPER = r"""
+__cloister_save() {
+  __cloister_rc=$?
+  { printf '%%s\0' "$PWD"; command -p env -0; } >&%d 2>/dev/null
+  exit $__cloister_rc
+}
+trap __cloister_save EXIT
+__cloister_command=$CLOISTER_SHELL_COMMAND
+unset CLOISTER_SHELL_COMMAND
+eval "$__cloister_command"
+"""
+
+
+def _shell_env():
+    env = _shell_state["env"]
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOISTER_")}
+        env.setdefault("PWD", DATA)
+    return dict(env)
+
+
+def _read_shell_state(fd):
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or size > MAX_SHELL_STATE:
+            return
+        data = os.pread(fd, size, 0)
+    except OSError:
+        return
+    parts = data.split(b"\0")
+    if len(parts) < 2:
+        return
+    cwd = os.fsdecode(parts[0])
+    env = {}
+    for item in parts[1:]:
+        k, sep, v = item.partition(b"=")
+        if not sep or not k:
+            continue
+        k, v = os.fsdecode(k), os.fsdecode(v)
+        if k not in _SHELL_INTERNAL:
+            env[k] = v
+    _shell_state["cwd"] = cwd if cwd.startswith("/") else DATA
+    _shell_state["env"] = env
+
+
+def op_shell(req):
+    global _running, _interrupted
+    import subprocess
+
+    limit = req.get("max_output")
+    limit = DEFAULT_MAX_OUTPUT if limit is None else max(0, int(limit))
+    timeout = max(0.001, float(req.get("timeout_ms") or 220000) / 1000.0)
+    command = req.get("command")
+    if not isinstance(command, str):
+        raise FileError("Invalid", "a shell request needs a command")
+    _streams()
+    OUT.start(4 * limit)
+    ERR.start(4 * limit)
+    _interrupted = False
+    timed_out = False
+    exit_code, error_name, error_message = -1, None, None
+    t0 = time.monotonic()
+    state = os.memfd_create("cloister-shell-state", 0)  # close-on-exec unless passed below
+    proc = None
+    try:
+        env = _shell_env()
+        env["CLOISTER_SHELL_COMMAND"] = command
+        cwd = _shell_state["cwd"]
+        if not os.path.isdir(cwd):
+            cwd = DATA
+        env["PWD"] = cwd
+        try:
+            proc = subprocess.Popen(
+                ["/bin/bash", "--noprofile", "--norc", "-c", _SHELL_WRAPPER % state],
+                stdin=subprocess.DEVNULL, cwd=cwd, env=env, pass_fds=(state,),
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as e:
+            error_name, error_message = "CommandStartError", "the command could not be started: %s" % e
+        if proc is not None:
+            signal.signal(signal.SIGINT, _on_sigint)
+            _running = True
+            try:
+                exit_code = proc.wait(timeout=timeout)
+                if exit_code < 0:
+                    exit_code = 128 - exit_code
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                exit_code = -1
+                error_name = "ExecutionTimeout"
+                error_message = "the command ran longer than %g s and was killed" % timeout
+            except KeyboardInterrupt:
+                _interrupted = True
+                exit_code = -1
+            finally:
+                _running = False
+                # The whole process group goes: background jobs and the command itself on a
+                # timeout. (A child that made a session of its own is the supervisor's sweep's.)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    proc.wait(timeout=5)
+                except Exception:
+                    pass
+            if not timed_out and not _interrupted:
+                _read_shell_state(state)
+    finally:
+        os.close(state)
+    for s in (sys.stdout, sys.stderr, _STDOUT, _STDERR):
+        try:
+            s.flush()
+        except Exception:
+            pass
+    _streams()
+    return {
+        "status": "Succeeded" if exit_code == 0 else "Failed",
+        "stdout": _text(OUT.take(), limit),
+        "stderr": _text(ERR.take(), limit),
+        "result": None,
+        "images": [],
+        "duration_ms": int((time.monotonic() - t0) * 1000),
+        "interrupted": _interrupted,
+        "timed_out": timed_out,
+        "exit_code": exit_code,
+        "error_name": error_name,
+        "error_message": error_message,
+    }
+
+
 # --- files ------------------------------------------------------------------------------------
 class FileError(Exception):
     def __init__(self, kind, message):
@@ -589,6 +762,7 @@ def op_ping(req):
 
 OPS = {
     "exec": op_exec,
+    "shell": op_shell,
     "write": op_write,
     "read": op_read,
     "list": op_list,
