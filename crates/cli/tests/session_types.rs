@@ -235,7 +235,7 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     let s = Server::start().await;
     let p = make_pool(&s, "shell", "bash", shell_pool()).await;
     // Both body shapes; the exit code as the status string and as an integer.
-    let v = sh(&s, &p, "one", "echo hello; pwd").await;
+    let v = sh(&s, &p, "sh-one", "echo hello; pwd").await;
     assert_eq!(v["status"], "0", "{v}");
     assert_eq!(v["exitCode"], 0);
     assert_eq!(out(&v), "hello\n/mnt/data\n");
@@ -245,7 +245,7 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
         &s,
         &p,
         "POST",
-        &format!("executions?api-version={CURRENT}&identifier=one"),
+        &format!("executions?api-version={CURRENT}&identifier=sh-one"),
         Some(json!({"properties": {"codeInputType": "inline", "executionType": "synchronous",
                     "shellCommand": "echo wrapped", "timeoutInSeconds": 60}})),
     )
@@ -256,25 +256,25 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     let v = sh(
         &s,
         &p,
-        "one",
+        "sh-one",
         "mkdir -p sub && cd sub && export FOO=bar && BAZ=local && f() { :; }",
     )
     .await;
     assert_eq!(v["status"], "0", "{v}");
-    let v = sh(&s, &p, "one", "pwd; echo \"$FOO-$BAZ\"; type f >/dev/null 2>&1 || echo nofunc").await;
+    let v = sh(&s, &p, "sh-one", "pwd; echo \"$FOO-$BAZ\"; type f >/dev/null 2>&1 || echo nofunc").await;
     assert_eq!(out(&v), "/mnt/data/sub\nbar-\nnofunc\n", "{v}");
-    let v = sh(&s, &p, "one", "unset FOO; cd /tmp").await;
+    let v = sh(&s, &p, "sh-one", "unset FOO; cd /tmp").await;
     assert_eq!(v["status"], "0");
-    let v = sh(&s, &p, "one", "echo \"[$FOO]\"; pwd").await;
+    let v = sh(&s, &p, "sh-one", "echo \"[$FOO]\"; pwd").await;
     assert_eq!(out(&v), "[]\n/tmp\n", "{v}");
     // Another identifier has none of it.
-    let v = sh(&s, &p, "two", "echo \"[$FOO]\"; pwd; ls /mnt/data").await;
+    let v = sh(&s, &p, "sh-two", "echo \"[$FOO]\"; pwd; ls /mnt/data").await;
     assert_eq!(out(&v), "[]\n/mnt/data\n", "{v}");
     // Exit codes and stderr.
-    let v = sh(&s, &p, "one", "echo oops >&2; exit 3").await;
+    let v = sh(&s, &p, "sh-one", "echo oops >&2; exit 3").await;
     assert_eq!((v["status"].as_str(), v["exitCode"].as_i64()), (Some("3"), Some(3)));
     assert_eq!(v["result"]["stderr"], "oops\n");
-    let v = sh(&s, &p, "one", "ls /nonexistent").await;
+    let v = sh(&s, &p, "sh-one", "ls /nonexistent").await;
     assert_eq!(v["exitCode"], 2);
     assert!(
         v["result"]["stderr"]
@@ -282,12 +282,12 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
             .unwrap()
             .contains("No such file")
     );
-    let v = sh(&s, &p, "one", "kill -9 $$").await;
+    let v = sh(&s, &p, "sh-one", "kill -9 $$").await;
     assert_eq!(v["status"], "137", "{v}");
-    let v = sh(&s, &p, "one", "if then fi").await;
+    let v = sh(&s, &p, "sh-one", "if then fi").await;
     assert_eq!(v["status"], "2", "a syntax error is bash's exit 2: {v}");
     // The state survives a failed command (its own changes are kept, as bash would).
-    let v = sh(&s, &p, "one", "pwd").await;
+    let v = sh(&s, &p, "sh-one", "pwd").await;
     assert_eq!(out(&v), "/tmp\n");
     // A timeout kills the whole process group, a background child included, and keeps the
     // output so far.
@@ -295,7 +295,7 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     let v = run(
         &s,
         &p,
-        "one",
+        "sh-one",
         json!({"shellCommand": "sleep 300 & echo started; sleep 300", "timeoutInSeconds": 1}),
     )
     .await;
@@ -305,20 +305,20 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     assert!(v["errorMessage"].as_str().unwrap().contains("1 s"));
     assert_eq!(out(&v), "started\n");
     let none = "cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$'";
-    let v = sh(&s, &p, "one", none).await;
+    let v = sh(&s, &p, "sh-one", none).await;
     assert_eq!(out(&v), "0\n", "no sleep survives its timeout: {v}");
     // Background jobs end with their command too, even one that made a session of its own.
-    let v = sh(&s, &p, "one", "sleep 300 & setsid sleep 300 & echo bg").await;
+    let v = sh(&s, &p, "sh-one", "sleep 300 & setsid sleep 300 & echo bg").await;
     assert_eq!(out(&v), "bg\n");
-    let v = sh(&s, &p, "one", none).await;
+    let v = sh(&s, &p, "sh-one", none).await;
     assert_eq!(out(&v), "0\n", "{v}");
     // Output caps: the new API's default 4096 characters, or outputStreamsMaxLength.
-    let v = sh(&s, &p, "one", "head -c 100000 /dev/zero | tr '\\0' a").await;
+    let v = sh(&s, &p, "sh-one", "head -c 100000 /dev/zero | tr '\\0' a").await;
     assert_eq!(out(&v).len(), 4096);
     let v = run(
         &s,
         &p,
-        "one",
+        "sh-one",
         json!({"shellCommand": "head -c 100000 /dev/zero | tr '\\0' b >&2", "outputStreamsMaxLength": 1000}),
     )
     .await;
@@ -339,7 +339,7 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
         &s,
         &p,
         "POST",
-        &format!("executions?api-version={CURRENT}&identifier=one"),
+        &format!("executions?api-version={CURRENT}&identifier=sh-one"),
         Some(json!({"shellCommand": "sleep 0.3; exit 4", "executionType": "Asynchronous"})),
     )
     .await;
@@ -352,7 +352,7 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
             &s,
             &p,
             "GET",
-            &format!("executions/{op}?api-version={CURRENT}&identifier=one"),
+            &format!("executions/{op}?api-version={CURRENT}&identifier=sh-one"),
             None,
         )
         .await;
@@ -382,7 +382,7 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
             &s,
             &p,
             "POST",
-            &format!("executions?api-version={NEWEST}&identifier=io"),
+            &format!("executions?api-version={NEWEST}&identifier=sh-io"),
             Some(body.clone()),
         )
         .await;
@@ -395,7 +395,7 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
         &s,
         &p,
         "POST",
-        &format!("code/execute?api-version={LEGACY}&identifier=io"),
+        &format!("code/execute?api-version={LEGACY}&identifier=sh-io"),
         Some(json!({"properties": {"codeInputType": "inline", "executionType": "synchronous", "shellCommand": "echo legacy; exit 5"}})),
     )
     .await;
@@ -411,22 +411,22 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
         &s,
         &p,
         "POST",
-        &format!("code/execute?api-version={LEGACY}&identifier=io"),
+        &format!("code/execute?api-version={LEGACY}&identifier=sh-io"),
         Some(json!({"properties": {"code": "1+1"}})),
     )
     .await;
     assert_eq!(st, 400);
     // Files: uploaded ones are there for commands, and what commands write can be downloaded.
-    let up = upload(&s, &p, "io", "in.txt", b"line one\nline two\n").await;
+    let up = upload(&s, &p, "sh-io", "in.txt", b"line one\nline two\n").await;
     assert_eq!(up["name"], "in.txt");
-    let v = sh(&s, &p, "io", "grep -c line in.txt; sed -n 2p /mnt/data/in.txt > out.txt").await;
+    let v = sh(&s, &p, "sh-io", "grep -c line in.txt; sed -n 2p /mnt/data/in.txt > out.txt").await;
     assert_eq!(out(&v), "2\n", "{v}");
-    assert_eq!(download(&s, &p, "io", "out.txt").await, (200, b"line two\n".to_vec()));
+    assert_eq!(download(&s, &p, "sh-io", "out.txt").await, (200, b"line two\n".to_vec()));
     let (st, v) = dp(
         &s,
         &p,
         "GET",
-        &format!("files?api-version={CURRENT}&identifier=io"),
+        &format!("files?api-version={CURRENT}&identifier=sh-io"),
         None,
     )
     .await;
@@ -621,23 +621,23 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     let port = host_listener().await;
     // A session's files, /tmp and variables do not outlive it: the identifier's next session,
     // and every other session, starts clean.
-    let v = sh(&s, &shp, "a", "echo secret > /mnt/data/mine; echo t > /tmp/mine; export LEAK=1; echo $$").await;
+    let v = sh(&s, &shp, "sess-a", "echo secret > /mnt/data/mine; echo t > /tmp/mine; export LEAK=1; echo $$").await;
     assert_eq!(v["status"], "0");
     let clean = "ls -A /mnt/data; test -e /tmp/mine && echo tmp-leak; echo \"[$LEAK]\"";
-    let v = sh(&s, &shp, "b", &format!("{clean}; ls /proc/[0-9]*/root/mnt/data 2>/dev/null | grep -c mine")).await;
+    let v = sh(&s, &shp, "sess-b", &format!("{clean}; ls /proc/[0-9]*/root/mnt/data 2>/dev/null | grep -c mine")).await;
     assert_eq!(out(&v), "[]\n0\n", "{v}");
-    let (st, _) = dp(&s, &shp, "DELETE", &format!("session?api-version={CURRENT}&identifier=a"), None).await;
+    let (st, _) = dp(&s, &shp, "DELETE", &format!("session?api-version={CURRENT}&identifier=sess-a"), None).await;
     assert_eq!(st, 204);
-    let v = sh(&s, &shp, "a", clean).await;
+    let v = sh(&s, &shp, "sess-a", clean).await;
     assert_eq!(out(&v), "[]\n", "{v}");
-    let v = js(&s, &jsp, "a", "globalThis.leak = 1; require('fs').writeFileSync('/mnt/data/mine', 'x'); 0").await;
+    let v = js(&s, &jsp, "sess-a", "globalThis.leak = 1; require('fs').writeFileSync('/mnt/data/mine', 'x'); 0").await;
     assert_eq!(v["status"], "Succeeded");
-    let (st, _) = dp(&s, &jsp, "DELETE", &format!("session?api-version={CURRENT}&identifier=a"), None).await;
+    let (st, _) = dp(&s, &jsp, "DELETE", &format!("session?api-version={CURRENT}&identifier=sess-a"), None).await;
     assert_eq!(st, 204);
-    let v = js(&s, &jsp, "a", "[typeof leak, require('fs').readdirSync('/mnt/data').length]").await;
+    let v = js(&s, &jsp, "sess-a", "[typeof leak, require('fs').readdirSync('/mnt/data').length]").await;
     assert_eq!(v["result"]["executionResult"], "[ 'undefined', 0 ]", "{v}");
     // Other sessions' processes are invisible (own pid namespace), and only this one's uid runs.
-    let v = sh(&s, &shp, "b", "ls /proc | grep -cE '^[0-9]+$'").await;
+    let v = sh(&s, &shp, "sess-b", "ls /proc | grep -cE '^[0-9]+$'").await;
     let n: u32 = out(&v).trim().parse().unwrap();
     assert!(n <= 6, "only the session's own processes: {v}");
     // The host's listeners (a test listener, the server itself) are unreachable without egress.
@@ -645,7 +645,7 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     let v = sh(
         &s,
         &shp,
-        "b",
+        "sess-b",
         &format!("curl -s -m 3 http://127.0.0.1:{port}/; echo rc=$?; curl -s -m 3 http://127.0.0.1:{hp}/; echo rc=$?"),
     )
     .await;
@@ -654,7 +654,7 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     let v = js(
         &s,
         &jsp,
-        "b",
+        "sess-b",
         &format!("await fetch('http://127.0.0.1:{port}/').then(r => r.text(), e => 'blocked: ' + (e.cause && e.cause.code))"),
     )
     .await;
@@ -662,40 +662,40 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     let v = js(
         &s,
         &jsp,
-        "b",
+        "sess-b",
         "[require('os').networkInterfaces().lo !== undefined, Object.keys(require('os').networkInterfaces()).length]",
     )
     .await;
     assert_eq!(v["result"]["executionResult"], "[ true, 1 ]", "loopback only: {v}");
     // Host files are not there.
     let dir = s.data_dir().display().to_string();
-    let v = sh(&s, &shp, "b", &format!("cat /etc/shadow; test -e {dir} && echo visible; id -u")).await;
+    let v = sh(&s, &shp, "sess-b", &format!("cat /etc/shadow; test -e {dir} && echo visible; id -u")).await;
     assert_eq!(out(&v), "65534\n", "{v}");
-    let v = js(&s, &jsp, "b", &format!("require('fs').existsSync({dir:?})")).await;
+    let v = js(&s, &jsp, "sess-b", &format!("require('fs').existsSync({dir:?})")).await;
     assert_eq!(v["result"]["executionResult"], "false");
     // A fork bomb is contained by the pids limit; the session (or its replacement) answers.
-    let v = run(&s, &shp, "bomb", json!({"shellCommand": "b() { b | b & }; b", "timeoutInSeconds": 5})).await;
+    let v = run(&s, &shp, "bomber", json!({"shellCommand": "b() { b | b & }; b", "timeoutInSeconds": 5})).await;
     let _ = v;
-    let v = sh(&s, &shp, "bomb", "echo alive").await;
+    let v = sh(&s, &shp, "bomber", "echo alive").await;
     assert_eq!(out(&v), "alive\n", "{v}");
     let v = run(
         &s,
         &jsp,
-        "bomb",
+        "bomber",
         json!({"code": "const cp = require('child_process'); let n = 0; try { for (;;) { cp.spawn('sleep', ['60']); n++ } } catch (e) {} n", "timeoutInSeconds": 5}),
     )
     .await;
     let _ = v;
-    let v = js(&s, &jsp, "bomb", "'alive'").await;
+    let v = js(&s, &jsp, "bomber", "'alive'").await;
     assert_eq!(v["result"]["executionResult"], "'alive'", "{v}");
     // Killing the interpreter: the next request gets a fresh session.
-    let v = js(&s, &jsp, "kill", "process.kill(process.pid, 'SIGKILL')").await;
+    let v = js(&s, &jsp, "killer", "process.kill(process.pid, 'SIGKILL')").await;
     assert_eq!(v["status"], "Failed");
-    let v = js(&s, &jsp, "kill", "1 + 1").await;
+    let v = js(&s, &jsp, "killer", "1 + 1").await;
     assert_eq!(v["result"]["executionResult"], "2");
     // A shell that tries to kill the agent it runs under only ends its own session.
-    let v = sh(&s, &shp, "kill", "kill -9 $PPID; sleep 1; echo after").await;
+    let v = sh(&s, &shp, "killer", "kill -9 $PPID; sleep 1; echo after").await;
     assert_ne!(out(&v), "after\n", "{v}");
-    let v = sh(&s, &shp, "kill", "echo fresh").await;
+    let v = sh(&s, &shp, "killer", "echo fresh").await;
     assert_eq!(out(&v), "fresh\n");
 }

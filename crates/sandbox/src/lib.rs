@@ -948,6 +948,9 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
             "/sbin",
         ])
         .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
+        // Debian's alternatives (`awk`, `editor`, ...) are symlinks through /etc/alternatives
+        // into /usr: without it `/usr/bin/awk` dangles (shell sessions need awk).
+        .args(["--ro-bind-try", "/etc/alternatives", "/etc/alternatives"])
         .arg("--ro-bind")
         .arg(&files.hosts)
         .arg("/etc/hosts")
