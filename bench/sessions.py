@@ -510,7 +510,7 @@ def types_phase(args, res, cl):
             ms, bad = [], 0
             for i in range(args.types):
                 tw = time.perf_counter()
-                while ready and cl.node_count(pid) < ready + 2 + i and time.perf_counter() - tw < 30:
+                while ready and cl.node_count(pid) < ready + 1 + i and time.perf_counter() - tw < 30:
                     time.sleep(0.01)
                 if not ready:
                     time.sleep(0.3)

@@ -246,8 +246,10 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
         &p,
         "POST",
         &format!("executions?api-version={CURRENT}&identifier=sh-one"),
-        Some(json!({"properties": {"codeInputType": "inline", "executionType": "synchronous",
-                    "shellCommand": "echo wrapped", "timeoutInSeconds": 60}})),
+        Some(
+            json!({"properties": {"codeInputType": "inline", "executionType": "synchronous",
+                    "shellCommand": "echo wrapped", "timeoutInSeconds": 60}}),
+        ),
     )
     .await;
     assert_eq!(st, 202, "{v}");
@@ -261,7 +263,13 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     )
     .await;
     assert_eq!(v["status"], "0", "{v}");
-    let v = sh(&s, &p, "sh-one", "pwd; echo \"$FOO-$BAZ\"; type f >/dev/null 2>&1 || echo nofunc").await;
+    let v = sh(
+        &s,
+        &p,
+        "sh-one",
+        "pwd; echo \"$FOO-$BAZ\"; type f >/dev/null 2>&1 || echo nofunc",
+    )
+    .await;
     assert_eq!(out(&v), "/mnt/data/sub\nbar-\nnofunc\n", "{v}");
     let v = sh(&s, &p, "sh-one", "unset FOO; cd /tmp").await;
     assert_eq!(v["status"], "0");
@@ -272,7 +280,10 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     assert_eq!(out(&v), "[]\n/mnt/data\n", "{v}");
     // Exit codes and stderr.
     let v = sh(&s, &p, "sh-one", "echo oops >&2; exit 3").await;
-    assert_eq!((v["status"].as_str(), v["exitCode"].as_i64()), (Some("3"), Some(3)));
+    assert_eq!(
+        (v["status"].as_str(), v["exitCode"].as_i64()),
+        (Some("3"), Some(3))
+    );
     assert_eq!(v["result"]["stderr"], "oops\n");
     let v = sh(&s, &p, "sh-one", "ls /nonexistent").await;
     assert_eq!(v["exitCode"], 2);
@@ -300,7 +311,11 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
     )
     .await;
     assert!(t0.elapsed() < Duration::from_secs(10));
-    assert_eq!((v["status"].as_str(), v["exitCode"].as_i64()), (Some("-1"), Some(-1)), "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["exitCode"].as_i64()),
+        (Some("-1"), Some(-1)),
+        "{v}"
+    );
     assert_eq!(v["errorName"], "ExecutionTimeout");
     assert!(v["errorMessage"].as_str().unwrap().contains("1 s"));
     assert_eq!(out(&v), "started\n");
@@ -363,7 +378,10 @@ async fn shell_pool_runs_commands_with_state_exit_codes_and_timeouts() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!((done["status"].as_str(), done["exitCode"].as_i64()), (Some("4"), Some(4)));
+    assert_eq!(
+        (done["status"].as_str(), done["exitCode"].as_i64()),
+        (Some("4"), Some(4))
+    );
 }
 
 #[tokio::test]
@@ -376,7 +394,10 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
         (json!({"shellCommand": ""}), "shellCommand"),
         (json!({"shellCommand": 7}), "shellCommand"),
         (json!({}), "shellCommand"),
-        (json!({"shellCommand": "ls", "timeoutInSeconds": 0}), "timeoutInSeconds"),
+        (
+            json!({"shellCommand": "ls", "timeoutInSeconds": 0}),
+            "timeoutInSeconds",
+        ),
     ] {
         let (st, v) = dp(
             &s,
@@ -402,7 +423,11 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
     assert_eq!(st, 200, "{v}");
     let pr = &v["properties"];
     assert_eq!(
-        (pr["status"].as_str(), pr["stdout"].as_str(), pr["exitCode"].as_i64()),
+        (
+            pr["status"].as_str(),
+            pr["stdout"].as_str(),
+            pr["exitCode"].as_i64()
+        ),
         (Some("Failure"), Some("legacy\n"), Some(5)),
         "{v}"
     );
@@ -419,9 +444,18 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
     // Files: uploaded ones are there for commands, and what commands write can be downloaded.
     let up = upload(&s, &p, "sh-io", "in.txt", b"line one\nline two\n").await;
     assert_eq!(up["name"], "in.txt");
-    let v = sh(&s, &p, "sh-io", "grep -c line in.txt; sed -n 2p /mnt/data/in.txt > out.txt").await;
+    let v = sh(
+        &s,
+        &p,
+        "sh-io",
+        "grep -c line in.txt; sed -n 2p /mnt/data/in.txt > out.txt",
+    )
+    .await;
     assert_eq!(out(&v), "2\n", "{v}");
-    assert_eq!(download(&s, &p, "sh-io", "out.txt").await, (200, b"line two\n".to_vec()));
+    assert_eq!(
+        download(&s, &p, "sh-io", "out.txt").await,
+        (200, b"line two\n".to_vec())
+    );
     let (st, v) = dp(
         &s,
         &p,
@@ -439,10 +473,22 @@ async fn shell_pool_requests_files_metadata_and_legacy_api() {
         .collect();
     assert_eq!(names, ["in.txt", "out.txt"]);
     // Metadata: bash and the tools.
-    let (st, v) = dp(&s, &p, "GET", &format!("metadata?api-version={CURRENT}"), None).await;
+    let (st, v) = dp(
+        &s,
+        &p,
+        "GET",
+        &format!("metadata?api-version={CURRENT}"),
+        None,
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["runtimes"][0]["name"], "bash");
-    assert!(v["runtimes"][0]["version"].as_str().unwrap().starts_with('5'));
+    assert!(
+        v["runtimes"][0]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with('5')
+    );
     let pkgs: Vec<&str> = v["preInstalledPackages"]
         .as_array()
         .unwrap()
@@ -465,8 +511,10 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
         &p,
         "POST",
         &format!("code/execute?api-version={LEGACY}&identifier=test"),
-        Some(json!({"properties": {"codeInputType": "inline", "executionType": "synchronous",
-                    "code": "console.log(\"hello-world\")"}})),
+        Some(
+            json!({"properties": {"codeInputType": "inline", "executionType": "synchronous",
+                    "code": "console.log(\"hello-world\")"}}),
+        ),
     )
     .await;
     assert_eq!(st, 200, "{v}");
@@ -488,17 +536,36 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
     assert_eq!(v["properties"]["executionResult"], "42");
     // State, and a re-run cell's let/const/class redeclaration.
     for _ in 0..2 {
-        let v = js(&s, &p, "test", "let x = 1; const y = {a: [1, 'two']}; class K {}; y").await;
+        let v = js(
+            &s,
+            &p,
+            "test",
+            "let x = 1; const y = {a: [1, 'two']}; class K {}; y",
+        )
+        .await;
         assert_eq!(v["status"], "Succeeded", "{v}");
         assert_eq!(v["result"]["executionResult"], "{ a: [ 1, 'two' ] }");
     }
     let v = js(&s, &p, "test", "x + 1").await;
     assert_eq!(v["result"]["executionResult"], "2");
     let v = js(&s, &p, "test", "var u; function f() { return 3 }").await;
-    assert_eq!(v["result"]["executionResult"], Value::Null, "undefined has no value");
+    assert_eq!(
+        v["result"]["executionResult"],
+        Value::Null,
+        "undefined has no value"
+    );
     // console.error to stderr; process.stdout.write to stdout.
-    let v = js(&s, &p, "test", "console.error('warn', 1); process.stdout.write('raw'); f()").await;
-    assert_eq!((out(&v), v["result"]["stderr"].as_str()), ("raw", Some("warn 1\n")));
+    let v = js(
+        &s,
+        &p,
+        "test",
+        "console.error('warn', 1); process.stdout.write('raw'); f()",
+    )
+    .await;
+    assert_eq!(
+        (out(&v), v["result"]["stderr"].as_str()),
+        ("raw", Some("warn 1\n"))
+    );
     assert_eq!(v["result"]["executionResult"], "3");
     // Top-level await, its declarations kept.
     let v = js(
@@ -512,16 +579,34 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
     let v = js(&s, &p, "test", "r").await;
     assert_eq!(v["result"]["executionResult"], "'done'");
     // Errors: Failed, the stack in stderr, errorName/errorMessage.
-    let v = js(&s, &p, "test", "function g() { throw new TypeError('boom') }\ng()").await;
+    let v = js(
+        &s,
+        &p,
+        "test",
+        "function g() { throw new TypeError('boom') }\ng()",
+    )
+    .await;
     assert_eq!(v["status"], "Failed");
-    assert_eq!((v["errorName"].as_str(), v["errorMessage"].as_str()), (Some("TypeError"), Some("boom")));
+    assert_eq!(
+        (v["errorName"].as_str(), v["errorMessage"].as_str()),
+        (Some("TypeError"), Some("boom"))
+    );
     let err = v["result"]["stderr"].as_str().unwrap();
-    assert!(err.contains("TypeError: boom") && err.contains("at g"), "{err}");
-    assert!(!err.contains("node_agent"), "the agent's frames are hidden: {err}");
+    assert!(
+        err.contains("TypeError: boom") && err.contains("at g"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("node_agent"),
+        "the agent's frames are hidden: {err}"
+    );
     let v = js(&s, &p, "test", "let = ;").await;
     assert_eq!(v["errorName"], "SyntaxError");
     let v = js(&s, &p, "test", "await Promise.reject(new RangeError('no'))").await;
-    assert_eq!((v["status"].as_str(), v["errorName"].as_str()), (Some("Failed"), Some("RangeError")));
+    assert_eq!(
+        (v["status"].as_str(), v["errorName"].as_str()),
+        (Some("Failed"), Some("RangeError"))
+    );
     let (_, v) = dp(
         &s,
         &p,
@@ -531,7 +616,12 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
     )
     .await;
     assert_eq!(v["properties"]["status"], "Failure");
-    assert!(v["properties"]["stderr"].as_str().unwrap().contains("ReferenceError"));
+    assert!(
+        v["properties"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("ReferenceError")
+    );
     // Timeouts: a synchronous loop and a promise that never settles stop the cell, and the
     // session keeps its state.
     for code in ["while (true) {}", "await new Promise(() => {})"] {
@@ -541,11 +631,20 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
         assert_eq!(v["status"], "Failed", "{code}: {v}");
         assert_eq!(v["errorName"], "ExecutionTimeout");
         let v = js(&s, &p, "test", "x").await;
-        assert_eq!(v["result"]["executionResult"], "1", "state kept after {code}");
+        assert_eq!(
+            v["result"]["executionResult"], "1",
+            "state kept after {code}"
+        );
     }
     // A loop after an await blocks the event loop: the sandbox is killed and the identifier
     // gets a fresh session.
-    let v = run(&s, &p, "test", json!({"code": "await null; while (true) {}", "timeoutInSeconds": 1})).await;
+    let v = run(
+        &s,
+        &p,
+        "test",
+        json!({"code": "await null; while (true) {}", "timeoutInSeconds": 1}),
+    )
+    .await;
     assert_eq!(v["status"], "Failed", "{v}");
     assert_eq!(v["errorName"], "ExecutionTimeout");
     let v = js(&s, &p, "test", "typeof x").await;
@@ -558,7 +657,10 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
         "const _ = require('lodash'); [_.chunk([1, 2, 3], 2), typeof require('axios').get, require('dayjs')(0).year() > 1960]",
     )
     .await;
-    assert_eq!(v["result"]["executionResult"], "[ [ [ 1, 2 ], [ 3 ] ], 'function', true ]", "{v}");
+    assert_eq!(
+        v["result"]["executionResult"], "[ [ [ 1, 2 ], [ 3 ] ], 'function', true ]",
+        "{v}"
+    );
     // Files both ways.
     upload(&s, &p, "pkgs", "in.json", br#"{"n": 41}"#).await;
     let v = js(
@@ -569,7 +671,10 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
     )
     .await;
     assert_eq!(v["result"]["executionResult"], "41", "{v}");
-    assert_eq!(download(&s, &p, "pkgs", "out.txt").await, (200, b"42".to_vec()));
+    assert_eq!(
+        download(&s, &p, "pkgs", "out.txt").await,
+        (200, b"42".to_vec())
+    );
     // Output caps.
     let v = js(&s, &p, "pkgs", "console.log('a'.repeat(100000))").await;
     assert_eq!(out(&v).len(), 4096);
@@ -585,14 +690,22 @@ async fn node_pool_is_a_repl_with_state_errors_async_and_files() {
     assert_eq!(st, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("NodeLTS"));
     // Metadata: node and the pinned packages.
-    let (st, v) = dp(&s, &p, "GET", &format!("metadata?api-version={CURRENT}"), None).await;
+    let (st, v) = dp(
+        &s,
+        &p,
+        "GET",
+        &format!("metadata?api-version={CURRENT}"),
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(v["runtimes"][0]["name"], "node");
     let version = v["runtimes"][0]["version"].as_str().unwrap();
     assert!(version.chars().next().unwrap().is_ascii_digit(), "{v}");
     let pkgs = v["preInstalledPackages"].as_array().unwrap();
     assert!(
-        pkgs.iter().any(|p| p["name"] == "lodash" && p["version"] == "4.18.1"),
+        pkgs.iter()
+            .any(|p| p["name"] == "lodash" && p["version"] == "4.18.1"),
         "{v}"
     );
 }
@@ -621,20 +734,58 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     let port = host_listener().await;
     // A session's files, /tmp and variables do not outlive it: the identifier's next session,
     // and every other session, starts clean.
-    let v = sh(&s, &shp, "sess-a", "echo secret > /mnt/data/mine; echo t > /tmp/mine; export LEAK=1; echo $$").await;
+    let v = sh(
+        &s,
+        &shp,
+        "sess-a",
+        "echo secret > /mnt/data/mine; echo t > /tmp/mine; export LEAK=1; echo $$",
+    )
+    .await;
     assert_eq!(v["status"], "0");
     let clean = "ls -A /mnt/data; test -e /tmp/mine && echo tmp-leak; echo \"[$LEAK]\"";
-    let v = sh(&s, &shp, "sess-b", &format!("{clean}; ls /proc/[0-9]*/root/mnt/data 2>/dev/null | grep -c mine")).await;
+    let v = sh(
+        &s,
+        &shp,
+        "sess-b",
+        &format!("{clean}; ls /proc/[0-9]*/root/mnt/data 2>/dev/null | grep -c mine"),
+    )
+    .await;
     assert_eq!(out(&v), "[]\n0\n", "{v}");
-    let (st, _) = dp(&s, &shp, "DELETE", &format!("session?api-version={CURRENT}&identifier=sess-a"), None).await;
+    let (st, _) = dp(
+        &s,
+        &shp,
+        "DELETE",
+        &format!("session?api-version={CURRENT}&identifier=sess-a"),
+        None,
+    )
+    .await;
     assert_eq!(st, 204);
     let v = sh(&s, &shp, "sess-a", clean).await;
     assert_eq!(out(&v), "[]\n", "{v}");
-    let v = js(&s, &jsp, "sess-a", "globalThis.leak = 1; require('fs').writeFileSync('/mnt/data/mine', 'x'); 0").await;
+    let v = js(
+        &s,
+        &jsp,
+        "sess-a",
+        "globalThis.leak = 1; require('fs').writeFileSync('/mnt/data/mine', 'x'); 0",
+    )
+    .await;
     assert_eq!(v["status"], "Succeeded");
-    let (st, _) = dp(&s, &jsp, "DELETE", &format!("session?api-version={CURRENT}&identifier=sess-a"), None).await;
+    let (st, _) = dp(
+        &s,
+        &jsp,
+        "DELETE",
+        &format!("session?api-version={CURRENT}&identifier=sess-a"),
+        None,
+    )
+    .await;
     assert_eq!(st, 204);
-    let v = js(&s, &jsp, "sess-a", "[typeof leak, require('fs').readdirSync('/mnt/data').length]").await;
+    let v = js(
+        &s,
+        &jsp,
+        "sess-a",
+        "[typeof leak, require('fs').readdirSync('/mnt/data').length]",
+    )
+    .await;
     assert_eq!(v["result"]["executionResult"], "[ 'undefined', 0 ]", "{v}");
     // Other sessions' processes are invisible (own pid namespace), and only this one's uid runs.
     let v = sh(&s, &shp, "sess-b", "ls /proc | grep -cE '^[0-9]+$'").await;
@@ -650,7 +801,11 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     )
     .await;
     assert!(!out(&v).contains("reached"), "{v}");
-    assert_eq!(out(&v).matches("rc=7").count(), 2, "connection refused both times: {v}");
+    assert_eq!(
+        out(&v).matches("rc=7").count(),
+        2,
+        "connection refused both times: {v}"
+    );
     let v = js(
         &s,
         &jsp,
@@ -658,7 +813,10 @@ async fn hostile_shell_and_node_sessions_are_contained() {
         &format!("await fetch('http://127.0.0.1:{port}/').then(r => r.text(), e => 'blocked: ' + (e.cause && e.cause.code))"),
     )
     .await;
-    assert_eq!(v["result"]["executionResult"], "'blocked: ECONNREFUSED'", "{v}");
+    assert_eq!(
+        v["result"]["executionResult"], "'blocked: ECONNREFUSED'",
+        "{v}"
+    );
     let v = js(
         &s,
         &jsp,
@@ -666,15 +824,36 @@ async fn hostile_shell_and_node_sessions_are_contained() {
         "[require('os').networkInterfaces().lo !== undefined, Object.keys(require('os').networkInterfaces()).length]",
     )
     .await;
-    assert_eq!(v["result"]["executionResult"], "[ true, 1 ]", "loopback only: {v}");
+    assert_eq!(
+        v["result"]["executionResult"], "[ true, 1 ]",
+        "loopback only: {v}"
+    );
     // Host files are not there.
     let dir = s.data_dir().display().to_string();
-    let v = sh(&s, &shp, "sess-b", &format!("cat /etc/shadow; test -e {dir} && echo visible; id -u")).await;
+    let v = sh(
+        &s,
+        &shp,
+        "sess-b",
+        &format!("cat /etc/shadow; test -e {dir} && echo visible; id -u"),
+    )
+    .await;
     assert_eq!(out(&v), "65534\n", "{v}");
-    let v = js(&s, &jsp, "sess-b", &format!("require('fs').existsSync({dir:?})")).await;
+    let v = js(
+        &s,
+        &jsp,
+        "sess-b",
+        &format!("require('fs').existsSync({dir:?})"),
+    )
+    .await;
     assert_eq!(v["result"]["executionResult"], "false");
     // A fork bomb is contained by the pids limit; the session (or its replacement) answers.
-    let v = run(&s, &shp, "bomber", json!({"shellCommand": "b() { b | b & }; b", "timeoutInSeconds": 5})).await;
+    let v = run(
+        &s,
+        &shp,
+        "bomber",
+        json!({"shellCommand": "b() { b | b & }; b", "timeoutInSeconds": 5}),
+    )
+    .await;
     let _ = v;
     let v = sh(&s, &shp, "bomber", "echo alive").await;
     assert_eq!(out(&v), "alive\n", "{v}");

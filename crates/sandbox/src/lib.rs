@@ -418,7 +418,11 @@ impl SandboxConfig {
         let own = dir.join("bin/node");
         let (node, modules) = if dir.join("node_modules").is_dir() {
             (
-                if own.exists() { own } else { PathBuf::from("/usr/bin/node") },
+                if own.exists() {
+                    own
+                } else {
+                    PathBuf::from("/usr/bin/node")
+                },
                 Some(dir.join("node_modules")),
             )
         } else {
@@ -546,7 +550,10 @@ impl RawExec<'_> {
                 .map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32),
             timed_out: self.timed_out,
             error_name: self.error_name.as_ref().map(|t| t.cut(MAX_ERROR_NAME)),
-            error_message: self.error_message.as_ref().map(|t| t.cut(MAX_ERROR_MESSAGE)),
+            error_message: self
+                .error_message
+                .as_ref()
+                .map(|t| t.cut(MAX_ERROR_MESSAGE)),
         })
     }
 }

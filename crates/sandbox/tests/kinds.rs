@@ -69,7 +69,10 @@ async fn shell_state_exit_codes_and_process_groups() {
     for fork in [true, false] {
         let (mut s, _d) = shell_box(fork).await;
         let r = sh(&mut s, "echo hi; pwd").await;
-        assert_eq!((r.stdout.as_str(), r.exit_code), ("hi\n/mnt/data\n", Some(0)));
+        assert_eq!(
+            (r.stdout.as_str(), r.exit_code),
+            ("hi\n/mnt/data\n", Some(0))
+        );
         let r = sh(&mut s, "mkdir d && cd d && export A=1 B='two words'; C=3").await;
         assert_eq!(r.exit_code, Some(0), "{r:?}");
         let r = sh(&mut s, "pwd; echo \"$A|$B|$C\"").await;
@@ -84,7 +87,11 @@ async fn shell_state_exit_codes_and_process_groups() {
         // A timeout: the agent kills the process group and keeps the output.
         let t0 = Instant::now();
         let r = s
-            .shell("echo before; sleep 100 & sleep 100", Duration::from_secs(1), 1000)
+            .shell(
+                "echo before; sleep 100 & sleep 100",
+                Duration::from_secs(1),
+                1000,
+            )
             .await
             .expect("a timed-out command still answers");
         assert!(t0.elapsed() < Duration::from_secs(5));
@@ -94,10 +101,22 @@ async fn shell_state_exit_codes_and_process_groups() {
             (Some(-1), Some("ExecutionTimeout"), "before\n")
         );
         assert!(s.is_alive());
-        assert!(s.process_count() <= 3, "{} processes left", s.process_count());
+        assert!(
+            s.process_count() <= 3,
+            "{} processes left",
+            s.process_count()
+        );
         // Nothing started in the background outlives its command.
-        sh(&mut s, "sleep 100 & setsid sleep 100 & nohup sleep 100 >/dev/null 2>&1 &").await;
-        assert!(s.process_count() <= 3, "{} processes left", s.process_count());
+        sh(
+            &mut s,
+            "sleep 100 & setsid sleep 100 & nohup sleep 100 >/dev/null 2>&1 &",
+        )
+        .await;
+        assert!(
+            s.process_count() <= 3,
+            "{} processes left",
+            s.process_count()
+        );
         // Output is capped per stream.
         let r = s.shell("yes | head -c 50000", T, 123).await.unwrap();
         assert_eq!(r.stdout.len(), 123);
@@ -176,7 +195,11 @@ async fn node_is_a_repl_and_stops_at_its_timeout() {
         js(&mut s, "require('fs').writeFileSync('n.txt', 'node')").await;
         assert_eq!(s.read_file("n.txt").await.unwrap(), b"node");
         s.write_file("in/up.txt", b"up").await.unwrap();
-        let r = js(&mut s, "require('fs').readFileSync('/mnt/data/in/up.txt', 'utf8')").await;
+        let r = js(
+            &mut s,
+            "require('fs').readFileSync('/mnt/data/in/up.txt', 'utf8')",
+        )
+        .await;
         assert_eq!(r.result.as_deref(), Some("'up'"));
         let names: Vec<String> = s
             .list_files("", true)
@@ -185,7 +208,10 @@ async fn node_is_a_repl_and_stops_at_its_timeout() {
             .into_iter()
             .map(|e| e.path)
             .collect();
-        assert_eq!(names, ["/mnt/data/in", "/mnt/data/n.txt", "/mnt/data/in/up.txt"]);
+        assert_eq!(
+            names,
+            ["/mnt/data/in", "/mnt/data/n.txt", "/mnt/data/in/up.txt"]
+        );
         assert!(matches!(
             s.read_file("../etc/passwd").await,
             Err(SandboxError::File { .. })
@@ -233,7 +259,10 @@ JSON.stringify(out)"#
     assert!(v["pids"].as_u64().unwrap() <= 3, "{v}");
     assert_eq!(v["tcp"], "ECONNREFUSED");
     // uid 0 is not even mapped in the sandbox's user namespace.
-    assert!(matches!(v["setuid"].as_str(), Some("EPERM" | "EINVAL")), "{v}");
+    assert!(
+        matches!(v["setuid"].as_str(), Some("EPERM" | "EINVAL")),
+        "{v}"
+    );
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "the host saw a connection");
     // Child processes: contained by the pids limit, killed after the cell.
@@ -247,7 +276,14 @@ JSON.stringify(out)"#
         .unwrap();
     assert_eq!(r.status, "Succeeded", "{r:?}");
     assert!(s.process_count() <= 32, "{} processes", s.process_count());
-    assert_eq!(js(&mut s, "'alive'").await.result.as_deref(), Some("'alive'"));
-    assert!(s.process_count() <= 3, "children outlived the cell: {}", s.process_count());
+    assert_eq!(
+        js(&mut s, "'alive'").await.result.as_deref(),
+        Some("'alive'")
+    );
+    assert!(
+        s.process_count() <= 3,
+        "children outlived the cell: {}",
+        s.process_count()
+    );
     finish(s).await;
 }

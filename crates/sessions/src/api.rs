@@ -359,7 +359,9 @@ fn parse_exec(body: &[u8], kind: SessionKind) -> Result<ExecReq, DpError> {
         "inlinebase64" => {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(code.trim())
-                .map_err(|_| DpError::bad(format!("'{field}' is not valid base64.")).target(field))?;
+                .map_err(|_| {
+                    DpError::bad(format!("'{field}' is not valid base64.")).target(field)
+                })?;
             String::from_utf8(raw).map_err(|_| {
                 DpError::bad(format!("The decoded '{field}' is not UTF-8.")).target(field)
             })?
@@ -663,7 +665,10 @@ async fn execute(ctx: &Ctx, req: Request) -> Res {
             s2.record(e);
         });
         let rec = sess.execution(&op).expect("just recorded");
-        let resp = json_resp(StatusCode::ACCEPTED, execution_json(&identifier, &rec, kind));
+        let resp = json_resp(
+            StatusCode::ACCEPTED,
+            execution_json(&identifier, &rec, kind),
+        );
         return Ok(with_operation(resp, ctx, &identifier, &op));
     }
     let o = run_in(&ctx.pool, &sess, guard, &r.code, r.timeout, max_output).await;
@@ -1264,7 +1269,11 @@ mod tests {
         assert_eq!((r.code.as_str(), r.asynchronous), ("echo hi", false));
         let r = parse_exec(br#"{"properties":{"codeInputType":"Inline","executionType":"Synchronous","shellCommand":"ls","timeoutInSeconds":7}}"#, sh).unwrap();
         assert_eq!((r.code.as_str(), r.timeout.as_secs()), ("ls", 7));
-        let r = parse_exec(br#"{"codeInputType":"inlinebase64","shellCommand":"ZWNobyAx"}"#, sh).unwrap();
+        let r = parse_exec(
+            br#"{"codeInputType":"inlinebase64","shellCommand":"ZWNobyAx"}"#,
+            sh,
+        )
+        .unwrap();
         assert_eq!(r.code, "echo 1");
         for bad in [
             &br#"{"code":"print(1)"}"#[..],

@@ -45,9 +45,7 @@ impl BwrapRuntime {
                 let mut seen = std::collections::HashSet::new();
                 SHELL_TOOLS
                     .iter()
-                    .filter(|(name, bin)| {
-                        std::path::Path::new(bin).exists() && seen.insert(*name)
-                    })
+                    .filter(|(name, bin)| std::path::Path::new(bin).exists() && seen.insert(*name))
                     .map(|(name, bin)| (name.to_string(), tool_version(bin)))
                     .collect()
             },
@@ -301,7 +299,11 @@ impl Instance for BwrapInstance {
                 result: r.result,
                 images: r.images,
                 duration_ms: r.duration_ms,
-                exit_code: if shell { Some(r.exit_code.unwrap_or(-1)) } else { None },
+                exit_code: if shell {
+                    Some(r.exit_code.unwrap_or(-1))
+                } else {
+                    None
+                },
                 error_name: r.error_name,
                 error_message: r.error_message,
             },
@@ -325,7 +327,11 @@ impl Instance for BwrapInstance {
                 };
                 ExecOutcome {
                     exit_code: shell.then_some(-1),
-                    ..ExecOutcome::empty(ExecStatus::Aborted, stderr, t0.elapsed().as_millis() as u64)
+                    ..ExecOutcome::empty(
+                        ExecStatus::Aborted,
+                        stderr,
+                        t0.elapsed().as_millis() as u64,
+                    )
                 }
             }
         }

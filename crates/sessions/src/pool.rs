@@ -346,7 +346,14 @@ impl Pool {
         if retyped {
             // A pool replaced (PUT) with another container type: its sessions run the old
             // interpreter, so they end; their identifiers get sessions of the new type.
-            let gone: Vec<_> = self.inner.lock().unwrap().sessions.drain().map(|(_, s)| s).collect();
+            let gone: Vec<_> = self
+                .inner
+                .lock()
+                .unwrap()
+                .sessions
+                .drain()
+                .map(|(_, s)| s)
+                .collect();
             for s in gone {
                 tokio::spawn(async move {
                     if let Some(i) = s.slot.lock().await.take() {

@@ -446,7 +446,11 @@ mod tests {
         }
         let shell = PoolSpec::parse(&json!({"containerType": "Shell"}), None).unwrap();
         // A PATCH without containerType keeps it; one that changes it is refused.
-        let same = PoolSpec::parse(&json!({"scaleConfiguration": {"maxConcurrentSessions": 3}}), Some(&shell)).unwrap();
+        let same = PoolSpec::parse(
+            &json!({"scaleConfiguration": {"maxConcurrentSessions": 3}}),
+            Some(&shell),
+        )
+        .unwrap();
         assert_eq!(same.container_type, ContainerType::Shell);
         assert!(PoolSpec::parse(&json!({"containerType": "NodeLTS"}), Some(&shell)).is_err());
     }
