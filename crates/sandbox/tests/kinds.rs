@@ -125,6 +125,33 @@ async fn shell_state_exit_codes_and_process_groups() {
 }
 
 #[tokio::test]
+async fn a_command_that_cannot_start_says_so() {
+    // A fresh sandbox (no zombies of earlier commands that the agent reaps before the next).
+    let (mut s, _d) = shell_box(true).await;
+    // No process left to start bash with (threads count against the pids limit, and
+    // outlive their cell): CommandStartError, exit code -1; the sandbox goes on.
+    let r = s
+        .exec(
+            "import threading, time\nfor _ in range(64):\n    try:\n        threading.Thread(target=time.sleep, args=(3,), daemon=True).start()\n    except RuntimeError:\n        break",
+            T,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, "Succeeded", "{r:?}");
+    let r = sh(&mut s, "echo never").await;
+    assert_eq!(
+        (r.exit_code, r.error_name.as_deref(), r.stdout.as_str()),
+        (Some(-1), Some("CommandStartError"), ""),
+        "{r:?}"
+    );
+    assert!(r.error_message.unwrap().contains("could not be started"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sh(&mut s, "echo again").await.stdout, "again\n");
+    finish(s).await;
+}
+
+#[tokio::test]
 async fn shell_cannot_see_or_touch_the_host() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
