@@ -878,3 +878,51 @@ async fn hostile_shell_and_node_sessions_are_contained() {
     let v = sh(&s, &shp, "killer", "echo fresh").await;
     assert_eq!(out(&v), "fresh\n");
 }
+
+#[tokio::test]
+async fn a_pool_replaced_with_another_type_starts_over() {
+    node_runtime();
+    let s = Server::start().await;
+    let p = make_pool(&s, "retype", "flip", shell_pool()).await;
+    let v = sh(
+        &s,
+        &p,
+        "keeper",
+        "echo from-shell > /mnt/data/left.txt; echo ok",
+    )
+    .await;
+    assert_eq!(out(&v), "ok\n");
+    // A PUT (not a PATCH) may change the type: the pool's sessions end with their interpreter.
+    let admin = s.admin_token().await;
+    let id = format!(
+        "/subscriptions/{}/resourceGroups/retype/providers/Microsoft.App/sessionPools/flip",
+        s.sub()
+    );
+    let (st, v) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{id}?api-version=2025-07-01"),
+            Some(json!({"location": "local", "properties": node_pool()})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["properties"]["containerType"], "NodeLTS");
+    let v = js(
+        &s,
+        &p,
+        "keeper",
+        "[process.version.startsWith('v'), require('fs').existsSync('/mnt/data/left.txt')]",
+    )
+    .await;
+    assert_eq!(v["result"]["executionResult"], "[ true, false ]", "{v}");
+    let (st, _) = dp(
+        &s,
+        &p,
+        "POST",
+        &format!("executions?api-version={NEWEST}&identifier=keeper"),
+        Some(json!({"shellCommand": "ls"})),
+    )
+    .await;
+    assert_eq!(st, 400);
+}
