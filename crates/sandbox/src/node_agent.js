@@ -250,6 +250,7 @@ async function opExec(req) {
   let timedOut = false;
   let errorName = null;
   let errorMessage = null;
+  let interrupted = false;
   try {
     const cell = prepare(src);
     const opts = { filename: CELL };
@@ -259,7 +260,11 @@ async function opExec(req) {
     if (cell.async) value = await withTimeout(value, timeoutMs - (Date.now() - t0));
   } catch (e) {
     ok = false;
-    if (e instanceof CellTimeout || (e && e.code === 'ERR_SCRIPT_EXECUTION_TIMEOUT')) {
+    if (e && e.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED') {
+      // The supervisor's SIGINT (it gave up waiting): the cell stopped, the session goes on.
+      interrupted = true;
+      ERR.write('Interrupted\n');
+    } else if (e instanceof CellTimeout || (e && e.code === 'ERR_SCRIPT_EXECUTION_TIMEOUT')) {
       timedOut = true;
       errorName = 'ExecutionTimeout';
       errorMessage = 'the cell ran longer than ' + timeoutMs / 1000 + ' s and was stopped';
@@ -286,7 +291,7 @@ async function opExec(req) {
     result,
     images: [],
     duration_ms: Date.now() - t0,
-    interrupted: false,
+    interrupted,
     timed_out: timedOut,
     error_name: errorName,
     error_message: errorMessage == null ? null : fit(errorMessage, 4096),
