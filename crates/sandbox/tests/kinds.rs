@@ -312,5 +312,18 @@ JSON.stringify(out)"#
         "children outlived the cell: {}",
         s.process_count()
     );
+    // A memory bomb: the memory cgroup (or V8's own heap limit) ends the sandbox; nothing is
+    // left of it.
+    let id = s.id().to_string();
+    let e = s
+        .exec(
+            "const hog = []; for (;;) hog.push(Buffer.alloc(1 << 20, 1))",
+            T,
+            1000,
+        )
+        .await;
+    assert!(matches!(e, Err(SandboxError::Died { .. })), "{e:?}");
+    assert!(!s.is_alive());
     finish(s).await;
+    assert!(common::no_cgroup(&id));
 }
