@@ -429,19 +429,21 @@ def op_exec(req):
 # --- shell commands ---------------------------------------------------------------------------
 # A Shell session runs each command in a fresh `bash` of its own process group (a new session),
 # started in the working directory the previous command ended in and with the variables it had
-# exported: the EXIT trap of the wrapper below writes both (`$PWD`, then `env -0`) to a memfd the
-# agent reads once bash has gone. Nothing else persists: unexported variables, functions, aliases,
-# shell options, traps and background jobs end with the command (its process group is killed when
-# bash exits, and the supervisor kills any stray left in the sandbox after every request).
+# exported: the EXIT trap of the wrapper below writes both (`$PWD`, a NUL, then `declare -px`,
+# which bash prints as input it can read back) to a memfd, using builtins only; the next command's
+# bash starts with an empty environment and sources that script (from another memfd) before it
+# runs the command. Nothing else persists: unexported variables, functions, aliases, shell
+# options, traps and background jobs end with the command (its process group is killed when bash
+# exits, and the supervisor kills any stray left in the sandbox after every request).
 MAX_SHELL_STATE = 1 << 20
-_SHELL_INTERNAL = {"PWD", "OLDPWD", "SHLVL", "_", "CLOISTER_SHELL_COMMAND"}
-_shell_state = {"cwd": DATA, "env": None}
+_shell_state = {"cwd": DATA, "exports": None}
 _SHELL_WRAPPER = r"""
 __cloister_save() {
   __cloister_rc=$?
-  { printf '%%s\0' "$PWD"; command -p env -0; } >&%d 2>/dev/null
+  { printf '%%s\0' "$PWD"; declare -px; } >&%d 2>/dev/null
   exit $__cloister_rc
 }
+%s
 trap __cloister_save EXIT
 __cloister_command=$CLOISTER_SHELL_COMMAND
 unset CLOISTER_SHELL_COMMAND
@@ -449,12 +451,10 @@ eval "$__cloister_command"
 """
 
 
-def _shell_env():
-    env = _shell_state["env"]
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOISTER_")}
-        env.setdefault("PWD", DATA)
-    return dict(env)
+def _first_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOISTER_")}
+    env["PWD"] = DATA
+    return env
 
 
 def _read_shell_state(fd):
@@ -465,20 +465,31 @@ def _read_shell_state(fd):
         data = os.pread(fd, size, 0)
     except OSError:
         return
-    parts = data.split(b"\0")
-    if len(parts) < 2:
+    cwd, sep, exports = data.partition(b"\0")
+    if not sep:
         return
-    cwd = os.fsdecode(parts[0])
-    env = {}
-    for item in parts[1:]:
-        k, sep, v = item.partition(b"=")
-        if not sep or not k:
-            continue
-        k, v = os.fsdecode(k), os.fsdecode(v)
-        if k not in _SHELL_INTERNAL:
-            env[k] = v
+    cwd = os.fsdecode(cwd)
     _shell_state["cwd"] = cwd if cwd.startswith("/") else DATA
-    _shell_state["env"] = env
+    _shell_state["exports"] = exports
+
+
+def _wait(proc, timeout):
+    """Waits for `proc` at most `timeout` seconds, woken by its pidfd the moment it exits
+    (Popen.wait(timeout) polls with growing sleeps); raises subprocess.TimeoutExpired."""
+    import subprocess
+
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        if not p.poll(max(1, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def op_shell(req):
@@ -499,18 +510,25 @@ def op_shell(req):
     exit_code, error_name, error_message = -1, None, None
     t0 = time.monotonic()
     state = os.memfd_create("cloister-shell-state", 0)  # close-on-exec unless passed below
+    restore = None
     proc = None
     try:
-        env = _shell_env()
+        fds = [state]
+        if _shell_state["exports"] is None:
+            env, source = _first_env(), ""
+        else:
+            restore = os.memfd_create("cloister-shell-restore", 0)
+            os.write(restore, _shell_state["exports"])
+            fds.append(restore)
+            env, source = {}, "source /dev/fd/%d 2>/dev/null" % restore
         env["CLOISTER_SHELL_COMMAND"] = command
         cwd = _shell_state["cwd"]
         if not os.path.isdir(cwd):
             cwd = DATA
-        env["PWD"] = cwd
         try:
             proc = subprocess.Popen(
-                ["/bin/bash", "--noprofile", "--norc", "-c", _SHELL_WRAPPER % state],
-                stdin=subprocess.DEVNULL, cwd=cwd, env=env, pass_fds=(state,),
+                ["/bin/bash", "--noprofile", "--norc", "-c", _SHELL_WRAPPER % (state, source)],
+                stdin=subprocess.DEVNULL, cwd=cwd, env=env, pass_fds=tuple(fds),
                 start_new_session=True,
             )
         except (OSError, ValueError) as e:
@@ -519,7 +537,7 @@ def op_shell(req):
             signal.signal(signal.SIGINT, _on_sigint)
             _running = True
             try:
-                exit_code = proc.wait(timeout=timeout)
+                exit_code = _wait(proc, timeout)
                 if exit_code < 0:
                     exit_code = 128 - exit_code
             except subprocess.TimeoutExpired:
@@ -546,6 +564,8 @@ def op_shell(req):
                 _read_shell_state(state)
     finally:
         os.close(state)
+        if restore is not None:
+            os.close(restore)
     for s in (sys.stdout, sys.stderr, _STDOUT, _STDERR):
         try:
             s.flush()

@@ -77,6 +77,19 @@ async fn shell_state_exit_codes_and_process_groups() {
         assert_eq!(r.exit_code, Some(0), "{r:?}");
         let r = sh(&mut s, "pwd; echo \"$A|$B|$C\"").await;
         assert_eq!(r.stdout, "/mnt/data/d\n1|two words|\n");
+        // Any value survives the round trip (newlines, quotes, $, backslashes, UTF-8), and an
+        // unset variable stays unset.
+        let odd = r#"Q=$'line1\nline2 "dq" \'sq\' $HOME \\ \xc3\xa9'"#;
+        sh(&mut s, &format!("export {odd}; unset HOME")).await;
+        let r = sh(
+            &mut s,
+            &format!(
+                "{}; [ \"$Q\" = \"$W\" ] && echo same; echo \"[${{HOME-unset}}]\"",
+                odd.replacen('Q', "W", 1)
+            ),
+        )
+        .await;
+        assert_eq!(r.stdout, "same\n[unset]\n", "{r:?}");
         let r = sh(&mut s, "exit 9").await;
         assert_eq!((r.exit_code, r.status.as_str()), (Some(9), "Failed"));
         // Python code still runs in the same sandbox (a Shell session is a Python sandbox).
