@@ -926,3 +926,91 @@ async fn a_pool_replaced_with_another_type_starts_over() {
     .await;
     assert_eq!(st, 400);
 }
+
+#[tokio::test]
+async fn pool_identities_reach_shell_and_node_sessions() {
+    node_runtime();
+    let s = Server::start().await;
+    let admin = s.admin_token().await;
+    s.create_rg(&admin, "typesmi").await;
+    let uami = format!(
+        "/subscriptions/{}/resourceGroups/typesmi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/worker",
+        s.sub()
+    );
+    let (st, ident) = s
+        .call(
+            &admin,
+            "PUT",
+            &format!("{uami}?api-version=2023-01-31"),
+            Some(json!({"location": "local"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{ident}");
+    let principal = ident["properties"]["principalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let oid = claims(&admin)["oid"].as_str().unwrap().to_string();
+    let token = s
+        .client_token(
+            &s.admin_id(),
+            &s.admin_secret(),
+            "https://dynamicsessions.io",
+        )
+        .await;
+    let mut pools = vec![];
+    for (name, t) in [("mish", "Shell"), ("mijs", "NodeLTS")] {
+        let id = format!(
+            "/subscriptions/{}/resourceGroups/typesmi/providers/Microsoft.App/sessionPools/{name}",
+            s.sub()
+        );
+        let (st, v) = s
+            .call(
+                &admin,
+                "PUT",
+                &format!("{id}?api-version=2025-07-01"),
+                Some(json!({"location": "local",
+                    "identity": {"type": "UserAssigned", "userAssignedIdentities": {uami.clone(): {}}},
+                    "properties": {"containerType": t,
+                        "managedIdentitySettings": [{"identity": uami, "lifecycle": "Main"}]}})),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+        s.assign(&admin, &id, EXECUTOR, &oid).await;
+        pools.push(Pool {
+            endpoint: v["properties"]["poolManagementEndpoint"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            token: token.clone(),
+        });
+    }
+    let v = sh(
+        &s,
+        &pools[0],
+        "mi-user",
+        "curl -sf -H \"X-IDENTITY-HEADER: $IDENTITY_HEADER\" \"$IDENTITY_ENDPOINT?api-version=2019-08-01&resource=https://vault.azure.net\"",
+    )
+    .await;
+    assert_eq!(v["status"], "0", "{v}");
+    let tok: Value = serde_json::from_str(out(&v)).unwrap();
+    let c = claims(tok["access_token"].as_str().unwrap());
+    assert_eq!(
+        (c["oid"].as_str(), c["aud"].as_str()),
+        (Some(principal.as_str()), Some("https://vault.azure.net"))
+    );
+    let v = js(
+        &s,
+        &pools[1],
+        "mi-user",
+        "const r = await fetch(process.env.IDENTITY_ENDPOINT + '?api-version=2019-08-01&resource=https://vault.azure.net', {headers: {'X-IDENTITY-HEADER': process.env.IDENTITY_HEADER}});\n(await r.json()).access_token",
+    )
+    .await;
+    assert_eq!(v["status"], "Succeeded", "{v}");
+    let tok = v["result"]["executionResult"]
+        .as_str()
+        .unwrap()
+        .trim_matches('\'')
+        .to_string();
+    assert_eq!(claims(&tok)["oid"], principal.as_str());
+}

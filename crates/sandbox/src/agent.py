@@ -34,6 +34,15 @@ def _exec_node():
     for k in ("CLOISTER_PRELOAD", "CLOISTER_MPL_CACHE", "MPLBACKEND", "MPLCONFIGDIR", "IPYTHONDIR",
               "PYTHONDONTWRITEBYTECODE"):
         os.environ.pop(k, None)
+    # The session's own variables (the identity binding's secret) must not be in Node's initial
+    # environment, which /proc/PID/environ shows: they go on a pipe Node reads first thing.
+    secret = {k: os.environ.pop(k) for k in ("IDENTITY_HEADER",) if k in os.environ}
+    if secret:
+        r, w = os.pipe()
+        os.write(w, json.dumps(secret).encode())
+        os.close(w)
+        os.set_inheritable(r, True)
+        os.environ["CLOISTER_SECRET_ENV_FD"] = str(r)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -35,6 +35,23 @@ const MAX_LIST_BYTES = 15 << 20;
 const UPLOAD_PREFIX = '.cloister-upload-';
 const CELL = 'cell';
 
+// The session's own variables (see agent.py's _exec_node): set now, never in the environment
+// this process was started with.
+{
+  const fd = Number(process.env.CLOISTER_SECRET_ENV_FD);
+  delete process.env.CLOISTER_SECRET_ENV_FD;
+  if (Number.isInteger(fd) && fd > 2) {
+    try {
+      Object.assign(process.env, JSON.parse(fs.readFileSync(fd, 'utf8')));
+    } catch (e) {
+      /* nothing to set */
+    }
+    try {
+      fs.closeSync(fd);
+    } catch (e) {}
+  }
+}
+
 let acorn = null;
 try {
   acorn = require('acorn');
@@ -522,6 +539,26 @@ function fileError(e) {
   }
   if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') return { kind: 'TooLarge', message: `${DATA} is full: ${e.message}` };
   return { kind: 'Other', message: `${(e && e.name) || 'Error'}: ${(e && e.message) || e}` };
+}
+
+// --- identity forwarder (as agent.py's): 127.0.0.1:IDENTITY_PORT -> the host's socket --------
+const IDENTITY_PORT = 42356;
+const identitySocket = process.env.CLOISTER_IDENTITY_SOCKET || '';
+delete process.env.CLOISTER_IDENTITY_SOCKET;
+if (identitySocket) {
+  const server = net.createServer((conn) => {
+    const up = net.connect(identitySocket);
+    conn.pipe(up);
+    up.pipe(conn);
+    const close = () => {
+      conn.destroy();
+      up.destroy();
+    };
+    conn.on('error', close);
+    up.on('error', close);
+  });
+  server.on('error', () => {});
+  server.listen(IDENTITY_PORT, '127.0.0.1');
 }
 
 // --- main loop -----------------------------------------------------------------------------

@@ -340,3 +340,67 @@ JSON.stringify(out)"#
     finish(s).await;
     assert!(common::no_cgroup(&id));
 }
+
+fn processes_showing(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        for what in ["cmdline", "environ"] {
+            if let Ok(b) = std::fs::read(format!("/proc/{pid}/{what}"))
+                && String::from_utf8_lossy(&b).contains(needle)
+            {
+                found.push(format!("{pid} {what}"));
+            }
+        }
+    }
+    found
+}
+
+/// The identity binding's secret reaches Node's `process.env` and the forwarder works, but the
+/// secret is in no process's initial environment or command line.
+#[tokio::test]
+async fn node_gets_the_identity_secret_on_no_environ_and_forwards_the_socket() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    for fork in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("identity.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::thread::spawn(move || {
+            for c in listener.incoming().flatten().take(1) {
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfrom-host");
+            }
+        });
+        let secret = format!("sekrit-{}", uuid::Uuid::new_v4().simple());
+        let mut cfg = limited(
+            SandboxConfig::new(dir.path().to_path_buf()).with_node_runtime(node_runtime()),
+            fork,
+        );
+        cfg.identity_socket = Some(sock);
+        cfg.identity_header = secret.clone();
+        let mut s = Sandbox::start(&cfg).await.expect("node sandbox starts");
+        let r = js(
+            &mut s,
+            "const t = await (await fetch(process.env.IDENTITY_ENDPOINT)).text(); [process.env.IDENTITY_HEADER, t]",
+        )
+        .await;
+        assert_eq!(
+            r.result,
+            Some(format!("[ '{secret}', 'from-host' ]")),
+            "fork {fork}: {r:?}"
+        );
+        let shown = processes_showing(&secret);
+        assert!(
+            shown.is_empty(),
+            "fork {fork}: the secret is visible: {shown:?}"
+        );
+        finish(s).await;
+    }
+}
