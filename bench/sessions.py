@@ -8,7 +8,9 @@ Runs in the Kernel Gateway venv (bench/out/kg-venv: requests, websocket-client).
   Cloister  (skipped without --cloister-dir) new identifier -> first print(1) from a full ready
           pool, warm 1+1 on one session (HTTPS and plain HTTP), server-side allocation latency
           from /metrics, ready-pool fill and refill rates, live sessions with pandas imported
-          and memory per session.
+          and memory per session; Shell and NodeLTS pools next to a PythonLTS one (phase
+          "types"): new identifier -> first result (`echo 1`, `console.log(1)`, `print(1)`) with a
+          ready pool and with an empty one.
 
 Client-side latencies use one keep-alive connection (http.client) and time.perf_counter().
 Everything measured is written to --out as JSON; the markdown table goes to stdout.
@@ -37,6 +39,13 @@ EXEC_API = "2024-02-02-preview"
 SESSION_API = "2025-02-02-preview"  # DELETE {endpoint}/session
 POOL_API = "2025-07-01"
 EXECUTOR_ROLE = "0fb8eba5-a2bb-4abe-b1c1-49dfad359bb0"
+TYPES_API = "2025-10-02-preview"
+# Pool type, request body, expected stdout (phase "types").
+POOL_TYPES = [
+    ("PythonLTS", {"code": "print(1)"}, "1\n"),
+    ("Shell", {"shellCommand": "echo 1"}, "1\n"),
+    ("NodeLTS", {"code": "console.log(1)"}, "1\n"),
+]
 
 
 def log(*a):
@@ -286,13 +295,14 @@ class Cloister:
         return (f"/subscriptions/{self.sub}/resourceGroups/bench/providers/Microsoft.App/"
                 f"sessionPools/{name}")
 
-    def create_pool(self, name, ready, max_sessions):
+    def create_pool(self, name, ready, max_sessions, container_type="PythonLTS"):
         self.arm("PUT", f"/subscriptions/{self.sub}/resourcegroups/bench?api-version=2021-04-01",
                  {"location": "local"})
         pid = self.pool_id(name)
         p = self.arm("PUT", f"{pid}?api-version={POOL_API}", {
             "location": "local",
             "properties": {
+                "containerType": container_type,
                 "scaleConfiguration": {"maxConcurrentSessions": max_sessions,
                                        "readySessionInstances": ready},
                 "dynamicPoolConfiguration": {"lifecycleConfiguration": {
@@ -344,6 +354,21 @@ class DataPlane:
         t0 = time.perf_counter()
         self.conn.request("POST", f"{self.path}/code/execute?api-version={EXEC_API}"
                                   f"&identifier={identifier}", body=body, headers=self.hdrs)
+        r = self.conn.getresponse()
+        text = r.read()
+        dt = time.perf_counter() - t0
+        try:
+            v = json.loads(text)
+        except ValueError:
+            v = {"raw": text[:300].decode(errors="replace")}
+        return dt, r.status, v
+
+    def executions(self, identifier, body):
+        """POST executions (2025-10-02-preview, flat body): the API Shell pools are driven by."""
+        t0 = time.perf_counter()
+        self.conn.request("POST", f"{self.path}/executions?api-version={TYPES_API}"
+                                  f"&identifier={identifier}", body=json.dumps(body).encode(),
+                          headers=self.hdrs)
         r = self.conn.getresponse()
         text = r.read()
         dt = time.perf_counter() - t0
@@ -461,6 +486,45 @@ def cloister_phase(args, res):
         refill_phase(args, res, cl)
     if "density" in ph:
         density_phase(args, res, cl)
+    if "types" in ph:
+        types_phase(args, res, cl)
+
+
+def types_phase(args, res, cl):
+    """6: new identifier -> first result on a PythonLTS, a Shell and a NodeLTS pool, in the same
+    run: from a ready pool of --types-ready (each request sent once the pool is full again), and
+    from an empty pool (readySessionInstances 0: the sandbox starts on demand)."""
+    note_load(res, "types")
+    R = args.types_ready
+    for ctype, body, want in POOL_TYPES:
+        for ready in (R, 0):
+            key = f"types_{ctype}_{'ready' if ready else 'empty'}"
+            pid, ep = cl.create_pool(f"bench-{ctype.lower()}-{ready}", ready, 600, ctype)
+            if ready and cl.wait_nodes(pid, ready, 300) is None:
+                raise RuntimeError(f"the {ctype} pool never reached {ready} ready instances")
+            dp = DataPlane(cl, ep)
+            # The first request warms the connection and the token path.
+            dt, st, v = dp.executions(str(uuid.uuid4()), body)
+            if st != 200 or v.get("result", {}).get("stdout") != want:
+                raise RuntimeError(f"{ctype} executions does not work: {st} {json.dumps(v)[:500]}")
+            ms, bad = [], 0
+            for i in range(args.types):
+                tw = time.perf_counter()
+                while ready and cl.node_count(pid) < ready + 1 + i and time.perf_counter() - tw < 30:
+                    time.sleep(0.01)
+                if not ready:
+                    time.sleep(0.3)
+                dt, st, v = dp.executions(str(uuid.uuid4()), body)
+                if st == 200 and v.get("result", {}).get("stdout") == want:
+                    ms.append(dt * 1000)
+                else:
+                    bad += 1
+            res[key] = summary(ms)
+            res[key + "_errors"] = bad
+            log(f"{ctype} new identifier -> first result ({'ready' if ready else 'empty'} pool): "
+                f"p50 {res[key]['p50']:.1f} ms, {bad} errors")
+            cl.delete_pool(pid)
+            time.sleep(1)
 
 
 def coldstart_phase(args, res, cl):
@@ -773,6 +837,16 @@ def table(res, args):
     elif res.get("kg_mem_per_kernel"):
         print(f"| 5b. host memory per idle kernel with pandas, MiB (MemAvailable delta, "
               f"{args.kg_mem} kernels) | | | {res['kg_mem_per_kernel'] / 2**20:.0f} | | | | |")
+    if any(res.get(f"types_{t}_{k}") for t, _, _ in POOL_TYPES for k in ("ready", "empty")):
+        for ctype, body, _ in POOL_TYPES:
+            what = body.get("shellCommand") or body.get("code")
+            for kind, label in (("ready", f"ready pool of {args.types_ready}"),
+                                ("empty", "empty pool, started on demand")):
+                r = res.get(f"types_{ctype}_{kind}")
+                if r and r["n"]:
+                    print(f"| 6. {ctype}: new identifier → first `{what}` result (POST executions), "
+                          f"{label}, ms (n={r['n']}, {res.get(f'types_{ctype}_{kind}_errors', 0)} errors) "
+                          f"| {f1(r['p50'])} | {f1(r['p99'])} | | | | | |")
 
 
 def main():
@@ -796,7 +870,9 @@ def main():
     ap.add_argument("--density-seconds", type=float, default=420)
     ap.add_argument("--skip-kg", action="store_true")
     ap.add_argument("--coldstart", type=int, default=10)
-    ap.add_argument("--phases", default="coldstart,alloc,refill,density", help="Cloister phases to run")
+    ap.add_argument("--types", type=int, default=30, help="samples per pool type and pool state (phase types)")
+    ap.add_argument("--types-ready", type=int, default=5)
+    ap.add_argument("--phases", default="coldstart,alloc,refill,density,types", help="Cloister phases to run")
     args = ap.parse_args()
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args)}
     try:

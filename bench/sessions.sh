@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dynamic sessions side by side with Jupyter Kernel Gateway in the same run: new identifier to
 # first print(1), warm 1+1, server-side allocation latency (/metrics), ready-pool fill/refill
-# rate, live sessions with pandas imported and memory per session. Prints a markdown table;
+# rate, live sessions with pandas imported and memory per session, and Shell and NodeLTS pools'
+# new identifier to first result next to Python's. Prints a markdown table;
 # raw figures go to bench/out/sessions.json, logs to bench/out/{cloister,kg}.log.
 #   bench/sessions.sh                 everything (about 5 minutes once built)
 #   KG_ONLY=1 bench/sessions.sh       the Kernel Gateway half only (no Cloister build)
@@ -23,6 +24,7 @@ fi
 
 if [ -z "${KG_ONLY:-}" ]; then
   "$ROOT/scripts/sandbox-runtime.sh"
+  "$ROOT/scripts/sandbox-runtime.sh" --node
   (cd "$ROOT" && cargo build --release --locked -q)
 fi
 

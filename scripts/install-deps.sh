@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap slirp4netns nftables util-linux iproute2; do
+for p in build-essential pkg-config postgresql postgresql-client python3-venv curl ca-certificates bubblewrap slirp4netns nftables util-linux iproute2 git; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -37,6 +37,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # The sessions' Python runtime (numpy, pandas, matplotlib, ...), pinned, built once.
 $SUDO ./scripts/sandbox-runtime.sh
+# The NodeLTS sessions' runtime (Node.js and the pinned packages of crates/sandbox/node-runtime).
+$SUDO ./scripts/sandbox-runtime.sh --node
 if [ "${1:-}" = "--python" ]; then
   PY=python3
   [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -12,6 +12,47 @@ DATA = "/mnt/data"
 DEFAULT_MAX_OUTPUT = 65536
 IDENTITY_PORT = 42356
 
+
+def _exec_node():
+    """A NodeLTS sandbox: node_agent.js serves the protocol on fd 4 instead of this agent. The
+    jail (namespaces, cgroup, uid, seccomp) is already complete; only the program changes."""
+    try:
+        os.close(3)  # bwrap's seccomp program, if still open
+    except OSError:
+        pass
+    if os.environ.pop("CLOISTER_ENV_ON_CHANNEL", "") == "1":
+        # The session's own variables, read unbuffered: nothing past this line is consumed.
+        line = b""
+        while not line.endswith(b"\n"):
+            b = os.read(PROTO_FD, 1)
+            if not b:
+                os._exit(1)
+            line += b
+        os.environ.update(json.loads(line)["env"])
+    node = os.environ.pop("CLOISTER_NODE", "/usr/bin/node")
+    os.environ.pop("CLOISTER_AGENT", None)
+    for k in ("CLOISTER_PRELOAD", "CLOISTER_MPL_CACHE", "MPLBACKEND", "MPLCONFIGDIR", "IPYTHONDIR",
+              "PYTHONDONTWRITEBYTECODE"):
+        os.environ.pop(k, None)
+    # The session's own variables (the identity binding's secret) must not be in Node's initial
+    # environment, which /proc/PID/environ shows: they go on a pipe Node reads first thing.
+    secret = {k: os.environ.pop(k) for k in ("IDENTITY_HEADER",) if k in os.environ}
+    if secret:
+        r, w = os.pipe()
+        os.write(w, json.dumps(secret).encode())
+        os.close(w)
+        os.set_inheritable(r, True)
+        os.environ["CLOISTER_SECRET_ENV_FD"] = str(r)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.execve(node, [node, "/opt/cloister/node_agent.js"], dict(os.environ))
+
+
+if os.environ.get("CLOISTER_AGENT") == "node":
+    _exec_node()
+
 # Not dumpable: no other process of the host, whatever its uid, may ptrace the agent or read
 # its memory (/proc/PID/mem, environ); the agent still reads its own /proc/self/fd and status.
 # Subprocesses that exec become dumpable again (the kernel resets it), forked ones do not.
@@ -394,6 +435,167 @@ def op_exec(req):
     }
 
 
+# --- shell commands ---------------------------------------------------------------------------
+# A Shell session runs each command in a fresh `bash` of its own process group (a new session),
+# started in the working directory the previous command ended in and with the variables it had
+# exported: the EXIT trap of the wrapper below writes both (`$PWD`, a NUL, then `declare -px`,
+# which bash prints as input it can read back) to a memfd, using builtins only; the next command's
+# bash starts with an empty environment and sources that script (from another memfd) before it
+# runs the command. Nothing else persists: unexported variables, functions, aliases, shell
+# options, traps and background jobs end with the command (its process group is killed when bash
+# exits, and the supervisor kills any stray left in the sandbox after every request).
+MAX_SHELL_STATE = 1 << 20
+_shell_state = {"cwd": DATA, "exports": None}
+_SHELL_WRAPPER = r"""
+__cloister_save() {
+  __cloister_rc=$?
+  { printf '%%s\0' "$PWD"; declare -px; } >&%d 2>/dev/null
+  exit $__cloister_rc
+}
+%s
+trap __cloister_save EXIT
+__cloister_command=$CLOISTER_SHELL_COMMAND
+unset CLOISTER_SHELL_COMMAND
+eval "$__cloister_command"
+"""
+
+
+def _first_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOISTER_")}
+    env["PWD"] = DATA
+    return env
+
+
+def _read_shell_state(fd):
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or size > MAX_SHELL_STATE:
+            return
+        data = os.pread(fd, size, 0)
+    except OSError:
+        return
+    cwd, sep, exports = data.partition(b"\0")
+    if not sep:
+        return
+    cwd = os.fsdecode(cwd)
+    _shell_state["cwd"] = cwd if cwd.startswith("/") else DATA
+    _shell_state["exports"] = exports
+
+
+def _wait(proc, timeout):
+    """Waits for `proc` at most `timeout` seconds, woken by its pidfd the moment it exits
+    (Popen.wait(timeout) polls with growing sleeps); raises subprocess.TimeoutExpired."""
+    import subprocess
+
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        if not p.poll(max(1, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
+
+
+def op_shell(req):
+    global _running, _interrupted
+    import subprocess
+
+    limit = req.get("max_output")
+    limit = DEFAULT_MAX_OUTPUT if limit is None else max(0, int(limit))
+    timeout = max(0.001, float(req.get("timeout_ms") or 220000) / 1000.0)
+    command = req.get("command")
+    if not isinstance(command, str):
+        raise FileError("Invalid", "a shell request needs a command")
+    _streams()
+    OUT.start(4 * limit)
+    ERR.start(4 * limit)
+    _interrupted = False
+    timed_out = False
+    exit_code, error_name, error_message = -1, None, None
+    t0 = time.monotonic()
+    state = os.memfd_create("cloister-shell-state", 0)  # close-on-exec unless passed below
+    restore = None
+    proc = None
+    try:
+        fds = [state]
+        if _shell_state["exports"] is None:
+            env, source = _first_env(), ""
+        else:
+            restore = os.memfd_create("cloister-shell-restore", 0)
+            os.write(restore, _shell_state["exports"])
+            fds.append(restore)
+            env, source = {}, "source /dev/fd/%d 2>/dev/null" % restore
+        env["CLOISTER_SHELL_COMMAND"] = command
+        cwd = _shell_state["cwd"]
+        if not os.path.isdir(cwd):
+            cwd = DATA
+        try:
+            proc = subprocess.Popen(
+                ["/bin/bash", "--noprofile", "--norc", "-c", _SHELL_WRAPPER % (state, source)],
+                stdin=subprocess.DEVNULL, cwd=cwd, env=env, pass_fds=tuple(fds),
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as e:
+            error_name, error_message = "CommandStartError", "the command could not be started: %s" % e
+        if proc is not None:
+            signal.signal(signal.SIGINT, _on_sigint)
+            _running = True
+            try:
+                exit_code = _wait(proc, timeout)
+                if exit_code < 0:
+                    exit_code = 128 - exit_code
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                exit_code = -1
+                error_name = "ExecutionTimeout"
+                error_message = "the command ran longer than %g s and was killed" % timeout
+            except KeyboardInterrupt:
+                _interrupted = True
+                exit_code = -1
+            finally:
+                _running = False
+                # The whole process group goes: background jobs and the command itself on a
+                # timeout. (A child that made a session of its own is the supervisor's sweep's.)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    proc.wait(timeout=5)
+                except Exception:
+                    pass
+            if not timed_out and not _interrupted:
+                _read_shell_state(state)
+    finally:
+        os.close(state)
+        if restore is not None:
+            os.close(restore)
+    for s in (sys.stdout, sys.stderr, _STDOUT, _STDERR):
+        try:
+            s.flush()
+        except Exception:
+            pass
+    _streams()
+    return {
+        "status": "Succeeded" if exit_code == 0 else "Failed",
+        "stdout": _text(OUT.take(), limit),
+        "stderr": _text(ERR.take(), limit),
+        "result": None,
+        "images": [],
+        "duration_ms": int((time.monotonic() - t0) * 1000),
+        "interrupted": _interrupted,
+        "timed_out": timed_out,
+        "exit_code": exit_code,
+        "error_name": error_name,
+        "error_message": error_message,
+    }
+
+
 # --- files ------------------------------------------------------------------------------------
 class FileError(Exception):
     def __init__(self, kind, message):
@@ -589,6 +791,7 @@ def op_ping(req):
 
 OPS = {
     "exec": op_exec,
+    "shell": op_shell,
     "write": op_write,
     "read": op_read,
     "list": op_list,

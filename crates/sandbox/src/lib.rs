@@ -92,6 +92,18 @@
 //! root, signals, inspects and kills the sandbox's processes and runs slirp4netns. A
 //! supervisor that is not root runs bwrap as its own uid ([`drops_privileges`]).
 //!
+//! # Shell commands and Node.js
+//! [`Sandbox::shell`] asks the Python agent to run a bash command (`op: shell`): a fresh
+//! `bash --noprofile --norc` per command, in a new session and process group, in the working
+//! directory and with the exported variables the previous command of the sandbox ended with
+//! (written by the command's EXIT trap to a memfd the agent reads back). The agent enforces the
+//! timeout itself (killing the process group, keeping the output so far) and reports the exit
+//! code; the supervisor waits [`AGENT_TIMEOUT_SLACK`] longer before it interrupts.
+//! [`SandboxConfig::with_node_runtime`] makes a template whose agent is `node_agent.js`
+//! ([`Agent::Node`]): the sandbox starts as usual and `agent.py` execs Node before anything
+//! else, so the jail is the same; the Node agent speaks the same protocol (exec with REPL
+//! semantics, the file ops), enforces its own timeouts and answers `flavour: node`.
+//!
 //! # Forked sandboxes
 //! [`Sandbox::start`] forks sandboxes from a per-template zygote by default ([`zygote`]; the
 //! jail each forked child builds for itself is described there); [`SandboxConfig::fork`] off
@@ -123,11 +135,18 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 
 const AGENT: &str = include_str!("agent.py");
+const NODE_AGENT: &str = include_str!("node_agent.js");
 const HOSTS: &str = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 const RESOLV: &str = "nameserver 10.0.2.3\n";
 
 /// Where `scripts/sandbox-runtime.sh` builds the Python runtime by default.
 pub const DEFAULT_RUNTIME_DIR: &str = "/var/lib/cloister/runtime/python";
+/// Where `scripts/sandbox-runtime.sh --node` builds the Node.js runtime (the packages of
+/// `crates/sandbox/node-runtime/package-lock.json`, and `bin/node`) by default.
+pub const DEFAULT_NODE_RUNTIME_DIR: &str = "/var/lib/cloister/runtime/node";
+/// How much longer than an execution's own timeout the supervisor waits for an agent that
+/// enforces the timeout itself (the shell and Node agents), before it interrupts it.
+pub const AGENT_TIMEOUT_SLACK: Duration = Duration::from_secs(2);
 /// The `max_output` the agent applies when a request carries none.
 pub const DEFAULT_MAX_OUTPUT: usize = 65536;
 /// Where [`SandboxConfig::identity_socket`] appears inside the jail.
@@ -283,8 +302,25 @@ pub enum Network {
     Enabled,
 }
 
+/// The program that serves the sandbox's protocol (see the crate docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Agent {
+    /// `agent.py`: IPython for code, bash for shell commands ([`Sandbox::shell`]).
+    #[default]
+    Python,
+    /// `node_agent.js` on `node`, with REPL semantics for JavaScript; `modules` is the
+    /// runtime's `node_modules` (`NODE_PATH`). The sandbox starts as a Python one (forked from a
+    /// zygote of its own template, or bwrap) and its agent execs Node before it says ready.
+    Node {
+        node: PathBuf,
+        modules: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
+    /// Which agent serves the sandbox.
+    pub agent: Agent,
     /// Host directory for the agent script and generated `/etc` files (bound read-only).
     /// [`Sandbox::start`] creates it 0755 with 0644 files; every directory above it must be
     /// traversable by [`SANDBOX_UID`] (see [`WORK_ROOT`]).
@@ -336,6 +372,7 @@ impl SandboxConfig {
     /// and 256 MiB `/mnt/data`.
     pub fn new(work_dir: PathBuf) -> SandboxConfig {
         SandboxConfig {
+            agent: Agent::Python,
             work_dir,
             limits: Limits {
                 memory_bytes: 512 << 20,
@@ -371,6 +408,33 @@ impl SandboxConfig {
         self.zygote_preload = vec!["numpy".into(), "pandas".into()];
         self
     }
+
+    /// A Node.js template: the runtime at `dir` (see `scripts/sandbox-runtime.sh --node`) bound
+    /// read-only, its `bin/node` (or, without one, `/usr/bin/node`) running `node_agent.js`,
+    /// its `node_modules` on `NODE_PATH`. The jail itself starts from the system's plain
+    /// `python3`, which only execs Node: no Python module is preloaded.
+    pub fn with_node_runtime(mut self, dir: impl Into<PathBuf>) -> SandboxConfig {
+        let dir = dir.into();
+        let own = dir.join("bin/node");
+        let (node, modules) = if dir.join("node_modules").is_dir() {
+            (
+                if own.exists() {
+                    own
+                } else {
+                    PathBuf::from("/usr/bin/node")
+                },
+                Some(dir.join("node_modules")),
+            )
+        } else {
+            (PathBuf::from("/usr/bin/node"), None)
+        };
+        self.runtime_dir = modules.as_ref().map(|_| dir);
+        self.python = PathBuf::from("/usr/bin/python3");
+        self.preload = vec![];
+        self.zygote_preload = vec![];
+        self.agent = Agent::Node { node, modules };
+        self
+    }
 }
 
 /// The outcome of running code.
@@ -386,6 +450,19 @@ pub struct ExecResult {
     /// `display()`ed images, in order.
     pub images: Vec<String>,
     pub duration_ms: u64,
+    /// A shell command's exit code ([`Sandbox::shell`]; -1 when it could not start or timed
+    /// out); None for code.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The agent stopped the execution at its timeout (the shell and Node agents enforce it
+    /// themselves, and keep the output so far).
+    #[serde(default)]
+    pub timed_out: bool,
+    /// `CommandStartError`, `ExecutionTimeout`, or a JavaScript error's name, and its message.
+    #[serde(default)]
+    pub error_name: Option<String>,
+    #[serde(default)]
+    pub error_message: Option<String>,
 }
 
 /// An exec reply as parsed: its strings borrowed from the line where they can be, so that
@@ -408,7 +485,19 @@ struct RawExec<'a> {
     images: Vec<Text<'a>>,
     #[serde(default)]
     duration_ms: u64,
+    #[serde(default)]
+    exit_code: Option<i64>,
+    #[serde(default)]
+    timed_out: bool,
+    #[serde(borrow, default)]
+    error_name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    error_message: Option<Text<'a>>,
 }
+
+/// Characters of an exec reply's `error_name` and `error_message` that are kept.
+const MAX_ERROR_NAME: usize = 128;
+const MAX_ERROR_MESSAGE: usize = 4096;
 
 #[derive(Deserialize, Default)]
 struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
@@ -456,6 +545,15 @@ impl RawExec<'_> {
             result: self.result.as_ref().map(|r| r.cut(MAX_RESULT)),
             images,
             duration_ms: self.duration_ms,
+            exit_code: self
+                .exit_code
+                .map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32),
+            timed_out: self.timed_out,
+            error_name: self.error_name.as_ref().map(|t| t.cut(MAX_ERROR_NAME)),
+            error_message: self
+                .error_message
+                .as_ref()
+                .map(|t| t.cut(MAX_ERROR_MESSAGE)),
         })
     }
 }
@@ -722,6 +820,12 @@ fn prepare(
     for (name, content, inside) in extra {
         scripts.push((install(&cfg.work_dir, name, content)?, *inside));
     }
+    if let Agent::Node { .. } = cfg.agent {
+        scripts.push((
+            install(&cfg.work_dir, "node_agent.js", NODE_AGENT)?,
+            "/opt/cloister/node_agent.js",
+        ));
+    }
     let hosts = install(&cfg.work_dir, "hosts", HOSTS)?;
     let resolv = match cfg.network {
         Network::Enabled => Some(install(&cfg.work_dir, "resolv.conf", RESOLV)?),
@@ -758,6 +862,19 @@ fn prepare(
     }
     if !cfg.preload.is_empty() {
         env.push(("CLOISTER_PRELOAD".into(), cfg.preload.join(",")));
+    }
+    if let Agent::Node { node, modules } = &cfg.agent {
+        if !node.exists() {
+            return Err(SandboxError::Start(format!(
+                "no Node.js at {} (install nodejs, or build the runtime with scripts/sandbox-runtime.sh --node)",
+                node.display()
+            )));
+        }
+        env.push(("CLOISTER_AGENT".into(), "node".into()));
+        env.push(("CLOISTER_NODE".into(), node.display().to_string()));
+        if let Some(m) = modules {
+            env.push(("NODE_PATH".into(), m.display().to_string()));
+        }
     }
     if let Some(sock) = &cfg.identity_socket {
         if !sock.exists() {
@@ -838,6 +955,9 @@ fn bwrap_command(cfg: &SandboxConfig, files: &Prepared, zygote: bool) -> tokio::
             "/sbin",
         ])
         .args(["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"])
+        // Debian's alternatives (`awk`, `editor`, ...) are symlinks through /etc/alternatives
+        // into /usr: without it `/usr/bin/awk` dangles (shell sessions need awk).
+        .args(["--ro-bind-try", "/etc/alternatives", "/etc/alternatives"])
         .arg("--ro-bind")
         .arg(&files.hosts)
         .arg("/etc/hosts")
@@ -1445,18 +1565,54 @@ impl Sandbox {
     }
 
     /// Runs `code`; state persists between calls. stdout and stderr are each cut to
-    /// `max_output` characters. On timeout the cell is interrupted (see the crate docs).
+    /// `max_output` characters. On timeout the cell is interrupted (see the crate docs). A Node
+    /// agent stops its cell at `timeout` itself (the reply has `timed_out`, and the output so
+    /// far); the supervisor's interrupt then comes [`AGENT_TIMEOUT_SLACK`] later.
     pub async fn exec(
         &mut self,
         code: &str,
         timeout: Duration,
         max_output: usize,
     ) -> Result<ExecResult, SandboxError> {
-        let id = self
-            .send(json!({"op": "exec", "code": code, "max_output": max_output}))
-            .await?;
+        let deadline = if self.flavour == "node" {
+            timeout + AGENT_TIMEOUT_SLACK
+        } else {
+            timeout
+        };
+        let req = json!({"op": "exec", "code": code, "max_output": max_output,
+                         "timeout_ms": timeout.as_millis() as u64});
+        self.exec_request(req, deadline, timeout, max_output).await
+    }
+
+    /// Runs a bash command (Python agent only) in `/mnt/data` or wherever the previous command
+    /// of this sandbox left its working directory, with the variables it exported (see
+    /// `agent.py`). The agent runs it in a process group of its own and kills that group when
+    /// the command ends or at `timeout` (`timed_out`, exit code -1, the output so far); the
+    /// after-exec sweep then kills whatever else the command left. `exit_code` is bash's (128+N
+    /// for a command killed by signal N), or -1 with `error_name` `CommandStartError` when bash
+    /// could not be started.
+    pub async fn shell(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecResult, SandboxError> {
+        let req = json!({"op": "shell", "command": command, "max_output": max_output,
+                         "timeout_ms": timeout.as_millis() as u64});
+        self.exec_request(req, timeout + AGENT_TIMEOUT_SLACK, timeout, max_output)
+            .await
+    }
+
+    async fn exec_request(
+        &mut self,
+        req: Value,
+        deadline: Duration,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecResult, SandboxError> {
+        let id = self.send(req).await?;
         let cap = exec_reply_cap(max_output);
-        let line = match tokio::time::timeout(timeout, self.recv_line(id, cap)).await {
+        let line = match tokio::time::timeout(deadline, self.recv_line(id, cap)).await {
             Ok(r) => r?,
             Err(_) => {
                 self.interrupt();
@@ -1468,6 +1624,12 @@ impl Sandbox {
                         return Err(SandboxError::Timeout(timeout));
                     }
                     Ok(Ok(v)) => v,
+                    // It died under the interrupt (a Node agent whose event loop is blocked
+                    // has no SIGINT handler): still the timeout; the sandbox is gone.
+                    Ok(Err(SandboxError::Died { .. })) => {
+                        self.kill();
+                        return Err(SandboxError::Timeout(timeout));
+                    }
                     Ok(Err(e)) => return Err(e),
                     Err(_) => {
                         self.kill();

@@ -120,6 +120,7 @@ fn key(cfg: &SandboxConfig) -> String {
     let desc = format!(
         "{:?}",
         (
+            &cfg.agent,
             &cfg.python,
             &cfg.runtime_dir,
             &cfg.work_dir,
@@ -236,7 +237,12 @@ impl Zygote {
         let mut files = prepare(cfg, &[("zygote.py", ZYGOTE, "/opt/cloister/zygote.py")])?;
         // Per session, never in the zygote (whose memory every fork copies).
         files.env.retain(|(k, _)| k != SESSION_ENV);
-        let mut preload: Vec<String> = BASE_PRELOAD.iter().map(|s| s.to_string()).collect();
+        // A Node template's sessions exec Node at once: its zygote imports nothing.
+        let base: &[&str] = match cfg.agent {
+            crate::Agent::Python => BASE_PRELOAD,
+            crate::Agent::Node { .. } => &[],
+        };
+        let mut preload: Vec<String> = base.iter().map(|s| s.to_string()).collect();
         preload.extend(cfg.preload.iter().cloned());
         preload.extend(cfg.zygote_preload.iter().cloned());
         files

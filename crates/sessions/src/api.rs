@@ -11,7 +11,9 @@ use crate::Manager;
 use crate::error::DpError;
 use crate::ident::{Query, validate};
 use crate::pool::{Execution, Pool, PoolError, Session};
-use crate::runtime::{ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance};
+use crate::runtime::{
+    ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance, SessionKind,
+};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequest, Request, State};
@@ -239,6 +241,7 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
 
 // ---- execution ------------------------------------------------------------------------
 
+#[derive(Debug)]
 struct ExecReq {
     code: String,
     asynchronous: bool,
@@ -267,7 +270,14 @@ async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes, DpE
         })
 }
 
-fn parse_exec(body: &[u8]) -> Result<ExecReq, DpError> {
+/// The session kind of a pool (its container type; stored pools always have one that runs).
+fn kind_of(pool: &Pool) -> SessionKind {
+    SessionKind::of(pool.spec().container_type).unwrap_or_default()
+}
+
+/// An execution request for a pool of `kind`: `code` (Python, JavaScript) or, for a Shell pool,
+/// `shellCommand`; sending the one a pool does not take is a 400 that names the right one.
+fn parse_exec(body: &[u8], kind: SessionKind) -> Result<ExecReq, DpError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         DpError::new(
             400,
@@ -287,15 +297,49 @@ fn parse_exec(body: &[u8]) -> Result<ExecReq, DpError> {
         Some(p @ Value::Object(_)) => p,
         _ => &v,
     };
-    if get_ci(p, "shellCommand").is_some() {
-        return Err(DpError::bad(
-            "'shellCommand' is for Shell pools; this is a PythonLTS pool, send 'code'.",
-        )
+    let pool_type = match kind {
+        SessionKind::Python => "PythonLTS",
+        SessionKind::Shell => "Shell",
+        SessionKind::Node => "NodeLTS",
+    };
+    if kind == SessionKind::Shell {
+        if get_ci(p, "code").is_some_and(|c| !c.is_null()) {
+            return Err(DpError::bad(
+                "'code' is for code-interpreter pools; this is a Shell pool, send the command as 'shellCommand'.",
+            )
+            .target("code"));
+        }
+        if get_ci(p, "execCommandAndArgs").is_some_and(|c| !c.is_null()) {
+            return Err(DpError::bad(
+                "'execCommandAndArgs' is not supported; send the command line as 'shellCommand'.",
+            )
+            .target("execCommandAndArgs"));
+        }
+    } else if get_ci(p, "shellCommand").is_some_and(|c| !c.is_null()) {
+        return Err(DpError::bad(format!(
+            "'shellCommand' is for Shell pools; this is a {pool_type} pool, send 'code'."
+        ))
         .target("shellCommand"));
     }
-    let code = match get_ci(p, "code") {
+    let field = if kind == SessionKind::Shell {
+        "shellCommand"
+    } else {
+        "code"
+    };
+    let code = match get_ci(p, field) {
+        Some(Value::String(s)) if kind == SessionKind::Shell && s.trim().is_empty() => {
+            return Err(DpError::bad("'shellCommand' is empty.").target(field));
+        }
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(DpError::bad("'code' must be a string.").target("code")),
+        Some(_) => return Err(DpError::bad(format!("'{field}' must be a string.")).target(field)),
+        None if kind == SessionKind::Shell => {
+            return Err(DpError::new(
+                400,
+                "SessionPropertiesMissing",
+                "The request must carry 'shellCommand' (and optionally codeInputType, executionType, timeoutInSeconds).",
+            )
+            .target(field));
+        }
         None => {
             return Err(DpError::new(
                 400,
@@ -315,9 +359,12 @@ fn parse_exec(body: &[u8]) -> Result<ExecReq, DpError> {
         "inlinebase64" => {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(code.trim())
-                .map_err(|_| DpError::bad("'code' is not valid base64.").target("code"))?;
-            String::from_utf8(raw)
-                .map_err(|_| DpError::bad("The decoded 'code' is not UTF-8.").target("code"))?
+                .map_err(|_| {
+                    DpError::bad(format!("'{field}' is not valid base64.")).target(field)
+                })?;
+            String::from_utf8(raw).map_err(|_| {
+                DpError::bad(format!("The decoded '{field}' is not UTF-8.")).target(field)
+            })?
         }
         other => {
             return Err(DpError::bad(format!(
@@ -373,6 +420,13 @@ const TIMED_OUT: &str = "Request timed out waiting for code execution to complet
 
 /// stderr as the client sees it, with Azure's messages for timeouts and aborts.
 fn client_stderr(o: &ExecOutcome) -> String {
+    if o.exit_code.is_some() {
+        // A shell command's stderr is its own; errorName/errorMessage say why it stopped.
+        return match o.status {
+            ExecStatus::Aborted if o.stderr.is_empty() => "Execution aborted".into(),
+            _ => o.stderr.clone(),
+        };
+    }
     let note = match o.status {
         ExecStatus::TimedOut => TIMED_OUT,
         ExecStatus::Aborted => "Execution aborted",
@@ -397,14 +451,7 @@ async fn run_in(
     max_output: usize,
 ) -> ExecOutcome {
     let Some(inst) = guard.as_mut() else {
-        return ExecOutcome {
-            status: ExecStatus::Aborted,
-            stdout: String::new(),
-            stderr: "the session ended".into(),
-            result: None,
-            images: vec![],
-            duration_ms: 0,
-        };
+        return ExecOutcome::empty(ExecStatus::Aborted, "the session ended".into(), 0);
     };
     let t0 = Instant::now();
     let mut out = inst.exec(code, timeout, max_output).await;
@@ -439,7 +486,8 @@ pub fn legacy_result(o: &ExecOutcome) -> Value {
 async fn legacy_execute(ctx: &Ctx, req: Request) -> Res {
     let identifier = ctx.identifier()?;
     let b = body_bytes(req, MAX_CODE_BODY).await?;
-    let r = parse_exec(&b)?;
+    let kind = kind_of(&ctx.pool);
+    let r = parse_exec(&b, kind)?;
     let (sess, guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
     let o = run_in(
         &ctx.pool,
@@ -450,28 +498,58 @@ async fn legacy_execute(ctx: &Ctx, req: Request) -> Res {
         r.max_output.unwrap_or(LEGACY_OUTPUT),
     )
     .await;
-    let status = if o.status == ExecStatus::Succeeded {
-        "Success"
-    } else {
-        "Failure"
+    let status = match o.exit_code {
+        Some(0) => "Success",
+        Some(_) => "Failure",
+        None if o.status == ExecStatus::Succeeded => "Success",
+        None => "Failure",
     };
+    let mut props = json!({
+        "$id": "2",
+        "status": status,
+        "stdout": o.stdout,
+        "stderr": client_stderr(&o),
+        "result": legacy_result(&o),
+        "executionTimeInMilliseconds": o.duration_ms,
+    });
+    match kind {
+        // The documented NodeLTS response names the value `executionResult`; the Python
+        // clients index `result`: both are there.
+        SessionKind::Node => {
+            props["executionResult"] = json!(o.result.clone().unwrap_or_default());
+        }
+        SessionKind::Shell => {
+            props["result"] = json!("");
+            props["exitCode"] = json!(o.exit_code);
+        }
+        SessionKind::Python => {}
+    }
+    add_error(&mut props, &o);
     Ok(json_resp(
         StatusCode::OK,
-        json!({
-            "$id": "1",
-            "properties": {
-                "$id": "2",
-                "status": status,
-                "stdout": o.stdout,
-                "stderr": client_stderr(&o),
-                "result": legacy_result(&o),
-                "executionTimeInMilliseconds": o.duration_ms,
-            }
-        }),
+        json!({"$id": "1", "properties": props}),
     ))
 }
 
-fn execution_json(identifier: &str, e: &Execution) -> Value {
+/// `errorName`/`errorMessage` of a failed execution, when the runtime said why.
+fn add_error(v: &mut Value, o: &ExecOutcome) {
+    if o.status == ExecStatus::Succeeded && o.exit_code.is_none_or(|c| c == 0) {
+        return;
+    }
+    if let Some(n) = &o.error_name {
+        v["errorName"] = json!(n);
+    }
+    if let Some(m) = &o.error_message {
+        v["errorMessage"] = json!(m);
+    } else if o.status == ExecStatus::Aborted {
+        v["errorMessage"] = json!(o.stderr);
+    }
+}
+
+fn execution_json(identifier: &str, e: &Execution, kind: SessionKind) -> Value {
+    if kind == SessionKind::Shell {
+        return shell_execution_json(identifier, e);
+    }
     let (status, result) = match &e.outcome {
         None => ("Running", Value::Null),
         Some(o) => (
@@ -488,13 +566,44 @@ fn execution_json(identifier: &str, e: &Execution) -> Value {
             }),
         ),
     };
-    json!({
+    let mut v = json!({
         "id": e.id,
         "identifier": identifier,
         "executionType": if e.asynchronous { "Asynchronous" } else { "Synchronous" },
         "status": status,
         "result": result,
-    })
+    });
+    if let Some(o) = &e.outcome {
+        add_error(&mut v, o);
+    }
+    v
+}
+
+/// A Shell pool's execution: `status` is the exit code as a string (what LangChain's
+/// `SessionsBashTool` reads) and `exitCode` the same as an integer (what Microsoft's in-container
+/// shell API returns); -1 with `errorName` `CommandStartError` or `ExecutionTimeout` when the
+/// command could not start or was killed at its timeout. `Running` while an asynchronous one runs.
+fn shell_execution_json(identifier: &str, e: &Execution) -> Value {
+    let mut v = json!({
+        "id": e.id,
+        "identifier": identifier,
+        "executionType": if e.asynchronous { "Asynchronous" } else { "Synchronous" },
+        "status": "Running",
+        "exitCode": null,
+        "result": null,
+    });
+    if let Some(o) = &e.outcome {
+        let code = o.exit_code.unwrap_or(-1);
+        v["status"] = json!(code.to_string());
+        v["exitCode"] = json!(code);
+        v["result"] = json!({
+            "stdout": o.stdout,
+            "stderr": client_stderr(o),
+            "executionTimeInMilliseconds": o.duration_ms,
+        });
+        add_error(&mut v, o);
+    }
+    v
 }
 
 fn operation_id(headers: &HeaderMap) -> String {
@@ -536,7 +645,8 @@ async fn execute(ctx: &Ctx, req: Request) -> Res {
     let identifier = ctx.identifier()?;
     let op = operation_id(req.headers());
     let b = body_bytes(req, MAX_CODE_BODY).await?;
-    let r = parse_exec(&b)?;
+    let kind = kind_of(&ctx.pool);
+    let r = parse_exec(&b, kind)?;
     let max_output = r.max_output.unwrap_or(NEW_API_DEFAULT_OUTPUT);
     let (sess, guard) = ctx.pool.session(&identifier).await.map_err(pool_err)?;
     let mut e = Execution {
@@ -555,7 +665,10 @@ async fn execute(ctx: &Ctx, req: Request) -> Res {
             s2.record(e);
         });
         let rec = sess.execution(&op).expect("just recorded");
-        let resp = json_resp(StatusCode::ACCEPTED, execution_json(&identifier, &rec));
+        let resp = json_resp(
+            StatusCode::ACCEPTED,
+            execution_json(&identifier, &rec, kind),
+        );
         return Ok(with_operation(resp, ctx, &identifier, &op));
     }
     let o = run_in(&ctx.pool, &sess, guard, &r.code, r.timeout, max_output).await;
@@ -566,7 +679,7 @@ async fn execute(ctx: &Ctx, req: Request) -> Res {
     } else {
         StatusCode::ACCEPTED
     };
-    let resp = json_resp(code, execution_json(&identifier, &e));
+    let resp = json_resp(code, execution_json(&identifier, &e, kind));
     Ok(with_operation(resp, ctx, &identifier, &op))
 }
 
@@ -585,7 +698,10 @@ async fn get_execution(ctx: &Ctx, id: &str) -> Res {
             format!("There is no execution '{id}' in session '{identifier}'."),
         )
     })?;
-    Ok(json_resp(StatusCode::OK, execution_json(&identifier, &e)))
+    Ok(json_resp(
+        StatusCode::OK,
+        execution_json(&identifier, &e, kind_of(&ctx.pool)),
+    ))
 }
 
 // ---- files ------------------------------------------------------------------------------
@@ -1055,24 +1171,30 @@ async fn list_sessions(ctx: &Ctx, management: bool) -> Res {
 }
 
 async fn metadata(dp: &DataPlane, ctx: &Ctx) -> Res {
-    let info = dp.manager.runtime().info();
+    let info = dp.manager.runtime().info(kind_of(&ctx.pool));
     let pkgs: Vec<Value> = info
         .packages
         .iter()
         .map(|(n, v)| json!({"name": n, "version": v}))
         .collect();
+    let (kname, kversion, kurl, kdesc) = &info.kernel;
+    let kversion = if kversion.is_empty() {
+        &info.version
+    } else {
+        kversion
+    };
     Ok(json_resp(
         StatusCode::OK,
         json!({
-            "runtimes": [{"name": "python", "version": info.python_version}],
+            "runtimes": [{"name": info.name, "version": info.version}],
             "preInstalledPackages": pkgs,
             "createdAt": rfc3339_ms(ctx.pool.created_ms),
             "lastUpdatedAt": rfc3339_ms(ctx.pool.updated_ms()),
             "jupyterKernel": {
-                "name": "python3",
-                "version": info.python_version,
-                "projectUrl": "https://ipython.org",
-                "description": "IPython's InteractiveShell inside Cloister's sandbox agent",
+                "name": kname,
+                "version": kversion,
+                "projectUrl": kurl,
+                "description": kdesc,
             },
         }),
     ))
@@ -1084,12 +1206,8 @@ mod tests {
 
     fn o(result: Option<&str>) -> ExecOutcome {
         ExecOutcome {
-            status: ExecStatus::Succeeded,
-            stdout: String::new(),
-            stderr: String::new(),
             result: result.map(str::to_string),
-            images: vec![],
-            duration_ms: 1,
+            ..ExecOutcome::empty(ExecStatus::Succeeded, String::new(), 1)
         }
     }
 
@@ -1119,9 +1237,9 @@ mod tests {
 
     #[test]
     fn exec_bodies() {
-        let r = parse_exec(br#"{"properties":{"codeInputType":"inline","executionType":"synchronous","code":"1"}}"#).unwrap();
+        let r = parse_exec(br#"{"properties":{"codeInputType":"inline","executionType":"synchronous","code":"1"}}"#, SessionKind::Python).unwrap();
         assert_eq!(r.code, "1");
-        let r = parse_exec(br#"{"CodeInputType":"InlineBase64","ExecutionType":"Asynchronous","Code":"MSsx","timeoutInSeconds":5}"#).unwrap();
+        let r = parse_exec(br#"{"CodeInputType":"InlineBase64","ExecutionType":"Asynchronous","Code":"MSsx","timeoutInSeconds":5}"#, SessionKind::Python).unwrap();
         assert_eq!(
             (r.code.as_str(), r.asynchronous, r.timeout.as_secs()),
             ("1+1", true, 5)
@@ -1136,7 +1254,40 @@ mod tests {
             br#"{"code":"1","codeInputType":"file"}"#,
             br#"not json"#,
         ] {
-            assert!(parse_exec(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_exec(bad, SessionKind::Python).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn shell_bodies() {
+        let sh = SessionKind::Shell;
+        let r = parse_exec(br#"{"shellCommand":"echo hi"}"#, sh).unwrap();
+        assert_eq!((r.code.as_str(), r.asynchronous), ("echo hi", false));
+        let r = parse_exec(br#"{"properties":{"codeInputType":"Inline","executionType":"Synchronous","shellCommand":"ls","timeoutInSeconds":7}}"#, sh).unwrap();
+        assert_eq!((r.code.as_str(), r.timeout.as_secs()), ("ls", 7));
+        let r = parse_exec(
+            br#"{"codeInputType":"inlinebase64","shellCommand":"ZWNobyAx"}"#,
+            sh,
+        )
+        .unwrap();
+        assert_eq!(r.code, "echo 1");
+        for bad in [
+            &br#"{"code":"print(1)"}"#[..],
+            br#"{"shellCommand":"ls","code":"x"}"#,
+            br#"{"shellCommand":""}"#,
+            br#"{"shellCommand":5}"#,
+            br#"{"execCommandAndArgs":["ls"]}"#,
+            br#"{}"#,
+        ] {
+            let e = parse_exec(bad, sh).unwrap_err();
+            assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(bad));
+        }
+        for k in [SessionKind::Python, SessionKind::Node] {
+            assert!(parse_exec(br#"{"shellCommand":"ls"}"#, k).is_err());
         }
     }
 }

@@ -7,7 +7,7 @@
 use crate::Manager;
 use crate::api::{Authorizer, endpoint};
 use crate::error::DpError;
-use crate::runtime::SessionSpec;
+use crate::runtime::{SessionKind, SessionSpec};
 use crate::spec::PoolSpec;
 use cloister_arm::provider::{Platform, Provider, Write};
 use cloister_arm::registry::{ProviderSpec, TypeSpec};
@@ -239,6 +239,8 @@ const BINDING_TTL: i64 = 7 * 86400;
 /// `IDENTITY_HEADER` inside its sessions.
 async fn session_spec(st: &SessionPools, r: &Resource, spec: &PoolSpec) -> SessionSpec {
     let mut ss = SessionSpec {
+        // A stored pool always has a type the runtime runs (PoolSpec::parse refuses others).
+        kind: SessionKind::of(spec.container_type).unwrap_or_default(),
         network: spec.network,
         identity_socket: None,
         identity_header: None,

@@ -1,8 +1,12 @@
 //! The embedded default runtime: one bubblewrap sandbox per session (see `cloister-sandbox`).
+//!
+//! Python and Shell sessions share one template (the Python agent runs bash for shell commands),
+//! so they fork from the same zygote; Node sessions use a template of their own (the Node
+//! runtime bound, `node_agent.js` as the agent), and so a zygote of their own.
 
 use crate::runtime::{
     ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance, Runtime, RuntimeInfo,
-    SessionSpec, StartError,
+    SessionKind, SessionSpec, StartError,
 };
 use crate::spec::Network;
 use async_trait::async_trait;
@@ -10,18 +14,143 @@ use cloister_sandbox::{Sandbox, SandboxConfig, SandboxError};
 use std::time::Duration;
 
 pub struct BwrapRuntime {
+    /// The template of Python and Shell sessions.
     pub cfg: SandboxConfig,
-    info: RuntimeInfo,
+    /// The template of Node sessions: `cfg` with the Node runtime ([`BwrapRuntime::with_node_runtime`]).
+    pub node_cfg: SandboxConfig,
+    python: RuntimeInfo,
+    shell: RuntimeInfo,
+    node: RuntimeInfo,
 }
 
 impl BwrapRuntime {
+    /// Node sessions use [`cloister_sandbox::DEFAULT_NODE_RUNTIME_DIR`] (or, without it, the
+    /// system's `node` and no packages) unless [`BwrapRuntime::with_node_runtime`] says otherwise.
     pub fn new(cfg: SandboxConfig) -> BwrapRuntime {
-        let info = RuntimeInfo {
-            python_version: python_version(&cfg.python),
+        let python = RuntimeInfo {
+            name: "python".into(),
+            version: python_version(&cfg.python),
             packages: runtime_packages(&cfg.python),
+            kernel: (
+                "python3".into(),
+                String::new(),
+                "https://ipython.org".into(),
+                "IPython's InteractiveShell inside Cloister's sandbox agent".into(),
+            ),
         };
-        BwrapRuntime { cfg, info }
+        let shell = RuntimeInfo {
+            name: "bash".into(),
+            version: tool_version("/bin/bash"),
+            packages: {
+                let mut seen = std::collections::HashSet::new();
+                SHELL_TOOLS
+                    .iter()
+                    .filter(|(name, bin)| std::path::Path::new(bin).exists() && seen.insert(*name))
+                    .map(|(name, bin)| (name.to_string(), tool_version(bin)))
+                    .collect()
+            },
+            kernel: (
+                "bash".into(),
+                String::new(),
+                "https://www.gnu.org/software/bash/".into(),
+                "GNU bash, one process group per command, inside Cloister's sandbox agent".into(),
+            ),
+        };
+        BwrapRuntime {
+            node_cfg: cfg.clone(),
+            cfg,
+            python,
+            shell,
+            node: RuntimeInfo::default(),
+        }
+        .with_node_runtime(cloister_sandbox::DEFAULT_NODE_RUNTIME_DIR)
     }
+
+    /// Node sessions run the Node runtime at `dir` (see `scripts/sandbox-runtime.sh --node`).
+    pub fn with_node_runtime(mut self, dir: impl Into<std::path::PathBuf>) -> BwrapRuntime {
+        let dir = dir.into();
+        self.node_cfg = self.cfg.clone().with_node_runtime(&dir);
+        let node = match &self.node_cfg.agent {
+            cloister_sandbox::Agent::Node { node, .. } => node.clone(),
+            cloister_sandbox::Agent::Python => "/usr/bin/node".into(),
+        };
+        self.node = RuntimeInfo {
+            name: "node".into(),
+            version: tool_version(&node.display().to_string()),
+            packages: if self.node_cfg.runtime_dir.is_some() {
+                node_packages(&dir)
+            } else {
+                vec![]
+            },
+            kernel: (
+                "node".into(),
+                String::new(),
+                "https://nodejs.org".into(),
+                "A Node.js REPL (vm, util.inspect results, top-level await) inside Cloister's sandbox agent".into(),
+            ),
+        };
+        self
+    }
+
+    fn template(&self, kind: SessionKind) -> &SandboxConfig {
+        match kind {
+            SessionKind::Python | SessionKind::Shell => &self.cfg,
+            SessionKind::Node => &self.node_cfg,
+        }
+    }
+}
+
+/// Tools a Shell session finds on its PATH (the host's `/usr`, bound read-only), listed with
+/// their versions in the pool's `metadata`.
+const SHELL_TOOLS: &[(&str, &str)] = &[
+    ("coreutils", "/usr/bin/ls"),
+    ("grep", "/usr/bin/grep"),
+    ("sed", "/usr/bin/sed"),
+    ("gawk", "/usr/bin/gawk"),
+    ("git", "/usr/bin/git"),
+    ("git", "/usr/local/bin/git"),
+    ("curl", "/usr/bin/curl"),
+    ("python3", "/usr/bin/python3"),
+    ("node", "/usr/bin/node"),
+];
+
+/// The first version-looking word of `BIN --version`'s first line ("unknown" if none).
+fn tool_version(bin: &str) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = text.lines().next()?.to_string();
+            line.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+                .map(|w| w.trim_start_matches('v'))
+                .find(|w| w.starts_with(|c: char| c.is_ascii_digit()) && w.contains('.'))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The pinned dependencies of the Node runtime (its `package.json`: exact versions).
+fn node_packages(dir: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("package.json")) else {
+        return vec![];
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return vec![];
+    };
+    let mut out: Vec<(String, String)> = v["dependencies"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// The pinned packages of the runtime (the list `scripts/sandbox-runtime.sh` installs), or
@@ -51,6 +180,7 @@ fn python_version(python: &std::path::Path) -> String {
 
 struct BwrapInstance {
     sbx: Sandbox,
+    kind: SessionKind,
 }
 
 fn file_error(e: SandboxError) -> FileError {
@@ -94,7 +224,7 @@ fn info(e: cloister_sandbox::FileEntry) -> FileInfo {
 #[async_trait]
 impl Runtime for BwrapRuntime {
     async fn start(&self, spec: &SessionSpec) -> Result<Box<dyn Instance>, StartError> {
-        let mut cfg = self.cfg.clone();
+        let mut cfg = self.template(spec.kind).clone();
         cfg.network = match spec.network {
             Network::EgressDisabled => cloister_sandbox::Network::Disabled,
             Network::EgressEnabled => cloister_sandbox::Network::Enabled,
@@ -105,18 +235,33 @@ impl Runtime for BwrapRuntime {
             .await
             .map_err(|e| StartError(e.to_string()))?;
         // One throwaway cell, so the first real request does not pay IPython's first-run
-        // set-up (about 3 ms): a ready session is a warm one.
-        if let Err(e) = sbx.exec("None", Duration::from_secs(30), 1024).await {
+        // set-up (about 3 ms): a ready session is a warm one. (A shell command starts a fresh
+        // bash anyway; Node's first cell compiles little.)
+        let warm = match spec.kind {
+            SessionKind::Python => Some("None"),
+            SessionKind::Node => Some("undefined"),
+            SessionKind::Shell => None,
+        };
+        if let Some(code) = warm
+            && let Err(e) = sbx.exec(code, Duration::from_secs(30), 1024).await
+        {
             sbx.shutdown().await;
             return Err(StartError(format!(
                 "the interpreter failed its warm-up: {e}"
             )));
         }
-        Ok(Box::new(BwrapInstance { sbx }))
+        Ok(Box::new(BwrapInstance {
+            sbx,
+            kind: spec.kind,
+        }))
     }
 
-    fn info(&self) -> RuntimeInfo {
-        self.info.clone()
+    fn info(&self, kind: SessionKind) -> RuntimeInfo {
+        match kind {
+            SessionKind::Python => self.python.clone(),
+            SessionKind::Shell => self.shell.clone(),
+            SessionKind::Node => self.node.clone(),
+        }
     }
 
     fn sweep(&self) {
@@ -133,9 +278,18 @@ impl Instance for BwrapInstance {
 
     async fn exec(&mut self, code: &str, timeout: Duration, max_output: usize) -> ExecOutcome {
         let t0 = std::time::Instant::now();
-        match self.sbx.exec(code, timeout, max_output).await {
+        let r = match self.kind {
+            SessionKind::Shell => self.sbx.shell(code, timeout, max_output).await,
+            SessionKind::Python | SessionKind::Node => {
+                self.sbx.exec(code, timeout, max_output).await
+            }
+        };
+        let shell = self.kind == SessionKind::Shell;
+        match r {
             Ok(r) => ExecOutcome {
-                status: if r.status == "Succeeded" {
+                status: if r.timed_out {
+                    ExecStatus::TimedOut
+                } else if r.status == "Succeeded" {
                     ExecStatus::Succeeded
                 } else {
                     ExecStatus::Failed
@@ -145,26 +299,41 @@ impl Instance for BwrapInstance {
                 result: r.result,
                 images: r.images,
                 duration_ms: r.duration_ms,
+                exit_code: if shell {
+                    Some(r.exit_code.unwrap_or(-1))
+                } else {
+                    None
+                },
+                error_name: r.error_name,
+                error_message: r.error_message,
             },
-            Err(SandboxError::Timeout(_)) => ExecOutcome {
-                status: ExecStatus::TimedOut,
-                stdout: String::new(),
-                stderr: String::new(),
-                result: None,
-                images: vec![],
-                duration_ms: t0.elapsed().as_millis() as u64,
+            Err(SandboxError::Timeout(t)) => ExecOutcome {
+                exit_code: shell.then_some(-1),
+                error_name: Some("ExecutionTimeout".into()),
+                error_message: Some(format!(
+                    "the execution ran longer than {} s and was stopped",
+                    t.as_secs()
+                )),
+                ..ExecOutcome::empty(
+                    ExecStatus::TimedOut,
+                    String::new(),
+                    t0.elapsed().as_millis() as u64,
+                )
             },
-            Err(e) => ExecOutcome {
-                status: ExecStatus::Aborted,
-                stdout: String::new(),
-                stderr: match e {
+            Err(e) => {
+                let stderr = match e {
                     SandboxError::Died { oom: true } => "the session ran out of memory".to_string(),
                     other => other.to_string(),
-                },
-                result: None,
-                images: vec![],
-                duration_ms: t0.elapsed().as_millis() as u64,
-            },
+                };
+                ExecOutcome {
+                    exit_code: shell.then_some(-1),
+                    ..ExecOutcome::empty(
+                        ExecStatus::Aborted,
+                        stderr,
+                        t0.elapsed().as_millis() as u64,
+                    )
+                }
+            }
         }
     }
 

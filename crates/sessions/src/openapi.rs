@@ -26,7 +26,7 @@ pub fn ops() -> Vec<Op> {
         op(
             "post",
             "/code/execute",
-            "Run code (2024-02-02-preview, 2024-08-02-preview): {properties:{status,stdout,stderr,result}}",
+            "Run code (2024-02-02-preview, 2024-08-02-preview): {properties:{status,stdout,stderr,result}}; NodeLTS pools add executionResult, Shell pools take shellCommand and add exitCode",
         ),
         op(
             "post",
@@ -50,7 +50,7 @@ pub fn ops() -> Vec<Op> {
         op(
             "post",
             "/executions",
-            "Run code synchronously or asynchronously (2024-10-02-preview and later)",
+            "Run code synchronously or asynchronously (2024-10-02-preview and later); a Shell pool takes shellCommand and answers the exit code as status (string) and exitCode",
         ),
         op(
             "get",
@@ -88,14 +88,14 @@ pub fn describe(p: ProviderSpec) -> ProviderSpec {
             .tag("Session pools")
             .summary(
                 "put",
-                "Create or update a session pool (PythonLTS; scaleConfiguration, dynamicPoolConfiguration in both forms, sessionNetworkConfiguration, managedIdentitySettings; ARM's identity block); returns poolManagementEndpoint",
+                "Create or update a session pool (containerType PythonLTS, Shell or NodeLTS; scaleConfiguration, dynamicPoolConfiguration in both forms, sessionNetworkConfiguration, managedIdentitySettings; ARM's identity block); returns poolManagementEndpoint",
             )
             .summary("delete", "Delete a session pool and every session in it")
             .summary("list", "Session pools of a resource group")
             .summary("listBySubscription", "Session pools of a subscription")
             .properties(json!({"type": "object", "properties": {
                 "poolManagementType": {"type": "string"},
-                "containerType": {"type": "string"},
+                "containerType": {"type": "string", "enum": ["PythonLTS", "Shell", "NodeLTS"]},
                 "scaleConfiguration": {"type": "object", "properties": {
                     "maxConcurrentSessions": {"type": "integer"},
                     "readySessionInstances": {"type": "integer"},

@@ -341,7 +341,27 @@ impl Pool {
     }
 
     fn update(&self, spec: PoolSpec, session_spec: SessionSpec) {
+        let retyped = self.spec.read().unwrap().container_type != spec.container_type;
         *self.spec.write().unwrap() = spec;
+        if retyped {
+            // A pool replaced (PUT) with another container type: its sessions run the old
+            // interpreter, so they end; their identifiers get sessions of the new type.
+            let gone: Vec<_> = self
+                .inner
+                .lock()
+                .unwrap()
+                .sessions
+                .drain()
+                .map(|(_, s)| s)
+                .collect();
+            for s in gone {
+                tokio::spawn(async move {
+                    if let Some(i) = s.slot.lock().await.take() {
+                        i.shutdown().await;
+                    }
+                });
+            }
+        }
         let changed = *self.session_spec.read().unwrap() != session_spec;
         *self.session_spec.write().unwrap() = session_spec;
         if changed {

@@ -2,14 +2,41 @@
 //! move files, stop". The embedded default is [`crate::bwrap::BwrapRuntime`] (bubblewrap on
 //! this host); a gVisor (`runsc`) or Kubernetes backend implements the same two traits.
 
-use crate::spec::Network;
+use crate::spec::{ContainerType, Network};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Which interpreter a session runs: the pool's container type, for the types a runtime
+/// executes code or commands in (a custom container is a different kind of instance, an HTTP
+/// endpoint, and has no kind here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionKind {
+    /// IPython: `code` is Python.
+    #[default]
+    Python,
+    /// bash: `code` is a shell command; the outcome carries its exit code.
+    Shell,
+    /// Node.js with REPL semantics: `code` is JavaScript.
+    Node,
+}
+
+impl SessionKind {
+    /// The kind of a pool's sessions, or None for a type no runtime here runs.
+    pub fn of(t: ContainerType) -> Option<SessionKind> {
+        match t {
+            ContainerType::PythonLTS => Some(SessionKind::Python),
+            ContainerType::Shell => Some(SessionKind::Shell),
+            ContainerType::NodeLTS => Some(SessionKind::Node),
+            ContainerType::CustomContainer | ContainerType::GpuBase => None,
+        }
+    }
+}
+
 /// What a new session's sandbox needs besides the runtime's own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionSpec {
+    pub kind: SessionKind,
     pub network: Network,
     /// A host unix socket that answers managed-identity token requests for this pool
     /// (present only when the pool has identities with lifecycle `Main`).
@@ -38,6 +65,29 @@ pub struct ExecOutcome {
     /// PNG images (base64) produced by the code, e.g. matplotlib figures.
     pub images: Vec<String>,
     pub duration_ms: u64,
+    /// A shell command's exit code (-1 when it could not start or timed out); None for code.
+    pub exit_code: Option<i32>,
+    /// Why it failed, in a word (`CommandStartError`, `ExecutionTimeout`, a JavaScript error's
+    /// name), and the message; None when it succeeded or nothing more is known.
+    pub error_name: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl ExecOutcome {
+    /// An outcome with no output (the sandbox ended, timed out, or never ran the code).
+    pub fn empty(status: ExecStatus, stderr: String, duration_ms: u64) -> ExecOutcome {
+        ExecOutcome {
+            status,
+            stdout: String::new(),
+            stderr,
+            result: None,
+            images: vec![],
+            duration_ms,
+            exit_code: None,
+            error_name: None,
+            error_message: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,18 +132,22 @@ pub struct FileError {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// The interpreter and packages a runtime offers (for the `metadata` API).
+/// The interpreter and packages a runtime offers for one session kind (the `metadata` API).
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeInfo {
-    pub python_version: String,
+    /// `python`, `bash` or `node`.
+    pub name: String,
+    pub version: String,
     pub packages: Vec<(String, String)>,
+    /// (name, version, project URL, description) of what executes the code.
+    pub kernel: (String, String, String, String),
 }
 
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Starts a sandbox and returns once its interpreter has answered.
     async fn start(&self, spec: &SessionSpec) -> Result<Box<dyn Instance>, StartError>;
-    fn info(&self) -> RuntimeInfo;
+    fn info(&self, kind: SessionKind) -> RuntimeInfo;
     /// Removes whatever a previous process of this server left behind (cgroups, processes);
     /// also called at a clean stop, once every sandbox is shut down.
     fn sweep(&self);

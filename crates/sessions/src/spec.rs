@@ -15,6 +15,60 @@ pub enum Network {
     EgressEnabled,
 }
 
+/// What a pool's sessions run (`properties.containerType`). Every type the API has is named
+/// here; [`ContainerType::is_supported`] says which ones this server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContainerType {
+    /// A Python code interpreter (IPython).
+    #[default]
+    PythonLTS,
+    /// A bash shell: `shellCommand` executions.
+    Shell,
+    /// A JavaScript (Node.js) interpreter with REPL semantics.
+    NodeLTS,
+    /// The pool's own image, reached over HTTP (not run by this server yet).
+    CustomContainer,
+    /// A GPU-backed code interpreter (not run by this server).
+    GpuBase,
+}
+
+impl ContainerType {
+    pub const ALL: &'static [ContainerType] = &[
+        ContainerType::PythonLTS,
+        ContainerType::Shell,
+        ContainerType::NodeLTS,
+        ContainerType::CustomContainer,
+        ContainerType::GpuBase,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerType::PythonLTS => "PythonLTS",
+            ContainerType::Shell => "Shell",
+            ContainerType::NodeLTS => "NodeLTS",
+            ContainerType::CustomContainer => "CustomContainer",
+            ContainerType::GpuBase => "GpuBase",
+        }
+    }
+
+    /// The type of a wire name, matched without regard to case.
+    pub fn parse(s: &str) -> Option<ContainerType> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this server can run sessions of this type.
+    pub fn is_supported(self) -> bool {
+        matches!(
+            self,
+            ContainerType::PythonLTS | ContainerType::Shell | ContainerType::NodeLTS
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifecycle {
     Timed,
@@ -32,6 +86,7 @@ pub struct IdentitySetting {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
+    pub container_type: ContainerType,
     pub max_concurrent: u32,
     pub ready: u32,
     pub lifecycle: Lifecycle,
@@ -106,6 +161,7 @@ impl PoolSpec {
             return Err("'properties' must be an object.".into());
         }
         let mut s = base.cloned().unwrap_or(PoolSpec {
+            container_type: ContainerType::PythonLTS,
             max_concurrent: DEFAULT_MAX_SESSIONS,
             ready: DEFAULT_READY,
             lifecycle: Lifecycle::Timed,
@@ -115,24 +171,23 @@ impl PoolSpec {
             identities: vec![],
             environment_id: None,
         });
-        match enum_str(
-            props,
-            "containerType",
-            "properties.containerType",
-            &[
-                "PythonLTS",
-                "CustomContainer",
-                "NodeLTS",
-                "Shell",
-                "GpuBase",
-            ],
-        )? {
-            None | Some("PythonLTS") => {}
-            Some(other) => {
+        let names: Vec<&str> = ContainerType::ALL.iter().map(|t| t.as_str()).collect();
+        if let Some(name) = enum_str(props, "containerType", "properties.containerType", &names)? {
+            let t = ContainerType::parse(name).expect("one of ALL");
+            if !t.is_supported() {
                 return Err(format!(
-                    "containerType '{other}' is not supported yet; Cloister runs PythonLTS code-interpreter pools."
+                    "containerType '{name}' is not supported yet; Cloister runs PythonLTS, Shell and NodeLTS pools."
                 ));
             }
+            if let Some(b) = base
+                && b.container_type != t
+            {
+                return Err(format!(
+                    "containerType cannot be changed (the pool is {}); create a new pool for {name} sessions.",
+                    b.container_type.as_str()
+                ));
+            }
+            s.container_type = t;
         }
         match enum_str(
             props,
@@ -301,7 +356,7 @@ impl PoolSpec {
             json!({"executionType": "Timed", "cooldownPeriodInSeconds": self.cooldown_secs})
         };
         let mut v = json!({
-            "containerType": "PythonLTS",
+            "containerType": self.container_type.as_str(),
             "poolManagementType": "Dynamic",
             "scaleConfiguration": {
                 "maxConcurrentSessions": self.max_concurrent,
@@ -371,6 +426,33 @@ mod tests {
         ] {
             assert!(PoolSpec::parse(&bad, None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn container_types() {
+        for (name, t) in [
+            ("PythonLTS", ContainerType::PythonLTS),
+            ("shell", ContainerType::Shell),
+            ("NODELTS", ContainerType::NodeLTS),
+        ] {
+            let p = PoolSpec::parse(&json!({ "containerType": name }), None).unwrap();
+            assert_eq!(p.container_type, t);
+            assert_eq!(PoolSpec::parse(&p.to_stored(), None).unwrap(), p);
+            assert_eq!(p.to_stored()["containerType"], t.as_str());
+        }
+        for bad in ["CustomContainer", "GpuBase", "Ruby", ""] {
+            let e = PoolSpec::parse(&json!({ "containerType": bad }), None).unwrap_err();
+            assert!(e.contains("containerType"), "{e}");
+        }
+        let shell = PoolSpec::parse(&json!({"containerType": "Shell"}), None).unwrap();
+        // A PATCH without containerType keeps it; one that changes it is refused.
+        let same = PoolSpec::parse(
+            &json!({"scaleConfiguration": {"maxConcurrentSessions": 3}}),
+            Some(&shell),
+        )
+        .unwrap();
+        assert_eq!(same.container_type, ContainerType::Shell);
+        assert!(PoolSpec::parse(&json!({"containerType": "NodeLTS"}), Some(&shell)).is_err());
     }
 
     #[test]
