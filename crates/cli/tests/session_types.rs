@@ -18,34 +18,7 @@ struct Pool {
 }
 
 async fn make_pool(s: &Server, rg: &str, name: &str, props: Value) -> Pool {
-    let admin = s.admin_token().await;
-    s.create_rg(&admin, rg).await;
-    let id = format!(
-        "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.App/sessionPools/{name}",
-        s.sub()
-    );
-    let (st, v) = s
-        .call(
-            &admin,
-            "PUT",
-            &format!("{id}?api-version=2025-07-01"),
-            Some(json!({"location": "local", "properties": props})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let endpoint = v["properties"]["poolManagementEndpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let oid = claims(&admin)["oid"].as_str().unwrap().to_string();
-    s.assign(&admin, &id, EXECUTOR, &oid).await;
-    let token = s
-        .client_token(
-            &s.admin_id(),
-            &s.admin_secret(),
-            "https://dynamicsessions.io",
-        )
-        .await;
+    let (endpoint, token) = s.executor_pool_with(rg, name, props).await;
     Pool { endpoint, token }
 }
 

@@ -302,6 +302,11 @@ impl Server {
     /// Creates resource group `rg` and an empty session pool `pool` in it, makes the admin its
     /// Session Executor, and returns (pool management endpoint, admin's sessions token).
     pub async fn executor_pool(&self, rg: &str, pool: &str) -> (String, String) {
+        self.executor_pool_with(rg, pool, json!({})).await
+    }
+
+    /// As [`Server::executor_pool`], with the pool's `properties`.
+    pub async fn executor_pool_with(&self, rg: &str, pool: &str, props: Value) -> (String, String) {
         let admin = self.admin_token().await;
         self.create_rg(&admin, rg).await;
         let id = format!(
@@ -313,7 +318,7 @@ impl Server {
                 &admin,
                 "PUT",
                 &format!("{id}?api-version=2025-07-01"),
-                Some(json!({"location": "local", "properties": {}})),
+                Some(json!({"location": "local", "properties": props})),
             )
             .await;
         assert_eq!(st, 201, "{v}");
