@@ -8,6 +8,7 @@
 pub mod api;
 pub mod arm;
 pub mod bwrap;
+pub mod container;
 pub mod error;
 pub mod ident;
 pub mod openapi;
