@@ -15,6 +15,7 @@
 mod credentials;
 mod credman;
 mod directory;
+mod leases;
 mod operations;
 mod rbac;
 mod resources;
@@ -23,6 +24,7 @@ mod tokens;
 pub use credentials::*;
 pub use credman::*;
 pub use directory::*;
+pub use leases::*;
 pub use operations::*;
 pub use rbac::*;
 pub use resources::*;
