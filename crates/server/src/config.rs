@@ -39,6 +39,37 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Sessions across nodes: every node with sessions on registers in the store, leases the
+/// sessions it runs there, and serves the others on an internal mutual-TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, unique among the nodes on one store (default: random per process).
+    pub node_id: Option<String>,
+    /// The internal listener (`CLOISTER_INTERNAL_LISTEN`; port 0 picks a free one).
+    pub internal_listen: SocketAddr,
+    /// How other nodes reach it (`CLOISTER_INTERNAL_URL`; default `https://<internal_listen>`).
+    pub internal_url: Option<String>,
+    /// A node silent for this long is dead: its sessions and their share of
+    /// `maxConcurrentSessions` are freed (`CLOISTER_LEASE_TTL`).
+    pub lease_ttl_secs: u64,
+    /// Sandboxes this node runs at most, for placement (`CLOISTER_MAX_SANDBOXES`).
+    pub max_sandboxes: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            internal_listen: "127.0.0.1:0".parse().expect("valid"),
+            internal_url: None,
+            lease_ttl_secs: 10,
+            max_sandboxes: 600,
+        }
+    }
 }
 
 /// Connection limits of each listener (HTTPS and HTTP alike).
@@ -124,6 +155,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             identity: IdentityConfig::default(),
             sessions: SessionsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -206,6 +238,23 @@ impl ServerConfig {
         }
         if let Some(v) = env("SIGNING_ALG") {
             cfg.identity.signing_alg = v;
+        }
+        if let Some(v) = env("NODE_ID") {
+            cfg.cluster.node_id = Some(v);
+        }
+        if let Some(v) = env("INTERNAL_LISTEN") {
+            cfg.cluster.internal_listen = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("CLOISTER_INTERNAL_LISTEN: {e}"))?;
+        }
+        if let Some(v) = env("INTERNAL_URL") {
+            cfg.cluster.internal_url = Some(v);
+        }
+        if let Some(v) = num("LEASE_TTL")? {
+            cfg.cluster.lease_ttl_secs = v;
+        }
+        if let Some(v) = num("MAX_SANDBOXES")? {
+            cfg.cluster.max_sandboxes = u32::try_from(v).unwrap_or(u32::MAX);
         }
         Ok(cfg)
     }

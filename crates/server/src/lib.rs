@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod listen;
+pub mod nodes;
 pub mod openapi;
 pub mod platform;
 pub mod providers;
@@ -99,6 +100,11 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         .ok();
     let acceptor = tls::acceptor(&ca, &cfg.listen, &cfg.tls_names)?;
     let manager = sessions::build_manager(&cfg);
+    // With sessions on, the node joins the cluster of its store before any pool is loaded.
+    let node = match &manager {
+        Some(m) => Some(nodes::start(&cfg, &ca, store.clone(), m).await?),
+        None => None,
+    };
     let pools = Arc::new(cloister_sessions::arm::SessionPools::new(
         manager.clone(),
         id.clone(),
@@ -131,6 +137,9 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         prometheus,
         default_subscription: sub,
         sessions: manager,
+        forwarder: node
+            .as_ref()
+            .map(|n| n.forwarder.clone() as Arc<dyn cloister_sessions::api::Forwarder>),
         credentials: credentials.clone(),
         me: Default::default(),
     });
@@ -147,6 +156,20 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         .upkeep(st.as_ref())
         .await
         .map_err(|e| anyhow::anyhow!("providers' start-up: {}", e.message))?;
+    if st.sessions.is_some() {
+        // Pools written or deleted through other nodes of the store.
+        let pools = pools.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            t.tick().await;
+            loop {
+                t.tick().await;
+                if let Err(e) = pools.sync().await {
+                    tracing::warn!("session pools: syncing with the store: {e}");
+                }
+            }
+        });
+    }
     // Long-running operations a previous run left unfinished end Failed (and keep being swept).
     cloister_arm::operations::recover(st.clone());
     {
@@ -189,7 +212,12 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         });
     }
     // The addresses actually served, for tools that started us on port 0.
-    let endpoints = serde_json::json!({"https": format!("https://{}", cfg.listen), "http": cfg.http_base(), "authority": cfg.public_url()});
+    let endpoints = serde_json::json!({
+        "https": format!("https://{}", cfg.listen),
+        "http": cfg.http_base(),
+        "authority": cfg.public_url(),
+        "internal": node.as_ref().map(|n| n.address.clone()),
+    });
     tls::write_file_0600(
         &cfg.data_dir.join("endpoints.json"),
         endpoints.to_string().as_bytes(),
@@ -213,12 +241,25 @@ pub async fn run(mut cfg: ServerConfig) -> anyhow::Result<()> {
         drain.clone(),
     ));
     if let Some(l) = http {
-        tokio::spawn(listen::serve(l, None, app, limits, drain.clone()));
+        tokio::spawn(listen::serve(l, None, app, limits.clone(), drain.clone()));
+    }
+    if let (Some(n), Some(m)) = (node, &st.sessions) {
+        tokio::spawn(listen::serve(
+            n.listener,
+            Some(n.acceptor),
+            nodes::router(m.clone(), cfg.public_url()),
+            limits,
+            drain.clone(),
+        ));
     }
     shutdown_signal().await;
     // Drain: new work gets 503 + Retry-After (and /readyz 503) while the requests in flight
     // finish, up to the deadline; then the listeners stop and the sandboxes are shut down.
     drain.start();
+    if let Some(m) = &st.sessions {
+        // Other nodes stop placing sessions here and take over the ready pools.
+        m.drain().await;
+    }
     let grace = Duration::from_secs(cfg.drain_timeout_secs);
     tracing::info!(
         in_flight = drain.in_flight(),
@@ -307,6 +348,7 @@ pub fn router(st: Arc<AppState>) -> Router {
                 rbac: st.rbac.clone(),
             }),
             public_url: st.cfg.public_url(),
+            forward: st.forwarder.clone(),
         });
         app = app.merge(
             cloister_sessions::api::router(dp).layer(axum::extract::DefaultBodyLimit::disable()),

@@ -20,6 +20,8 @@ pub struct AppState {
     pub default_subscription: String,
     /// The sandbox pools (None when this host cannot run sandboxes).
     pub sessions: Option<Arc<cloister_sessions::Manager>>,
+    /// Sends session requests to the node that owns the session (with sessions on).
+    pub forwarder: Option<Arc<dyn cloister_sessions::api::Forwarder>>,
     /// The credential manager (vault, runtime, caches).
     pub credentials: Arc<cloister_credentials::Credentials>,
     /// This state itself, for work that outlives a request (long-running operations).

@@ -45,6 +45,18 @@ pub struct DataPlane {
     pub auth: Arc<dyn Authorizer>,
     /// The server's public base URL (scheme, host, port).
     pub public_url: String,
+    /// Sends requests for sessions owned by other nodes to their owner (None on the internal
+    /// channel, whose requests are served where they land, and on a single node).
+    pub forward: Option<Arc<dyn Forwarder>>,
+}
+
+/// The internal channel between nodes, as the data plane uses it.
+#[async_trait::async_trait]
+pub trait Forwarder: Send + Sync + 'static {
+    /// Sends `req` (method, path, query, headers and streamed body, the caller's credential
+    /// removed) to the node at `address`, as `caller` (already authorized here), and returns
+    /// the owner's answer, streamed.
+    async fn forward(&self, address: &str, caller: &str, req: Request) -> Response;
 }
 
 /// The data-plane endpoint of a pool resource.
@@ -106,6 +118,11 @@ fn pool_err(e: PoolError) -> DpError {
             d
         }
         PoolError::Closed => DpError::not_found("SessionPoolNotFound", e.to_string()),
+        PoolError::Contended(_) => {
+            let mut d = DpError::new(503, "SessionAllocationContended", e.to_string());
+            d.retry_after = Some(1);
+            d
+        }
     }
 }
 
@@ -133,6 +150,7 @@ fn decode_seg(s: &str) -> String {
 
 struct Ctx {
     pool: Arc<Pool>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     q: Query,
     api: String,
     endpoint: String,
@@ -171,7 +189,7 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    dp.auth.authorize(authz, &pool_id)?;
+    let caller = dp.auth.authorize(authz, &pool_id)?;
     let pool = dp.manager.pool(&pool_id).ok_or_else(|| {
         DpError::not_found(
             "SessionPoolNotFound",
@@ -183,6 +201,16 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
         tail.pop();
     }
     let q = Query::parse(req.uri().query());
+    // A session another node owns (or that placement gives to another node) is served there.
+    if let (Some(fwd), Some(c), Some(id)) = (&dp.forward, dp.manager.cluster(), q.get("identifier"))
+        && validate(id).is_ok()
+        && pool.get(id).is_none()
+        && let crate::cluster::Route::Node { id: node, address } = c.route(&pool_id, id).await
+    {
+        tracing::debug!(pool = %pool_id, %node, "forwarding to the session's node");
+        metrics::counter!("cloister_sessions_forwarded_total").increment(1);
+        return Ok(fwd.forward(&address, &caller, req).await);
+    }
     let api = q.get("api-version").map(str::to_string).ok_or_else(|| {
         DpError::new(
             400,
@@ -192,6 +220,7 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
     })?;
     let ctx = Ctx {
         endpoint: endpoint(&dp.public_url, &pool_id),
+        cluster: dp.manager.cluster().cloned(),
         pool,
         q,
         api,
@@ -1135,13 +1164,52 @@ async fn list_sessions(ctx: &Ctx, management: bool) -> Res {
             .parse()
             .map_err(|_| DpError::bad("'skip' must be a non-negative integer.").target("skip"))?,
     };
-    let all = ctx.pool.sessions();
+    let mut all: Vec<(i64, String, Value)> = ctx
+        .pool
+        .sessions()
+        .iter()
+        .map(|s| {
+            (
+                s.created_ms,
+                s.identifier.clone(),
+                session_json(&ctx.pool, s, management),
+            )
+        })
+        .collect();
+    // With several nodes, the sessions of the others come from their leases.
+    if let Some(c) = ctx.cluster.as_ref() {
+        let spec = ctx.pool.spec();
+        for l in c.leases(&ctx.pool.id).await {
+            if l.node_id == c.node_id() {
+                continue;
+            }
+            let expire = match spec.lifecycle {
+                crate::spec::Lifecycle::Timed => {
+                    json!(rfc3339_ms(l.created_at + spec.cooldown_secs as i64 * 1000))
+                }
+                crate::spec::Lifecycle::OnContainerExit => {
+                    spec.max_alive_secs.map_or(Value::Null, |m| {
+                        json!(rfc3339_ms(l.created_at + m as i64 * 1000))
+                    })
+                }
+            };
+            let mut v = json!({
+                "identifier": l.identifier,
+                "createdAt": rfc3339_ms(l.created_at),
+                "lastAccessedAt": rfc3339_ms(l.created_at),
+                "etag": l.sandbox_id,
+            });
+            v[if management { "expiresAt" } else { "expireAt" }] = expire;
+            all.push((l.created_at, l.identifier, v));
+        }
+        all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    }
     let count = all.len();
     let page: Vec<Value> = all
-        .iter()
+        .into_iter()
         .skip(skip)
         .take(LIST_PAGE)
-        .map(|s| session_json(&ctx.pool, s, management))
+        .map(|(_, _, v)| v)
         .collect();
     let next = if skip + LIST_PAGE < count {
         let path = if management {

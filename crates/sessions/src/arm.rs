@@ -56,6 +56,8 @@ pub struct SessionPools {
     /// The socket sessions reach the managed-identity endpoint through.
     pub socket: PathBuf,
     bindings: Mutex<HashMap<String, PoolBinding>>,
+    /// The ETag of each pool resource the manager runs, for [`SessionPools::sync`].
+    applied: Mutex<HashMap<String, String>>,
 }
 
 impl SessionPools {
@@ -73,7 +75,44 @@ impl SessionPools {
             public_url,
             socket,
             bindings: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Brings the manager in line with the pool resources in the store, for pools written
+    /// or deleted through other nodes: new and changed ones (by ETag) are applied, gone ones
+    /// stopped. Cheap when nothing changed (one listing per subscription).
+    pub async fn sync(&self) -> Result<(), cloister_store::StoreError> {
+        if self.manager.is_none() {
+            return Ok(());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for sub in self.store.subscription_list().await? {
+            for r in self
+                .store
+                .resource_list(&sub.id, None, Some(POOL_TYPE))
+                .await?
+            {
+                let key = r.id.to_lowercase();
+                let known = self.applied.lock().unwrap().get(&key).cloned();
+                if known.as_deref() != Some(r.etag.as_str()) {
+                    apply(self, &r).await;
+                }
+                seen.insert(key);
+            }
+        }
+        let gone: Vec<String> = self
+            .applied
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            removed(self, &gone).await;
+        }
+        Ok(())
     }
 
     /// Starts every stored pool (server start), and renews in-session identity bindings
@@ -313,6 +352,10 @@ async fn apply(st: &SessionPools, r: &Resource) {
         if let Some(m) = &st.manager {
             m.upsert(&r.id, spec, ss);
         }
+        st.applied
+            .lock()
+            .unwrap()
+            .insert(r.id.to_lowercase(), r.etag.clone());
     }
 }
 
@@ -320,6 +363,7 @@ async fn apply(st: &SessionPools, r: &Resource) {
 async fn removed(st: &SessionPools, ids: &[String]) {
     let Some(m) = &st.manager else { return };
     for id in ids {
+        st.applied.lock().unwrap().remove(&id.to_lowercase());
         m.remove(id).await;
         let gone = st.bindings.lock().unwrap().remove(&id.to_lowercase());
         if let Some((_, secret, _)) = gone

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod arm;
 pub mod bwrap;
+pub mod cluster;
 pub mod container;
 pub mod error;
 pub mod ident;

@@ -11,8 +11,10 @@
 //! - a session leaves the table before its sandbox is shut down, so no request can reach a
 //!   sandbox that is being destroyed (it sees an empty slot and allocates afresh).
 
+use crate::cluster::Cluster;
 use crate::runtime::{ExecOutcome, Instance, Runtime, SessionSpec, StartError};
 use crate::spec::{Lifecycle, PoolSpec};
+use cloister_store::Acquire;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -101,6 +103,10 @@ pub enum PoolError {
     Start(String),
     #[error("The session pool is being deleted.")]
     Closed,
+    /// Another node allocated this identifier's session at the same moment (or this node
+    /// cannot reach the store): a retry reaches the owner.
+    #[error("The session is being allocated elsewhere; retry the request. {0}")]
+    Contended(String),
 }
 
 struct Inner {
@@ -126,6 +132,10 @@ pub struct Pool {
     /// Sandbox starts in flight across all pools: a burst of cold starts queues here instead
     /// of starving every interpreter of CPU at once.
     starts: Arc<tokio::sync::Semaphore>,
+    /// Leases in the store when several nodes serve the pool (always set by the server).
+    cluster: Option<Arc<Cluster>>,
+    /// This node's share of `readySessionInstances` (the whole target without a cluster).
+    ready_share: AtomicU64,
 }
 
 impl Pool {
@@ -252,6 +262,38 @@ impl Pool {
                 }
                 Found::New(s, g, r) => (s, g, r),
             };
+            if let Some(c) = &self.cluster {
+                let max = self.spec.read().unwrap().max_concurrent;
+                let refused = match c.acquire(&self.id, identifier, &sess.etag, max).await {
+                    Ok(Acquire::Acquired) => None,
+                    Ok(Acquire::Owned(l)) if l.node_id == c.node_id() => {
+                        // A lease of ours with no session here: left by a release that did not
+                        // reach the store. It is stale; drop it and allocate again.
+                        let _ = c.release_now(&self.id, identifier, &l.sandbox_id).await;
+                        Some(None)
+                    }
+                    Ok(Acquire::Owned(l)) => Some(Some(PoolError::Contended(format!(
+                        "(owner: node {})",
+                        l.node_id
+                    )))),
+                    Ok(Acquire::Full) => {
+                        metrics::counter!("cloister_sessions_rejected_total").increment(1);
+                        Some(Some(PoolError::MaxSessions(max)))
+                    }
+                    Err(e) => Some(Some(PoolError::Contended(e))),
+                };
+                if let Some(err) = refused {
+                    self.forget(&sess);
+                    if let Some(i) = from_ready {
+                        self.inner.lock().unwrap().ready.push_front(i);
+                    }
+                    drop(guard);
+                    match err {
+                        Some(e) => return Err(e),
+                        None => continue,
+                    }
+                }
+            }
             self.refill.notify_one();
             let inst = match from_ready {
                 Some(i) if i.is_alive() => {
@@ -287,7 +329,9 @@ impl Pool {
                     return Ok((sess, guard));
                 }
                 Err(StartError(e)) => {
-                    self.forget(&sess);
+                    if self.forget(&sess) {
+                        self.release_lease(&sess);
+                    }
                     drop(guard);
                     return Err(PoolError::Start(e));
                 }
@@ -298,7 +342,15 @@ impl Pool {
         ))
     }
 
-    /// Removes a session from the table (if it is still the one there).
+    /// Gives up the store lease of a session that has left the table.
+    fn release_lease(&self, sess: &Session) {
+        if let Some(c) = &self.cluster {
+            c.release(&self.id, &sess.identifier, &sess.etag);
+        }
+    }
+
+    /// Removes a session from the table (if it is still the one there). Its lease is the
+    /// caller's to release.
     fn forget(&self, sess: &Arc<Session>) -> bool {
         let mut inner = self.inner.lock().unwrap();
         match inner.sessions.get(&sess.identifier) {
@@ -317,7 +369,7 @@ impl Pool {
         sess: &Arc<Session>,
         guard: Option<OwnedMutexGuard<Option<Box<dyn Instance>>>>,
     ) {
-        self.forget(sess);
+        let mine = self.forget(sess);
         let mut g = match guard {
             Some(g) => g,
             None => sess.slot.clone().lock_owned().await,
@@ -326,6 +378,11 @@ impl Pool {
             inst.shutdown().await;
         }
         drop(g);
+        // The lease goes after the sandbox: until then no other node may start this
+        // identifier's session.
+        if mine {
+            self.release_lease(sess);
+        }
         self.refill.notify_one();
     }
 
@@ -355,12 +412,23 @@ impl Pool {
                 .map(|(_, s)| s)
                 .collect();
             for s in gone {
+                let cluster = self.cluster.clone();
+                let id = self.id.clone();
                 tokio::spawn(async move {
                     if let Some(i) = s.slot.lock().await.take() {
                         i.shutdown().await;
                     }
+                    if let Some(c) = cluster {
+                        c.release(&id, &s.identifier, &s.etag);
+                    }
                 });
             }
+        }
+        if self.cluster.is_none() {
+            self.ready_share.store(
+                u64::from(self.spec.read().unwrap().ready),
+                Ordering::Relaxed,
+            );
         }
         let changed = *self.session_spec.read().unwrap() != session_spec;
         *self.session_spec.write().unwrap() = session_spec;
@@ -391,6 +459,7 @@ impl Pool {
             if let Some(i) = s.slot.lock().await.take() {
                 i.shutdown().await;
             }
+            self.release_lease(&s);
         }
     }
 
@@ -415,10 +484,9 @@ impl Pool {
                 i.shutdown().await;
             }
             let (target, have) = {
-                let spec = self.spec.read().unwrap();
                 let inner = self.inner.lock().unwrap();
                 (
-                    spec.ready as usize,
+                    self.ready_share.load(Ordering::Relaxed) as usize,
                     inner.ready.len() + inner.starting as usize,
                 )
             };
@@ -524,6 +592,7 @@ pub struct Manager {
     pools: RwLock<HashMap<String, Arc<Pool>>>,
     pub refill_parallelism: u32,
     starts: Arc<tokio::sync::Semaphore>,
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 /// Sandbox starts allowed at once (per server).
@@ -537,6 +606,7 @@ impl Manager {
             pools: RwLock::new(HashMap::new()),
             refill_parallelism: 2,
             starts: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS)),
+            cluster: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&m);
         tokio::spawn(async move {
@@ -556,6 +626,82 @@ impl Manager {
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// The cluster this node serves pools in, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Joins the cluster: sessions are leased in the store from now on. Call before any
+    /// pool is created. Returns once the first heartbeat is written, and keeps beating.
+    pub async fn join(self: &Arc<Self>, cluster: Arc<Cluster>) -> Result<(), String> {
+        debug_assert!(self.pools.read().unwrap().is_empty());
+        if self.cluster.set(cluster.clone()).is_err() {
+            return Err("already in a cluster".into());
+        }
+        self.beat(&cluster).await?;
+        let weak = Arc::downgrade(self);
+        let period = (cluster.ttl() / 4).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(period);
+            loop {
+                t.tick().await;
+                let Some(m) = weak.upgrade() else { break };
+                if let Err(e) = m.beat(&cluster).await {
+                    tracing::warn!("session leases: heartbeat failed: {e}");
+                }
+                if cluster.fenced() {
+                    m.fence().await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// One heartbeat, then every pool's share of its ready target.
+    async fn beat(&self, c: &Cluster) -> Result<(), String> {
+        let pools: Vec<_> = self.pools.read().unwrap().values().cloned().collect();
+        let used: usize = pools
+            .iter()
+            .map(|p| p.session_count() + p.ready_count())
+            .sum();
+        let free = i64::from(c.max_sandboxes()) - used as i64;
+        c.heartbeat(free.max(0), crate::cluster::available_memory())
+            .await?;
+        for p in pools {
+            let ready = p.spec.read().unwrap().ready;
+            let share = u64::from(c.ready_share(ready).await);
+            if p.ready_share.swap(share, Ordering::Relaxed) != share {
+                p.refill.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// This node lost the store for most of a lease's life: other nodes will take its
+    /// sessions over, so it stops them first.
+    async fn fence(&self) {
+        let pools: Vec<_> = self.pools.read().unwrap().values().cloned().collect();
+        for p in pools {
+            let n = p.session_count();
+            if n > 0 {
+                tracing::error!(pool = %p.id, sessions = n, "lost contact with the store; stopping this node's sessions");
+            }
+            for s in p.sessions() {
+                p.delete_session(&s, None).await;
+            }
+        }
+    }
+
+    /// Stops taking new sessions and ready instances (SIGTERM): other nodes take over.
+    pub async fn drain(&self) {
+        if let Some(c) = self.cluster.get() {
+            c.set_draining();
+            if let Err(e) = self.beat(c).await {
+                tracing::warn!("session leases: {e}");
+            }
+        }
     }
 
     pub fn pool(&self, id: &str) -> Option<Arc<Pool>> {
@@ -593,7 +739,23 @@ impl Manager {
             started_total: AtomicU64::new(0),
             refill_parallelism: self.refill_parallelism,
             starts: self.starts.clone(),
+            cluster: self.cluster.get().cloned(),
+            ready_share: AtomicU64::new(0),
         });
+        match &p.cluster {
+            None => p
+                .ready_share
+                .store(u64::from(p.spec.read().unwrap().ready), Ordering::Relaxed),
+            Some(c) => {
+                let (p, c) = (p.clone(), c.clone());
+                tokio::spawn(async move {
+                    let ready = p.spec.read().unwrap().ready;
+                    let share = c.ready_share(ready).await;
+                    p.ready_share.store(u64::from(share), Ordering::Relaxed);
+                    p.refill.notify_one();
+                });
+            }
+        }
         pools.insert(key, p.clone());
         tokio::spawn(p.clone().refill_loop());
         p
@@ -643,6 +805,9 @@ impl Manager {
             .collect();
         for p in pools {
             p.close().await;
+        }
+        if let Some(c) = self.cluster.get() {
+            c.leave().await;
         }
         // The sandboxes are gone; so go their zygotes and cgroups.
         self.runtime.sweep();

@@ -43,7 +43,7 @@ pub struct Lease {
     pub pool_id: String,
     pub identifier: String,
     pub node_id: String,
-    /// The owner's sandbox id (empty while the sandbox is being started).
+    /// The owner's id for the session (its etag): a release names it.
     pub sandbox_id: String,
     pub created_at: i64,
 }
@@ -163,6 +163,7 @@ impl Store {
         pool_id: &str,
         identifier: &str,
         node_id: &str,
+        sandbox_id: &str,
         max: u64,
         now_ms: i64,
     ) -> Result<Acquire> {
@@ -200,11 +201,12 @@ impl Store {
             return Ok(Acquire::Full);
         }
         sqlx::query(
-            "INSERT INTO session_leases (pool_id_lc, identifier, node_id, sandbox_id, created_at) VALUES ($1,$2,$3,'',$4)",
+            "INSERT INTO session_leases (pool_id_lc, identifier, node_id, sandbox_id, created_at) VALUES ($1,$2,$3,$4,$5)",
         )
         .bind(&pool)
         .bind(identifier)
         .bind(node_id)
+        .bind(sandbox_id)
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
@@ -212,42 +214,24 @@ impl Store {
         Ok(Acquire::Acquired)
     }
 
-    /// Records the sandbox behind a lease the node holds; false when it no longer holds it.
-    pub async fn lease_set_sandbox(
+    /// Gives up the lease the node holds for one sandbox (session deleted, cooled down, or its
+    /// start failed). Naming the sandbox makes a late release harmless: it never removes a
+    /// newer lease of the same identifier. Returns whether there was one.
+    pub async fn lease_release(
         &self,
         pool_id: &str,
         identifier: &str,
         node_id: &str,
         sandbox_id: &str,
     ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query(
-            "UPDATE session_leases SET sandbox_id = $4 WHERE pool_id_lc = $1 AND identifier = $2 AND node_id = $3",
+            "DELETE FROM session_leases WHERE pool_id_lc = $1 AND identifier = $2 AND node_id = $3 AND sandbox_id = $4",
         )
         .bind(pool_id.to_lowercase())
         .bind(identifier)
         .bind(node_id)
         .bind(sandbox_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n > 0)
-    }
-
-    /// Gives up a lease the node holds (session deleted, cooled down, or its start failed).
-    /// Returns whether there was one.
-    pub async fn lease_release(
-        &self,
-        pool_id: &str,
-        identifier: &str,
-        node_id: &str,
-    ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        let n = sqlx::query(
-            "DELETE FROM session_leases WHERE pool_id_lc = $1 AND identifier = $2 AND node_id = $3",
-        )
-        .bind(pool_id.to_lowercase())
-        .bind(identifier)
-        .bind(node_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -355,17 +339,14 @@ mod tests {
             st.node_heartbeat(&n("a", 1000, 10_000)).await.unwrap();
             st.node_heartbeat(&n("b", 1000, 10_000)).await.unwrap();
             assert_eq!(
-                st.lease_acquire(POOL, "u1", "a", 10, 1001).await.unwrap(),
-                Acquire::Acquired
-            );
-            assert!(
-                st.lease_set_sandbox(POOL, "u1", "a", "sbx-1")
+                st.lease_acquire(POOL, "u1", "a", "sbx-1", 10, 1001)
                     .await
-                    .unwrap()
+                    .unwrap(),
+                Acquire::Acquired
             );
             // The pool id is matched without regard to case, as ARM ids are.
             match st
-                .lease_acquire(&POOL.to_uppercase(), "u1", "b", 10, 1002)
+                .lease_acquire(&POOL.to_uppercase(), "u1", "b", "sbx-2", 10, 1002)
                 .await
                 .unwrap()
             {
@@ -377,12 +358,15 @@ mod tests {
             }
             // Identifiers are case-sensitive.
             assert_eq!(
-                st.lease_acquire(POOL, "U1", "b", 10, 1002).await.unwrap(),
+                st.lease_acquire(POOL, "U1", "b", "sbx-3", 10, 1002)
+                    .await
+                    .unwrap(),
                 Acquire::Acquired
             );
-            assert!(!st.lease_set_sandbox(POOL, "u1", "b", "x").await.unwrap());
-            assert!(!st.lease_release(POOL, "u1", "b").await.unwrap());
-            assert!(st.lease_release(POOL, "u1", "a").await.unwrap());
+            // Only the holder's release of that very sandbox removes the lease.
+            assert!(!st.lease_release(POOL, "u1", "b", "sbx-1").await.unwrap());
+            assert!(!st.lease_release(POOL, "u1", "a", "sbx-old").await.unwrap());
+            assert!(st.lease_release(POOL, "u1", "a", "sbx-1").await.unwrap());
             assert_eq!(st.lease_get(POOL, "u1", 1003).await.unwrap(), None);
             assert_eq!(st.leases_of_pool(POOL, 1003).await.unwrap().len(), 1);
         }
@@ -395,21 +379,27 @@ mod tests {
             st.node_heartbeat(&n("b", 1000, 100_000)).await.unwrap();
             for id in ["x", "y"] {
                 assert_eq!(
-                    st.lease_acquire(POOL, id, "a", 2, 1001).await.unwrap(),
+                    st.lease_acquire(POOL, id, "a", id, 2, 1001).await.unwrap(),
                     Acquire::Acquired
                 );
             }
             assert_eq!(
-                st.lease_acquire(POOL, "z", "b", 2, 1002).await.unwrap(),
+                st.lease_acquire(POOL, "z", "b", "z1", 2, 1002)
+                    .await
+                    .unwrap(),
                 Acquire::Full
             );
             // a stops heartbeating: at 11_000 its leases lapse.
             assert_eq!(
-                st.lease_acquire(POOL, "z", "b", 2, 11_000).await.unwrap(),
+                st.lease_acquire(POOL, "z", "b", "z2", 2, 11_000)
+                    .await
+                    .unwrap(),
                 Acquire::Acquired
             );
             assert_eq!(
-                st.lease_acquire(POOL, "x", "b", 2, 11_001).await.unwrap(),
+                st.lease_acquire(POOL, "x", "b", "x2", 2, 11_001)
+                    .await
+                    .unwrap(),
                 Acquire::Acquired
             );
             assert_eq!(
@@ -434,7 +424,9 @@ mod tests {
     async fn a_restarted_node_comes_back_without_its_old_leases() {
         for st in stores().await {
             st.node_heartbeat(&n("a", 1000, 10_000)).await.unwrap();
-            st.lease_acquire(POOL, "x", "a", 5, 1001).await.unwrap();
+            st.lease_acquire(POOL, "x", "a", "x1", 5, 1001)
+                .await
+                .unwrap();
             // Renewed in time by the same process: leases kept.
             st.node_heartbeat(&n("a", 5000, 10_000)).await.unwrap();
             assert!(st.lease_get(POOL, "x", 5001).await.unwrap().is_some());
@@ -461,7 +453,7 @@ mod tests {
                 let st = st.clone();
                 tasks.push(tokio::spawn(async move {
                     let node = ["a", "b", "c"][k % 3];
-                    st.lease_acquire(POOL, &format!("id-{k}"), node, 10, 2000)
+                    st.lease_acquire(POOL, &format!("id-{k}"), node, "s", 10, 2000)
                         .await
                         .unwrap()
                 }));
