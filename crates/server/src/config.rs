@@ -47,7 +47,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// This node's id, unique among the nodes on one store (default: random per process).
+    /// This node's id, unique among the nodes on one store (default: one kept in
+    /// `DATA_DIR/node.id`).
     pub node_id: Option<String>,
     /// The internal listener (`CLOISTER_INTERNAL_LISTEN`; port 0 picks a free one).
     pub internal_listen: SocketAddr,

@@ -56,10 +56,10 @@ pub async fn start(
         .unwrap_or_else(|| format!("https://{local}"))
         .trim_end_matches('/')
         .to_string();
-    let node_id = c
-        .node_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let node_id = match &c.node_id {
+        Some(id) => id.clone(),
+        None => stable_node_id(&cfg.data_dir)?,
+    };
     let issued = node_cert(cfg, ca, &node_id, &local, &address)?;
     let acceptor = internal_acceptor(ca, &issued)?;
     let client = client(ca, &issued)?;
@@ -83,6 +83,25 @@ pub async fn start(
         acceptor,
         address,
     })
+}
+
+/// The node id kept in `DATA_DIR/node.id`: a node restarted on its data directory comes back
+/// as itself, so its first heartbeat drops the leases of its previous process at once
+/// (instead of other nodes forwarding to the dead process until its leases lapse).
+fn stable_node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node.id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Ok(s.to_string());
+        }
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    crate::tls::write_file_0600(&path, id.as_bytes())?;
+    Ok(id)
 }
 
 fn node_cert(
