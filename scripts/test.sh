@@ -20,7 +20,10 @@ CLOISTER_SANDBOX_ZYGOTE=0 step 600 cargo test -p cloister-sandbox --locked --tes
 echo "== compatibility tests (azure-identity, MSAL, PyJWT) on SQLite"
 step 900 .venv/bin/python -m pytest -q compat/python
 echo "== tests on PostgreSQL"
-CLOISTER_TEST_PG="$PG" step 1500 cargo test --workspace --locked
+# Only these crates' tests reach the store through CLOISTER_TEST_PG (the store itself, the
+# credential vault, and every HTTP/CLI integration test through a real server); the others
+# (sandboxes, images, containers, pure logic) would only run a second time unchanged.
+CLOISTER_TEST_PG="$PG" step 1500 cargo test --locked -p cloister-store -p cloister-credentials -p cloister
 echo "== compatibility tests on PostgreSQL"
 CLOISTER_TEST_PG="$PG" step 900 .venv/bin/python -m pytest -q compat/python
 echo "all tests passed"
