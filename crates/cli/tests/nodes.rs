@@ -373,3 +373,65 @@ async fn the_internal_channel_refuses_callers_without_a_node_certificate() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
+
+/// The pool's `nodeCount` as node `n` reports it (its own sessions and ready instances).
+async fn node_count(n: &Server, admin: &str, pool_id: &str) -> u64 {
+    let (st, v) = n
+        .call(
+            admin,
+            "GET",
+            &format!("{pool_id}?api-version=2025-07-01"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["properties"]["nodeCount"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_instances_are_split_over_the_nodes_and_a_draining_node_hands_over() {
+    let a = Server::start().await;
+    let mut b = peer(&a, &[]).await;
+    let (_, _token) = a
+        .executor_pool_with(
+            "nodes",
+            "ready",
+            json!({"scaleConfiguration": {"maxConcurrentSessions": 10, "readySessionInstances": 2}}),
+        )
+        .await;
+    let pool_id = format!(
+        "/subscriptions/{}/resourceGroups/nodes/providers/Microsoft.App/sessionPools/ready",
+        a.sub()
+    );
+    // The management audience is the shared public URL (a's), on both nodes.
+    let admin = a.admin_token().await;
+    // Two ready instances for the pool, one on each node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (na, nb) = (
+            node_count(&a, &admin, &pool_id).await,
+            node_count(&b, &admin, &pool_id).await,
+        );
+        if na == 1 && nb == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ready split: a {na}, b {nb}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // b stops (SIGTERM): it leaves the cluster, and a takes the whole ready target.
+    let pid = b.child.as_ref().unwrap().id();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let _ = b.child.take().map(|mut c| c.wait());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let na = node_count(&a, &admin, &pool_id).await;
+        if na == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a holds {na} after b left");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
