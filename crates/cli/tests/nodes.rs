@@ -229,6 +229,7 @@ async fn one_identifier_reaches_one_session_through_every_node() {
 async fn a_burst_over_the_nodes_allocates_at_most_the_maximum() {
     let a = Server::start().await;
     let b = peer(&a, &[]).await;
+    let c = peer(&a, &[]).await;
     let (ep, token) = a
         .executor_pool_with(
             "nodes",
@@ -237,9 +238,11 @@ async fn a_burst_over_the_nodes_allocates_at_most_the_maximum() {
         )
         .await;
     wait_for_pool(&b, &on(&b, &ep, &a), &token).await;
+    wait_for_pool(&c, &on(&c, &ep, &a), &token).await;
+    // 300 new identifiers at once, spread over the three nodes.
     let mut tasks = vec![];
-    for k in 0..24 {
-        let n = if k % 2 == 0 { &a } else { &b };
+    for k in 0..300 {
+        let n = [&a, &b, &c][k % 3];
         let url = format!(
             "{}/executions?api-version={API}&identifier=burst-{k}",
             on(n, &ep, &a)
