@@ -264,7 +264,19 @@ async fn a_burst_over_the_nodes_allocates_at_most_the_maximum() {
         codes.push(t.await.unwrap());
     }
     let ok = codes.iter().filter(|c| **c == 200).count();
-    assert_eq!(ok, 4, "{codes:?}");
+    let mut listed = vec![];
+    for n in [&a, &b, &c] {
+        let (_, v) = call(
+            n,
+            "GET",
+            &format!("{}/listSessions?api-version={API}", on(n, &ep, &a)),
+            &token,
+            None,
+        )
+        .await;
+        listed.push(v);
+    }
+    assert_eq!(ok, 4, "{codes:?} {listed:?}");
     assert!(
         codes.iter().all(|c| matches!(c, 200 | 429 | 503)),
         "{codes:?}"
@@ -278,7 +290,11 @@ async fn a_burst_over_the_nodes_allocates_at_most_the_maximum() {
     )
     .await;
     assert_eq!(st, 200);
-    assert_eq!(v["sessions"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(
+        v["sessions"].as_array().unwrap().len(),
+        4,
+        "{v} {codes:?} {listed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

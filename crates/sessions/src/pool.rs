@@ -648,8 +648,15 @@ impl Manager {
             loop {
                 t.tick().await;
                 let Some(m) = weak.upgrade() else { break };
+                let t0 = Instant::now();
                 if let Err(e) = m.beat(&cluster).await {
                     tracing::warn!("session leases: heartbeat failed: {e}");
+                }
+                if t0.elapsed() > period {
+                    tracing::warn!(
+                        took_ms = t0.elapsed().as_millis() as u64,
+                        "session leases: slow heartbeat"
+                    );
                 }
                 if cluster.fenced() {
                     m.fence().await;

@@ -87,6 +87,26 @@ impl Store {
     /// A node whose row had already expired comes back with none of its old leases (they
     /// were for sandboxes of a process that is gone): they are deleted here.
     pub async fn node_heartbeat(&self, n: &NodeRecord) -> Result<()> {
+        // The common case, a live node renewing itself: one row update, no table lock (so a
+        // heartbeat never queues behind a burst of allocations).
+        let renewed = sqlx::query(
+            "UPDATE nodes SET address = $3, heartbeat_at = $4, expires_at = $5, draining = $6, free_slots = $7, free_memory = $8 \
+             WHERE id = $1 AND started_at = $2 AND expires_at > $4",
+        )
+        .bind(&n.id)
+        .bind(n.started_at)
+        .bind(&n.address)
+        .bind(n.heartbeat_at)
+        .bind(n.expires_at)
+        .bind(i64::from(n.draining))
+        .bind(n.free_slots)
+        .bind(n.free_memory)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if renewed > 0 {
+            return Ok(());
+        }
         let mut tx = self.write_tx_locking(&["nodes", "session_leases"]).await?;
         let prev = sqlx::query("SELECT expires_at, started_at FROM nodes WHERE id = $1")
             .bind(&n.id)
