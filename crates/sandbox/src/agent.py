@@ -380,6 +380,7 @@ def _adopt(shell):
     sys.modules["__main__"] = shell.user_module
     try:
         shell.history_manager.dir_hist[:] = [pathlib.Path.cwd()]
+        os.makedirs(shell.profile_dir.location, mode=0o700, exist_ok=True)
         shell.profile_dir.check_dirs()
     except Exception:
         pass

@@ -153,3 +153,40 @@ async fn a_cell_whose_caller_went_away_is_interrupted() {
     assert!(s.is_alive());
     finish(s).await;
 }
+
+/// The shell a forked session starts with was built and warmed up in the zygote: nothing of
+/// the warm-up cells is left (execution count, history, namespace), `__main__` is the user's
+/// namespace, the working directory and IPython's profile directory are the session's.
+#[tokio::test]
+async fn a_forked_sessions_prebuilt_shell_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = forked(dir.path());
+    let first = Sandbox::start(&cfg).await.expect("starts");
+    let mut s = Sandbox::start(&cfg).await.expect("starts");
+    assert_eq!(s.flavour(), if has_matplotlib(&cfg) { "ipython" } else { "plain" });
+    if s.flavour() == "ipython" {
+        let r = run(
+            &mut s,
+            "import os, sys, __main__\n\
+             ip = get_ipython()\n\
+             (ip.execution_count, len(Out), 'x' in globals(), 'f' in globals(), \
+             __main__.__dict__ is globals(), __name__, os.getcwd(), \
+             [str(d) for d in _dh], os.path.isdir(ip.profile_dir.location))",
+        )
+        .await;
+        assert_eq!(
+            r.result.as_deref(),
+            Some("(1, 0, False, False, True, '__main__', '/mnt/data', ['/mnt/data'], True)"),
+            "{}",
+            r.stderr
+        );
+        let r = run(&mut s, "_i1[:6], 6 * 7").await;
+        assert_eq!(r.result.as_deref(), Some("('import', 42)"), "{}", r.stderr);
+        // Tracebacks still name the cell and go to stderr.
+        let r = s.exec("1/0", T, DEFAULT_MAX_OUTPUT).await.unwrap();
+        assert_eq!(r.status, "Failed");
+        assert!(r.stderr.contains("ZeroDivisionError"), "{}", r.stderr);
+    }
+    finish(s).await;
+    finish(first).await;
+}
