@@ -163,7 +163,14 @@ async fn a_forked_sessions_prebuilt_shell_starts_fresh() {
     let cfg = forked(dir.path());
     let first = Sandbox::start(&cfg).await.expect("starts");
     let mut s = Sandbox::start(&cfg).await.expect("starts");
-    assert_eq!(s.flavour(), if has_matplotlib(&cfg) { "ipython" } else { "plain" });
+    assert_eq!(
+        s.flavour(),
+        if has_matplotlib(&cfg) {
+            "ipython"
+        } else {
+            "plain"
+        }
+    );
     if s.flavour() == "ipython" {
         let r = run(
             &mut s,
