@@ -52,6 +52,9 @@
 //! and the call returns [`SandboxError::Timeout`] with the sandbox still usable. If no reply
 //! comes within [`SandboxConfig::interrupt_grace`] (code that ignores SIGINT, or a long C call)
 //! the whole sandbox is killed: still `Timeout`, but [`Sandbox::is_alive`] is then false.
+//! An `exec` or `shell` call dropped before its reply (its caller went away: an HTTP client
+//! that disconnected) sends the same SIGINT, so the cell stops instead of holding the sandbox
+//! until its own timeout; the next request skips the late reply.
 //! After every `exec` the supervisor SIGKILLs every process in the sandbox's cgroup except
 //! bwrap's two processes and the agent: background processes never outlive the call that
 //! started them (so neither does a `multiprocessing` pool; threads do). If the agent dies (the
