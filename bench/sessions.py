@@ -10,7 +10,11 @@ Runs in the Kernel Gateway venv (bench/out/kg-venv: requests, websocket-client).
           from /metrics, ready-pool fill and refill rates, live sessions with pandas imported
           and memory per session; Shell and NodeLTS pools next to a PythonLTS one (phase
           "types"): new identifier -> first result (`echo 1`, `console.log(1)`, `print(1)`) with a
-          ready pool and with an empty one.
+          ready pool and with an empty one; bursts (phase "burst"): --burst-clients clients, each
+          on its own connection, open a new session at the same moment against a pool with
+          --burst-ready ready, --burst-rounds times; p50/p99 of the first answers, and CPU per
+          sandbox start from per-process schedstat deltas (server, zygotes, sessions; needs
+          --server-pid).
 
 Client-side latencies use one keep-alive connection (http.client) and time.perf_counter().
 Everything measured is written to --out as JSON; the markdown table goes to stdout.
@@ -474,8 +478,123 @@ def cgroup_memory(data_dir):
     return n, usage, rss
 
 
+def server_groups(data_dir):
+    """The cgroup directories of this server's sandboxes and zygotes (pids hierarchy on v1)."""
+    import hashlib
+    h = hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()[:12]
+    for parent in (f"/sys/fs/cgroup/pids/cloister-{h}", f"/sys/fs/cgroup/cloister-{h}"):
+        if os.path.isdir(parent):
+            return glob.glob(f"{parent}/*/")
+    return []
+
+
+def proc_cpu(pid):
+    """CPU seconds of one process: the sum of its threads' /proc/PID/task/*/schedstat run times
+    (nanoseconds), plus what its reaped children used (cutime + cstime of /proc/PID/stat: the
+    zygote reaps each forked session's first child, which exits after its fork)."""
+    ns = 0
+    for t in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            ns += int(open(t).read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        reaped = (int(f[13]) + int(f[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        reaped = 0.0
+    return ns / 1e9 + reaped
+
+
+def cpu_snapshot(cl):
+    """{(part, pid): CPU seconds} of the server ("server") and of every process in its
+    zygotes' ("zygote") and sandboxes' ("session") cgroups: a start's CPU, wherever it ran (the
+    supervisor's threads, the zygote's fork and its reaped first child, the session's own
+    pid 1 and agent), is the sum of the deltas."""
+    parts = {cl.server_pid: "server"} if cl.server_pid else {}
+    for d in server_groups(cl.dir):
+        part = "zygote" if os.path.basename(d.rstrip("/")).startswith("zygote-") else "session"
+        try:
+            for x in open(os.path.join(d, "cgroup.procs")).read().split():
+                parts.setdefault(int(x), part)
+        except OSError:
+            pass
+    return {(part, p): proc_cpu(p) for p, part in parts.items()}
+
+
+def cpu_delta(before, after, part=None):
+    return sum(v - before.get(k, 0.0) for k, v in after.items() if part in (None, k[0]))
+
+
+def burst_phase(args, res, cl):
+    """7: bursts. --burst-clients clients, each on its own warm keep-alive connection, open a new
+    session at the same moment (new identifier -> print(1)) against a pool with --burst-ready
+    ready; --burst-rounds rounds, each once the pool is back to its ready count. CPU per sandbox
+    start from per-process schedstat deltas (cpu_snapshot) over each round and its refill."""
+    note_load(res, "burst")
+    R, C = args.burst_ready, args.burst_clients
+    pid, ep = cl.create_pool("bench-burst", R, 1000)
+    if cl.wait_nodes(pid, R, 300) is None:
+        raise RuntimeError(f"the burst pool never reached {R} ready instances")
+    conns = [DataPlane(cl, ep) for _ in range(C)]
+    warm_id = str(uuid.uuid4())
+    for d in conns:  # TLS handshakes and the token path, on one session
+        dt, st, v = d.execute(warm_id, "0")
+        if not ok_result(st, v):
+            raise RuntimeError(f"code/execute does not work: {st} {json.dumps(v)[:500]}")
+    lat, bad, cpu, starts, per_round, parts = [], 0, 0.0, 0, [], {}
+    live = 1
+    for rnd in range(args.burst_rounds):
+        if cl.wait_nodes(pid, live + R, 120, every=0.02) is None:
+            raise RuntimeError("the burst pool did not refill")
+        time.sleep(0.5)
+        n0 = cl.node_count(pid)
+        c0 = cpu_snapshot(cl)
+        gate = threading.Barrier(C)
+        out = [None] * C
+
+        def one(i):
+            gate.wait()
+            out[i] = conns[i].execute(str(uuid.uuid4()), "print(1)")
+
+        with ThreadPoolExecutor(C) as ex:
+            list(ex.map(one, range(C)))
+        ms = []
+        for dt, st, v in out:
+            if ok_result(st, v, stdout="1"):
+                ms.append(dt * 1000)
+            else:
+                bad += 1
+        live += C
+        cl.wait_nodes(pid, live + R, 120, every=0.02)
+        n1 = cl.node_count(pid)
+        c1 = cpu_snapshot(cl)
+        # Sandboxes started for this round: C sessions plus the refill back to R ready, less the
+        # R that were ready before it.
+        started = max(n1 - n0, 1)
+        cpu += cpu_delta(c0, c1)
+        for part in ("server", "zygote", "session"):
+            parts[part] = parts.get(part, 0.0) + cpu_delta(c0, c1, part)
+        starts += started
+        lat += ms
+        per_round.append({"p50": pct(ms, 50), "max": max(ms) if ms else None, "started": started,
+                          "cpu_ms_per_start": cpu_delta(c0, c1) / started * 1000})
+        log(f"burst round {rnd}: p50 {pct(ms, 50):.0f} ms, max {max(ms) if ms else 0:.0f} ms, "
+            f"{started} starts, {cpu_delta(c0, c1) / started * 1000:.1f} CPU-ms per start")
+    res["cl_burst"] = summary(lat)
+    res["cl_burst_errors"] = bad
+    res["cl_burst_rounds"] = per_round
+    res["cl_burst_cpu_ms_per_start"] = cpu / starts * 1000 if starts else None
+    res["cl_burst_cpu_ms_per_start_parts"] = {k: v / starts * 1000 for k, v in parts.items()} if starts else {}
+    log(f"Cloister burst of {C} on {R} ready: p50 {res['cl_burst']['p50']:.0f} ms, "
+        f"p99 {res['cl_burst']['p99']:.0f} ms, {res['cl_burst_cpu_ms_per_start']:.1f} CPU-ms per start")
+    cl.delete_pool(pid)
+    time.sleep(3)
+
+
 def cloister_phase(args, res):
     cl = Cloister(args.cloister_dir, args.port, args.http_port)
+    cl.server_pid = args.server_pid
 
     ph = args.phases.split(",")
     if "coldstart" in ph:
@@ -488,6 +607,8 @@ def cloister_phase(args, res):
         density_phase(args, res, cl)
     if "types" in ph:
         types_phase(args, res, cl)
+    if "burst" in ph:
+        burst_phase(args, res, cl)
 
 
 def types_phase(args, res, cl):
@@ -849,6 +970,22 @@ def table(res, args):
                           f"| {f1(r['p50'])} | {f1(r['p99'])} | | | | | |")
 
 
+    b = res.get("cl_burst")
+    if b and b["n"]:
+        met = "yes" if b["p99"] < 250 else "no"
+        cps = res.get("cl_burst_cpu_ms_per_start")
+        print(f"| 7. burst: {args.burst_clients} clients each open a new session at once, "
+              f"{args.burst_ready} ready, new identifier → first `print(1)`, ms (n={b['n']}, "
+              f"{args.burst_rounds} rounds, {res.get('cl_burst_errors', 0)} errors) | {f1(b['p50'])} "
+              f"| {f1(b['p99'])} | | | | p99 < 250 ms | {met} |")
+        if cps is not None:
+            pp = res.get("cl_burst_cpu_ms_per_start_parts") or {}
+            split = ", ".join(f"{k} {v:.1f}" for k, v in pp.items())
+            print(f"| 7b. CPU per sandbox start during the bursts, ms (schedstat; {split}; the server's "
+                  f"share includes the requests' HTTPS and executions) | {f1(cps)} | | | | | ≤ 10 ms "
+                  f"| {'yes' if cps <= 10 else 'no'} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kg", required=True, help="Kernel Gateway base URL")
@@ -872,7 +1009,12 @@ def main():
     ap.add_argument("--coldstart", type=int, default=10)
     ap.add_argument("--types", type=int, default=30, help="samples per pool type and pool state (phase types)")
     ap.add_argument("--types-ready", type=int, default=5)
-    ap.add_argument("--phases", default="coldstart,alloc,refill,density,types", help="Cloister phases to run")
+    ap.add_argument("--burst-clients", type=int, default=20)
+    ap.add_argument("--burst-ready", type=int, default=5)
+    ap.add_argument("--burst-rounds", type=int, default=5)
+    ap.add_argument("--server-pid", type=int, help="the server's pid (CPU per start, phase burst)")
+    ap.add_argument("--phases", default="coldstart,alloc,refill,density,types,burst",
+                    help="Cloister phases to run")
     args = ap.parse_args()
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args)}
     try:

@@ -2,7 +2,8 @@
 # Dynamic sessions side by side with Jupyter Kernel Gateway in the same run: new identifier to
 # first print(1), warm 1+1, server-side allocation latency (/metrics), ready-pool fill/refill
 # rate, live sessions with pandas imported and memory per session, and Shell and NodeLTS pools'
-# new identifier to first result next to Python's. Prints a markdown table;
+# new identifier to first result next to Python's, and bursts (20 clients each opening a new session
+# at once against 5 ready; CPU per sandbox start from schedstat). Prints a markdown table;
 # raw figures go to bench/out/sessions.json, logs to bench/out/{cloister,kg}.log.
 #   bench/sessions.sh                 everything (about 5 minutes once built)
 #   KG_ONLY=1 bench/sessions.sh       the Kernel Gateway half only (no Cloister build)
@@ -62,7 +63,7 @@ if [ -z "${KG_ONLY:-}" ]; then
   DIR=$(mktemp -d)
   start_cloister "$DIR"
   PIDS+=("$CL_PID")
-  CL_ARGS=(--cloister-dir "$DIR" --port "$CL_PORT" --http-port "$CL_HTTP")
+  CL_ARGS=(--cloister-dir "$DIR" --port "$CL_PORT" --http-port "$CL_HTTP" --server-pid "$CL_PID")
 fi
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)

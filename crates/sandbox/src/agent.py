@@ -186,6 +186,9 @@ builtins.input = _ns["input"]
 warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
 
 
+# --- cloister:shell-begin: everything from here to shell-end is also run by a zygote, before
+# it forks (see zygote.py: `prebuild`), to build one IPython shell every forked session then
+# starts with. Definitions only: no side effect until make_ipython() is called.
 MAX_IMAGE_BYTES = 32 << 20  # base64 characters of images per reply (the supervisor's cap too)
 MAX_RESULT = 1 << 20  # characters of an exec's result
 MAX_LIST_BYTES = 15 << 20  # JSON of a listing (the supervisor accepts 16 MiB)
@@ -207,67 +210,6 @@ def add_image(b64):
     Cell.images.append(b64)
 
 
-# --- matplotlib -------------------------------------------------------------------------------
-def capture_figures():
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is None:
-        return
-    try:
-        for num in plt.get_fignums():
-            fig = plt.figure(num)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", bbox_inches="tight")
-            add_image(base64.b64encode(buf.getvalue()).decode("ascii"))
-        plt.close("all")
-    except Exception:
-        traceback.print_exc()
-
-
-def _show(*args, **kwargs):
-    capture_figures()
-
-
-class _PyplotHook:
-    """Makes `plt.show()` capture the open figures (and close them, as Jupyter's inline backend
-    does) instead of warning that Agg cannot show anything."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "matplotlib.pyplot":
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return None
-        real = spec.loader.exec_module
-
-        def exec_module(module):
-            real(module)
-            module.show = _show
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _PyplotHook())
-
-
-# --- interrupts -------------------------------------------------------------------------------
-_running = False
-_interrupted = False
-
-
-def _on_sigint(signum, frame):
-    global _interrupted
-    if _running:
-        _interrupted = True
-        raise KeyboardInterrupt
-
-
-signal.signal(signal.SIGINT, _on_sigint)
-
-
-# --- the two code runners ---------------------------------------------------------------------
 def make_ipython():
     from traitlets import Type
     from traitlets.config import Config
@@ -329,9 +271,75 @@ def make_ipython():
         res = shell.run_cell(code, store_history=True)
         return res.success
 
+    run.shell = shell
     return run
 
+# --- cloister:shell-end
 
+
+# --- matplotlib -------------------------------------------------------------------------------
+def capture_figures():
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    try:
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            add_image(base64.b64encode(buf.getvalue()).decode("ascii"))
+        plt.close("all")
+    except Exception:
+        traceback.print_exc()
+
+
+def _show(*args, **kwargs):
+    capture_figures()
+
+
+class _PyplotHook:
+    """Makes `plt.show()` capture the open figures (and close them, as Jupyter's inline backend
+    does) instead of warning that Agg cannot show anything."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "matplotlib.pyplot":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        real = spec.loader.exec_module
+
+        def exec_module(module):
+            real(module)
+            module.show = _show
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _PyplotHook())
+if "matplotlib.pyplot" in sys.modules:  # a forked session: the zygote imported it already
+    sys.modules["matplotlib.pyplot"].show = _show
+
+
+# --- interrupts -------------------------------------------------------------------------------
+_running = False
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    if _running:
+        _interrupted = True
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, _on_sigint)
+
+
+# --- the two code runners ---------------------------------------------------------------------
 _namespace = {"__name__": "__main__", "__builtins__": builtins}
 
 
@@ -362,12 +370,38 @@ def run_plain(code):
         return False
 
 
-try:
-    RUN = make_ipython()
+def _adopt(shell):
+    """A shell the zygote built before it forked this session (see zygote.py: `prebuild`):
+    what its construction did for the process is redone for this session's: user code's
+    `__main__` is the shell's module, its directory history starts in /mnt/data, and its
+    profile directory exists in this session's own /tmp."""
+    import pathlib
+
+    sys.modules["__main__"] = shell.user_module
+    try:
+        shell.history_manager.dir_hist[:] = [pathlib.Path.cwd()]
+        os.makedirs(shell.profile_dir.location, mode=0o700, exist_ok=True)
+        shell.profile_dir.check_dirs()
+    except Exception:
+        pass
+
+
+RUN = globals().pop("_CLOISTER_RUN", None)
+if RUN is not None:
     FLAVOUR = "ipython"
-except ImportError:
-    RUN = run_plain
-    FLAVOUR = "plain"
+    _adopt(RUN.shell)
+else:
+    try:
+        RUN = make_ipython()
+        FLAVOUR = "ipython"
+    except ImportError:
+        RUN = run_plain
+        FLAVOUR = "plain"
+# setuptools' `pkg_resources` warns at import that it is deprecated (a DeprecationWarning that
+# IPython shows for code run in __main__, so for `import pkg_resources` and for every package
+# importing it from a cell): noise on the user's stderr about nothing they wrote. Only that
+# warning is filtered, ahead of IPython's own filters; every other warning still shows.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 for _m in _preload:
     try:

@@ -52,6 +52,9 @@
 //! and the call returns [`SandboxError::Timeout`] with the sandbox still usable. If no reply
 //! comes within [`SandboxConfig::interrupt_grace`] (code that ignores SIGINT, or a long C call)
 //! the whole sandbox is killed: still `Timeout`, but [`Sandbox::is_alive`] is then false.
+//! An `exec` or `shell` call dropped before its reply (its caller went away: an HTTP client
+//! that disconnected) sends the same SIGINT, so the cell stops instead of holding the sandbox
+//! until its own timeout; the next request skips the late reply.
 //! After every `exec` the supervisor SIGKILLs every process in the sandbox's cgroup except
 //! bwrap's two processes and the agent: background processes never outlive the call that
 //! started them (so neither does a `multiprocessing` pool; threads do). If the agent dies (the
@@ -124,7 +127,7 @@ pub mod zygote;
 use cgroup::{Cgroup, Limits};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -712,6 +715,76 @@ impl Tail {
 
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// Sends SIGINT to the agent when dropped armed: see [`Sandbox::exec_request`].
+struct InterruptOnDrop {
+    /// The agent's pidfd (a raw copy: the [`Sandbox`] that owns it outlives this guard, which
+    /// lives inside a call that borrows it) and its host pid.
+    pidfd: Option<RawFd>,
+    pid: Option<i32>,
+    id: String,
+    armed: bool,
+}
+
+impl InterruptOnDrop {
+    fn new(s: &Sandbox) -> InterruptOnDrop {
+        InterruptOnDrop {
+            pidfd: s.agent_pidfd.as_ref().map(|f| f.as_raw_fd()),
+            pid: s.agent_pid,
+            id: s.id.clone(),
+            armed: !s.dead,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::debug!(sandbox = %self.id, "the caller went away during an execution; interrupting it");
+        match self.pidfd {
+            Some(fd) => pidfd_sigint(fd, self.pid),
+            None => {
+                if let Some(pid) = self.pid {
+                    // SAFETY: signalling the agent of a sandbox that is still alive (its owner
+                    // is borrowed by the call being dropped).
+                    unsafe {
+                        libc::kill(pid, libc::SIGINT);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGINT through the agent's pidfd (never another process that reused its pid), or by pid
+/// on a kernel without pidfd_send_signal.
+fn pidfd_sigint(fd: RawFd, pid: Option<i32>) {
+    // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            libc::SIGINT,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
+        && let Some(pid) = pid
+    {
+        // SAFETY: signalling the agent by pid, as before pidfds.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
     }
 }
 
@@ -1611,6 +1684,22 @@ impl Sandbox {
         max_output: usize,
     ) -> Result<ExecResult, SandboxError> {
         let id = self.send(req).await?;
+        // Dropped before the reply (the caller went away: an HTTP client that disconnected
+        // mid-execution), the cell is interrupted as on a timeout rather than left to hold the
+        // sandbox until its own timeout; the late reply is skipped by the next request.
+        let guard = InterruptOnDrop::new(self);
+        let r = self.exec_reply(id, deadline, timeout, max_output).await;
+        guard.disarm();
+        r
+    }
+
+    async fn exec_reply(
+        &mut self,
+        id: u64,
+        deadline: Duration,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecResult, SandboxError> {
         let cap = exec_reply_cap(max_output);
         let line = match tokio::time::timeout(deadline, self.recv_line(id, cap)).await {
             Ok(r) => r?,
@@ -1650,6 +1739,10 @@ impl Sandbox {
     /// Sends SIGINT to the agent: a running cell stops with `KeyboardInterrupt`; an idle agent
     /// ignores it.
     pub fn interrupt(&self) {
+        if let (Some(fd), false) = (&self.agent_pidfd, self.dead) {
+            pidfd_sigint(fd.as_raw_fd(), self.agent_pid);
+            return;
+        }
         if let (Some(pid), false) = (self.agent_pid, self.dead) {
             // SAFETY: signalling the agent, a live process of our own sandbox.
             unsafe {

@@ -204,6 +204,9 @@ def session(req, fd):
         for target in (0, 1, 2):
             os.dup2(devnull, target)
         os.close(devnull)
+        # Non-dumpable before the agent exists (which inherits it, and sets it itself anyway):
+        # set after the fork, a fast agent's first cell could still inspect /proc/1.
+        check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
         agent = os.fork()
     except BaseException as e:
         fail(sess, e)
@@ -213,7 +216,6 @@ def session(req, fd):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
         sess.close()
-        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         while True:
             try:
                 pid, status = os.wait()
@@ -229,10 +231,13 @@ def session(req, fd):
         os.dup2(fd, CTL_FD)
         sess.close()
         _reseed()
-        import types
-        main = types.ModuleType("__main__")
-        main.__file__ = AGENT
-        main.__builtins__ = __builtins__
+        if AGENT_MAIN is not None:
+            main = AGENT_MAIN  # holds the prebuilt shell (see `prebuild`)
+        else:
+            import types
+            main = types.ModuleType("__main__")
+            main.__file__ = AGENT
+            main.__builtins__ = __builtins__
         sys.modules["__main__"] = main
         sys.argv = [AGENT]
     except BaseException as e:
@@ -260,6 +265,136 @@ def preload():
             __import__(m)
         except Exception:
             pass
+    if "matplotlib.pyplot" in sys.modules:
+        warm_matplotlib()
+
+
+def mpl_config():
+    """The runtime's prebuilt font list, copied into the zygote's own (writable) config dir,
+    as the agent does in every session: imported without it, matplotlib would rebuild the list
+    (seconds) and warn."""
+    cache, dst = os.environ.get("CLOISTER_MPL_CACHE", ""), os.environ.get("MPLCONFIGDIR", "")
+    if not (cache and dst and os.path.isdir(cache)):
+        return
+    import shutil
+    try:
+        os.makedirs(dst, exist_ok=True)
+        for f in os.listdir(cache):
+            shutil.copyfile(os.path.join(cache, f), os.path.join(dst, f))
+    except OSError:
+        pass
+
+
+def warm_matplotlib():
+    """A session's first plot used to cost 0.7-1.7 s: importing pyplot, the Agg backend, the
+    font list, the first font and the text layout. One figure drawn and saved here, before any
+    fork, leaves all of that in the pages every session shares; sessions start with no figure
+    open (the agent installs its `plt.show` on the imported module)."""
+    try:
+        import io
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [0, 1, 4], label="warm-up")
+        ax.set_title("warm-up")
+        ax.legend()
+        fig.savefig(io.BytesIO(), format="png", bbox_inches="tight")
+        plt.close("all")
+    except Exception:
+        pass
+
+
+AGENT_MAIN = None
+# Cells run in the prebuilt shell before any fork, then forgotten (`reset`): the first cell of
+# every session no longer pays for IPython's first compile, display and traceback paths.
+WARMUP = [
+    "print(1)",
+    "1+1",
+    "import os\nx = [i * i for i in range(3)]\nos.getcwd(), x",
+    "def f(n):\n    return n * 2\nf(21)",
+    "1/0",
+    "undefined_name",
+    "def broken(:\n    pass",
+]
+
+
+def prebuild(source):
+    """Builds the agent's IPython shell here, before any fork: constructing InteractiveShell
+    cost about 50 ms of CPU in every forked session. The agent's definitions between its
+    `cloister:shell-begin` and `shell-end` markers run in the module every session's agent will
+    then run in (so the shell's display hooks find that session's own `Cell` and `add_image`,
+    which the agent defines again), make_ipython() builds the shell, a few cells warm it up,
+    and `reset` forgets them (execution count 1, empty namespace). The agent adopts the shell
+    (`_adopt`) instead of building one. Without IPython, or on any failure, nothing is kept
+    and each session builds its own, as before."""
+    global AGENT_MAIN
+    if "IPython.core.interactiveshell" not in sys.modules:
+        return
+    begin, end = "# --- cloister:shell-begin", "# --- cloister:shell-end"
+    head, sep, rest = source.partition(begin)
+    block, sep2, _ = rest.partition(end)
+    if not (sep and sep2):
+        return
+    import io, types
+    main = types.ModuleType("__main__")
+    main.__file__ = AGENT
+    main.__builtins__ = __builtins__
+    ns = main.__dict__
+    saved = sys.modules.get("__main__"), sys.stdout, sys.stderr, os.getcwd()
+    try:
+        exec("import base64, builtins, io, json, os, sys, traceback, warnings", ns)
+        # Padded so that the definitions keep their line numbers in agent.py.
+        exec(compile("\n" * head.count("\n") + begin + block, AGENT, "exec"), ns)
+        if os.path.isdir("/mnt/data"):
+            os.chdir("/mnt/data")
+        sys.stdout = sys.stderr = io.StringIO()
+        run = ns["make_ipython"]()
+        for code in WARMUP:
+            run(code)
+        run.shell.reset(new_session=True)
+        ns["Cell"].result, ns["Cell"].images, ns["Cell"].image_bytes = None, [], 0
+        ns["_CLOISTER_RUN"] = run
+        AGENT_MAIN = main
+    except Exception:
+        AGENT_MAIN = None
+    finally:
+        sys.modules["__main__"], sys.stdout, sys.stderr = saved[0], saved[1], saved[2]
+        try:
+            os.chdir(saved[3])
+        except OSError:
+            pass
+
+
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
+
+
+def huge_pages():
+    """Backs the zygote's big anonymous mappings (the interpreter's heap, numpy's and pandas'
+    arenas) with transparent huge pages, now that they will no longer grow: each fork then
+    copies one page-table entry per 2 MiB instead of 512, and the first child's exit frees as
+    few (each session's first write in a 2 MiB range splits it back into small pages, copying
+    only the page written). Best effort: MADV_COLLAPSE needs Linux 6.1; without it nothing
+    changes."""
+    if os.environ.get("CLOISTER_ZYGOTE_HUGEPAGES", "1") == "0":
+        return
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    huge = 2 << 20
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return
+    for line in maps:
+        f = line.split()
+        # Private writable anonymous memory (the heap has the name [heap]).
+        if len(f) < 5 or f[1][:2] != "rw" or f[1][3] != "p" or (len(f) > 5 and f[5] != "[heap]"):
+            continue
+        lo, hi = (int(x, 16) for x in f[0].split("-"))
+        lo = (lo + huge - 1) & ~(huge - 1)
+        hi &= ~(huge - 1)
+        if hi - lo < huge:
+            continue
+        libc.madvise(lo, hi - lo, MADV_HUGEPAGE)
+        libc.madvise(lo, hi - lo, MADV_COLLAPSE)
 
 
 def reap(*_):
@@ -274,6 +409,7 @@ def reap(*_):
 
 def main():
     global AGENT_CODE
+    mpl_config()
     preload()
     os.environ.pop("CLOISTER_ZYGOTE_PRELOAD", None)
     # Compiled once, here, not in every session: compiling the agent took 14-22 ms of each
@@ -281,9 +417,12 @@ def main():
     # read-only file every session would read; like the zygote's other pages, each session has
     # it copy-on-write.
     with open(AGENT, "rb") as f:
-        AGENT_CODE = compile(f.read(), AGENT, "exec")
+        source = f.read()
+    AGENT_CODE = compile(source, AGENT, "exec")
+    prebuild(source.decode())
     gc.collect()
     gc.freeze()  # imported objects move to the permanent generation: the collector never writes to them
+    huge_pages()
     signal.signal(signal.SIGCHLD, reap)
     _ctl.sendall(json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}).encode() + b"\n")
     while True:

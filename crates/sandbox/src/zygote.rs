@@ -53,6 +53,10 @@ const BASE_PRELOAD: &[&str] = &[
     "IPython.core.displayhook",
     "IPython.core.displaypub",
     "traitlets.config",
+    // A session's first plot: zygote.py also draws one figure before it forks (see
+    // `warm_matplotlib` there).
+    "matplotlib",
+    "matplotlib.pyplot",
 ];
 /// The one variable that differs between the sandboxes of one zygote.
 pub(crate) const SESSION_ENV: &str = "IDENTITY_HEADER";

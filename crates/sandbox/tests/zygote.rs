@@ -195,6 +195,19 @@ async fn forked_sessions_have_host_uids_of_their_own() {
     let a = Sandbox::start(&cfg).await.expect("a starts");
     let mut b = Sandbox::start(&cfg).await.expect("b starts");
     let zygote = zygote_pid(dir.path());
+    let smaps = std::fs::read_to_string(format!("/proc/{zygote}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| {
+        smaps
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "zygote: Rss {}, AnonHugePages {}",
+        field("Rss:"),
+        field("AnonHugePages:")
+    );
     let zuid: u32 = common::host_ids(zygote)
         .unwrap()
         .0
@@ -330,6 +343,19 @@ async fn forked_sessions_share_the_zygotes_pages() {
     }
     // Nothing a session touches is charged to the zygote: its group does not grow with them.
     let zygote = zygote_pid(dir.path());
+    let smaps = std::fs::read_to_string(format!("/proc/{zygote}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| {
+        smaps
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "zygote: Rss {}, AnonHugePages {}",
+        field("Rss:"),
+        field("AnonHugePages:")
+    );
     let before = cgroup_memory(zygote);
     for _ in 0..5 {
         let mut s = Sandbox::start(&cfg).await.expect("starts");
@@ -433,6 +459,19 @@ async fn a_dead_zygote_is_replaced() {
     let mut a = Sandbox::start(&cfg).await.expect("starts");
     run(&mut a, "1").await;
     let zygote = zygote_pid(dir.path());
+    let smaps = std::fs::read_to_string(format!("/proc/{zygote}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| {
+        smaps
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "zygote: Rss {}, AnonHugePages {}",
+        field("Rss:"),
+        field("AnonHugePages:")
+    );
     // SAFETY: killing the test's own zygote.
     unsafe { libc::kill(zygote, libc::SIGKILL) };
     let agent = a.agent_pid().unwrap();
@@ -542,6 +581,46 @@ async fn a_clean_stop_leaves_no_zygote_cgroup() {
     assert_eq!(groups_under(&parent), Vec::<std::path::PathBuf>::new());
 }
 
+/// utime + stime (and, with `reaped`, cutime + cstime) of /proc/PID/stat, seconds.
+fn proc_ticks(pid: &str, reaped: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<f64> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let t = f[11] + f[12] + if reaped { f[13] + f[14] } else { 0.0 };
+    t / hz
+}
+
+/// CPU time of every thread of a live process (/proc/PID/task/*/schedstat), seconds.
+fn schedstat_s(pid: i32) -> f64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    rd.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
+fn parent_pid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn uuid_like() -> String {
     format!(
         "{:016x}{:08x}",
@@ -559,15 +638,40 @@ fn uuid_like() -> String {
 #[ignore]
 async fn measure_fork_start() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+    let mut cfg = config(dir.path());
+    if let Ok(v) = std::env::var("CLOISTER_ZYGOTE_HUGEPAGES") {
+        cfg.env.push(("CLOISTER_ZYGOTE_HUGEPAGES".into(), v));
+    }
     let t0 = std::time::Instant::now();
     let first = Sandbox::start(&cfg).await.expect("starts");
     let zygote_ms = t0.elapsed().as_millis();
     let (mut times, mut charged, mut sessions) = (vec![], vec![], vec![]);
+    let zygote = zygote_pid(dir.path());
+    let smaps = std::fs::read_to_string(format!("/proc/{zygote}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| {
+        smaps
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "zygote: Rss {}, AnonHugePages {}",
+        field("Rss:"),
+        field("AnonHugePages:")
+    );
+    let (sup0, zyg0) = (
+        proc_ticks("self", false),
+        proc_ticks(&zygote.to_string(), true),
+    );
+    let mut session_cpu = 0.0;
     for _ in 0..40 {
         let t0 = std::time::Instant::now();
         let mut s = Sandbox::start(&cfg).await.expect("starts");
         times.push(t0.elapsed().as_secs_f64() * 1e3);
+        // The session's own processes so far (its pid 1 and the agent, once started).
+        let agent = s.agent_pid().unwrap();
+        session_cpu += schedstat_s(agent) + schedstat_s(parent_pid(agent));
         run(
             &mut s,
             "import pandas as pd\npd.DataFrame({'a': [1]}).sum().a",
@@ -576,6 +680,15 @@ async fn measure_fork_start() {
         charged.push(cgroup_memory(s.agent_pid().unwrap()) >> 10);
         sessions.push(s);
     }
+    let n = times.len() as f64;
+    let supervisor = (proc_ticks("self", false) - sup0) / n * 1e3;
+    let zyg = (proc_ticks(&zygote.to_string(), true) - zyg0) / n * 1e3;
+    eprintln!(
+        "CPU per forked start, ms (including each session's first exec): supervisor {supervisor:.1}, \
+         zygote and the reaped first child {zyg:.1}, session pid 1 + agent {:.1}; total {:.1}",
+        session_cpu / n * 1e3,
+        supervisor + zyg + session_cpu / n * 1e3
+    );
     times.sort_by(f64::total_cmp);
     charged.sort();
     eprintln!(

@@ -868,13 +868,7 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct.to_ascii_lowercase().starts_with("multipart/form-data") {
-        return Err(DpError::new(
-            415,
-            "UnsupportedMediaType",
-            "Upload a file as multipart/form-data with a 'file' field.",
-        ));
-    }
+    let multipart_header = ct.to_ascii_lowercase().starts_with("multipart/form-data");
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -883,6 +877,13 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
     if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
         return Err(too_large());
     }
+    // Some clients label a multipart body `application/json` (a session's default header):
+    // when the body itself is plainly multipart, its first line names the boundary.
+    let req = if multipart_header {
+        req
+    } else {
+        sniffed_multipart(req).await?
+    };
     let req = req.map(|b| Body::new(http_body_util::Limited::new(b, MAX_UPLOAD)));
     let mut mp = axum::extract::Multipart::from_request(req, &())
         .await
@@ -890,7 +891,11 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
     let mut held = None;
     let mut infos = vec![];
     while let Some(mut field) = mp.next_field().await.map_err(multipart_err)? {
-        let Some(fname) = field.file_name().map(str::to_string) else {
+        let disposition = field
+            .headers()
+            .get(header::CONTENT_DISPOSITION)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+        let Some(fname) = disposition.and_then(multipart::file_name) else {
             continue;
         };
         let name = clean_path(&fname)?;
@@ -979,6 +984,412 @@ async fn upload(ctx: &Ctx, req: Request, legacy: bool) -> Res {
         ));
     }
     Ok(json_resp(StatusCode::OK, new_file(&infos[0])))
+}
+
+fn not_multipart() -> DpError {
+    DpError::new(
+        415,
+        "UnsupportedMediaType",
+        "Upload a file as multipart/form-data with a 'file' field.",
+    )
+}
+
+/// An upload whose Content-Type is not `multipart/form-data`: its body is read until its start
+/// shows whether it is multipart anyway (see [`multipart::sniff`]); if so, the request comes
+/// back with that Content-Type (the boundary from the body's first line) and the same body,
+/// the bytes read included. Otherwise 415, as before.
+async fn sniffed_multipart(req: Request) -> Result<Request, DpError> {
+    use http_body_util::BodyExt;
+    let (mut parts, mut body) = req.into_parts();
+    let mut head: Vec<u8> = vec![];
+    let boundary = loop {
+        match multipart::sniff(&head) {
+            multipart::Sniff::Boundary(b) => break b,
+            multipart::Sniff::No => return Err(not_multipart()),
+            multipart::Sniff::NeedMore => {}
+        }
+        let frame = match tokio::time::timeout(UPLOAD_STALL, body.frame()).await {
+            Err(_) => {
+                return Err(DpError::new(
+                    408,
+                    "RequestTimeout",
+                    format!("The upload stalled for {} s.", UPLOAD_STALL.as_secs()),
+                ));
+            }
+            Ok(None) => return Err(not_multipart()),
+            Ok(Some(Err(e))) => {
+                return Err(DpError::bad(format!(
+                    "The multipart body could not be read: {e}"
+                )));
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            head.extend_from_slice(&data);
+        }
+    };
+    let ct = format!("multipart/form-data; boundary=\"{boundary}\"");
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&ct).map_err(|_| not_multipart())?,
+    );
+    let body = Body::new(multipart::Prefixed::new(head.into(), body));
+    Ok(Request::from_parts(parts, body))
+}
+
+/// What the upload handler needs of multipart framing beyond multer's parser: file names as
+/// RFC 7578 and RFC 6266 spell them, and recognising a multipart body by its first bytes.
+mod multipart {
+    use axum::body::{Body, Bytes, HttpBody};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// How much of a body [`sniff`] reads at most before it gives up.
+    pub const SNIFF_LIMIT: usize = 8 << 10;
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Sniff {
+        /// A multipart body with this boundary.
+        Boundary(String),
+        /// Not multipart (or not recognisably so within [`SNIFF_LIMIT`] bytes).
+        No,
+        NeedMore,
+    }
+
+    /// Whether a body that starts with `head` is multipart/form-data: it opens with a delimiter
+    /// line `--BOUNDARY\r\n` (RFC 2046's 1-70 boundary characters, no preamble) whose part
+    /// headers, up to the blank line, include `Content-Disposition: form-data`.
+    pub fn sniff(head: &[u8]) -> Sniff {
+        if head.len() < 2 {
+            return if b"--".starts_with(head) {
+                Sniff::NeedMore
+            } else {
+                Sniff::No
+            };
+        }
+        if !head.starts_with(b"--") {
+            return Sniff::No;
+        }
+        let rest = &head[2..];
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            let ok = rest.len() <= 71 && rest.iter().all(|&c| boundary_char(c) || c == b'\r');
+            return if ok && head.len() < SNIFF_LIMIT {
+                Sniff::NeedMore
+            } else {
+                Sniff::No
+            };
+        };
+        let b = &rest[..eol];
+        if b.is_empty() || b.len() > 70 || !b.iter().all(|&c| boundary_char(c)) || b.ends_with(b" ")
+        {
+            return Sniff::No;
+        }
+        let headers = &rest[eol + 2..];
+        let Some(end) = headers.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return if head.len() < SNIFF_LIMIT {
+                Sniff::NeedMore
+            } else {
+                Sniff::No
+            };
+        };
+        let disposition = headers[..end + 2]
+            .split(|&c| c == b'\n')
+            .filter_map(|l| std::str::from_utf8(l).ok())
+            .filter_map(|l| l.trim_end_matches('\r').split_once(':'))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("content-disposition")
+                    && v.trim_start()
+                        .get(..9)
+                        .is_some_and(|t| t.eq_ignore_ascii_case("form-data"))
+            });
+        if disposition {
+            Sniff::Boundary(String::from_utf8_lossy(b).into_owned())
+        } else {
+            Sniff::No
+        }
+    }
+
+    /// RFC 2046's `bchars`.
+    fn boundary_char(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c)
+    }
+
+    /// The file name of a part from its Content-Disposition header: `filename*` (RFC 5987:
+    /// `UTF-8''my%20file.csv`, or ISO-8859-1) when present and readable, else `filename`
+    /// (quoted or not), percent-decoded as RFC 7578 section 4.2 allows (`my%20file.csv` is
+    /// `my file.csv`; a `%` that starts no valid escape, or escapes that do not decode to
+    /// UTF-8, are kept as sent). None for a part that is not a file.
+    pub fn file_name(disposition: &str) -> Option<String> {
+        let mut plain = None;
+        let mut extended = None;
+        for (k, v) in params(disposition) {
+            if k.eq_ignore_ascii_case("filename*") {
+                extended = extended.or_else(|| ext_value(&v));
+            } else if k.eq_ignore_ascii_case("filename") && plain.is_none() {
+                plain = Some(v);
+            }
+        }
+        extended.or_else(|| plain.map(|p| percent_decoded(&p)))
+    }
+
+    /// `p` with its valid `%XX` escapes decoded, if the result is UTF-8; else `p` unchanged.
+    pub fn percent_decoded(p: &str) -> String {
+        if !p.contains('%') {
+            return p.to_string();
+        }
+        match percent_encoding::percent_decode_str(p).decode_utf8() {
+            Ok(s) => s.into_owned(),
+            Err(_) => p.to_string(),
+        }
+    }
+
+    /// RFC 5987's `ext-value`: `charset'[language]'value-chars`.
+    fn ext_value(v: &str) -> Option<String> {
+        let (charset, rest) = v.split_once('\'')?;
+        let (_lang, value) = rest.split_once('\'')?;
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(value).collect();
+        if charset.eq_ignore_ascii_case("utf-8") {
+            String::from_utf8(bytes).ok()
+        } else if charset.eq_ignore_ascii_case("iso-8859-1") {
+            Some(bytes.iter().map(|&b| b as char).collect())
+        } else {
+            None
+        }
+    }
+
+    /// The `key=value` parameters after the disposition type. A quoted value ends at the first
+    /// unescaped `"`; `\"` stands for a quote (and only that: browsers send Windows paths'
+    /// backslashes as they are).
+    fn params(header: &str) -> Vec<(String, String)> {
+        let mut out = vec![];
+        let mut rest = match header.split_once(';') {
+            Some((_, r)) => r,
+            None => return out,
+        };
+        loop {
+            rest = rest.trim_start_matches([' ', '\t', ';']);
+            if rest.is_empty() {
+                return out;
+            }
+            let Some(eq) = rest
+                .find(['=', ';'])
+                .filter(|&i| rest.as_bytes()[i] == b'=')
+            else {
+                // A parameter without a value: skip to the next one.
+                match rest.find(';') {
+                    Some(i) => {
+                        rest = &rest[i..];
+                        continue;
+                    }
+                    None => return out,
+                }
+            };
+            let key = rest[..eq].trim().to_string();
+            let after = rest[eq + 1..].trim_start();
+            if let Some(q) = after.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = q.char_indices();
+                let mut end = q.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' if q[i + 1..].starts_with('"') => {
+                            value.push('"');
+                            chars.next();
+                        }
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                out.push((key, value));
+                rest = &q[end.min(q.len())..];
+            } else {
+                let end = after.find(';').unwrap_or(after.len());
+                out.push((key, after[..end].trim().to_string()));
+                rest = &after[end..];
+            }
+        }
+    }
+
+    /// A body that yields `head` (bytes already read from `rest`) and then the rest of `rest`.
+    pub struct Prefixed {
+        head: Option<Body>,
+        rest: Body,
+    }
+
+    impl Prefixed {
+        pub fn new(head: Bytes, rest: Body) -> Prefixed {
+            Prefixed {
+                head: (!head.is_empty()).then(|| Body::from(head)),
+                rest,
+            }
+        }
+    }
+
+    impl HttpBody for Prefixed {
+        type Data = Bytes;
+        type Error = axum::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+            if let Some(head) = self.head.as_mut() {
+                match Pin::new(head).poll_frame(cx) {
+                    Poll::Ready(None) => self.head = None,
+                    other => return other,
+                }
+            }
+            Pin::new(&mut self.rest).poll_frame(cx)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[test]
+        fn file_names() {
+            let cases = [
+                (
+                    r#"form-data; name="file"; filename="my%20file.csv""#,
+                    Some("my file.csv"),
+                ),
+                (
+                    r#"form-data; name="file"; filename="plain.csv""#,
+                    Some("plain.csv"),
+                ),
+                (
+                    r#"form-data; name="file"; filename=bare.txt"#,
+                    Some("bare.txt"),
+                ),
+                (
+                    r#"form-data; name="file"; filename="100%.csv""#,
+                    Some("100%.csv"),
+                ),
+                (
+                    r#"form-data; name="file"; filename="bad%ff.csv""#,
+                    Some("bad%ff.csv"),
+                ),
+                (
+                    r#"form-data; name="file"; filename="a\"b.txt""#,
+                    Some("a\"b.txt"),
+                ),
+                (
+                    r#"form-data; name="file"; filename="x;y.txt""#,
+                    Some("x;y.txt"),
+                ),
+                (
+                    r#"form-data; name="file"; filename="%E4%BD%A0%E5%A5%BD.txt""#,
+                    Some("你好.txt"),
+                ),
+                (
+                    r#"form-data; name="file"; filename*=UTF-8''na%C3%AFve%20file.txt"#,
+                    Some("naïve file.txt"),
+                ),
+                (
+                    r#"form-data; name="file"; filename*=utf-8'en'r%C3%A9sum%C3%A9.pdf; filename="resume.pdf""#,
+                    Some("résumé.pdf"),
+                ),
+                (
+                    r#"form-data; filename="fallback.txt"; filename*=iso-8859-1''caf%E9.txt"#,
+                    Some("café.txt"),
+                ),
+                (
+                    r#"form-data; filename="fallback.txt"; filename*=koi8-r''x.txt"#,
+                    Some("fallback.txt"),
+                ),
+                (r#"form-data; FILENAME="upper.txt""#, Some("upper.txt")),
+                (r#"form-data; name="field""#, None),
+                (r#"form-data; name="filename_x"; xfilename="no.txt""#, None),
+                ("form-data", None),
+                (
+                    r#"form-data; novalue; filename="after.txt""#,
+                    Some("after.txt"),
+                ),
+            ];
+            for (h, want) in cases {
+                assert_eq!(file_name(h).as_deref(), want, "{h}");
+            }
+        }
+
+        #[test]
+        fn sniffing() {
+            let body = b"--abc123\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--abc123--\r\n";
+            assert_eq!(sniff(body), Sniff::Boundary("abc123".into()));
+            for n in 0..body.len() {
+                let s = sniff(&body[..n]);
+                assert!(
+                    s == Sniff::NeedMore || s == Sniff::Boundary("abc123".into()),
+                    "{n}: {s:?}"
+                );
+            }
+            assert_eq!(sniff(b"{\"code\": 1}"), Sniff::No);
+            assert_eq!(sniff(b"-"), Sniff::NeedMore);
+            assert_eq!(sniff(b"-x"), Sniff::No);
+            assert_eq!(
+                sniff(b"--a b \r\nContent-Disposition: form-data\r\n\r\n"),
+                Sniff::No
+            );
+            assert_eq!(
+                sniff(b"--ab\r\nContent-Type: text/plain\r\n\r\n"),
+                Sniff::No
+            );
+            assert_eq!(sniff(b"--a\"b\r\n"), Sniff::No);
+            assert_eq!(
+                sniff(
+                    &[b'-'; 2]
+                        .iter()
+                        .chain([b'a'; 71].iter())
+                        .copied()
+                        .collect::<Vec<_>>()
+                ),
+                Sniff::No
+            );
+            let long = [b"--b\r\nX: ".as_slice(), &[b'y'; SNIFF_LIMIT]].concat();
+            assert_eq!(sniff(&long), Sniff::No);
+        }
+
+        proptest! {
+            /// Any name, percent-encoded byte by byte (as RFC 7578 and RFC 5987 have it),
+            /// comes back as it was, in `filename` and in `filename*`.
+            #[test]
+            fn percent_encoded_names_round_trip(name in "[^\"\\\\]{1,40}") {
+                let enc = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).to_string();
+                let plain = format!("form-data; name=\"file\"; filename=\"{enc}\"");
+                prop_assert_eq!(file_name(&plain), Some(name.clone()));
+                let ext = format!("form-data; name=\"file\"; filename*=UTF-8''{enc}");
+                prop_assert_eq!(file_name(&ext), Some(name.clone()));
+            }
+
+            /// A name with no `%` is taken as sent.
+            #[test]
+            fn names_without_escapes_are_kept(name in "[^\"\\\\%\r\n]{1,40}") {
+                let h = format!("form-data; name=\"file\"; filename=\"{name}\"");
+                prop_assert_eq!(file_name(&h), Some(name.clone()));
+            }
+
+            /// The parser never panics, whatever the header.
+            #[test]
+            fn any_header(h in "\\PC{0,80}") {
+                let _ = file_name(&h);
+            }
+
+            /// Every RFC 2046 boundary, followed by a form-data part's headers, is found, in
+            /// one piece or however the body is split; arbitrary bytes never panic the sniffer.
+            #[test]
+            fn boundaries_are_found(b in "[0-9A-Za-z'()+_,./:=?-]{1,70}", cut in 0usize..200, junk in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let body = format!("--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\ndata\r\n--{b}--\r\n");
+                prop_assert_eq!(sniff(body.as_bytes()), Sniff::Boundary(b.clone()));
+                let s = sniff(&body.as_bytes()[..cut.min(body.len())]);
+                prop_assert!(s == Sniff::NeedMore || s == Sniff::Boundary(b.clone()));
+                let _ = sniff(&junk);
+            }
+        }
+    }
 }
 
 /// Runs a file operation on the identifier's session. If the sandbox dies under it (killed
