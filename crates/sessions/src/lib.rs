@@ -11,6 +11,7 @@ pub mod bwrap;
 pub mod container;
 pub mod error;
 pub mod ident;
+pub mod oci;
 pub mod openapi;
 pub mod pool;
 pub mod runtime;
