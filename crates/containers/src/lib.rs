@@ -14,7 +14,7 @@
 //! <state>/c/<id>/console.log   the runtime's and the container's stdout and stderr
 //! <state>/runc, <state>/runsc  the runtimes' --root state dirs
 //! /var/run/netns/cloister-<id> its network namespace (net.rs)
-//! cgroup /cloister-<prefix>/<id>   per controller on v1 (absolute path: containers.md P11)
+//! cgroup /cloister-ctr-<prefix>/<id>   per controller on v1 (absolute path: containers.md P11)
 //! ```
 //!
 //! The runtime runs in the foreground as a child of this process (`runc run --bundle <abs>
@@ -308,7 +308,7 @@ impl Containers {
     }
 
     fn cgroup_parent(&self) -> String {
-        format!("/cloister-{}", self.inner.prefix)
+        format!("/cloister-ctr-{}", self.inner.prefix)
     }
 
     fn runtime_root(&self, rt: Runtime) -> PathBuf {
@@ -541,6 +541,10 @@ impl Containers {
         net::teardown(&p.netns, &p.veth);
         for d in cgroup_dirs(&p.cgroup) {
             remove_cgroup(&d);
+            // The parent too once it is empty (fails harmlessly while others run).
+            if let Some(parent) = d.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
     }
 

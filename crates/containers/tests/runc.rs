@@ -413,12 +413,15 @@ async fn a_sweep_after_a_crash_removes_the_leftovers() {
     // the route gone, the host's default route may lead to something that answers).
     let ip: std::net::Ipv4Addr = addr.rsplit_once(':').unwrap().0.parse().unwrap();
     let host_end = std::net::Ipv4Addr::from(u32::from(ip) - 1);
-    let addrs = std::process::Command::new("ip").args(["-4", "-o", "addr", "show"]).output().unwrap();
+    let addrs = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
     let addrs = String::from_utf8_lossy(&addrs.stdout);
     assert!(!addrs.contains(&format!(" {host_end}/30 ")), "{addrs}");
     assert!(
         !Path::new("/sys/fs/cgroup/memory")
-            .join(format!("cloister-{}", h.prefix()))
+            .join(format!("cloister-ctr-{}", h.prefix()))
             .exists()
     );
     assert_eq!(h.sweep(), 0);
