@@ -329,7 +329,16 @@ impl Containers {
         let mut prep = tokio::task::spawn_blocking(move || me.prepare(&l2))
             .await
             .map_err(|e| e.to_string())??;
-        let log = fs::File::create(prep.dir.join("console.log")).map_err(|e| e.to_string())?;
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(prep.dir.join("console.log"))
+                .map_err(|e| e.to_string())?
+        };
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let pid_file = prep.dir.join("init.pid");
         let root = self.runtime_root(l.runtime);
@@ -513,7 +522,16 @@ impl Containers {
                 tmp_bytes: cfg.tmp_bytes,
                 resolv_conf: resolv,
             });
-            fs::write(dir.join("config.json"), config.to_string()).map_err(|e| e.to_string())
+            // The env may hold the template's secrets: root only.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("config.json"))
+                .and_then(|mut f| f.write_all(config.to_string().as_bytes()))
+                .map_err(|e| format!("config.json: {e}"))
         })();
         if let Err(e) = r {
             self.teardown(&mut p);
