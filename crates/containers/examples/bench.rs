@@ -73,6 +73,12 @@ async fn main() {
         .unwrap();
     let mut cfg = Config::new(state.path());
     cfg.runsc = Some("runsc".into());
+    cfg.runsc_network = match std::env::var("RUNSC_NETWORK").as_deref() {
+        Ok("netstack") => Some(cloister_containers::RunscNetwork::Netstack),
+        Ok("masked") => Some(cloister_containers::RunscNetwork::NetstackMaskedProc),
+        Ok("host") => Some(cloister_containers::RunscNetwork::HostInNetns),
+        _ => None,
+    };
     let h = Containers::new(cfg).unwrap();
     let launch = Launch {
         rootfs,
@@ -88,17 +94,46 @@ async fn main() {
         port: 8080,
         egress: false,
     };
+    if std::env::var_os("BENCH_TRUE").is_some() {
+        // Start → exit of `python3 -c pass` (no network involved).
+        let mut l = launch.clone();
+        let code = std::env::var("BENCH_TRUE").unwrap();
+        l.args = vec![
+            "python3".into(),
+            "-c".into(),
+            if code == "1" { "pass".into() } else { code },
+        ];
+        let mut v = vec![];
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let c = h.start(&l).await.unwrap();
+            c.wait_exit(Duration::from_secs(30)).await;
+            v.push(t0.elapsed().as_secs_f64() * 1000.0);
+            eprint!("{}", c.console_tail(200));
+            c.stop().await;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"start_to_exit_of_python3_pass_ms": stats(v)})
+        );
+        return;
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let (mut total, mut started) = (vec![], vec![]);
+    let (mut total, mut started, mut listening) = (vec![], vec![], vec![]);
     for _ in 0..n {
         let t0 = Instant::now();
         let c = h.start(&launch).await.unwrap();
         started.push(t0.elapsed().as_secs_f64() * 1000.0);
         let url = format!("http://{}/", c.addr());
+        let mut heard = false;
         loop {
+            if !heard && c.console_tail(4096).contains("listening on") {
+                heard = true;
+                listening.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
             if let Ok(r) = client.get(&url).send().await
                 && r.status() == 200
             {
@@ -168,6 +203,8 @@ async fn main() {
         "runsc_network": h.runsc_network().map(|m| m.as_str()).unwrap_or("-"),
         "start_returned_ms": stats(started),
         "start_to_first_200_ms": stats(total),
+        // When the server's "listening on" line reached the console log (if seen before the 200).
+        "start_to_listening_log_ms": if listening.is_empty() { serde_json::Value::Null } else { stats(listening) },
         "idle_pss_per_container_mib": ctr as f64 / 5.0 / 1024.0,
         "runc_supervisor_pss_per_container_mib": sup as f64 / 5.0 / 1024.0,
         "memory_cgroup_per_container_mib": cg_bytes as f64 / 5.0 / 1048576.0,

@@ -88,6 +88,8 @@ pub struct Config {
     /// Host uid and gid for images that run as root.
     pub root_uid: u32,
     pub root_gid: u32,
+    /// Forces runsc's network mode instead of probing (None = probe at startup).
+    pub runsc_network: Option<RunscNetwork>,
 }
 
 impl Config {
@@ -102,6 +104,7 @@ impl Config {
             tmp_bytes: 64 << 20,
             root_uid: 65532,
             root_gid: 65532,
+            runsc_network: None,
         }
     }
 }
@@ -268,7 +271,12 @@ impl Containers {
         let prefix = format!("{:06x}", fnv(&cfg.state_dir.to_string_lossy()) & 0xff_ffff);
         let runsc = match &cfg.runsc {
             None => Err("runsc is not configured".to_string()),
-            Some(bin) => probe_runsc(bin, &cfg.state_dir, &prefix),
+            Some(bin) => match cfg.runsc_network {
+                Some(mode) => which(bin)
+                    .map(|_| mode)
+                    .ok_or_else(|| format!("{} is not installed", bin.display())),
+                None => probe_runsc(bin, &cfg.state_dir, &prefix),
+            },
         };
         match &runsc {
             Ok(mode) => tracing::info!(
@@ -402,8 +410,14 @@ impl Containers {
             c.log_path = p.dir.join("console.log");
         }
         // Started = the pid file is there; an exit before that is a failed start.
+        let has_pid =
+            || fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<i32>().is_ok());
         loop {
-            if let Some(code) = *c.exit.borrow() {
+            // A container that ran and already exited has its pid file: it started.
+            let exited = *c.exit.borrow();
+            if let Some(code) = exited
+                && !has_pid()
+            {
                 let tail = c.console_tail(2000);
                 c.stop_blocking();
                 return Err(format!(
@@ -411,7 +425,7 @@ impl Containers {
                     tail.trim()
                 ));
             }
-            if fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<i32>().is_ok()) {
+            if has_pid() {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(60) {

@@ -89,6 +89,15 @@ async fn exit_is_detected_with_its_code_and_the_console_tail_is_kept() {
     assert!(tail.contains("POST /exit"), "{tail}");
     assert!(a.console_tail(10).len() <= 10);
     a.stop().await;
+    // A container that exits at once has still started; its code is kept.
+    for _ in 0..5 {
+        let c = h
+            .start(&common::python(Runtime::Runc, "import sys; sys.exit(4)"))
+            .await
+            .unwrap();
+        assert_eq!(c.wait_exit(Duration::from_secs(10)).await, Some(4));
+        c.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
