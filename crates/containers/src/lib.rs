@@ -884,32 +884,54 @@ impl RunningContainer {
     }
 
     fn stop_blocking(&self) {
-        let Some(mut p) = self.prep.lock().unwrap().take() else {
+        let Some(p) = self.prep.lock().unwrap().take() else {
             return;
         };
-        let bin = match p.runtime {
-            Runtime::Runc => self.owner.inner.cfg.runc.clone(),
-            Runtime::Runsc => self.owner.inner.cfg.runsc.clone().unwrap_or_default(),
-        };
-        let _ = std::process::Command::new(&bin)
-            .arg("--root")
-            .arg(self.owner.runtime_root(p.runtime))
-            .args(["kill", "--all", &p.id, "KILL"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        // Let the foreground runtime notice and exit before the files go.
-        let t0 = Instant::now();
-        while self.exit.borrow().is_none() && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.owner.teardown(&mut p);
+        kill_and_teardown(&self.owner, p, &self.exit);
     }
 }
 
+/// Kills the container, waits (≤ 5 s) for the foreground runtime to exit, removes the rest.
+fn kill_and_teardown(
+    owner: &Containers,
+    mut p: Prepared,
+    exit: &tokio::sync::watch::Receiver<Option<i32>>,
+) {
+    let bin = match p.runtime {
+        Runtime::Runc => owner.inner.cfg.runc.clone(),
+        Runtime::Runsc => owner.inner.cfg.runsc.clone().unwrap_or_default(),
+    };
+    let _ = std::process::Command::new(&bin)
+        .arg("--root")
+        .arg(owner.runtime_root(p.runtime))
+        .args(["kill", "--all", &p.id, "KILL"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    // Let the foreground runtime notice and exit before the files go.
+    let t0 = Instant::now();
+    while exit.borrow().is_none() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    owner.teardown(&mut p);
+}
+
+/// Dropping a container without `stop` tears it down too: on a blocking thread of the current
+/// Tokio runtime if there is one (a drop on a runtime thread must not wait for the runtime's
+/// exit, which that thread may be the one to deliver), else right here.
 impl Drop for RunningContainer {
     fn drop(&mut self) {
-        self.stop_blocking();
+        let Some(p) = self.prep.lock().unwrap().take() else {
+            return;
+        };
+        let owner = self.owner.clone();
+        let exit = self.exit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || kill_and_teardown(&owner, p, &exit));
+            }
+            Err(_) => kill_and_teardown(&owner, p, &exit),
+        }
     }
 }

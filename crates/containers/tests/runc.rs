@@ -435,3 +435,22 @@ async fn a_sweep_after_a_crash_removes_the_leftovers() {
     );
     assert_eq!(h.sweep(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_container_without_stop_tears_it_down_too() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let c = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    common::wait_http(&c).await;
+    let (id, ns, cg) = (c.id().to_string(), c.netns(), c.cgroup());
+    drop(c);
+    let t0 = std::time::Instant::now();
+    while !common::leftovers(&h, &id, &ns, &cg).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            common::leftovers(&h, &id, &ns, &cg)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
