@@ -157,33 +157,19 @@ async fn main() {
         let c = h.start(&launch).await.unwrap();
         started.push(t0.elapsed().as_secs_f64() * 1000.0);
         let url = c.addr().to_string();
-        // When the server's "listening on" line reaches the console log, watched on its own.
-        let log = h
-            .config()
-            .state_dir
-            .join("c")
-            .join(c.id())
-            .join("console.log");
-        let watcher = std::thread::spawn(move || {
-            while t0.elapsed() < Duration::from_secs(30) {
-                if std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("listening on")
-                {
-                    return Some(t0.elapsed().as_secs_f64() * 1000.0);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            None
-        });
+        let mut heard = false;
         loop {
+            // When the server's "listening on" line reached the console.
+            if !heard && c.console_tail(4096).contains("listening on") {
+                heard = true;
+                listening.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
             if http_ok(&url).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         total.push(t0.elapsed().as_secs_f64() * 1000.0);
-        listening.extend(watcher.join().unwrap());
         c.stop().await;
     }
     // Idle memory: 5 at once.

@@ -454,3 +454,23 @@ async fn dropping_a_container_without_stop_tears_it_down_too() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_keeps_only_the_latest_output_in_a_bounded_ring() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let code = "import sys\nfor i in range(40000): print('line %06d %s' % (i, 'x' * 40))\nprint('the end', file=sys.stderr)";
+    let c = h.start(&common::python(Runtime::Runc, code)).await.unwrap();
+    assert_eq!(c.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let all = c.console_tail(usize::MAX);
+    c.stop().await;
+    // 2 MB were written; the ring keeps the last CONSOLE_BYTES, on no disk.
+    assert!(
+        all.len() <= cloister_containers::CONSOLE_BYTES,
+        "{}",
+        all.len()
+    );
+    assert!(all.len() > cloister_containers::CONSOLE_BYTES / 2);
+    assert!(all.contains("line 039999") && all.trim_end().ends_with("the end"));
+    assert!(!all.contains("line 000001 "));
+}
