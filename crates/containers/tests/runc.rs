@@ -223,97 +223,11 @@ print("uid", os.getuid(), os.getgid(), flush=True)
     assert!(out.contains("seen False"), "{out}");
 }
 
-const PROBE: &str = r#"
-import json, os, socket, errno
-res = {}
-def conn(host, port, t=1.5):
-    s = socket.socket()
-    s.settimeout(t)
-    try:
-        s.connect((host, port))
-        return "connected"
-    except socket.timeout:
-        return "timeout"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-    finally:
-        s.close()
-# the host end of our /30, from the link route in /proc/net/route
-gw = None
-default = False
-for line in open("/proc/net/route").read().splitlines()[1:]:
-    f = line.split()
-    if f[1] == "00000000":
-        default = True
-    elif f[0] == "eth0":
-        net = int.from_bytes(bytes.fromhex(f[1]), "little")
-        gw = socket.inet_ntoa((net + 1).to_bytes(4, "big"))
-port = int(os.environ["HOSTPORT"])
-res["default_route"] = default
-res["host_veth"] = conn(gw, port)
-res["loopback"] = conn("127.0.0.1", port)
-res["host_other"] = conn(os.environ["HOSTIP"], port) if os.environ.get("HOSTIP") else "none"
-res["neighbour"] = conn(os.environ["NEIGHBOUR"], 8080)
-res["public"] = conn("1.1.1.1", 80)
-res["metadata"] = conn("169.254.169.254", 80)
-status = open("/proc/self/status").read()
-res["capeff"] = [l.split()[1] for l in status.splitlines() if l.startswith("CapEff")][0]
-res["pids"] = len([p for p in os.listdir("/proc") if p.isdigit()])
-res["state_visible"] = os.path.exists(os.environ["STATEDIR"])
-try:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    r = libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)
-    res["mount"] = "ok" if r == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
-    r = libc.unshare(0x10000000)
-    res["unshare"] = "ok" if r == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
-except ImportError:
-    res["mount"] = "no ctypes"
-print("RESULT " + json.dumps(res), flush=True)
-"#;
-
-fn host_ip() -> Option<String> {
-    // An address of the host outside 10.213/16 and loopback, if any.
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let a = l.split_whitespace().nth(3)?.split('/').next()?.to_string();
-        (!a.starts_with("127.") && !a.starts_with("10.213.")).then_some(a)
-    })
-}
-
-async fn hostile(h: &Containers, egress: bool) -> serde_json::Value {
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let neighbour = h.start(&common::launch(Runtime::Runc)).await.unwrap();
-    common::wait_http(&neighbour).await;
-    let mut l = common::python(Runtime::Runc, PROBE);
-    l.egress = egress;
-    l.env.push(format!("HOSTPORT={port}"));
-    l.env.push(format!("NEIGHBOUR={}", neighbour.addr().ip()));
-    l.env
-        .push(format!("STATEDIR={}", h.config().state_dir.display()));
-    if let Some(ip) = host_ip() {
-        l.env.push(format!("HOSTIP={ip}"));
-    }
-    let (code, out) = common::finish(h.start(&l).await.unwrap()).await;
-    neighbour.stop().await;
-    drop(listener);
-    assert_eq!(code, Some(0), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("{out}"));
-    serde_json::from_str(&line[7..]).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_container_reaches_nothing_and_holds_no_privilege() {
     require_root!();
     let (_d, h) = common::host(|_| {});
-    let r = hostile(&h, false).await;
+    let r = common::hostile(&h, Runtime::Runc, false).await;
     eprintln!("egress off: {r}");
     assert_eq!(r["default_route"], false, "{r}");
     assert_eq!(
@@ -344,7 +258,7 @@ async fn a_hostile_container_reaches_nothing_and_holds_no_privilege() {
 async fn with_egress_the_host_neighbours_and_private_ranges_stay_unreachable() {
     require_root!();
     let (_d, h) = common::host(|_| {});
-    let r = hostile(&h, true).await;
+    let r = common::hostile(&h, Runtime::Runc, true).await;
     eprintln!("egress on: {r}");
     assert_eq!(r["default_route"], true, "{r}");
     assert_eq!(r["host_veth"], "timeout", "{r}");

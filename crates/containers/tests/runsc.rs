@@ -101,3 +101,29 @@ print("uid", os.getuid(), flush=True)
     assert!(out.contains("host refused"), "{out}");
     assert!(out.contains("uid 65534"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_runsc_container_reaches_nothing_and_holds_no_privilege() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    if runsc_or_skip(&h).is_none() {
+        return;
+    }
+    let r = common::hostile(&h, Runtime::Runsc, false).await;
+    eprintln!("runsc, egress off: {r}");
+    assert_eq!(r["default_route"], false, "{r}");
+    for k in [
+        "host_veth",
+        "loopback",
+        "host_other",
+        "neighbour",
+        "public",
+        "metadata",
+    ] {
+        assert_ne!(r[k], "connected", "{k}: {r}");
+    }
+    assert_eq!(r["capeff"], "0000000000000000", "{r}");
+    assert!(r["pids"].as_u64().unwrap() <= 2, "{r}");
+    assert_eq!(r["state_visible"], false, "{r}");
+    assert_eq!(r["mount"], "EPERM", "{r}");
+}
