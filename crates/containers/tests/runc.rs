@@ -388,3 +388,34 @@ async fn the_console_keeps_only_the_latest_output_in_a_bounded_ring() {
     assert!(all.contains("line 039999") && all.trim_end().ends_with("the end"));
     assert!(!all.contains("line 000001 "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_land_on_the_containers_own_cgroups() {
+    require_root!();
+    let (_d, h) = common::host(|c| c.pids_limit = 77);
+    let mut l = common::launch(Runtime::Runc);
+    l.cpu = Some(0.25);
+    l.memory_bytes = Some(100 << 20);
+    let c = h.start(&l).await.unwrap();
+    common::wait_http(&c).await;
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}{}/{file}", c.cgroup()))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (100u64 << 20).to_string()
+        );
+        assert_eq!(read("pids", "pids.max"), "77");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        // The container's processes are in its groups (absolute path, not under the caller's).
+        let pid = c.init_pid().unwrap().to_string();
+        assert!(read("memory", "cgroup.procs").lines().any(|l| l == pid));
+        assert!(read("pids", "cgroup.procs").lines().any(|l| l == pid));
+    }
+    c.stop().await;
+}
