@@ -48,6 +48,9 @@ pub struct OciConfig {
     /// Host uid:gid that images running as root run as (default 65532:65532).
     pub root_uid: u32,
     pub root_gid: u32,
+    /// runsc's network mode; None = probed at startup (netstack, else netstack with
+    /// `/proc/sys/net` masked, else host networking inside the container's netns).
+    pub runsc_network: Option<RunscNetwork>,
 }
 
 impl OciConfig {
@@ -68,6 +71,7 @@ impl OciConfig {
             tmp_bytes: d.tmp_bytes,
             root_uid: d.root_uid,
             root_gid: d.root_gid,
+            runsc_network: None,
         }
     }
 }
@@ -92,6 +96,7 @@ impl OciBackend {
         c.tmp_bytes = cfg.tmp_bytes;
         c.root_uid = cfg.root_uid;
         c.root_gid = cfg.root_gid;
+        c.runsc_network = cfg.runsc_network;
         let containers = Containers::new(c)?;
         Ok(OciBackend {
             images,
