@@ -16,6 +16,7 @@ use crate::container::{
     RegistryLogin, RuntimeClass,
 };
 use async_trait::async_trait;
+pub use cloister_containers::RunscNetwork;
 use cloister_containers::{Containers, Launch, RunningContainer, Runtime};
 use cloister_images::{ImageStore, PullError, PullOptions, RegistryAuth};
 use std::net::SocketAddr;
