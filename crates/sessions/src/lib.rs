@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod container;
 pub mod error;
 pub mod ident;
+pub mod oci;
 pub mod openapi;
 pub mod pool;
 pub mod runtime;
