@@ -811,7 +811,7 @@ impl Console {
             let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(r) else {
                 return;
             };
-            let mut buf = vec![0u8; 16 << 10];
+            let mut buf = vec![0u8; 64 << 10];
             while let Ok(n) = rx.read(&mut buf).await {
                 if n == 0 {
                     break;
@@ -826,11 +826,13 @@ impl Console {
         ring
     }
 
-    /// Waits (≤ 200 ms) until every writer has closed the pipe, so the tail is complete.
+    /// Waits (≤ 2 s) until every writer has closed the pipe and the reader has drained it,
+    /// so the tail is complete (a loaded host may still be reading megabytes when the
+    /// runtime's exit is seen; only a leftover process holding the pipe costs the full wait).
     async fn settle(&self) {
         let t0 = Instant::now();
         while !self.1.load(std::sync::atomic::Ordering::Acquire)
-            && t0.elapsed() < Duration::from_millis(200)
+            && t0.elapsed() < Duration::from_secs(2)
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

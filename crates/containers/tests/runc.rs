@@ -373,7 +373,7 @@ async fn dropping_a_container_without_stop_tears_it_down_too() {
 async fn the_console_keeps_only_the_latest_output_in_a_bounded_ring() {
     require_root!();
     let (_d, h) = common::host(|_| {});
-    let code = "import sys\nfor i in range(40000): print('line %06d %s' % (i, 'x' * 40))\nprint('the end', file=sys.stderr)";
+    let code = "import sys\nfor i in range(40000): print('line %06d %s' % (i, 'x' * 40))\nsys.stdout.flush()\nprint('the end', file=sys.stderr)";
     let c = h.start(&common::python(Runtime::Runc, code)).await.unwrap();
     assert_eq!(c.wait_exit(Duration::from_secs(30)).await, Some(0));
     let all = c.console_tail(usize::MAX);
@@ -385,7 +385,11 @@ async fn the_console_keeps_only_the_latest_output_in_a_bounded_ring() {
         all.len()
     );
     assert!(all.len() > cloister_containers::CONSOLE_BYTES / 2);
-    assert!(all.contains("line 039999") && all.trim_end().ends_with("the end"));
+    assert!(
+        all.contains("line 039999") && all.trim_end().ends_with("the end"),
+        "{}",
+        &all[all.len().saturating_sub(300)..]
+    );
     assert!(!all.contains("line 000001 "));
 }
 
