@@ -39,6 +39,50 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
+    pub custom_containers: CustomContainersConfig,
+}
+
+/// CustomContainer session pools: the pool's own OCI image, run with runc (or runsc) in a
+/// network namespace of its own per session. Off unless enabled (needs root).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomContainersConfig {
+    pub enabled: bool,
+    /// The image store (blobs, unpacked root filesystems); default `DATA_DIR/images`.
+    pub image_dir: Option<PathBuf>,
+    /// Per-container state (bundles, writable layers, runtime state); default
+    /// `DATA_DIR/containers`.
+    pub state_dir: Option<PathBuf>,
+    /// The OCI runtimes (runsc is optional: `runtimeClassName: runsc` needs it).
+    pub runc: PathBuf,
+    pub runsc: Option<PathBuf>,
+    /// Registries reached over plain HTTP (`host:port`), e.g. a loopback test registry.
+    pub plain_http_registries: Vec<String>,
+    /// Default caps of a container whose template gives none: memory (MiB), CPU (cores),
+    /// processes.
+    pub memory_mb: u64,
+    pub cpu: f64,
+    pub pids: u64,
+    /// How long a container without a startup probe may take to accept a TCP connection on
+    /// its target port (seconds).
+    pub startup_timeout_secs: u64,
+}
+
+impl Default for CustomContainersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            image_dir: None,
+            state_dir: None,
+            runc: PathBuf::from("/usr/sbin/runc"),
+            runsc: None,
+            plain_http_registries: vec![],
+            memory_mb: 512,
+            cpu: 1.0,
+            pids: 256,
+            startup_timeout_secs: 60,
+        }
+    }
 }
 
 /// Connection limits of each listener (HTTPS and HTTP alike).
@@ -124,6 +168,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             identity: IdentityConfig::default(),
             sessions: SessionsConfig::default(),
+            custom_containers: CustomContainersConfig::default(),
         }
     }
 }
@@ -176,6 +221,16 @@ impl ServerConfig {
         }
         if let Some(v) = env("SESSIONS") {
             cfg.sessions.enabled = !matches!(v.as_str(), "0" | "false" | "off");
+        }
+        if let Some(v) = env("CUSTOM_CONTAINERS") {
+            cfg.custom_containers.enabled = !matches!(v.as_str(), "0" | "false" | "off");
+        }
+        if let Some(v) = env("PLAIN_HTTP_REGISTRIES") {
+            cfg.custom_containers.plain_http_registries = v
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
         }
         if let Some(v) = env("ARM_TYPES") {
             cfg.arm_types = v

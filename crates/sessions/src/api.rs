@@ -178,6 +178,26 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
             format!("The session pool '{}' was not found.", segs[5]),
         )
     })?;
+    if pool.spec().container_type == crate::spec::ContainerType::CustomContainer
+        && !segs
+            .get(6)
+            .is_some_and(|s| decode_seg(s).eq_ignore_ascii_case(".management"))
+    {
+        // Everything but `.management/*` goes to the session's container, path unchanged.
+        let raw_tail = format!("/{}", segs[6..].join("/"));
+        let fwd = crate::custom_proxy::Forwarded {
+            client: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            proto: dp
+                .public_url
+                .split_once("://")
+                .map_or("https", |(p, _)| p)
+                .to_string(),
+        };
+        return crate::custom_proxy::forward(&pool, req, &raw_tail, fwd).await;
+    }
     let mut tail: Vec<String> = segs[6..].iter().map(|s| decode_seg(s)).collect();
     while tail.last().is_some_and(|s| s.is_empty()) {
         tail.pop();
@@ -220,9 +240,16 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
         (&Method::GET, ["session"]) => get_session(&ctx, false).await,
         (&Method::DELETE, ["session"]) => delete_session(&ctx, false).await,
         (&Method::GET, ["listsessions"]) => list_sessions(&ctx, false).await,
-        (&Method::POST, [".management", "getsession"]) => get_session(&ctx, true).await,
-        (&Method::POST, [".management", "listsessions"]) => list_sessions(&ctx, true).await,
-        (&Method::POST, [".management", "stopsession"]) => delete_session(&ctx, true).await,
+        // POST as Azure's custom-container pools take them; GET too.
+        (&Method::POST | &Method::GET, [".management", "getsession"]) => {
+            get_session(&ctx, true).await
+        }
+        (&Method::POST | &Method::GET, [".management", "listsessions"]) => {
+            list_sessions(&ctx, true).await
+        }
+        (&Method::POST | &Method::GET, [".management", "stopsession"]) => {
+            delete_session(&ctx, true).await
+        }
         (&Method::GET, ["metadata"]) => metadata(dp, &ctx).await,
         _ => Err(DpError::not_found(
             "SessionRequestNotSupported",
