@@ -26,9 +26,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 # Custom-container images: mmdebstrap + umoci build the test image (scripts/image-build.sh),
 # skopeo pushes it, docker-registry (CNCF distribution) serves it on loopback, htpasswd
-# (apache2-utils) makes the basic-auth registry's bcrypt password file.
+# (apache2-utils) makes the basic-auth registry's bcrypt password file; runc and runsc (gVisor)
+# run the containers (crates/containers), in network namespaces made with iproute2, behind nftables.
 need=()
-for p in mmdebstrap umoci skopeo docker-registry apache2-utils; do
+for p in mmdebstrap umoci skopeo docker-registry apache2-utils runc runsc iproute2 nftables util-linux; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

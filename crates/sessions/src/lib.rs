@@ -15,6 +15,7 @@ pub mod custom_proxy;
 pub mod custom_spec;
 pub mod error;
 pub mod ident;
+pub mod oci;
 pub mod openapi;
 pub mod pool;
 pub mod runtime;

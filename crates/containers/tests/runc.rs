@@ -1,0 +1,426 @@
+//! Real runc containers from the real test image (pulled through cloister-images from a
+//! loopback registry): HTTP over the veth, exit codes, limits, isolation, cleanup, sweep.
+
+mod common;
+use cloister_containers::{Containers, Runtime};
+use common::require_root;
+use std::io::BufRead;
+use std::path::Path;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_serves_http_over_the_veth_with_separate_state_and_stop_removes_everything() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let a = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    let b = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    assert_ne!(a.addr(), b.addr());
+    let (ja, took) = common::wait_http(&a).await;
+    eprintln!("runc start -> first 200 (after start returned): {took:?}");
+    common::wait_http(&b).await;
+    assert_eq!(ja["hostname"], a.id(), "{ja}");
+    let c = common::client();
+    for _ in 0..3 {
+        let r = c
+            .post(format!("http://{}/counter", a.addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let ja: serde_json::Value = c
+        .get(format!("http://{}/", a.addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jb: serde_json::Value = c
+        .get(format!("http://{}/", b.addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ja["counter"], 3);
+    assert_eq!(jb["counter"], 0, "state leaked between containers");
+    assert_eq!(
+        ja["pid"], 1,
+        "the server is the init of its own pid namespace"
+    );
+    let mem = a.memory_bytes().unwrap();
+    assert!(mem > 1 << 20 && mem < 512 << 20, "{mem}");
+    let (id, ns, cg) = (a.id().to_string(), a.netns(), a.cgroup());
+    let veths_before = common::veths().len();
+    assert!(common::leftovers(&h, &id, &ns, &cg).len() >= 3);
+    a.stop().await;
+    assert_eq!(common::leftovers(&h, &id, &ns, &cg), Vec::<String>::new());
+    assert_eq!(common::veths().len(), veths_before - 1);
+    assert!(
+        c.get(format!("http://{}/", b.addr()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_is_detected_with_its_code_and_the_console_tail_is_kept() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let a = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    common::wait_http(&a).await;
+    assert!(a.is_running());
+    let r = common::client()
+        .post(format!("http://{}/exit?code=7", a.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(a.wait_exit(Duration::from_secs(10)).await, Some(7));
+    assert!(!a.is_running());
+    let tail = a.console_tail(4096);
+    assert!(tail.contains("listening on 8080"), "{tail}");
+    assert!(tail.contains("POST /exit"), "{tail}");
+    assert!(a.console_tail(10).len() <= 10);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_kills_a_container_that_allocates_past_it() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let mut l = common::python(
+        Runtime::Runc,
+        "import sys\nprint('allocating', flush=True)\nb = bytearray(400 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived', flush=True)",
+    );
+    l.memory_bytes = Some(64 << 20);
+    let (code, out) = common::finish(h.start(&l).await.unwrap()).await;
+    assert_eq!(code, Some(137), "{out}");
+    assert!(
+        out.contains("allocating") && !out.contains("survived"),
+        "{out}"
+    );
+    // Under the limit it runs to the end.
+    let mut l = common::python(
+        Runtime::Runc,
+        "b = bytearray(16 << 20)\nprint('ok', flush=True)",
+    );
+    l.memory_bytes = Some(64 << 20);
+    let (code, out) = common::finish(h.start(&l).await.unwrap()).await;
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pids_limit_contains_a_fork_bomb() {
+    require_root!();
+    let (_d, h) = common::host(|c| c.pids_limit = 24);
+    let code = r#"
+import os, time
+n = 0
+try:
+    while n < 1000:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("forks", n, "errno", e.errno, flush=True)
+"#;
+    let c = h.start(&common::python(Runtime::Runc, code)).await.unwrap();
+    // The children sleep on; the init's end takes the pid namespace with it.
+    let code = c.wait_exit(Duration::from_secs(30)).await;
+    let out = c.console_tail(4096);
+    c.stop().await;
+    assert_eq!(code, Some(0), "{out}");
+    let n: u32 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(9999);
+    assert!(n < 24, "{out}");
+    assert!(out.contains("errno 11"), "EAGAIN expected: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writable_layer_is_capped_private_and_leaves_the_image_unchanged() {
+    require_root!();
+    let (_d, h) = common::host(|c| c.writable_bytes = 8 << 20);
+    let img = common::image();
+    let name = format!("written-{}", std::process::id());
+    let code = format!(
+        r#"
+import os
+os.makedirs("/var/tmp/d", exist_ok=True)
+open("/var/tmp/{name}", "w").write("hello")
+print("small write ok", flush=True)
+try:
+    with open("/var/tmp/big", "wb") as f:
+        for i in range(64):
+            f.write(b"x" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    print("big write ok", flush=True)
+except OSError as e:
+    print("big write failed errno", e.errno, flush=True)
+try:
+    open("/{name}", "w").write("x")
+    print("root write ok", flush=True)
+except OSError as e:
+    print("root write failed errno", e.errno, flush=True)
+print("uid", os.getuid(), os.getgid(), flush=True)
+"#
+    );
+    // The image's own user (65534) and an image that runs as root (mapped to 65532).
+    for user in [None, Some("0:0".to_string())] {
+        let mut l = common::python(Runtime::Runc, &code);
+        if user.is_some() {
+            l.user = user.clone();
+        }
+        let (exit, out) = common::finish(h.start(&l).await.unwrap()).await;
+        assert_eq!(exit, Some(0), "{out}");
+        assert!(out.contains("small write ok"), "{out}");
+        assert!(
+            out.contains("big write failed errno 28"),
+            "ENOSPC expected: {out}"
+        );
+        assert!(out.contains("root write failed errno 13"), "{out}");
+        let want = if user.is_some() {
+            "uid 65532 65532"
+        } else {
+            "uid 65534 65534"
+        };
+        assert!(out.contains(want), "{out}");
+    }
+    assert!(!img.rootfs.join("var/tmp").join(&name).exists());
+    assert!(!img.rootfs.join("var/tmp/big").exists());
+    // A second container does not see the first one's files.
+    let (exit, out) = common::finish(
+        h.start(&common::python(
+            Runtime::Runc,
+            &format!("import os; print('seen', os.path.exists('/var/tmp/{name}'))"),
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(exit, Some(0), "{out}");
+    assert!(out.contains("seen False"), "{out}");
+}
+
+const PROBE: &str = r#"
+import json, os, socket, errno
+res = {}
+def conn(host, port, t=1.5):
+    s = socket.socket()
+    s.settimeout(t)
+    try:
+        s.connect((host, port))
+        return "connected"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+# the host end of our /30, from the link route in /proc/net/route
+gw = None
+default = False
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    f = line.split()
+    if f[1] == "00000000":
+        default = True
+    elif f[0] == "eth0":
+        net = int.from_bytes(bytes.fromhex(f[1]), "little")
+        gw = socket.inet_ntoa((net + 1).to_bytes(4, "big"))
+port = int(os.environ["HOSTPORT"])
+res["default_route"] = default
+res["host_veth"] = conn(gw, port)
+res["loopback"] = conn("127.0.0.1", port)
+res["host_other"] = conn(os.environ["HOSTIP"], port) if os.environ.get("HOSTIP") else "none"
+res["neighbour"] = conn(os.environ["NEIGHBOUR"], 8080)
+res["public"] = conn("1.1.1.1", 80)
+res["metadata"] = conn("169.254.169.254", 80)
+status = open("/proc/self/status").read()
+res["capeff"] = [l.split()[1] for l in status.splitlines() if l.startswith("CapEff")][0]
+res["pids"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+res["state_visible"] = os.path.exists(os.environ["STATEDIR"])
+try:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    r = libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)
+    res["mount"] = "ok" if r == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+    r = libc.unshare(0x10000000)
+    res["unshare"] = "ok" if r == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+except ImportError:
+    res["mount"] = "no ctypes"
+print("RESULT " + json.dumps(res), flush=True)
+"#;
+
+fn host_ip() -> Option<String> {
+    // An address of the host outside 10.213/16 and loopback, if any.
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let a = l.split_whitespace().nth(3)?.split('/').next()?.to_string();
+        (!a.starts_with("127.") && !a.starts_with("10.213.")).then_some(a)
+    })
+}
+
+async fn hostile(h: &Containers, egress: bool) -> serde_json::Value {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let neighbour = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    common::wait_http(&neighbour).await;
+    let mut l = common::python(Runtime::Runc, PROBE);
+    l.egress = egress;
+    l.env.push(format!("HOSTPORT={port}"));
+    l.env.push(format!("NEIGHBOUR={}", neighbour.addr().ip()));
+    l.env
+        .push(format!("STATEDIR={}", h.config().state_dir.display()));
+    if let Some(ip) = host_ip() {
+        l.env.push(format!("HOSTIP={ip}"));
+    }
+    let (code, out) = common::finish(h.start(&l).await.unwrap()).await;
+    neighbour.stop().await;
+    drop(listener);
+    assert_eq!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("{out}"));
+    serde_json::from_str(&line[7..]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_container_reaches_nothing_and_holds_no_privilege() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let r = hostile(&h, false).await;
+    eprintln!("egress off: {r}");
+    assert_eq!(r["default_route"], false, "{r}");
+    assert_eq!(
+        r["host_veth"], "timeout",
+        "the host's listener must be unreachable: {r}"
+    );
+    assert_eq!(
+        r["loopback"], "ECONNREFUSED",
+        "127.0.0.1 is the container's own: {r}"
+    );
+    assert!(
+        r["host_other"] == "ENETUNREACH" || r["host_other"] == "none",
+        "{r}"
+    );
+    assert_eq!(r["neighbour"], "ENETUNREACH", "{r}");
+    assert_eq!(r["public"], "ENETUNREACH", "{r}");
+    assert_eq!(r["capeff"], "0000000000000000", "{r}");
+    assert!(
+        r["pids"].as_u64().unwrap() <= 2,
+        "host processes visible: {r}"
+    );
+    assert_eq!(r["state_visible"], false, "{r}");
+    assert_eq!(r["mount"], "EPERM", "{r}");
+    assert_eq!(r["unshare"], "EPERM", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_egress_the_host_neighbours_and_private_ranges_stay_unreachable() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let r = hostile(&h, true).await;
+    eprintln!("egress on: {r}");
+    assert_eq!(r["default_route"], true, "{r}");
+    assert_eq!(r["host_veth"], "timeout", "{r}");
+    assert!(
+        r["host_other"] == "timeout" || r["host_other"] == "none",
+        "{r}"
+    );
+    // Refused by the forward chain (admin-prohibited) or dropped: never connected.
+    for k in ["neighbour", "metadata"] {
+        assert_ne!(r[k], "connected", "{k}: {r}");
+        assert_ne!(
+            r[k], "ENETUNREACH",
+            "{k} must be refused by the filter, not by routing: {r}"
+        );
+    }
+    assert_eq!(r["capeff"], "0000000000000000", "{r}");
+}
+
+/// The crashed holder of `a_sweep_after_a_crash_removes_the_leftovers` (runs only when asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder() {
+    let Ok(state) = std::env::var("CLOISTER_TEST_HOLDER_STATE") else {
+        return;
+    };
+    let mut cfg = cloister_containers::Config::new(state);
+    cfg.runsc = None;
+    let h = Containers::new(cfg).unwrap();
+    let c = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    common::wait_http(&c).await;
+    println!("READY {} {} {} {}", c.id(), c.netns(), c.cgroup(), c.addr());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_after_a_crash_removes_the_leftovers() {
+    require_root!();
+    common::image();
+    let d = tempfile::Builder::new()
+        .prefix("cloister-ctr-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let state = d.path().join("state");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "holder", "--nocapture", "--test-threads=1"])
+        .env("CLOISTER_TEST_HOLDER_STATE", &state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let l = lines.next().expect("holder ended").unwrap();
+        if let Some(r) = l.strip_prefix("READY ") {
+            break r.to_string();
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let f: Vec<&str> = ready.split_whitespace().collect();
+    let (id, ns, cg, addr) = (f[0], f[1], f[2], f[3]);
+    // The container outlived its holder.
+    let r = common::client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut cfg = cloister_containers::Config::new(&state);
+    cfg.runsc = None;
+    let h = Containers::new(cfg).unwrap();
+    assert!(common::leftovers(&h, id, ns, cg).len() >= 3);
+    assert_eq!(h.sweep(), 1);
+    assert_eq!(common::leftovers(&h, id, ns, cg), Vec::<String>::new());
+    assert!(
+        common::client()
+            .get(format!("http://{addr}/"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(format!("cloister-{}", h.prefix()))
+            .exists()
+    );
+    assert_eq!(h.sweep(), 0);
+}
