@@ -53,15 +53,14 @@ pub struct CustomContainersConfig {
     /// Per-container state (bundles, writable layers, runtime state); default
     /// `DATA_DIR/containers`.
     pub state_dir: Option<PathBuf>,
-    /// The OCI runtimes (runsc is optional: `runtimeClassName: runsc` needs it).
-    pub runc: PathBuf,
+    /// The OCI runtimes (default: found on PATH; runsc is optional: `runtimeClassName: runsc`
+    /// needs it).
+    pub runc: Option<PathBuf>,
     pub runsc: Option<PathBuf>,
     /// Registries reached over plain HTTP (`host:port`), e.g. a loopback test registry.
     pub plain_http_registries: Vec<String>,
-    /// Default caps of a container whose template gives none: memory (MiB), CPU (cores),
-    /// processes.
+    /// Default memory cap of a container whose template gives none (MiB), and its process cap.
     pub memory_mb: u64,
-    pub cpu: f64,
     pub pids: u64,
     /// How long a container without a startup probe may take to accept a TCP connection on
     /// its target port (seconds).
@@ -74,11 +73,10 @@ impl Default for CustomContainersConfig {
             enabled: false,
             image_dir: None,
             state_dir: None,
-            runc: PathBuf::from("/usr/sbin/runc"),
+            runc: None,
             runsc: None,
             plain_http_registries: vec![],
             memory_mb: 512,
-            cpu: 1.0,
             pids: 256,
             startup_timeout_secs: 60,
         }

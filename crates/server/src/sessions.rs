@@ -95,7 +95,7 @@ fn container_backend(
     if !c.enabled {
         return None;
     }
-    let _dirs = (
+    let mut oc = cloister_sessions::oci::OciConfig::new(
         c.image_dir
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("images")),
@@ -103,12 +103,25 @@ fn container_backend(
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("containers")),
     );
-    // The embedded backend (cloister_sessions::oci::OciBackend) is built here once it is in
-    // this tree.
-    tracing::warn!(
-        "custom containers are enabled, but this build has no OCI backend; CustomContainer pools are refused"
-    );
-    None
+    if let Some(r) = &c.runc {
+        oc.runc = r.clone();
+    }
+    if c.runsc.is_some() {
+        oc.runsc = c.runsc.clone();
+    }
+    oc.plain_http = c.plain_http_registries.clone();
+    oc.default_memory = c.memory_mb << 20;
+    oc.pids_limit = c.pids as i64;
+    match cloister_sessions::oci::OciBackend::new(oc) {
+        Ok(b) => {
+            tracing::info!("custom containers enabled");
+            Some(Arc::new(b))
+        }
+        Err(e) => {
+            tracing::error!("custom containers are off: {e}");
+            None
+        }
+    }
 }
 
 /// The sandboxes' work directory (agent script, generated `/etc` files, identity socket). A

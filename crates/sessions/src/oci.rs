@@ -16,7 +16,7 @@ use crate::container::{
     RegistryLogin, RuntimeClass,
 };
 use async_trait::async_trait;
-use cloister_containers::{Containers, Launch, Runtime, RunningContainer};
+use cloister_containers::{Containers, Launch, RunningContainer, Runtime};
 use cloister_images::{ImageStore, PullError, PullOptions, RegistryAuth};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,7 +178,10 @@ impl ContainerBackend for OciBackend {
     fn sweep(&self) {
         let n = self.containers.sweep();
         if n > 0 {
-            tracing::info!(containers = n, "removed containers left by a previous process");
+            tracing::info!(
+                containers = n,
+                "removed containers left by a previous process"
+            );
         }
     }
 }
