@@ -216,6 +216,40 @@ impl Ctx {
     }
 }
 
+impl Drop for Ctx {
+    /// A graceful stop (SIGTERM) lets the server stop its containers, also when a check failed.
+    fn drop(&mut self) {
+        if let Some(c) = self.s.child.as_mut() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let until = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < until && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Processes whose command line names this server's container state (runc and what it runs
+/// under it).
+fn container_processes(s: &Server) -> usize {
+    let needle = s
+        .data_dir()
+        .join("containers")
+        .to_string_lossy()
+        .to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .count()
+}
+
 async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
     while !f().await {
@@ -386,6 +420,10 @@ async fn custom_container_pools() {
     })
     .await;
     eprintln!("pool created → ready instance: {:?}", t0.elapsed());
+    assert!(
+        container_processes(&cx.s) > 0,
+        "the leak check sees the containers"
+    );
     let pool = cx.get_pool("cpa").await;
     assert_eq!(
         pool["properties"]["templateUpdateStatus"]["activeTemplate"]["imageDigest"],
