@@ -591,4 +591,87 @@ mod tests {
         .unwrap();
         assert_eq!((p.max_concurrent, p.ready), (5, 4));
     }
+
+    fn custom_props() -> Value {
+        json!({
+            "containerType": "CustomContainer",
+            "scaleConfiguration": {"maxConcurrentSessions": 10, "readySessionInstances": 5},
+            "secrets": [{"name": "s1", "value": "v1"}, {"name": "reg", "value": "pw"}],
+            "customContainerTemplate": {
+                "containers": [{"name": "c", "image": "r/i:1", "env": [{"name": "B", "secretRef": "s1"}]}],
+                "ingress": {"targetPort": 8080},
+                "registryCredentials": {"server": "r", "username": "u", "passwordSecretRef": "reg"}
+            },
+            "workloadProfileName": "Consumption",
+            "managedIdentitySettings": null
+        })
+    }
+
+    #[test]
+    fn custom_pools() {
+        let p = PoolSpec::parse(&custom_props(), None).unwrap();
+        assert_eq!(p.container_type, ContainerType::CustomContainer);
+        assert_eq!(p.custom.as_ref().unwrap().target_port, 8080);
+        assert!(p.check_custom().is_ok());
+        // GET view: names only; stored form: sealed values (here none yet) and no plain ones.
+        let view = p.to_properties("2025-10-02-preview");
+        assert_eq!(view["secrets"], json!([{"name": "s1"}, {"name": "reg"}]));
+        assert!(!p.to_stored().to_string().contains("\"v1\""));
+        assert_eq!(view["runtimeClassName"], "runc");
+        // OnContainerExit: custom pools only, maxAlive defaults to the CLI's 3600.
+        let mut v = custom_props();
+        v["dynamicPoolConfiguration"] = json!({"lifecycleConfiguration": {"lifecycleType": "OnContainerExit", "maxAlivePeriodInSeconds": null, "cooldownPeriodInSeconds": null}});
+        let e = PoolSpec::parse(&v, None).unwrap();
+        assert_eq!(
+            (e.lifecycle, e.max_alive_secs),
+            (Lifecycle::OnContainerExit, Some(DEFAULT_MAX_ALIVE))
+        );
+        // PATCH replaces secrets wholesale; a secretRef to a dropped secret is refused.
+        let e = PoolSpec::parse(
+            &json!({"secrets": [{"name": "reg", "value": "pw2"}]}),
+            Some(&p),
+        )
+        .unwrap_err();
+        assert!(e.contains("'s1'"), "{e}");
+        let q = PoolSpec::parse(
+            &json!({"secrets": [{"name": "s1"}, {"name": "reg"}, {"name": "new", "value": "x"}]}),
+            Some(&p),
+        )
+        .unwrap();
+        assert_eq!(q.secrets.len(), 3);
+        // null = absent: a PATCH with secrets null keeps them.
+        let q = PoolSpec::parse(
+            &json!({"secrets": null, "customContainerTemplate": null}),
+            Some(&p),
+        )
+        .unwrap();
+        assert_eq!((q.secrets.len(), q.custom.is_some()), (2, true));
+        // The warm-pool rule.
+        for (max, ready) in [(10, 0), (10, 10), (1, 0)] {
+            let mut v = custom_props();
+            v["scaleConfiguration"] =
+                json!({"maxConcurrentSessions": max, "readySessionInstances": ready});
+            let p = PoolSpec::parse(&v, None).unwrap();
+            assert_eq!(
+                p.check_custom().unwrap_err().0,
+                "SessionPoolInvalidReadySessionInstances"
+            );
+        }
+        let mut v = custom_props();
+        v["scaleConfiguration"] = Value::Null;
+        assert_eq!(PoolSpec::parse(&v, None).unwrap().ready, 1);
+        // Templates only for custom pools; runtimeClassName too; GpuBase refused.
+        assert!(PoolSpec::parse(&json!({"containerType": "PythonLTS", "customContainerTemplate": custom_props()["customContainerTemplate"]}), None).is_err());
+        assert!(PoolSpec::parse(&json!({"containerType": "GpuBase"}), None).is_err());
+        assert!(ContainerType::CustomContainer.is_supported(true));
+        assert!(!ContainerType::CustomContainer.is_supported(false));
+        assert!(!ContainerType::GpuBase.is_supported(true));
+        // A stored pool (values sealed) reads back the same.
+        let mut sealed = p.clone();
+        for x in &mut sealed.secrets {
+            x.value = None;
+            x.sealed = Some(format!("sealed-{}", x.name));
+        }
+        assert_eq!(PoolSpec::parse(&sealed.to_stored(), None).unwrap(), sealed);
+    }
 }
