@@ -176,7 +176,7 @@ pub fn parse_memory(s: &str) -> Option<u64> {
         _ => return None,
     };
     let b = n * mult;
-    (b.is_finite() && b >= 1.0 && b < 1e15).then_some(b as u64)
+    (1.0..1e15).contains(&b).then_some(b as u64)
 }
 
 fn parse_probe(v: &Value, path: &str) -> Result<Probe, String> {
