@@ -565,6 +565,88 @@ async fn custom_container_pools() {
     );
     assert_eq!(counts(&cx.get_pool("cpb").await)["crashCount"], 0);
 
+    // ---- the CLI: create from flags, then session show / list / stop ----------------------
+    let boot = cx.s.data_dir().join("bootstrap.json");
+    let (c, _, err) = cx.s.cli(&["login", "--bootstrap", boot.to_str().unwrap()]);
+    assert_eq!(c, 0, "{err}");
+    let (c, out, err) = cx.s.cli(&[
+        "containerapp",
+        "sessionpool",
+        "create",
+        "-n",
+        "cpcli",
+        "-g",
+        "cc",
+        "--container-type",
+        "CustomContainer",
+        "--image",
+        &img,
+        "--target-port",
+        "8080",
+        "--registry-server",
+        &authed.host,
+        "--registry-username",
+        REG_USER,
+        "--registry-password",
+        REG_PASS,
+        "--max-sessions",
+        "2",
+        "--ready-sessions",
+        "1",
+        "--env-vars",
+        "a=1",
+        "--environment",
+        "/subscriptions/x/resourceGroups/y/providers/Microsoft.App/managedEnvironments/env",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(!out.contains(REG_PASS), "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let cli_ep = v["properties"]["poolManagementEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let oid = common::claims(&cx.admin)["oid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cx.s.assign(&cx.admin, &cx.pool_id("cpcli"), EXECUTOR, &oid)
+        .await;
+    let (st, v) = cx.call("POST", &cli_ep, "counter", "cliuser").await;
+    assert_eq!((st, &v["counter"]), (200, &json!(1)), "{v}");
+    let (c, out, err) = cx.s.cli(&[
+        "containerapp",
+        "session",
+        "show",
+        "-n",
+        "cpcli",
+        "-g",
+        "cc",
+        "--identifier",
+        "cliuser",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("\"cliuser\""), "{out}");
+    let (c, out, err) =
+        cx.s.cli(&["containerapp", "session", "list", "-n", "cpcli", "-g", "cc"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("\"cliuser\""), "{out}");
+    let (c, out, err) = cx.s.cli(&[
+        "containerapp",
+        "session",
+        "stop",
+        "-n",
+        "cpcli",
+        "-g",
+        "cc",
+        "--identifier",
+        "cliuser",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        out.contains("Session cliuser in session pool cpcli stopped."),
+        "{out}"
+    );
+
     // ---- cross-pool: an executor on pool B only cannot reach pool A ------------------------
     let (app, sp, secret) = cx.s.new_sp(&cx.admin, "cc-other").await;
     cx.s.assign(&cx.admin, &cx.pool_id("cpb"), EXECUTOR, &sp)
@@ -684,7 +766,7 @@ async fn custom_container_pools() {
     }
 
     // ---- deleting pools stops everything -------------------------------------------------
-    for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpg"] {
+    for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpg", "cpcli"] {
         let (st, _) =
             cx.s.call(
                 &cx.admin,
