@@ -317,7 +317,7 @@ async fn custom_container_pools() {
     }
     let open = Registry::start(None);
     let authed = Registry::start(Some(&format!("{REG_USER}:{REG_PASS}")));
-    open.push("cloister/test:1", None);
+    let open_digest = open.push("cloister/test:1", None);
     let digest = authed.push("cloister/test:1", Some(&format!("{REG_USER}:{REG_PASS}")));
     let cfg = format!(
         "[custom_containers]\nenabled = true\nplain_http_registries = [\"{}\", \"{}\"]\nstartup_timeout_secs = 30\n{}",
@@ -764,6 +764,50 @@ async fn custom_container_pools() {
         let (st, v) = cx.call("POST", &g, "counter", "xxxx").await;
         assert_eq!((st, &v["counter"]), (200, &json!(1)), "runsc: {v}");
     }
+
+    // ---- the image is pinned: the tag gone from the registry changes nothing until the
+    // template changes; a template change replaces the ready instance ----------------------
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/v2/cloister/test/manifests/{open_digest}",
+            open.host
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "manifest delete");
+    wait_for("pool B's ready instance", 30, async || {
+        counts(&cx.get_pool("cpb").await)["readyCount"] == 1
+    })
+    .await;
+    let (st, v) = cx.call("POST", &b, "counter", "pinned1").await;
+    assert_eq!((st, &v["counter"]), (200, &json!(1)), "{v}");
+    let before = cx.get_pool("cpb").await;
+    let mut tpl = before["properties"]["customContainerTemplate"].clone();
+    tpl["containers"][0]["env"][0]["value"] = json!("2");
+    let (st, v) =
+        cx.s.call(
+            &cx.admin,
+            "PATCH",
+            &format!("{}?api-version={API}", cx.pool_id("cpb")),
+            Some(json!({"properties": {"customContainerTemplate": tpl}})),
+        )
+        .await;
+    assert!(st == 200 || st == 202, "{v}");
+    // The running session keeps its container; new ones need the image again, which is gone.
+    let (st, v) = cx.call("POST", &b, "counter", "pinned1").await;
+    assert_eq!((st, &v["counter"]), (200, &json!(2)), "{v}");
+    let (st, v) = cx.call("POST", &b, "counter", "pinned2").await;
+    assert_eq!(
+        st, 503,
+        "after the template change the image is resolved again: {v}"
+    );
+    let after = counts(&cx.get_pool("cpb").await);
+    assert!(
+        after["imagePullFailCount"].as_u64().unwrap() >= 1,
+        "{after}"
+    );
+    assert_eq!(after["readyCount"], 0, "{after}");
 
     // ---- deleting pools stops everything -------------------------------------------------
     for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpg", "cpcli"] {
