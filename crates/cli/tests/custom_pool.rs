@@ -299,6 +299,35 @@ async fn ws_echo(s: &Server, ep: &str, token: &str, id: &str) -> String {
     String::from_utf8(p).unwrap()
 }
 
+/// Runs the futures concurrently and collects their outputs.
+async fn futures_join<F: std::future::Future<Output = u16>>(
+    fs: impl Iterator<Item = F>,
+) -> Vec<u16> {
+    let mut set = vec![];
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out = vec![];
+    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        for slot in pending.iter_mut() {
+            if let Some(f) = slot
+                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                out.push(v);
+                *slot = None;
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out
+}
+
 fn counts(pool: &Value) -> Value {
     pool["properties"]["templateUpdateStatus"]["activeTemplate"]["status"].clone()
 }
@@ -647,6 +676,44 @@ async fn custom_container_pools() {
         "{out}"
     );
 
+    // maxConcurrentSessions is exact under a burst: 2 slots, 6 new identifiers at once.
+    let burst = (0..6).map(|i| {
+        let cx = &cx;
+        let ep = cli_ep.clone();
+        async move {
+            cx.call("POST", &ep, "counter", &format!("burst{i}"))
+                .await
+                .0
+        }
+    });
+    let mut codes = futures_join(burst).await;
+    codes.sort();
+    assert_eq!(codes, [200, 200, 429, 429, 429, 429], "{codes:?}");
+
+    // ---- a liveness probe that fails ends the session and counts a crash ------------------
+    let f = cx
+        .pool(
+            "cpf",
+            az_body(&open_img, None, json!({"customContainerTemplate": {"containers": [{"name": "app", "image": open_img,
+                "probes": [{"type": "Liveness", "httpGet": {"path": "/missing", "port": 8080}, "failureThreshold": 2, "periodSeconds": 1}]}]}})),
+        )
+        .await;
+    let (st, v) = cx.call("POST", &f, "counter", "lively").await;
+    assert_eq!(st, 200, "{v}");
+    wait_for("the unhealthy session to end", 30, async || {
+        cx.call("POST", &f, ".management/getSession", "lively")
+            .await
+            .0
+            == 400
+    })
+    .await;
+    assert!(
+        counts(&cx.get_pool("cpf").await)["crashCount"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
     // ---- cross-pool: an executor on pool B only cannot reach pool A ------------------------
     let (app, sp, secret) = cx.s.new_sp(&cx.admin, "cc-other").await;
     cx.s.assign(&cx.admin, &cx.pool_id("cpb"), EXECUTOR, &sp)
@@ -810,7 +877,7 @@ async fn custom_container_pools() {
     assert_eq!(after["readyCount"], 0, "{after}");
 
     // ---- deleting pools stops everything -------------------------------------------------
-    for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpg", "cpcli"] {
+    for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpf", "cpg", "cpcli"] {
         let (st, _) =
             cx.s.call(
                 &cx.admin,
