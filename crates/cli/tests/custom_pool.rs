@@ -420,8 +420,9 @@ async fn custom_container_pools() {
         .await;
     assert_eq!(st, 400, "{v}");
     // The CLI's follow-up GET graph /me is answered cleanly (not a 5xx).
-    let (st, _) = cx.s.call(&cx.admin, "GET", "/v1.0/me", None).await;
+    let (st, v) = cx.s.call(&cx.admin, "GET", "/v1.0/me", None).await;
     assert!(st < 500, "GET /v1.0/me: {st}");
+    eprintln!("GET /v1.0/me (the CLI's follow-up): {st} {v}");
 
     // ---- a pool from the az body, image behind basic auth --------------------------------
     let t0 = Instant::now();
@@ -467,7 +468,12 @@ async fn custom_container_pools() {
     eprintln!("first request to a warm session: {first:?}");
     let (_, v) = cx.call("POST", &a, "counter", "alice").await;
     assert_eq!(v["counter"], 2, "state per identifier");
+    let t = Instant::now();
     let (_, v) = cx.call("POST", &a, "counter", "bobby").await;
+    eprintln!(
+        "second identifier (the ready pool refilling or a cold start): {:?}",
+        t.elapsed()
+    );
     assert_eq!(
         v["counter"], 1,
         "another identifier, another container: {v}"
@@ -828,8 +834,10 @@ async fn custom_container_pools() {
             .as_str()
             .unwrap()
             .to_string();
+        let t = Instant::now();
         let (st, v) = cx.call("POST", &g, "counter", "xxxx").await;
         assert_eq!((st, &v["counter"]), (200, &json!(1)), "runsc: {v}");
+        eprintln!("runsc: first request (ready or cold) {:?}", t.elapsed());
     }
 
     // ---- the image is pinned: the tag gone from the registry changes nothing until the

@@ -164,12 +164,31 @@ pub async fn forward(
     })?;
     validate(identifier).map_err(|m| DpError::validation(m).target("identifier"))?;
     let identifier = identifier.to_string();
-    let (sess, guard) = pool.session(&identifier).await.map_err(pool_err)?;
-    let addr = guard
-        .as_ref()
-        .and_then(|i| i.addr())
-        .ok_or_else(|| bad_gateway("The session has no container to forward to.".into()))?;
-    drop(guard);
+    let mut replaced = false;
+    let (sess, addr, stream) = loop {
+        let (sess, guard) = pool.session(&identifier).await.map_err(pool_err)?;
+        let addr = guard
+            .as_ref()
+            .and_then(|i| i.addr())
+            .ok_or_else(|| bad_gateway("The session has no container to forward to.".into()))?;
+        drop(guard);
+        match dial(addr).await {
+            Ok(s) => break (sess, addr, s),
+            Err(e) => {
+                // A container that ended just before this request (its exit not noticed
+                // yet): the session goes and the identifier gets a fresh one, once.
+                let g = sess.slot.clone().lock_owned().await;
+                if !replaced && g.as_ref().is_some_and(|i| !i.is_alive()) {
+                    replaced = true;
+                    pool.delete_session(&sess, Some(g)).await;
+                    continue;
+                }
+                return Err(bad_gateway(format!(
+                    "The session's container did not accept a connection on its target port: {e}."
+                )));
+            }
+        }
+    };
     sess.touch();
 
     let upgrade = is_upgrade(req.headers());
@@ -227,11 +246,6 @@ pub async fn forward(
         .map_err(|e| DpError::bad(format!("The request cannot be forwarded: {e}")))?;
     *out.headers_mut() = headers;
 
-    let stream = dial(addr).await.map_err(|e| {
-        bad_gateway(format!(
-            "The session's container did not accept a connection on its target port: {e}."
-        ))
-    })?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| bad_gateway(format!("The session's container did not answer: {e}.")))?;
