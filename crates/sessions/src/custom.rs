@@ -640,3 +640,62 @@ impl Runtime for CustomRuntime {
         Some(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn launch(container: serde_json::Value) -> CustomLaunch {
+        CustomLaunch {
+            pool_id: "/p".into(),
+            template: CustomTemplate::parse(
+                &json!({"containers": [container], "ingress": {"targetPort": 8080}}),
+            )
+            .unwrap(),
+            runtime: RuntimeClass::Runc,
+            egress: false,
+            exit_ends_session: false,
+            secrets: vec![("s1".into(), "secret-value".into())],
+            login: Some(("u".into(), "registry-password".into())),
+        }
+    }
+
+    fn image() -> PreparedImage {
+        PreparedImage {
+            reference: "r/i:1".into(),
+            digest: "sha256:00".into(),
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            working_dir: None,
+            user: None,
+        }
+    }
+
+    #[test]
+    fn command_args_and_env_as_kubernetes_does() {
+        let l = launch(json!({"image": "r/i:1"}));
+        assert_eq!(launch_spec(&l, image()).unwrap().args, ["/entry", "serve"]);
+        let l = launch(json!({"image": "r/i:1", "args": ["x"]}));
+        assert_eq!(launch_spec(&l, image()).unwrap().args, ["/entry", "x"]);
+        let l = launch(json!({"image": "r/i:1", "command": ["sleep"], "args": ["9"]}));
+        assert_eq!(launch_spec(&l, image()).unwrap().args, ["sleep", "9"]);
+        let l = launch(
+            json!({"image": "r/i:1", "env": [{"name": "A", "value": "t"}, {"name": "B", "secretRef": "s1"}]}),
+        );
+        let s = launch_spec(&l, image()).unwrap();
+        assert_eq!(s.env, ["PATH=/bin", "A=t", "B=secret-value"]);
+        // The registry password is not in the container's spec, nor in any Debug output.
+        let dbg = format!("{s:?} {l:?}");
+        assert!(!s.env.iter().any(|e| e.contains("registry-password")));
+        assert!(
+            !dbg.contains("registry-password") && !dbg.contains("secret-value"),
+            "{dbg}"
+        );
+        let mut empty = image();
+        empty.entrypoint.clear();
+        empty.cmd.clear();
+        assert!(launch_spec(&launch(json!({"image": "r/i:1"})), empty).is_err());
+    }
+}

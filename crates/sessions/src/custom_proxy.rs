@@ -332,3 +332,43 @@ pub async fn forward(
     }
     Ok(Response::from_parts(rparts, Body::new(rbody)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop(&mut h, true);
+        assert!(is_upgrade(&h));
+        let mut plain = HeaderMap::new();
+        plain.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(
+            !is_upgrade(&plain),
+            "Upgrade without Connection: upgrade is no upgrade"
+        );
+    }
+}
