@@ -14,7 +14,7 @@
 //! <state>/c/<id>/console.log   the runtime's and the container's stdout and stderr
 //! <state>/runc, <state>/runsc  the runtimes' --root state dirs
 //! /var/run/netns/cloister-<id> its network namespace (net.rs)
-//! cgroup /cloister-<prefix>/<id>   per controller on v1 (absolute path: containers.md P11)
+//! cgroup /cloister-ctr-<prefix>/<id>   per controller on v1 (absolute path: containers.md P11)
 //! ```
 //!
 //! The runtime runs in the foreground as a child of this process (`runc run --bundle <abs>
@@ -308,7 +308,7 @@ impl Containers {
     }
 
     fn cgroup_parent(&self) -> String {
-        format!("/cloister-{}", self.inner.prefix)
+        format!("/cloister-ctr-{}", self.inner.prefix)
     }
 
     fn runtime_root(&self, rt: Runtime) -> PathBuf {
@@ -329,7 +329,16 @@ impl Containers {
         let mut prep = tokio::task::spawn_blocking(move || me.prepare(&l2))
             .await
             .map_err(|e| e.to_string())??;
-        let log = fs::File::create(prep.dir.join("console.log")).map_err(|e| e.to_string())?;
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(prep.dir.join("console.log"))
+                .map_err(|e| e.to_string())?
+        };
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let pid_file = prep.dir.join("init.pid");
         let root = self.runtime_root(l.runtime);
@@ -513,7 +522,16 @@ impl Containers {
                 tmp_bytes: cfg.tmp_bytes,
                 resolv_conf: resolv,
             });
-            fs::write(dir.join("config.json"), config.to_string()).map_err(|e| e.to_string())
+            // The env may hold the template's secrets: root only.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("config.json"))
+                .and_then(|mut f| f.write_all(config.to_string().as_bytes()))
+                .map_err(|e| format!("config.json: {e}"))
         })();
         if let Err(e) = r {
             self.teardown(&mut p);
@@ -541,6 +559,10 @@ impl Containers {
         net::teardown(&p.netns, &p.veth);
         for d in cgroup_dirs(&p.cgroup) {
             remove_cgroup(&d);
+            // The parent too once it is empty (fails harmlessly while others run).
+            if let Some(parent) = d.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
     }
 
