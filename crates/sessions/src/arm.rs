@@ -101,6 +101,7 @@ impl Provider for SessionPools {
         _p: &dyn Platform,
         w: &Write<'_>,
     ) -> Result<Option<Value>, ArmError> {
+        crate::custom_arm::enabled_for(self, w.resource, w.properties)?;
         let mut spec = prepare(w.resource, w.properties, w.patch, w.name)?;
         crate::custom_arm::admit(self, w.resource, w.properties, &mut spec)?;
         Ok(Some(spec.to_stored()))

@@ -30,6 +30,32 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
+const NOT_ENABLED: &str = "containerType 'CustomContainer' is not supported on this server: custom containers are not enabled (set [custom_containers] enabled = true in its configuration; it needs runc and root).";
+
+/// Refuses a CustomContainer pool at once (before its template is looked at) when this
+/// server runs no containers.
+pub(crate) fn enabled_for(
+    st: &SessionPools,
+    r: &Resource,
+    props: Option<&Value>,
+) -> Result<(), ArmError> {
+    let named = props
+        .and_then(|p| p.as_object())
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("containerType"))
+                .map(|(_, v)| v)
+        })
+        .and_then(|v| v.as_str())
+        .is_some_and(|t| ContainerType::parse(t) == Some(ContainerType::CustomContainer));
+    let stored =
+        crate::arm::spec_of(r).is_some_and(|s| s.container_type == ContainerType::CustomContainer);
+    if (named || stored) && !ContainerType::CustomContainer.is_supported(st.custom_enabled()) {
+        return Err(ArmError::bad_request("InvalidRequestContent", NOT_ENABLED));
+    }
+    Ok(())
+}
+
 /// Checks a CustomContainer pool against this server and seals its new secret values.
 pub(crate) fn admit(
     st: &SessionPools,
@@ -78,10 +104,7 @@ pub(crate) fn admit(
         return Ok(());
     }
     if !ContainerType::CustomContainer.is_supported(st.custom_enabled()) {
-        return Err(ArmError::bad_request(
-            "CustomContainersNotEnabled",
-            "Custom containers are not enabled on this server: set [custom_containers] enabled = true in its configuration (it needs runc and root).",
-        ));
+        return Err(ArmError::bad_request("InvalidRequestContent", NOT_ENABLED));
     }
     spec.check_custom()
         .map_err(|(code, m)| ArmError::bad_request(code, m))?;
