@@ -526,6 +526,19 @@ async fn custom_container_pools() {
             &json!(format!("/nowhere/deep?identifier=alice&api-version={API}"))
         )
     );
+    // The container's own errors pass unchanged (here http.server's 501 for PUT).
+    let (st, _, v) = cx
+        .dp(
+            "PUT",
+            &format!("{a}/counter?identifier=alice&api-version={API}"),
+            &cx.token,
+        )
+        .await;
+    assert_eq!(st, 501, "{v}");
+    assert!(
+        v.as_str().is_some_and(|t| t.contains("Unsupported method")),
+        "{v}"
+    );
     // A bad or missing identifier.
     let (st, v) = cx.call("GET", &a, "", "bad%20id!").await;
     assert_eq!(st, 400, "{v}");
