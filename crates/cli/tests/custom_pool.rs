@@ -219,6 +219,12 @@ impl Ctx {
 impl Drop for Ctx {
     /// A graceful stop (SIGTERM) lets the server stop its containers, also when a check failed.
     fn drop(&mut self) {
+        self.stop_gracefully();
+    }
+}
+
+impl Ctx {
+    fn stop_gracefully(&mut self) {
         if let Some(c) = self.s.child.as_mut() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -227,6 +233,9 @@ impl Drop for Ctx {
             let until = Instant::now() + Duration::from_secs(20);
             while Instant::now() < until && matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(100));
+            }
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                self.s.child = None;
             }
         }
     }
@@ -368,7 +377,7 @@ async fn custom_container_pools() {
             "https://dynamicsessions.io",
         )
         .await;
-    let cx = Ctx { s, admin, token };
+    let mut cx = Ctx { s, admin, token };
 
     // ---- validation --------------------------------------------------------------------
     let img = format!("{}/cloister/test:1", authed.host);
@@ -909,6 +918,36 @@ async fn custom_container_pools() {
         "{after}"
     );
     assert_eq!(after["readyCount"], 0, "{after}");
+
+    // ---- a restart: sessions are gone, pools come back with their sealed secrets ----------
+    cx.stop_gracefully();
+    assert_eq!(
+        container_processes(&cx.s),
+        0,
+        "a clean stop stops every container"
+    );
+    cx.s.spawn().await;
+    // New ports, so a new issuer and endpoint.
+    cx.admin = cx.s.admin_token().await;
+    cx.token =
+        cx.s.client_token(
+            &cx.s.admin_id(),
+            &cx.s.admin_secret(),
+            "https://dynamicsessions.io",
+        )
+        .await;
+    let a = cx.get_pool("cpa").await["properties"]["poolManagementEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, v) = cx.call("POST", &a, "counter", "afterrestart").await;
+    assert_eq!(
+        (st, &v["counter"]),
+        (200, &json!(1)),
+        "pulled again with the unsealed password: {v}"
+    );
+    let (st, _) = cx.call("POST", &a, ".management/getSession", "alice").await;
+    assert_eq!(st, 400, "sessions do not survive a restart");
 
     // ---- deleting pools stops everything -------------------------------------------------
     for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpf", "cpg", "cpcli"] {
