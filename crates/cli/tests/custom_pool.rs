@@ -635,6 +635,25 @@ async fn custom_container_pools() {
     );
     assert_eq!(counts(&cx.get_pool("cpb").await)["crashCount"], 0);
 
+    // maxAlivePeriodInSeconds ends an OnContainerExit session whose container keeps running.
+    let h = cx
+        .pool(
+            "cph",
+            az_body(&open_img, None, json!({"dynamicPoolConfiguration": {"lifecycleConfiguration": {"lifecycleType": "OnContainerExit", "maxAlivePeriodInSeconds": 2}}})),
+        )
+        .await;
+    let (st, _) = cx.call("POST", &h, "counter", "shortlived").await;
+    assert_eq!(st, 200);
+    let t = Instant::now();
+    wait_for("maxAlive to end the session", 20, async || {
+        cx.call("POST", &h, ".management/getSession", "shortlived")
+            .await
+            .0
+            == 400
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(10));
+
     // ---- the CLI: create from flags, then session show / list / stop ----------------------
     let boot = cx.s.data_dir().join("bootstrap.json");
     let (c, _, err) = cx.s.cli(&["login", "--bootstrap", boot.to_str().unwrap()]);
@@ -950,7 +969,9 @@ async fn custom_container_pools() {
     assert_eq!(st, 400, "sessions do not survive a restart");
 
     // ---- deleting pools stops everything -------------------------------------------------
-    for p in ["cpa", "cpb", "cpc", "cpd", "cpe", "cpf", "cpg", "cpcli"] {
+    for p in [
+        "cpa", "cpb", "cpc", "cpd", "cpe", "cpf", "cpg", "cph", "cpcli",
+    ] {
         let (st, _) =
             cx.s.call(
                 &cx.admin,
