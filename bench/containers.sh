@@ -69,6 +69,12 @@ PY
 echo "== cloister-containers, runc"
 "$bench" "$rootfs" runc "$n"
 if command -v runsc >/dev/null; then
-  echo "== cloister-containers, runsc"
+  echo "== cloister-containers, runsc (the probe's network mode)"
   "$bench" "$rootfs" runsc "$n"
+  echo "== cloister-containers, runsc forced to --network=host inside the netns"
+  RUNSC_NETWORK=host "$bench" "$rootfs" runsc "$n"
+  echo "== start -> exit of python3 -c pass (no network): runc, runsc probe mode, runsc host mode"
+  BENCH_TRUE=1 "$bench" "$rootfs" runc "$n" 2>&1 | grep "^{"
+  BENCH_TRUE=1 "$bench" "$rootfs" runsc "$n" 2>&1 | grep "^{"
+  BENCH_TRUE=1 RUNSC_NETWORK=host "$bench" "$rootfs" runsc "$n" 2>&1 | grep "^{"
 fi

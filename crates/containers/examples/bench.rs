@@ -57,6 +57,31 @@ fn stats(mut v: Vec<f64>) -> serde_json::Value {
     serde_json::json!({"n": v.len(), "min": v[0], "median": q(0.5), "p99": q(0.99), "max": v[v.len() - 1]})
 }
 
+/// `GET /` on a fresh connection: true on a 200. The connect waits at most 50 ms: a SYN that
+/// meets a namespace not yet answering is retried at once rather than by TCP's 1 s
+/// retransmission (a client's pooled or slow-starting connection measured runsc's netstack
+/// ≈700 ms late).
+async fn http_ok(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_millis(50),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    else {
+        return false;
+    };
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && buf.starts_with(b"HTTP/1.")
+        && &buf[9..12] == b"200"
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -73,6 +98,12 @@ async fn main() {
         .unwrap();
     let mut cfg = Config::new(state.path());
     cfg.runsc = Some("runsc".into());
+    cfg.runsc_network = match std::env::var("RUNSC_NETWORK").as_deref() {
+        Ok("netstack") => Some(cloister_containers::RunscNetwork::Netstack),
+        Ok("masked") => Some(cloister_containers::RunscNetwork::NetstackMaskedProc),
+        Ok("host") => Some(cloister_containers::RunscNetwork::HostInNetns),
+        _ => None,
+    };
     let h = Containers::new(cfg).unwrap();
     let launch = Launch {
         rootfs,
@@ -88,20 +119,52 @@ async fn main() {
         port: 8080,
         egress: false,
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let (mut total, mut started) = (vec![], vec![]);
+    if std::env::var_os("BENCH_HOLD").is_some() {
+        // One container for poking at by hand: prints its address, lives 15 s.
+        let c = h.start(&launch).await.unwrap();
+        println!("{}", c.addr());
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        c.stop().await;
+        return;
+    }
+    if std::env::var_os("BENCH_TRUE").is_some() {
+        // Start → exit of `python3 -c pass` (no network involved).
+        let mut l = launch.clone();
+        let code = std::env::var("BENCH_TRUE").unwrap();
+        l.args = vec![
+            "python3".into(),
+            "-c".into(),
+            if code == "1" { "pass".into() } else { code },
+        ];
+        let mut v = vec![];
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let c = h.start(&l).await.unwrap();
+            c.wait_exit(Duration::from_secs(30)).await;
+            v.push(t0.elapsed().as_secs_f64() * 1000.0);
+            eprint!("{}", c.console_tail(200));
+            c.stop().await;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"start_to_exit_of_python3_pass_ms": stats(v)})
+        );
+        return;
+    }
+    let (mut total, mut started, mut listening) = (vec![], vec![], vec![]);
     for _ in 0..n {
         let t0 = Instant::now();
         let c = h.start(&launch).await.unwrap();
         started.push(t0.elapsed().as_secs_f64() * 1000.0);
-        let url = format!("http://{}/", c.addr());
+        let url = c.addr().to_string();
+        let mut heard = false;
         loop {
-            if let Ok(r) = client.get(&url).send().await
-                && r.status() == 200
-            {
+            // When the server's "listening on" line reached the console.
+            if !heard && c.console_tail(4096).contains("listening on") {
+                heard = true;
+                listening.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            if http_ok(&url).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -113,14 +176,8 @@ async fn main() {
     let mut cs = vec![];
     for _ in 0..5 {
         let c = h.start(&launch).await.unwrap();
-        let url = format!("http://{}/", c.addr());
-        while client
-            .get(&url)
-            .send()
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
+        let url = c.addr().to_string();
+        while !http_ok(&url).await {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         cs.push(c);
@@ -168,6 +225,8 @@ async fn main() {
         "runsc_network": h.runsc_network().map(|m| m.as_str()).unwrap_or("-"),
         "start_returned_ms": stats(started),
         "start_to_first_200_ms": stats(total),
+        // When the server's "listening on" line reached the console log.
+        "start_to_listening_log_ms": if listening.is_empty() { serde_json::Value::Null } else { stats(listening) },
         "idle_pss_per_container_mib": ctr as f64 / 5.0 / 1024.0,
         "runc_supervisor_pss_per_container_mib": sup as f64 / 5.0 / 1024.0,
         "memory_cgroup_per_container_mib": cg_bytes as f64 / 5.0 / 1048576.0,

@@ -11,14 +11,13 @@
 //! <state>/c/<id>/rw/           a tmpfs of `writable_bytes` (the cap of the writable layer)
 //!                 rw/upper, rw/work   the overlay's upper and work dirs
 //! <state>/c/<id>/rootfs/       overlayfs: lowerdir = the image's read-only rootfs
-//! <state>/c/<id>/console.log   the runtime's and the container's stdout and stderr
 //! <state>/runc, <state>/runsc  the runtimes' --root state dirs
 //! /var/run/netns/cloister-<id> its network namespace (net.rs)
 //! cgroup /cloister-ctr-<prefix>/<id>   per controller on v1 (absolute path: containers.md P11)
 //! ```
 //!
 //! The runtime runs in the foreground as a child of this process (`runc run --bundle <abs>
-//! <id>`, stdio = the console log, never a pipe: P3), so its exit status is the container's
+//! <id>`, stdio = one pipe read continuously into a 256 KiB ring, the console tail: P3), so its exit status is the container's
 //! (128 + signal when killed, e.g. 137 for the OOM killer). `stop` (and `Drop`) force-delete
 //! the container, unmount, remove the netns, veth, cgroups (P10) and files.
 //!
@@ -30,7 +29,6 @@ pub mod net;
 pub mod spec;
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -71,7 +69,7 @@ impl RunscNetwork {
 /// The host side's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Bundles, runtime state and console logs (created 0711; made absolute).
+    /// Bundles, writable layers and runtime state (created 0711; made absolute).
     pub state_dir: PathBuf,
     /// The runc binary (`runc` = looked up on PATH).
     pub runc: PathBuf,
@@ -88,6 +86,8 @@ pub struct Config {
     /// Host uid and gid for images that run as root.
     pub root_uid: u32,
     pub root_gid: u32,
+    /// Forces runsc's network mode instead of probing (None = probe at startup).
+    pub runsc_network: Option<RunscNetwork>,
 }
 
 impl Config {
@@ -102,6 +102,7 @@ impl Config {
             tmp_bytes: 64 << 20,
             root_uid: 65532,
             root_gid: 65532,
+            runsc_network: None,
         }
     }
 }
@@ -268,7 +269,12 @@ impl Containers {
         let prefix = format!("{:06x}", fnv(&cfg.state_dir.to_string_lossy()) & 0xff_ffff);
         let runsc = match &cfg.runsc {
             None => Err("runsc is not configured".to_string()),
-            Some(bin) => probe_runsc(bin, &cfg.state_dir, &prefix),
+            Some(bin) => match cfg.runsc_network {
+                Some(mode) => which(bin)
+                    .map(|_| mode)
+                    .ok_or_else(|| format!("{} is not installed", bin.display())),
+                None => probe_runsc(bin, &cfg.state_dir, &prefix),
+            },
         };
         match &runsc {
             Ok(mode) => tracing::info!(
@@ -329,17 +335,16 @@ impl Containers {
         let mut prep = tokio::task::spawn_blocking(move || me.prepare(&l2))
             .await
             .map_err(|e| e.to_string())??;
-        let log = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(prep.dir.join("console.log"))
-                .map_err(|e| e.to_string())?
+        // stdout and stderr: one pipe, read continuously into a bounded ring (never a file
+        // that grows with the container's output, never a pipe nobody reads: P3).
+        let (log_r, log_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                self.teardown(&mut prep);
+                return Err(format!("pipe: {e}"));
+            }
         };
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let log2 = log_w.try_clone().map_err(|e| e.to_string())?;
         let pid_file = prep.dir.join("init.pid");
         let root = self.runtime_root(l.runtime);
         let mut cmd = match l.runtime {
@@ -361,8 +366,8 @@ impl Containers {
             .arg(&prep.dir)
             .arg(&prep.id)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
+            .stdout(Stdio::from(log_w))
+            .stderr(Stdio::from(log2))
             .kill_on_drop(false);
         let t0 = Instant::now();
         let mut child = match cmd.spawn() {
@@ -392,18 +397,24 @@ impl Containers {
             id: String::new(),
             addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), l.port),
             exit: rx,
-            log_path: PathBuf::new(),
+            console: Console::spawn(log_r, CONSOLE_BYTES),
         };
         {
             let g = c.prep.lock().unwrap();
             let p = g.as_ref().unwrap();
             c.id = p.id.clone();
             c.addr = SocketAddr::new(net::container_addr(p.slot.n).into(), l.port);
-            c.log_path = p.dir.join("console.log");
         }
         // Started = the pid file is there; an exit before that is a failed start.
+        let has_pid =
+            || fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<i32>().is_ok());
         loop {
-            if let Some(code) = *c.exit.borrow() {
+            // A container that ran and already exited has its pid file: it started.
+            let exited = *c.exit.borrow();
+            if let Some(code) = exited
+                && !has_pid()
+            {
+                c.console.settle().await;
                 let tail = c.console_tail(2000);
                 c.stop_blocking();
                 return Err(format!(
@@ -411,7 +422,7 @@ impl Containers {
                     tail.trim()
                 ));
             }
-            if fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<i32>().is_ok()) {
+            if has_pid() {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(60) {
@@ -762,6 +773,77 @@ fn probe_runsc(bin: &Path, state: &Path, prefix: &str) -> Result<RunscNetwork, S
     result
 }
 
+/// How much of a container's output is kept (the most recent bytes).
+pub const CONSOLE_BYTES: usize = 256 << 10;
+
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fresh descriptors that we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// The console ring: a task reads the pipe until every writer has closed it.
+#[derive(Clone)]
+struct Console(
+    Arc<Mutex<std::collections::VecDeque<u8>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl Console {
+    fn spawn(r: std::os::fd::OwnedFd, cap: usize) -> Console {
+        let ring = Console(
+            Arc::new(Mutex::new(std::collections::VecDeque::new())),
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+        let c = ring.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(r) else {
+                return;
+            };
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = rx.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut q = c.0.lock().unwrap_or_else(|e| e.into_inner());
+                q.extend(&buf[..n]);
+                let over = q.len().saturating_sub(cap);
+                q.drain(..over);
+            }
+            c.1.store(true, std::sync::atomic::Ordering::Release);
+        });
+        ring
+    }
+
+    /// Waits (≤ 200 ms) until every writer has closed the pipe, so the tail is complete.
+    async fn settle(&self) {
+        let t0 = Instant::now();
+        while !self.1.load(std::sync::atomic::Ordering::Acquire)
+            && t0.elapsed() < Duration::from_millis(200)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn tail(&self, max: usize) -> String {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = q.len().saturating_sub(max);
+        let bytes: Vec<u8> = q.iter().skip(skip).copied().collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 struct Prepared {
     id: String,
     runtime: Runtime,
@@ -779,7 +861,7 @@ pub struct RunningContainer {
     id: String,
     addr: SocketAddr,
     exit: tokio::sync::watch::Receiver<Option<i32>>,
-    log_path: PathBuf,
+    console: Console,
 }
 
 impl RunningContainer {
@@ -821,7 +903,11 @@ impl RunningContainer {
     pub async fn wait_exit(&self, timeout: Duration) -> Option<i32> {
         let mut rx = self.exit.clone();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|c| c.is_some())).await;
-        *self.exit.borrow()
+        let code = *self.exit.borrow();
+        if code.is_some() {
+            self.console.settle().await;
+        }
+        code
     }
 
     /// The memory cgroup's usage.
@@ -840,16 +926,9 @@ impl RunningContainer {
         fs::read_to_string(p).ok()?.trim().parse().ok()
     }
 
-    /// The last `max` bytes of the console log.
+    /// The last `max` bytes (at most [`CONSOLE_BYTES`]) of the container's stdout and stderr.
     pub fn console_tail(&self, max: usize) -> String {
-        let Ok(mut f) = fs::File::open(&self.log_path) else {
-            return String::new();
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(max as u64)));
-        let mut buf = Vec::new();
-        let _ = f.take(max as u64).read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
+        self.console.tail(max)
     }
 
     /// The init process's pid on the host (from the runtime's pid file).
@@ -870,32 +949,54 @@ impl RunningContainer {
     }
 
     fn stop_blocking(&self) {
-        let Some(mut p) = self.prep.lock().unwrap().take() else {
+        let Some(p) = self.prep.lock().unwrap().take() else {
             return;
         };
-        let bin = match p.runtime {
-            Runtime::Runc => self.owner.inner.cfg.runc.clone(),
-            Runtime::Runsc => self.owner.inner.cfg.runsc.clone().unwrap_or_default(),
-        };
-        let _ = std::process::Command::new(&bin)
-            .arg("--root")
-            .arg(self.owner.runtime_root(p.runtime))
-            .args(["kill", "--all", &p.id, "KILL"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        // Let the foreground runtime notice and exit before the files go.
-        let t0 = Instant::now();
-        while self.exit.borrow().is_none() && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.owner.teardown(&mut p);
+        kill_and_teardown(&self.owner, p, &self.exit);
     }
 }
 
+/// Kills the container, waits (≤ 5 s) for the foreground runtime to exit, removes the rest.
+fn kill_and_teardown(
+    owner: &Containers,
+    mut p: Prepared,
+    exit: &tokio::sync::watch::Receiver<Option<i32>>,
+) {
+    let bin = match p.runtime {
+        Runtime::Runc => owner.inner.cfg.runc.clone(),
+        Runtime::Runsc => owner.inner.cfg.runsc.clone().unwrap_or_default(),
+    };
+    let _ = std::process::Command::new(&bin)
+        .arg("--root")
+        .arg(owner.runtime_root(p.runtime))
+        .args(["kill", "--all", &p.id, "KILL"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    // Let the foreground runtime notice and exit before the files go.
+    let t0 = Instant::now();
+    while exit.borrow().is_none() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    owner.teardown(&mut p);
+}
+
+/// Dropping a container without `stop` tears it down too: on a blocking thread of the current
+/// Tokio runtime if there is one (a drop on a runtime thread must not wait for the runtime's
+/// exit, which that thread may be the one to deliver), else right here.
 impl Drop for RunningContainer {
     fn drop(&mut self) {
-        self.stop_blocking();
+        let Some(p) = self.prep.lock().unwrap().take() else {
+            return;
+        };
+        let owner = self.owner.clone();
+        let exit = self.exit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || kill_and_teardown(&owner, p, &exit));
+            }
+            Err(_) => kill_and_teardown(&owner, p, &exit),
+        }
     }
 }

@@ -41,6 +41,16 @@ pub fn host_addr(slot: u32) -> Ipv4Addr {
 pub fn container_addr(slot: u32) -> Ipv4Addr {
     Ipv4Addr::from(BASE + 4 * slot + 2)
 }
+/// The container end's MAC: locally administered, from its address.
+pub fn container_mac(slot: u32) -> String {
+    let o = container_addr(slot).octets();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+/// The host end's MAC.
+pub fn host_mac(slot: u32) -> String {
+    let o = host_addr(slot).octets();
+    format!("02:01:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
 pub fn veth_name(slot: u32, egress: bool) -> String {
     format!("cl{}{slot:04x}", if egress { 'e' } else { 'd' })
 }
@@ -107,12 +117,22 @@ pub fn setup(ns: &str, veth: &str, slot: u32, egress: bool) -> Result<(), String
     run(Command::new("ip").args(["netns", "add", ns]), None)?;
     let h = host_addr(slot);
     let c = container_addr(slot);
+    // A fixed MAC for the container end and a permanent neighbour entry for it on the host:
+    // the host never waits on ARP (under runsc's netstack, which takes the interface over only
+    // once the sandbox is up, an unanswered ARP probe would hold the first connection for the
+    // kernel's 1 s retransmit time).
+    let mac = container_mac(slot);
+    let hmac = host_mac(slot);
     let host = format!(
-        "link add {veth} type veth peer name eth0 netns {ns}\n\
-         addr add {h}/30 dev {veth}\nlink set {veth} up\n"
+        "link add {veth} address {hmac} type veth peer name eth0 address {mac} netns {ns}\n\
+         addr add {h}/30 dev {veth}\nlink set {veth} up\n\
+         neigh replace {c} lladdr {mac} dev {veth} nud permanent\n"
     );
     let r = run(Command::new("ip").args(["-batch", "-"]), Some(&host)).and_then(|_| {
-        let mut inner = format!("addr add {c}/30 dev eth0\nlink set eth0 up\nlink set lo up\n");
+        let mut inner = format!(
+            "addr add {c}/30 dev eth0\nlink set eth0 up\nlink set lo up\n\
+             neigh replace {h} lladdr {hmac} dev eth0 nud permanent\n"
+        );
         if egress {
             inner.push_str(&format!("route add default via {h}\n"));
         }
@@ -129,10 +149,18 @@ pub fn setup(ns: &str, veth: &str, slot: u32, egress: bool) -> Result<(), String
 
 /// Removes the veth pair and the namespace (idempotent).
 pub fn teardown(ns: &str, veth: &str) {
-    if link_exists(veth) {
+    let ns_exists = std::path::Path::new("/var/run/netns").join(ns).exists();
+    if !veth.is_empty() && link_exists(veth) {
         let _ = run(Command::new("ip").args(["link", "del", veth]), None);
+    } else if ns_exists {
+        // The host end's name is unknown (a sweep): deleting the container end removes the
+        // pair now, rather than when the kernel gets round to destroying the namespace.
+        let _ = run(
+            Command::new("ip").args(["-n", ns, "link", "del", "eth0"]),
+            None,
+        );
     }
-    if std::path::Path::new("/var/run/netns").join(ns).exists() {
+    if ns_exists {
         let _ = run(Command::new("ip").args(["netns", "del", ns]), None);
     }
 }
@@ -214,6 +242,7 @@ mod tests {
         assert_eq!(container_addr(0).to_string(), "10.213.0.2");
         assert_eq!(host_addr(16383).to_string(), "10.213.255.253");
         assert_eq!(veth_name(255, false), "cld00ff");
+        assert_eq!(container_mac(0), "02:00:0a:d5:00:02");
         assert!(veth_name(16383, true).len() <= 15);
     }
 

@@ -89,6 +89,15 @@ async fn exit_is_detected_with_its_code_and_the_console_tail_is_kept() {
     assert!(tail.contains("POST /exit"), "{tail}");
     assert!(a.console_tail(10).len() <= 10);
     a.stop().await;
+    // A container that exits at once has still started; its code is kept.
+    for _ in 0..5 {
+        let c = h
+            .start(&common::python(Runtime::Runc, "import sys; sys.exit(4)"))
+            .await
+            .unwrap();
+        assert_eq!(c.wait_exit(Duration::from_secs(10)).await, Some(4));
+        c.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,4 +434,43 @@ async fn a_sweep_after_a_crash_removes_the_leftovers() {
             .exists()
     );
     assert_eq!(h.sweep(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_container_without_stop_tears_it_down_too() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let c = h.start(&common::launch(Runtime::Runc)).await.unwrap();
+    common::wait_http(&c).await;
+    let (id, ns, cg) = (c.id().to_string(), c.netns(), c.cgroup());
+    drop(c);
+    let t0 = std::time::Instant::now();
+    while !common::leftovers(&h, &id, &ns, &cg).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            common::leftovers(&h, &id, &ns, &cg)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_keeps_only_the_latest_output_in_a_bounded_ring() {
+    require_root!();
+    let (_d, h) = common::host(|_| {});
+    let code = "import sys\nfor i in range(40000): print('line %06d %s' % (i, 'x' * 40))\nprint('the end', file=sys.stderr)";
+    let c = h.start(&common::python(Runtime::Runc, code)).await.unwrap();
+    assert_eq!(c.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let all = c.console_tail(usize::MAX);
+    c.stop().await;
+    // 2 MB were written; the ring keeps the last CONSOLE_BYTES, on no disk.
+    assert!(
+        all.len() <= cloister_containers::CONSOLE_BYTES,
+        "{}",
+        all.len()
+    );
+    assert!(all.len() > cloister_containers::CONSOLE_BYTES / 2);
+    assert!(all.contains("line 039999") && all.trim_end().ends_with("the end"));
+    assert!(!all.contains("line 000001 "));
 }
