@@ -214,6 +214,7 @@ pub async fn forward(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
     strip_hop(&mut headers, upgrade);
     headers.remove(header::AUTHORIZATION);
@@ -236,7 +237,9 @@ pub async fn forward(
     if let Ok(v) = HeaderValue::from_str(&fwd.proto) {
         headers.insert("x-forwarded-proto", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&host) {
+    if !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
         headers.insert("x-forwarded-host", v);
     }
     headers.insert(
