@@ -172,6 +172,16 @@ pub enum SessionCmd {
         #[command(flatten)]
         s: SessionRef,
     },
+    /// Shows a session of a CustomContainer pool (`.management/getSession`).
+    Show {
+        #[command(flatten)]
+        s: SessionRef,
+    },
+    /// Lists the sessions of a CustomContainer pool (`.management/listSessions`).
+    List {
+        #[command(flatten)]
+        pool: PoolRef,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -623,6 +633,29 @@ pub async fn run(s: &mut Session, c: ContainerappCmd) -> Result<Value> {
                 .text()
                 .await?;
             Ok(Value::String(text))
+        }
+        ContainerappCmd::Session(SessionCmd::Show { s: r }) => {
+            let (ep, tok) = data_plane(s, &r).await?;
+            let url = format!(
+                "{ep}/.management/getSession?api-version={POOL_API}&identifier={}",
+                enc(&r.identifier)
+            );
+            Ok(send(s.http.post(url).bearer_auth(tok))
+                .await?
+                .json()
+                .await?)
+        }
+        ContainerappCmd::Session(SessionCmd::List { pool }) => {
+            let r = SessionRef {
+                pool,
+                identifier: String::new(),
+            };
+            let (ep, tok) = data_plane(s, &r).await?;
+            let url = format!("{ep}/.management/listSessions?api-version={POOL_API}");
+            Ok(send(s.http.post(url).bearer_auth(tok))
+                .await?
+                .json()
+                .await?)
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct ServerConfig {
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
     pub cluster: ClusterConfig,
+    pub custom_containers: CustomContainersConfig,
 }
 
 /// Sessions across nodes: every node with sessions on registers in the store, leases the
@@ -69,6 +70,47 @@ impl Default for ClusterConfig {
             internal_url: None,
             lease_ttl_secs: 10,
             max_sandboxes: 600,
+        }
+    }
+}
+
+/// CustomContainer session pools: the pool's own OCI image, run with runc (or runsc) in a
+/// network namespace of its own per session. Off unless enabled (needs root).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomContainersConfig {
+    pub enabled: bool,
+    /// The image store (blobs, unpacked root filesystems); default `DATA_DIR/images`.
+    pub image_dir: Option<PathBuf>,
+    /// Per-container state (bundles, writable layers, runtime state); default
+    /// `DATA_DIR/containers`.
+    pub state_dir: Option<PathBuf>,
+    /// The OCI runtimes (default: found on PATH; runsc is optional: `runtimeClassName: runsc`
+    /// needs it).
+    pub runc: Option<PathBuf>,
+    pub runsc: Option<PathBuf>,
+    /// Registries reached over plain HTTP (`host:port`), e.g. a loopback test registry.
+    pub plain_http_registries: Vec<String>,
+    /// Default memory cap of a container whose template gives none (MiB), and its process cap.
+    pub memory_mb: u64,
+    pub pids: u64,
+    /// How long a container without a startup probe may take to accept a TCP connection on
+    /// its target port (seconds).
+    pub startup_timeout_secs: u64,
+}
+
+impl Default for CustomContainersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            image_dir: None,
+            state_dir: None,
+            runc: None,
+            runsc: None,
+            plain_http_registries: vec![],
+            memory_mb: 512,
+            pids: 256,
+            startup_timeout_secs: 60,
         }
     }
 }
@@ -157,6 +199,7 @@ impl Default for ServerConfig {
             identity: IdentityConfig::default(),
             sessions: SessionsConfig::default(),
             cluster: ClusterConfig::default(),
+            custom_containers: CustomContainersConfig::default(),
         }
     }
 }
@@ -209,6 +252,16 @@ impl ServerConfig {
         }
         if let Some(v) = env("SESSIONS") {
             cfg.sessions.enabled = !matches!(v.as_str(), "0" | "false" | "off");
+        }
+        if let Some(v) = env("CUSTOM_CONTAINERS") {
+            cfg.custom_containers.enabled = !matches!(v.as_str(), "0" | "false" | "off");
+        }
+        if let Some(v) = env("PLAIN_HTTP_REGISTRIES") {
+            cfg.custom_containers.plain_http_registries = v
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
         }
         if let Some(v) = env("ARM_TYPES") {
             cfg.arm_types = v

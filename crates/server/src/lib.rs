@@ -427,6 +427,14 @@ async fn error_shape(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
+    // A session container's own answer (custom-container pools) goes out unchanged.
+    if resp
+        .extensions()
+        .get::<cloister_sessions::custom_proxy::FromContainer>()
+        .is_some()
+    {
+        return resp;
+    }
     let ct = resp
         .headers()
         .get(header::CONTENT_TYPE)

@@ -404,10 +404,16 @@ async fn connection<S: Stream>(
         last: AtomicU64::new(0),
         epoch: Instant::now(),
     });
+    // A handler that answered 101 (the custom-container proxy) takes the connection over.
+    let upgrade_slot = cloister_sessions::custom_proxy::UpgradeSlot::default();
     let svc = {
         let act = act.clone();
+        let slot = upgrade_slot.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            if !h2 {
+                req.extensions_mut().insert(slot.clone());
+            }
             act.active.fetch_add(1, Ordering::SeqCst);
             let busy = Busy(act.clone());
             let app = app.clone();
@@ -465,7 +471,15 @@ async fn connection<S: Stream>(
         // A request head that never finished: nothing to deliver, just close.
         return;
     }
-    linger(conn.into_parts().io.into_inner(), limits).await;
+    let parts = conn.into_parts();
+    if ended.is_ok()
+        && let Some(to) = upgrade_slot.take()
+    {
+        // Upgraded (101): the bytes read past the request head go along with the socket.
+        let _ = to.send((Box::new(parts.io.into_inner()), parts.read_buf));
+        return;
+    }
+    linger(parts.io.into_inner(), limits).await;
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -71,12 +71,57 @@ pub fn build_manager(cfg: &ServerConfig) -> Option<Arc<Manager>> {
     sc.data_bytes = s.data_mb << 20;
     sc.tmp_bytes = s.tmp_mb << 20;
     sc.cgroup_parent = cgroup_parent(&cfg.data_dir);
-    let rt = Arc::new(cloister_sessions::bwrap::BwrapRuntime::new(sc));
+    let mut rt: Arc<dyn cloister_sessions::runtime::Runtime> =
+        Arc::new(cloister_sessions::bwrap::BwrapRuntime::new(sc));
+    if let Some(backend) = container_backend(cfg) {
+        let mut c = cloister_sessions::custom::CustomRuntime::new(rt, backend);
+        c.startup_timeout =
+            std::time::Duration::from_secs(cfg.custom_containers.startup_timeout_secs.max(1));
+        rt = Arc::new(c);
+    }
     let mut m = Manager::new(rt);
     if let Some(mm) = Arc::get_mut(&mut m) {
         mm.refill_parallelism = s.refill_parallelism.max(1);
     }
     Some(m)
+}
+
+/// The container backend of CustomContainer pools, or None (with the reason logged) when they
+/// are not enabled or this host cannot run them.
+fn container_backend(
+    cfg: &ServerConfig,
+) -> Option<Arc<dyn cloister_sessions::container::ContainerBackend>> {
+    let c = &cfg.custom_containers;
+    if !c.enabled {
+        return None;
+    }
+    let mut oc = cloister_sessions::oci::OciConfig::new(
+        c.image_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("images")),
+        c.state_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("containers")),
+    );
+    if let Some(r) = &c.runc {
+        oc.runc = r.clone();
+    }
+    if c.runsc.is_some() {
+        oc.runsc = c.runsc.clone();
+    }
+    oc.plain_http = c.plain_http_registries.clone();
+    oc.default_memory = c.memory_mb << 20;
+    oc.pids_limit = c.pids as i64;
+    match cloister_sessions::oci::OciBackend::new(oc) {
+        Ok(b) => {
+            tracing::info!("custom containers enabled");
+            Some(Arc::new(b))
+        }
+        Err(e) => {
+            tracing::error!("custom containers are off: {e}");
+            None
+        }
+    }
 }
 
 /// The sandboxes' work directory (agent script, generated `/etc` files, identity socket). A

@@ -105,7 +105,7 @@ fn json_resp(status: StatusCode, v: Value) -> Response {
     r
 }
 
-fn pool_err(e: PoolError) -> DpError {
+pub(crate) fn pool_err(e: PoolError) -> DpError {
     match e {
         PoolError::MaxSessions(_) => {
             let mut d = DpError::new(429, "MaxConcurrentSessionsReached", e.to_string());
@@ -196,20 +196,42 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
             format!("The session pool '{}' was not found.", segs[5]),
         )
     })?;
-    let mut tail: Vec<String> = segs[6..].iter().map(|s| decode_seg(s)).collect();
-    while tail.last().is_some_and(|s| s.is_empty()) {
-        tail.pop();
-    }
     let q = Query::parse(req.uri().query());
-    // A session another node owns (or that placement gives to another node) is served there.
+    // A session another node owns (or that placement gives to another node) is served there
+    // (WebSocket upgrades of custom pools excepted: they are served where they land).
     if let (Some(fwd), Some(c), Some(id)) = (&dp.forward, dp.manager.cluster(), q.get("identifier"))
         && validate(id).is_ok()
+        && !req.headers().contains_key(header::UPGRADE)
         && pool.get(id).is_none()
         && let crate::cluster::Route::Node { id: node, address } = c.route(&pool_id, id).await
     {
         tracing::debug!(pool = %pool_id, %node, "forwarding to the session's node");
         metrics::counter!("cloister_sessions_forwarded_total").increment(1);
         return Ok(fwd.forward(&address, &caller, req).await);
+    }
+    if pool.spec().container_type == crate::spec::ContainerType::CustomContainer
+        && !segs
+            .get(6)
+            .is_some_and(|s| decode_seg(s).eq_ignore_ascii_case(".management"))
+    {
+        // Everything but `.management/*` goes to the session's container, path unchanged.
+        let raw_tail = format!("/{}", segs[6..].join("/"));
+        let fwd = crate::custom_proxy::Forwarded {
+            client: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            proto: dp
+                .public_url
+                .split_once("://")
+                .map_or("https", |(p, _)| p)
+                .to_string(),
+        };
+        return crate::custom_proxy::forward(&pool, req, &raw_tail, fwd).await;
+    }
+    let mut tail: Vec<String> = segs[6..].iter().map(|s| decode_seg(s)).collect();
+    while tail.last().is_some_and(|s| s.is_empty()) {
+        tail.pop();
     }
     let api = q.get("api-version").map(str::to_string).ok_or_else(|| {
         DpError::new(
@@ -249,9 +271,16 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
         (&Method::GET, ["session"]) => get_session(&ctx, false).await,
         (&Method::DELETE, ["session"]) => delete_session(&ctx, false).await,
         (&Method::GET, ["listsessions"]) => list_sessions(&ctx, false).await,
-        (&Method::POST, [".management", "getsession"]) => get_session(&ctx, true).await,
-        (&Method::POST, [".management", "listsessions"]) => list_sessions(&ctx, true).await,
-        (&Method::POST, [".management", "stopsession"]) => delete_session(&ctx, true).await,
+        // POST as Azure's custom-container pools take them; GET too.
+        (&Method::POST | &Method::GET, [".management", "getsession"]) => {
+            get_session(&ctx, true).await
+        }
+        (&Method::POST | &Method::GET, [".management", "listsessions"]) => {
+            list_sessions(&ctx, true).await
+        }
+        (&Method::POST | &Method::GET, [".management", "stopsession"]) => {
+            delete_session(&ctx, true).await
+        }
         (&Method::GET, ["metadata"]) => metadata(dp, &ctx).await,
         _ => Err(DpError::not_found(
             "SessionRequestNotSupported",

@@ -120,6 +120,13 @@ impl SessionPools {
     pub async fn load_all(&self) -> Result<(), cloister_store::StoreError> {
         load_all(self).await
     }
+
+    /// Whether this server runs CustomContainer pools (it has a container backend).
+    pub fn custom_enabled(&self) -> bool {
+        self.manager
+            .as_ref()
+            .is_some_and(|m| m.runtime().custom().is_some())
+    }
 }
 
 #[async_trait::async_trait]
@@ -133,7 +140,10 @@ impl Provider for SessionPools {
         _p: &dyn Platform,
         w: &Write<'_>,
     ) -> Result<Option<Value>, ArmError> {
-        prepare(w.resource, w.properties, w.patch, w.name).map(Some)
+        crate::custom_arm::enabled_for(self, w.resource, w.properties)?;
+        let mut spec = prepare(w.resource, w.properties, w.patch, w.name)?;
+        crate::custom_arm::admit(self, w.resource, w.properties, &mut spec)?;
+        Ok(Some(spec.to_stored()))
     }
 
     async fn decorate(&self, _p: &dyn Platform, r: &Resource, props: &mut Value) {
@@ -203,7 +213,7 @@ fn prepare(
     props: Option<&Value>,
     patch: bool,
     name: &str,
-) -> Result<Value, ArmError> {
+) -> Result<PoolSpec, ArmError> {
     let ok_name = (2..=63).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -245,10 +255,10 @@ fn prepare(
             ));
         }
     }
-    Ok(spec.to_stored())
+    Ok(spec)
 }
 
-fn spec_of(r: &Resource) -> Option<PoolSpec> {
+pub(crate) fn spec_of(r: &Resource) -> Option<PoolSpec> {
     serde_json::from_str::<Value>(&r.properties)
         .ok()
         .and_then(|v| PoolSpec::parse(&v, None).ok())
@@ -258,7 +268,8 @@ fn spec_of(r: &Resource) -> Option<PoolSpec> {
 /// data-plane endpoint and the provisioning state.
 fn decorate(pools: &SessionPools, r: &Resource, props: &mut Value) {
     if let Some(spec) = spec_of(r) {
-        let mut p = spec.to_stored();
+        // Secrets: names only (to_stored would carry their sealed values).
+        let mut p = spec.to_properties("9999-12-31");
         p["dynamicPoolConfiguration"]["executionType"] = json!("Timed");
         p["dynamicPoolConfiguration"]["cooldownPeriodInSeconds"] = json!(spec.cooldown_secs);
         *props = p;
@@ -267,6 +278,9 @@ fn decorate(pools: &SessionPools, r: &Resource, props: &mut Value) {
     props["nodeCount"] = json!(0);
     if let Some(p) = pools.manager.as_ref().and_then(|m| m.pool(&r.id)) {
         props["nodeCount"] = json!(p.session_count() + p.ready_count());
+    }
+    if let Some(spec) = spec_of(r) {
+        crate::custom_arm::decorate(pools, r, &spec, props);
     }
 }
 
@@ -283,6 +297,7 @@ async fn session_spec(st: &SessionPools, r: &Resource, spec: &PoolSpec) -> Sessi
         network: spec.network,
         identity_socket: None,
         identity_header: None,
+        custom: crate::custom_arm::launch(st, r, spec),
     };
     let mut principals = vec![];
     for i in spec.identities.iter().filter(|i| i.main) {
@@ -348,6 +363,12 @@ async fn apply(st: &SessionPools, r: &Resource) {
         return;
     }
     if let Some(spec) = spec_of(r) {
+        if spec.container_type == crate::spec::ContainerType::CustomContainer
+            && !st.custom_enabled()
+        {
+            tracing::warn!(pool = %r.id, "a CustomContainer pool is stored, but custom containers are not enabled on this server; it has no sessions");
+            return;
+        }
         let ss = session_spec(st, r, &spec).await;
         if let Some(m) = &st.manager {
             m.upsert(&r.id, spec, ss);

@@ -88,14 +88,22 @@ pub fn describe(p: ProviderSpec) -> ProviderSpec {
             .tag("Session pools")
             .summary(
                 "put",
-                "Create or update a session pool (containerType PythonLTS, Shell or NodeLTS; scaleConfiguration, dynamicPoolConfiguration in both forms, sessionNetworkConfiguration, managedIdentitySettings; ARM's identity block); returns poolManagementEndpoint",
+                "Create or update a session pool (containerType PythonLTS, Shell, NodeLTS or, when the server runs containers, CustomContainer with customContainerTemplate, secrets and runtimeClassName; scaleConfiguration, dynamicPoolConfiguration in both forms, sessionNetworkConfiguration, managedIdentitySettings; ARM's identity block); returns poolManagementEndpoint",
             )
             .summary("delete", "Delete a session pool and every session in it")
             .summary("list", "Session pools of a resource group")
             .summary("listBySubscription", "Session pools of a subscription")
             .properties(json!({"type": "object", "properties": {
                 "poolManagementType": {"type": "string"},
-                "containerType": {"type": "string", "enum": ["PythonLTS", "Shell", "NodeLTS"]},
+                "containerType": {"type": "string", "enum": ["PythonLTS", "Shell", "NodeLTS", "CustomContainer"]},
+                "customContainerTemplate": {"type": "object", "description": "CustomContainer pools: containers[1]{image, name, command, args, env[{name, value|secretRef}], resources{cpu, memory}, probes[]}, ingress{targetPort}, registryCredentials{server, username, passwordSecretRef}", "properties": {
+                    "containers": {"type": "array", "items": {"type": "object"}},
+                    "ingress": {"type": "object", "properties": {"targetPort": {"type": "integer"}}},
+                    "registryCredentials": {"type": "object"},
+                }},
+                "secrets": {"type": "array", "description": "{name, value}; values are write-only (GET returns names)", "items": {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string", "writeOnly": true}}}},
+                "runtimeClassName": {"type": "string", "description": "Cloister extension for CustomContainer pools: runc (default), runsc or gvisor"},
+                "templateUpdateStatus": {"type": "object", "readOnly": true},
                 "scaleConfiguration": {"type": "object", "properties": {
                     "maxConcurrentSessions": {"type": "integer"},
                     "readySessionInstances": {"type": "integer"},

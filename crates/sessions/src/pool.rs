@@ -151,6 +151,11 @@ impl Pool {
         self.inner.lock().unwrap().ready.len()
     }
 
+    /// Ready sandboxes being started.
+    pub fn pending_count(&self) -> usize {
+        self.inner.lock().unwrap().starting as usize
+    }
+
     pub fn session_count(&self) -> usize {
         self.inner.lock().unwrap().sessions.len()
     }
@@ -574,6 +579,16 @@ impl Pool {
                 .is_some_and(|m| now - s.created_ms >= m as i64 * 1000);
             if idle || old {
                 expired.push(s);
+            } else {
+                // Its container ended (OnContainerExit, a failed liveness probe): the session
+                // ends now, freeing its slot.
+                let ended = s.slot.try_lock().is_ok_and(|g| {
+                    g.as_ref()
+                        .is_some_and(|i| i.addr().is_some() && !i.is_alive())
+                });
+                if ended {
+                    expired.push(s);
+                }
             }
         }
         for s in expired {
@@ -773,6 +788,9 @@ impl Manager {
         let p = self.pools.write().unwrap().remove(&id.to_lowercase());
         if let Some(p) = p {
             p.close().await;
+        }
+        if let Some(c) = self.runtime.custom() {
+            c.forget(id);
         }
     }
 

@@ -42,6 +42,9 @@ pub struct SessionSpec {
     /// (present only when the pool has identities with lifecycle `Main`).
     pub identity_socket: Option<PathBuf>,
     pub identity_header: Option<String>,
+    /// A CustomContainer pool's container (template, secrets resolved); None for the
+    /// interpreter kinds.
+    pub custom: Option<std::sync::Arc<crate::custom::CustomLaunch>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +154,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes whatever a previous process of this server left behind (cgroups, processes);
     /// also called at a clean stop, once every sandbox is shut down.
     fn sweep(&self);
+    /// The custom-container side of this runtime, when the server has a container backend.
+    fn custom(&self) -> Option<&crate::custom::CustomRuntime> {
+        None
+    }
 }
 
 #[async_trait]
@@ -176,6 +183,10 @@ pub trait Instance: Send {
     async fn list_files(&mut self, dir: &str, recursive: bool) -> Result<Vec<FileInfo>, FileError>;
     async fn delete_file(&mut self, path: &str) -> Result<(), FileError>;
     fn is_alive(&self) -> bool;
+    /// Where a custom container serves its `targetPort` (None for interpreter sandboxes).
+    fn addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
     /// Processes currently in the sandbox (for leak checks).
     fn process_count(&self) -> usize;
     async fn shutdown(self: Box<Self>);

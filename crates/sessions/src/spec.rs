@@ -2,6 +2,8 @@
 //! clients send (both `dynamicPoolConfiguration` forms, enum values in any case) and written
 //! back in the shape the request's api-version expects.
 
+use crate::container::RuntimeClass;
+use crate::custom_spec::{CustomTemplate, PoolSecret};
 use serde_json::{Map, Value, json};
 
 /// api-versions from 2025-01-01 on use `lifecycleConfiguration`; older ones `executionType`.
@@ -26,7 +28,8 @@ pub enum ContainerType {
     Shell,
     /// A JavaScript (Node.js) interpreter with REPL semantics.
     NodeLTS,
-    /// The pool's own image, reached over HTTP (not run by this server yet).
+    /// The pool's own image, reached over HTTP (needs a container backend: see
+    /// [`ContainerType::is_supported`]).
     CustomContainer,
     /// A GPU-backed code interpreter (not run by this server).
     GpuBase,
@@ -60,12 +63,14 @@ impl ContainerType {
             .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
     }
 
-    /// Whether this server can run sessions of this type.
-    pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            ContainerType::PythonLTS | ContainerType::Shell | ContainerType::NodeLTS
-        )
+    /// Whether this server can run sessions of this type; `custom_enabled` says whether it has
+    /// a container backend (custom containers enabled in its configuration).
+    pub fn is_supported(self, custom_enabled: bool) -> bool {
+        match self {
+            ContainerType::PythonLTS | ContainerType::Shell | ContainerType::NodeLTS => true,
+            ContainerType::CustomContainer => custom_enabled,
+            ContainerType::GpuBase => false,
+        }
     }
 }
 
@@ -95,7 +100,17 @@ pub struct PoolSpec {
     pub network: Network,
     pub identities: Vec<IdentitySetting>,
     pub environment_id: Option<String>,
+    /// `customContainerTemplate` (CustomContainer pools only).
+    pub custom: Option<CustomTemplate>,
+    /// `secrets`: names with sealed values (a parsed request may still hold plain values
+    /// until the provider seals them).
+    pub secrets: Vec<PoolSecret>,
+    /// `runtimeClassName` (a Cloister extension; CustomContainer pools).
+    pub runtime_class: RuntimeClass,
 }
+
+/// The default maximum lifetime of an `OnContainerExit` session (the CLI's).
+pub const DEFAULT_MAX_ALIVE: u64 = 3600;
 
 pub const MAX_SESSIONS_LIMIT: u64 = 10_000;
 pub const DEFAULT_MAX_SESSIONS: u32 = 100;
@@ -170,13 +185,17 @@ impl PoolSpec {
             network: Network::EgressDisabled,
             identities: vec![],
             environment_id: None,
+            custom: None,
+            secrets: vec![],
+            runtime_class: RuntimeClass::Runc,
         });
+        let mut ready_given = base.is_some();
         let names: Vec<&str> = ContainerType::ALL.iter().map(|t| t.as_str()).collect();
         if let Some(name) = enum_str(props, "containerType", "properties.containerType", &names)? {
             let t = ContainerType::parse(name).expect("one of ALL");
-            if !t.is_supported() {
+            if t == ContainerType::GpuBase {
                 return Err(format!(
-                    "containerType '{name}' is not supported yet; Cloister runs PythonLTS, Shell and NodeLTS pools."
+                    "containerType '{name}' is not supported; Cloister runs PythonLTS, Shell, NodeLTS and CustomContainer pools."
                 ));
             }
             if let Some(b) = base
@@ -223,7 +242,12 @@ impl PoolSpec {
                 MAX_SESSIONS_LIMIT,
             )? {
                 s.ready = n as u32;
+                ready_given = true;
             }
+        }
+        if s.container_type == ContainerType::CustomContainer && !ready_given {
+            // A custom pool's warm pool of started containers (the rule below needs one).
+            s.ready = 1;
         }
         if s.ready > s.max_concurrent {
             return Err(format!(
@@ -338,7 +362,73 @@ impl PoolSpec {
             Some(Value::String(e)) => s.environment_id = Some(e.clone()),
             Some(_) => return Err("'properties.environmentId' must be a string.".into()),
         }
+        let custom = s.container_type == ContainerType::CustomContainer;
+        match get_ci(props, "customContainerTemplate") {
+            None | Some(Value::Null) => {}
+            Some(_) if !custom => {
+                return Err(format!(
+                    "'properties.customContainerTemplate' is only for CustomContainer pools; this pool is {}.",
+                    s.container_type.as_str()
+                ));
+            }
+            Some(t) => s.custom = Some(CustomTemplate::parse(t)?),
+        }
+        match get_ci(props, "secrets") {
+            None | Some(Value::Null) => {}
+            // PATCH replaces the array as a whole.
+            Some(v) => s.secrets = crate::custom_spec::parse_secrets(v)?,
+        }
+        match get_ci(props, "runtimeClassName") {
+            None | Some(Value::Null) => {}
+            Some(v) => s.runtime_class = crate::custom_spec::parse_runtime_class(v)?,
+        }
+        if custom {
+            if s.custom.is_none() {
+                return Err("'properties.customContainerTemplate' is required for a CustomContainer pool: its containers (image) and ingress.targetPort.".into());
+            }
+            if s.lifecycle == Lifecycle::OnContainerExit && s.max_alive_secs.is_none() {
+                s.max_alive_secs = Some(DEFAULT_MAX_ALIVE);
+            }
+        } else {
+            if s.lifecycle == Lifecycle::OnContainerExit {
+                return Err(format!(
+                    "lifecycleType 'OnContainerExit' is only for CustomContainer pools; a {} pool uses 'Timed'.",
+                    s.container_type.as_str()
+                ));
+            }
+            if s.runtime_class != RuntimeClass::Runc {
+                return Err(
+                    "'properties.runtimeClassName' is only for CustomContainer pools.".into(),
+                );
+            }
+        }
+        if let Some(t) = &s.custom {
+            for (path, name) in t.secret_refs() {
+                if !s.secrets.iter().any(|x| x.name == name) {
+                    return Err(format!(
+                        "'{path}' names the secret '{name}', which is not in 'properties.secrets'."
+                    ));
+                }
+            }
+        }
         Ok(s)
+    }
+
+    /// The rule Azure applies to custom pools' warm pools: `1 <= readySessionInstances <
+    /// maxConcurrentSessions`. Returns the error code and message.
+    pub fn check_custom(&self) -> Result<(), (&'static str, String)> {
+        if self.container_type == ContainerType::CustomContainer
+            && !(self.ready >= 1 && self.ready < self.max_concurrent)
+        {
+            return Err((
+                "SessionPoolInvalidReadySessionInstances",
+                format!(
+                    "For a CustomContainer pool 'readySessionInstances' ({}) must be at least 1 and less than 'maxConcurrentSessions' ({}).",
+                    self.ready, self.max_concurrent
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The stored/returned `properties` (without the read-only, per-request fields).
@@ -378,12 +468,41 @@ impl PoolSpec {
         if let Some(e) = &self.environment_id {
             v["environmentId"] = json!(e);
         }
+        if let Some(t) = &self.custom {
+            v["customContainerTemplate"] = t.to_json();
+            v["runtimeClassName"] = json!(self.runtime_class.as_str());
+        }
+        if !self.secrets.is_empty() {
+            // Names only: values are write-only.
+            v["secrets"] = Value::Array(
+                self.secrets
+                    .iter()
+                    .map(|x| json!({"name": x.name}))
+                    .collect(),
+            );
+        }
         v
     }
 
-    /// The canonical stored form: every field, in the newest shape.
+    /// The canonical stored form: every field, in the newest shape, secrets with their sealed
+    /// values.
     pub fn to_stored(&self) -> Value {
-        self.to_properties("9999-12-31")
+        let mut v = self.to_properties("9999-12-31");
+        if !self.secrets.is_empty() {
+            v["secrets"] = Value::Array(
+                self.secrets
+                    .iter()
+                    .map(|x| {
+                        let mut o = json!({"name": x.name});
+                        if let Some(s) = &x.sealed {
+                            o["sealed"] = json!(s);
+                        }
+                        o
+                    })
+                    .collect(),
+            );
+        }
+        v
     }
 }
 
@@ -417,6 +536,9 @@ mod tests {
     fn rejects_bad_values() {
         for bad in [
             json!({"containerType": "CustomContainer"}),
+            json!({"dynamicPoolConfiguration": {"lifecycleConfiguration": {"lifecycleType": "OnContainerExit"}}}),
+            json!({"customContainerTemplate": {"containers": [{"image": "i"}], "ingress": {"targetPort": 1}}}),
+            json!({"runtimeClassName": "runsc"}),
             json!({"scaleConfiguration": {"maxConcurrentSessions": 0}}),
             json!({"scaleConfiguration": {"maxConcurrentSessions": 2, "readySessionInstances": 3}}),
             json!({"scaleConfiguration": {"maxConcurrentSessions": -1}}),
@@ -440,7 +562,7 @@ mod tests {
             assert_eq!(PoolSpec::parse(&p.to_stored(), None).unwrap(), p);
             assert_eq!(p.to_stored()["containerType"], t.as_str());
         }
-        for bad in ["CustomContainer", "GpuBase", "Ruby", ""] {
+        for bad in ["GpuBase", "Ruby", ""] {
             let e = PoolSpec::parse(&json!({ "containerType": bad }), None).unwrap_err();
             assert!(e.contains("containerType"), "{e}");
         }
@@ -468,5 +590,88 @@ mod tests {
         )
         .unwrap();
         assert_eq!((p.max_concurrent, p.ready), (5, 4));
+    }
+
+    fn custom_props() -> Value {
+        json!({
+            "containerType": "CustomContainer",
+            "scaleConfiguration": {"maxConcurrentSessions": 10, "readySessionInstances": 5},
+            "secrets": [{"name": "s1", "value": "v1"}, {"name": "reg", "value": "pw"}],
+            "customContainerTemplate": {
+                "containers": [{"name": "c", "image": "r/i:1", "env": [{"name": "B", "secretRef": "s1"}]}],
+                "ingress": {"targetPort": 8080},
+                "registryCredentials": {"server": "r", "username": "u", "passwordSecretRef": "reg"}
+            },
+            "workloadProfileName": "Consumption",
+            "managedIdentitySettings": null
+        })
+    }
+
+    #[test]
+    fn custom_pools() {
+        let p = PoolSpec::parse(&custom_props(), None).unwrap();
+        assert_eq!(p.container_type, ContainerType::CustomContainer);
+        assert_eq!(p.custom.as_ref().unwrap().target_port, 8080);
+        assert!(p.check_custom().is_ok());
+        // GET view: names only; stored form: sealed values (here none yet) and no plain ones.
+        let view = p.to_properties("2025-10-02-preview");
+        assert_eq!(view["secrets"], json!([{"name": "s1"}, {"name": "reg"}]));
+        assert!(!p.to_stored().to_string().contains("\"v1\""));
+        assert_eq!(view["runtimeClassName"], "runc");
+        // OnContainerExit: custom pools only, maxAlive defaults to the CLI's 3600.
+        let mut v = custom_props();
+        v["dynamicPoolConfiguration"] = json!({"lifecycleConfiguration": {"lifecycleType": "OnContainerExit", "maxAlivePeriodInSeconds": null, "cooldownPeriodInSeconds": null}});
+        let e = PoolSpec::parse(&v, None).unwrap();
+        assert_eq!(
+            (e.lifecycle, e.max_alive_secs),
+            (Lifecycle::OnContainerExit, Some(DEFAULT_MAX_ALIVE))
+        );
+        // PATCH replaces secrets wholesale; a secretRef to a dropped secret is refused.
+        let e = PoolSpec::parse(
+            &json!({"secrets": [{"name": "reg", "value": "pw2"}]}),
+            Some(&p),
+        )
+        .unwrap_err();
+        assert!(e.contains("'s1'"), "{e}");
+        let q = PoolSpec::parse(
+            &json!({"secrets": [{"name": "s1"}, {"name": "reg"}, {"name": "new", "value": "x"}]}),
+            Some(&p),
+        )
+        .unwrap();
+        assert_eq!(q.secrets.len(), 3);
+        // null = absent: a PATCH with secrets null keeps them.
+        let q = PoolSpec::parse(
+            &json!({"secrets": null, "customContainerTemplate": null}),
+            Some(&p),
+        )
+        .unwrap();
+        assert_eq!((q.secrets.len(), q.custom.is_some()), (2, true));
+        // The warm-pool rule.
+        for (max, ready) in [(10, 0), (10, 10), (1, 0)] {
+            let mut v = custom_props();
+            v["scaleConfiguration"] =
+                json!({"maxConcurrentSessions": max, "readySessionInstances": ready});
+            let p = PoolSpec::parse(&v, None).unwrap();
+            assert_eq!(
+                p.check_custom().unwrap_err().0,
+                "SessionPoolInvalidReadySessionInstances"
+            );
+        }
+        let mut v = custom_props();
+        v["scaleConfiguration"] = Value::Null;
+        assert_eq!(PoolSpec::parse(&v, None).unwrap().ready, 1);
+        // Templates only for custom pools; runtimeClassName too; GpuBase refused.
+        assert!(PoolSpec::parse(&json!({"containerType": "PythonLTS", "customContainerTemplate": custom_props()["customContainerTemplate"]}), None).is_err());
+        assert!(PoolSpec::parse(&json!({"containerType": "GpuBase"}), None).is_err());
+        assert!(ContainerType::CustomContainer.is_supported(true));
+        assert!(!ContainerType::CustomContainer.is_supported(false));
+        assert!(!ContainerType::GpuBase.is_supported(true));
+        // A stored pool (values sealed) reads back the same.
+        let mut sealed = p.clone();
+        for x in &mut sealed.secrets {
+            x.value = None;
+            x.sealed = Some(format!("sealed-{}", x.name));
+        }
+        assert_eq!(PoolSpec::parse(&sealed.to_stored(), None).unwrap(), sealed);
     }
 }
