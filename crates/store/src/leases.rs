@@ -101,13 +101,15 @@ impl Store {
         .bind(i64::from(n.draining))
         .bind(n.free_slots)
         .bind(n.free_memory)
-        .execute(&self.pool)
+        .execute(&self.volatile)
         .await?
         .rows_affected();
         if renewed > 0 {
             return Ok(());
         }
-        let mut tx = self.write_tx_locking(&["nodes", "session_leases"]).await?;
+        let mut tx = self
+            .write_tx_on(&self.volatile, &["nodes", "session_leases"])
+            .await?;
         let prev = sqlx::query("SELECT expires_at, started_at FROM nodes WHERE id = $1")
             .bind(&n.id)
             .fetch_optional(&mut *tx)
@@ -146,7 +148,7 @@ impl Store {
 
     /// Removes a node and its leases at once (a clean stop).
     pub async fn node_remove(&self, id: &str) -> Result<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx_on(&self.volatile, &[]).await?;
         for q in [
             "DELETE FROM session_leases WHERE node_id = $1",
             "DELETE FROM nodes WHERE id = $1",
@@ -160,7 +162,7 @@ impl Store {
     pub async fn node_get(&self, id: &str) -> Result<Option<NodeRecord>> {
         let r = sqlx::query("SELECT * FROM nodes WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.volatile)
             .await?;
         r.as_ref().map(node).transpose()
     }
@@ -171,7 +173,7 @@ impl Store {
             "SELECT * FROM nodes WHERE expires_at > $1 ORDER BY free_slots DESC, free_memory DESC, id",
         )
         .bind(now_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.volatile)
         .await?;
         rows.iter().map(node).collect()
     }
@@ -188,7 +190,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<Acquire> {
         let pool = pool_id.to_lowercase();
-        let mut tx = self.write_tx_locking(&["session_leases"]).await?;
+        let mut tx = self
+            .write_tx_on(&self.volatile, &["session_leases"])
+            .await?;
         let cur = sqlx::query(
             "SELECT l.identifier, l.node_id, l.sandbox_id, l.created_at, n.expires_at \
              FROM session_leases l LEFT JOIN nodes n ON n.id = l.node_id \
@@ -244,7 +248,7 @@ impl Store {
         node_id: &str,
         sandbox_id: &str,
     ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx_on(&self.volatile, &[]).await?;
         let n = sqlx::query(
             "DELETE FROM session_leases WHERE pool_id_lc = $1 AND identifier = $2 AND node_id = $3 AND sandbox_id = $4",
         )
@@ -274,7 +278,7 @@ impl Store {
         .bind(pool_id.to_lowercase())
         .bind(identifier)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.volatile)
         .await?;
         r.as_ref().map(|r| lease(r, pool_id)).transpose()
     }
@@ -288,7 +292,7 @@ impl Store {
         )
         .bind(pool_id.to_lowercase())
         .bind(now_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.volatile)
         .await?;
         rows.iter().map(|r| lease(r, pool_id)).collect()
     }
@@ -297,7 +301,9 @@ impl Store {
     /// `keep_ms`. Returns the number of leases removed. Liveness never depends on this (a dead
     /// node's leases already do not count); it only keeps the tables small.
     pub async fn leases_sweep(&self, now_ms: i64, keep_ms: i64) -> Result<u64> {
-        let mut tx = self.write_tx_locking(&["session_leases"]).await?;
+        let mut tx = self
+            .write_tx_on(&self.volatile, &["session_leases"])
+            .await?;
         let n = sqlx::query(
             "DELETE FROM session_leases WHERE node_id NOT IN (SELECT id FROM nodes WHERE expires_at > $1)",
         )
@@ -487,5 +493,52 @@ mod tests {
             assert_eq!(acquired, 10);
             assert_eq!(st.leases_of_pool(POOL, 2001).await.unwrap().len(), 10);
         }
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// Prints what one allocation's lease costs on a SQLite file (run with --ignored).
+    #[tokio::test]
+    #[ignore]
+    async fn lease_acquire_and_release_cost() {
+        let dir = std::env::temp_dir().join(format!("cloister-lease-cost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Store::open(&format!("sqlite://{}/s.db?mode=rwc", dir.display()))
+            .await
+            .unwrap();
+        let now = 1_000;
+        st.node_heartbeat(&NodeRecord {
+            id: "a".into(),
+            address: "https://a".into(),
+            started_at: 1,
+            heartbeat_at: now,
+            expires_at: i64::MAX / 2,
+            draining: false,
+            free_slots: 1,
+            free_memory: 1,
+        })
+        .await
+        .unwrap();
+        let (mut acq, mut rel) = (vec![], vec![]);
+        for k in 0..300 {
+            let id = format!("id-{k}");
+            let t = std::time::Instant::now();
+            st.lease_acquire("p", &id, "a", &id, 1000, now)
+                .await
+                .unwrap();
+            acq.push(t.elapsed().as_micros());
+            let t = std::time::Instant::now();
+            st.lease_release("p", &id, "a", &id).await.unwrap();
+            rel.push(t.elapsed().as_micros());
+        }
+        acq.sort();
+        rel.sort();
+        println!(
+            "acquire p50 {} us p99 {} us; release p50 {} us p99 {} us",
+            acq[150], acq[297], rel[150], rel[297]
+        );
     }
 }

@@ -73,6 +73,11 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    /// Connections for state that a crash may lose and that is rebuilt anyway (session
+    /// leases and node heartbeats): on SQLite they commit without waiting for fsync
+    /// (`synchronous=NORMAL`, still crash-safe for the process, only a power loss may drop
+    /// the last commits); on PostgreSQL the same pool as `pool`.
+    pub(crate) volatile: AnyPool,
     backend: Backend,
 }
 
@@ -114,7 +119,29 @@ impl Store {
         };
         let pool = opts.connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, backend })
+        let volatile = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(30))
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode=WAL").await?;
+                            conn.execute("PRAGMA synchronous=NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout=10000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Store {
+            pool,
+            volatile,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -203,11 +230,20 @@ impl Store {
         &self,
         pg_lock_tables: &[&str],
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        self.write_tx_on(&self.pool, pg_lock_tables).await
+    }
+
+    /// [`Store::write_tx_locking`] on the given pool (`pool` or `volatile`).
+    pub(crate) async fn write_tx_on(
+        &self,
+        pool: &AnyPool,
+        pg_lock_tables: &[&str],
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         match self.backend {
             Backend::Sqlite => {
                 let mut attempt = 0;
                 loop {
-                    match self.pool.begin_with("BEGIN IMMEDIATE").await {
+                    match pool.begin_with("BEGIN IMMEDIATE").await {
                         Ok(tx) => return Ok(tx),
                         Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
                             attempt += 1;
@@ -218,7 +254,7 @@ impl Store {
                 }
             }
             Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = pool.begin().await?;
                 for t in pg_lock_tables {
                     debug_assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
                     sqlx::query(sqlx::AssertSqlSafe(format!(
