@@ -105,18 +105,23 @@ fn stdout(v: &Value) -> String {
         .to_string()
 }
 
+/// `listSessions` of the pool at endpoint `ep` (as node `n` serves it).
+async fn list(n: &Server, ep: &str, token: &str) -> (u16, Value) {
+    call(
+        n,
+        "GET",
+        &format!("{ep}/listSessions?api-version={API}"),
+        token,
+        None,
+    )
+    .await
+}
+
 /// Waits until node `n` serves the pool (it learns of pools written elsewhere within a second).
 async fn wait_for_pool(n: &Server, ep: &str, token: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (st, v) = call(
-            n,
-            "GET",
-            &format!("{ep}/listSessions?api-version={API}"),
-            token,
-            None,
-        )
-        .await;
+        let (st, v) = list(n, ep, token).await;
         if st == 200 {
             return;
         }
@@ -182,14 +187,7 @@ async fn one_identifier_reaches_one_session_through_every_node() {
     let (st, _) = exec(&c, &on(&c, &ep, &a), &token, "user-2", "1").await;
     assert_eq!(st, 200);
     for n in nodes {
-        let (st, v) = call(
-            n,
-            "GET",
-            &format!("{}/listSessions?api-version={API}", on(n, &ep, &a)),
-            &token,
-            None,
-        )
-        .await;
+        let (st, v) = list(n, &on(n, &ep, &a), &token).await;
         assert_eq!(st, 200, "{v}");
         let mut ids: Vec<&str> = v["sessions"]
             .as_array()
@@ -266,29 +264,14 @@ async fn a_burst_over_the_nodes_allocates_at_most_the_maximum() {
     let ok = codes.iter().filter(|c| **c == 200).count();
     let mut listed = vec![];
     for n in [&a, &b, &c] {
-        let (_, v) = call(
-            n,
-            "GET",
-            &format!("{}/listSessions?api-version={API}", on(n, &ep, &a)),
-            &token,
-            None,
-        )
-        .await;
-        listed.push(v);
+        listed.push(list(n, &on(n, &ep, &a), &token).await.1);
     }
     assert_eq!(ok, 4, "{codes:?} {listed:?}");
     assert!(
         codes.iter().all(|c| matches!(c, 200 | 429 | 503)),
         "{codes:?}"
     );
-    let (st, v) = call(
-        &b,
-        "GET",
-        &format!("{}/listSessions?api-version={API}", on(&b, &ep, &a)),
-        &token,
-        None,
-    )
-    .await;
+    let (st, v) = list(&b, &on(&b, &ep, &a), &token).await;
     assert_eq!(st, 200);
     assert_eq!(
         v["sessions"].as_array().unwrap().len(),

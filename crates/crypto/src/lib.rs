@@ -339,31 +339,16 @@ impl Ca {
         ips: &[IpAddr],
         days: u32,
     ) -> Result<IssuedCert> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
-        let mut p = rcgen::CertificateParams::new(dns_names.to_vec()).map_err(cert_err)?;
-        for ip in ips {
-            p.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
-        }
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            dns_names.first().map(String::as_str).unwrap_or("cloister"),
-        );
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::hours(1);
-        p.not_after = now + time::Duration::days(days as i64);
-        let cert = p.signed_by(&key, &self.issuer).map_err(cert_err)?;
-        let cert_pem = cert.pem();
-        Ok(IssuedCert {
-            chain_pem: format!("{cert_pem}{}", self.cert_pem),
-            cert_pem,
-            key_pem: Secret(key.serialize_pem()),
-        })
+        let cn = dns_names.first().map(String::as_str).unwrap_or("cloister");
+        self.issue(
+            cn,
+            dns_names,
+            ips,
+            days,
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+        )
     }
-}
 
-impl Ca {
     /// A node certificate for the internal channel between Cloister nodes: usable as a TLS
     /// server certificate (the node's internal listener) and as a client certificate (its
     /// calls to other nodes); its common name is `cloister-node:<node_id>`. Server
@@ -376,19 +361,34 @@ impl Ca {
         ips: &[IpAddr],
         days: u32,
     ) -> Result<IssuedCert> {
+        self.issue(
+            &format!("{NODE_CN_PREFIX}{node_id}"),
+            dns_names,
+            ips,
+            days,
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        days: u32,
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> Result<IssuedCert> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
         let mut p = rcgen::CertificateParams::new(dns_names.to_vec()).map_err(cert_err)?;
         for ip in ips {
             p.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
         }
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("{NODE_CN_PREFIX}{node_id}"),
-        );
-        p.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        p.extended_key_usages = usages;
         p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::hours(1);

@@ -381,6 +381,28 @@ pub(crate) mod tests_support {
         N.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A store on a fresh SQLite file, and one on a fresh PostgreSQL database when
+    /// CLOISTER_TEST_PG is set: each test runs on every store it gets.
+    pub async fn stores(tag: &str) -> Vec<crate::Store> {
+        let dir = std::env::temp_dir().join(format!(
+            "cloister-store-{tag}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = vec![
+            crate::Store::open(&format!("sqlite://{}/s.db?mode=rwc", dir.display()))
+                .await
+                .unwrap(),
+        ];
+        if let Ok(base) = std::env::var("CLOISTER_TEST_PG")
+            && !base.is_empty()
+        {
+            out.push(fresh_pg(&base).await);
+        }
+        out
+    }
+
     /// A store on a fresh database of the PostgreSQL server at `base`.
     pub async fn fresh_pg(base: &str) -> crate::Store {
         use sqlx::Connection;

@@ -224,23 +224,7 @@ mod tests {
     /// A store on a fresh SQLite file, and on a fresh PostgreSQL database when
     /// CLOISTER_TEST_PG is set.
     async fn stores() -> Vec<Store> {
-        let dir = std::env::temp_dir().join(format!(
-            "cloister-store-ops-{}-{}",
-            std::process::id(),
-            crate::tests_support::unique()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut out = vec![
-            Store::open(&format!("sqlite://{}/s.db?mode=rwc", dir.display()))
-                .await
-                .unwrap(),
-        ];
-        if let Ok(base) = std::env::var("CLOISTER_TEST_PG")
-            && !base.is_empty()
-        {
-            out.push(crate::tests_support::fresh_pg(&base).await);
-        }
-        out
+        crate::tests_support::stores("ops").await
     }
 
     fn rec(id: &str, resource: &str) -> OperationRecord {
