@@ -207,7 +207,12 @@ async fn route(dp: &DataPlane, req: Request) -> Res {
     {
         tracing::debug!(pool = %pool_id, %node, "forwarding to the session's node");
         metrics::counter!("cloister_sessions_forwarded_total").increment(1);
-        return Ok(fwd.forward(&address, &caller, req).await);
+        let id = id.to_string();
+        let r = fwd.forward(&address, &caller, req).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            c.forget_route(&pool_id, &id);
+        }
+        return Ok(r);
     }
     if pool.spec().container_type == crate::spec::ContainerType::CustomContainer
         && !segs

@@ -47,6 +47,9 @@ pub struct Cluster {
     /// When the last heartbeat reached the store (ms), or 0 before the first.
     last_ok_ms: AtomicI64,
     nodes: Mutex<(Option<Instant>, Vec<NodeRecord>)>,
+    /// Owners elsewhere found recently, by (pool, identifier): a forwarded session's next
+    /// requests skip the store. Entries live [`ROUTE_CACHE`]; a failed forward drops one.
+    routes: Mutex<std::collections::HashMap<(String, String), (Instant, String, String)>>,
 }
 
 fn now_ms() -> i64 {
@@ -55,6 +58,11 @@ fn now_ms() -> i64 {
 
 /// How long the alive-node list is reused for placement.
 const NODES_CACHE: Duration = Duration::from_millis(500);
+/// How long a known owner elsewhere is reused without asking the store. A stale entry is
+/// harmless: the old owner, if it no longer has the session, allocates it afresh under a
+/// new lease (the store still decides), and a dead one fails the forward, which drops it.
+const ROUTE_CACHE: Duration = Duration::from_secs(2);
+const ROUTE_CACHE_MAX: usize = 10_000;
 
 impl Cluster {
     pub fn new(store: Store, cfg: NodeConfig) -> Cluster {
@@ -65,6 +73,7 @@ impl Cluster {
             draining: AtomicBool::new(false),
             last_ok_ms: AtomicI64::new(0),
             nodes: Mutex::new((None, vec![])),
+            routes: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -203,16 +212,27 @@ impl Cluster {
     /// live owner of its lease, else (a new session) to the node with the most free
     /// capacity, this node when it is among the best or when the store cannot say.
     pub async fn route(&self, pool_id: &str, identifier: &str) -> Route {
+        let key = (pool_id.to_lowercase(), identifier.to_string());
+        if let Some((at, id, address)) = self.routes.lock().unwrap().get(&key)
+            && at.elapsed() < ROUTE_CACHE
+        {
+            return Route::Node {
+                id: id.clone(),
+                address: address.clone(),
+            };
+        }
         let now = now_ms();
-        match self.store.lease_get(pool_id, identifier, now).await {
-            Ok(Some(Lease { node_id, .. })) if node_id == self.cfg.id => return Route::Here,
-            Ok(Some(Lease { node_id, .. })) => {
-                return match self.store.node_get(&node_id).await {
-                    Ok(Some(n)) if n.alive(now) => Route::Node {
-                        id: n.id,
-                        address: n.address,
-                    },
-                    _ => Route::Here,
+        match self.store.lease_owner(pool_id, identifier, now).await {
+            Ok(Some(n)) if n.id == self.cfg.id => return Route::Here,
+            Ok(Some(n)) => {
+                let mut routes = self.routes.lock().unwrap();
+                if routes.len() >= ROUTE_CACHE_MAX {
+                    routes.clear();
+                }
+                routes.insert(key, (Instant::now(), n.id.clone(), n.address.clone()));
+                return Route::Node {
+                    id: n.id,
+                    address: n.address,
                 };
             }
             Ok(None) => {}
@@ -242,6 +262,14 @@ impl Cluster {
             },
             _ => Route::Here,
         }
+    }
+
+    /// Forgets a cached owner (a forward to it failed, or this node now holds the session).
+    pub fn forget_route(&self, pool_id: &str, identifier: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .remove(&(pool_id.to_lowercase(), identifier.to_string()));
     }
 
     /// Every live lease of a pool (all nodes).

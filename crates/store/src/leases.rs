@@ -283,6 +283,25 @@ impl Store {
         r.as_ref().map(|r| lease(r, pool_id)).transpose()
     }
 
+    /// The live node that owns an identifier's session, if any (one query).
+    pub async fn lease_owner(
+        &self,
+        pool_id: &str,
+        identifier: &str,
+        now_ms: i64,
+    ) -> Result<Option<NodeRecord>> {
+        let r = sqlx::query(
+            "SELECT n.* FROM session_leases l JOIN nodes n ON n.id = l.node_id \
+             WHERE l.pool_id_lc = $1 AND l.identifier = $2 AND n.expires_at > $3",
+        )
+        .bind(pool_id.to_lowercase())
+        .bind(identifier)
+        .bind(now_ms)
+        .fetch_optional(&self.volatile)
+        .await?;
+        r.as_ref().map(node).transpose()
+    }
+
     /// Every live lease of a pool, by identifier.
     pub async fn leases_of_pool(&self, pool_id: &str, now_ms: i64) -> Result<Vec<Lease>> {
         let rows = sqlx::query(
