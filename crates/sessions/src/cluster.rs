@@ -221,6 +221,13 @@ impl Cluster {
                 address: address.clone(),
             };
         }
+        // Alone in the cluster (as far as the last half second shows): every lease is ours,
+        // so there is nothing to look up. A node that joined since is found by the lease
+        // (a 503 the client retries) and by the next listing.
+        let nodes = self.alive_nodes().await;
+        if nodes.iter().all(|n| n.id == self.cfg.id) {
+            return Route::Here;
+        }
         let now = now_ms();
         match self.store.lease_owner(pool_id, identifier, now).await {
             Ok(Some(n)) if n.id == self.cfg.id => return Route::Here,
@@ -241,7 +248,6 @@ impl Cluster {
                 return Route::Here;
             }
         }
-        let nodes = self.alive_nodes().await;
         let mine = nodes.iter().find(|n| n.id == self.cfg.id);
         let best = nodes.iter().filter(|n| !n.draining).max_by(|a, b| {
             (a.free_slots, a.free_memory)
