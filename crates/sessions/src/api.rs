@@ -8,9 +8,9 @@
 //! in both (`GET files`) it follows the api-version.
 
 use crate::Manager;
-use crate::error::DpError;
+use crate::error::{DpError, pool_err};
 use crate::ident::{Query, validate};
-use crate::pool::{Execution, Pool, PoolError, Session};
+use crate::pool::{Execution, Pool, Session};
 use crate::runtime::{
     ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance, SessionKind,
 };
@@ -103,27 +103,6 @@ fn json_resp(status: StatusCode, v: Value) -> Response {
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     r
-}
-
-pub(crate) fn pool_err(e: PoolError) -> DpError {
-    match e {
-        PoolError::MaxSessions(_) => {
-            let mut d = DpError::new(429, "MaxConcurrentSessionsReached", e.to_string());
-            d.retry_after = Some(5);
-            d
-        }
-        PoolError::Start(_) => {
-            let mut d = DpError::new(503, "SessionAllocationFailed", e.to_string());
-            d.retry_after = Some(1);
-            d
-        }
-        PoolError::Closed => DpError::not_found("SessionPoolNotFound", e.to_string()),
-        PoolError::Contended(_) => {
-            let mut d = DpError::new(503, "SessionAllocationContended", e.to_string());
-            d.retry_after = Some(1);
-            d
-        }
-    }
 }
 
 fn file_err(e: FileError) -> DpError {

@@ -127,6 +127,13 @@ impl SessionPools {
             .as_ref()
             .is_some_and(|m| m.runtime().custom().is_some())
     }
+
+    fn custom_rules(&self) -> crate::custom_arm::Pools<'_> {
+        crate::custom_arm::Pools {
+            manager: self.manager.as_ref(),
+            mk: &self.identity.mk,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -140,9 +147,9 @@ impl Provider for SessionPools {
         _p: &dyn Platform,
         w: &Write<'_>,
     ) -> Result<Option<Value>, ArmError> {
-        crate::custom_arm::enabled_for(self, w.resource, w.properties)?;
+        crate::custom_arm::enabled_for(&self.custom_rules(), w.resource, w.properties)?;
         let mut spec = prepare(w.resource, w.properties, w.patch, w.name)?;
-        crate::custom_arm::admit(self, w.resource, w.properties, &mut spec)?;
+        crate::custom_arm::admit(&self.custom_rules(), w.resource, w.properties, &mut spec)?;
         Ok(Some(spec.to_stored()))
     }
 
@@ -259,9 +266,7 @@ fn prepare(
 }
 
 pub(crate) fn spec_of(r: &Resource) -> Option<PoolSpec> {
-    serde_json::from_str::<Value>(&r.properties)
-        .ok()
-        .and_then(|v| PoolSpec::parse(&v, None).ok())
+    PoolSpec::of_stored(&r.properties)
 }
 
 /// The pool's properties as returned: both `dynamicPoolConfiguration` forms, the
@@ -280,7 +285,7 @@ fn decorate(pools: &SessionPools, r: &Resource, props: &mut Value) {
         props["nodeCount"] = json!(p.session_count() + p.ready_count());
     }
     if let Some(spec) = spec_of(r) {
-        crate::custom_arm::decorate(pools, r, &spec, props);
+        crate::custom_arm::decorate(&pools.custom_rules(), r, &spec, props);
     }
 }
 
@@ -297,7 +302,7 @@ async fn session_spec(st: &SessionPools, r: &Resource, spec: &PoolSpec) -> Sessi
         network: spec.network,
         identity_socket: None,
         identity_header: None,
-        custom: crate::custom_arm::launch(st, r, spec),
+        custom: crate::custom_arm::launch(&st.custom_rules(), r, spec),
     };
     let mut principals = vec![];
     for i in spec.identities.iter().filter(|i| i.main) {

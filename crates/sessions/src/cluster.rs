@@ -49,12 +49,13 @@ pub struct Cluster {
     nodes: Mutex<(Option<Instant>, Vec<NodeRecord>)>,
     /// Owners elsewhere found recently, by (pool, identifier): a forwarded session's next
     /// requests skip the store. Entries live [`ROUTE_CACHE`]; a failed forward drops one.
-    routes: Mutex<std::collections::HashMap<(String, String), (Instant, String, String)>>,
+    routes: Mutex<std::collections::HashMap<RouteKey, (Instant, String, String)>>,
 }
 
-fn now_ms() -> i64 {
-    crate::pool::now_ms()
-}
+use cloister_core::clock::now_millis as now_ms;
+
+/// (pool id lowercased, identifier).
+type RouteKey = (String, String);
 
 /// How long the alive-node list is reused for placement.
 const NODES_CACHE: Duration = Duration::from_millis(500);

@@ -162,3 +162,24 @@ pub trait Container: Send + Sync {
     /// Kills the container and removes its cgroup, network namespace and writable layer.
     async fn stop(self: Box<Self>);
 }
+
+/// What a custom pool's current template did so far (for its `templateUpdateStatus`).
+#[derive(Debug, Clone, Default)]
+pub struct TemplateCounts {
+    pub created_ms: i64,
+    pub image_pull_fail: u64,
+    pub crash: u64,
+    pub started: u64,
+    pub last_error: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// The custom-container side of a sessions runtime (what the pool manager and the provider
+/// need of it), so that the generic `Runtime` trait does not name the runtime that has it.
+pub trait CustomPools: Send + Sync {
+    fn backend(&self) -> &std::sync::Arc<dyn ContainerBackend>;
+    /// The counts of a pool's current template, if it has started anything yet.
+    fn counts(&self, pool_id: &str) -> Option<TemplateCounts>;
+    /// Forgets a deleted pool's pinned image and counts.
+    fn forget(&self, pool_id: &str);
+}

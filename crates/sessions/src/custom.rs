@@ -10,50 +10,22 @@
 //! a tag moved in the registry later changes nothing until the template changes.
 
 use crate::container::{
-    Container, ContainerBackend, LaunchSpec, PreparedImage, RegistryLogin, RuntimeClass,
+    Container, ContainerBackend, CustomPools, LaunchSpec, PreparedImage, RegistryLogin,
+    TemplateCounts,
 };
-use crate::custom_spec::{CustomTemplate, Probe, ProbeAction, ProbeType};
-use crate::pool::now_ms;
+use crate::custom_spec::{CustomLaunch, Probe, ProbeAction, ProbeType};
 use crate::runtime::{
     ExecOutcome, ExecStatus, FileError, FileErrorKind, FileInfo, Instance, Runtime, RuntimeInfo,
     SessionKind, SessionSpec, StartError,
 };
 use async_trait::async_trait;
+use cloister_core::clock::now_millis as now_ms;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// What a custom pool's sessions start: its template with the secrets it names opened.
-#[derive(Clone, PartialEq)]
-pub struct CustomLaunch {
-    pub pool_id: String,
-    pub template: CustomTemplate,
-    pub runtime: RuntimeClass,
-    pub egress: bool,
-    /// `OnContainerExit`: a container that exits with status 0 ended its session normally
-    /// (not a crash).
-    pub exit_ends_session: bool,
-    /// The pool's secrets (name, value), for env `secretRef`s. Never logged.
-    pub secrets: Vec<(String, String)>,
-    /// The registry login (username, password) from `passwordSecretRef`. Never passed into
-    /// the container.
-    pub login: Option<(String, String)>,
-}
-
-impl fmt::Debug for CustomLaunch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CustomLaunch")
-            .field("pool_id", &self.pool_id)
-            .field("image", &self.template.containers.first().map(|c| &c.image))
-            .field("runtime", &self.runtime)
-            .field("egress", &self.egress)
-            .finish_non_exhaustive()
-    }
-}
 
 impl CustomLaunch {
     /// Identifies the template (and what it was resolved with) for image pinning and counts.
@@ -83,17 +55,6 @@ impl TemplateStats {
         counter.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap() = Some(msg);
     }
-}
-
-/// A snapshot of [`TemplateStats`] for the ARM view.
-#[derive(Debug, Clone, Default)]
-pub struct TemplateCounts {
-    pub created_ms: i64,
-    pub image_pull_fail: u64,
-    pub crash: u64,
-    pub started: u64,
-    pub last_error: Option<String>,
-    pub digest: Option<String>,
 }
 
 /// The sessions runtime of a server with a container backend: custom launches go to the
@@ -140,9 +101,14 @@ impl CustomRuntime {
         m.insert(pool, s.clone());
         s
     }
+}
 
-    /// The counts of a pool's current template, if it has started anything yet.
-    pub fn counts(&self, pool_id: &str) -> Option<TemplateCounts> {
+impl CustomPools for CustomRuntime {
+    fn backend(&self) -> &Arc<dyn ContainerBackend> {
+        &self.backend
+    }
+
+    fn counts(&self, pool_id: &str) -> Option<TemplateCounts> {
         let s = self
             .stats
             .lock()
@@ -159,13 +125,14 @@ impl CustomRuntime {
         })
     }
 
-    /// Forgets a deleted pool's pinned image and counts.
-    pub fn forget(&self, pool_id: &str) {
+    fn forget(&self, pool_id: &str) {
         let k = pool_id.to_lowercase();
         self.images.lock().unwrap().remove(&k);
         self.stats.lock().unwrap().remove(&k);
     }
+}
 
+impl CustomRuntime {
     async fn image(
         &self,
         l: &CustomLaunch,
@@ -636,7 +603,7 @@ impl Runtime for CustomRuntime {
         self.inner.sweep();
         self.backend.sweep();
     }
-    fn custom(&self) -> Option<&CustomRuntime> {
+    fn custom(&self) -> Option<&dyn CustomPools> {
         Some(self)
     }
 }
@@ -644,6 +611,8 @@ impl Runtime for CustomRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::RuntimeClass;
+    use crate::custom_spec::CustomTemplate;
     use serde_json::json;
 
     fn launch(container: serde_json::Value) -> CustomLaunch {

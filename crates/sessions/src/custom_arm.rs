@@ -8,8 +8,7 @@
 //! cannot be pulled or containers crash: as in Azure, those are reported through
 //! `templateUpdateStatus.*.status` (`imagePullFailCount`, `crashCount`) and `details`.
 
-use crate::arm::SessionPools;
-use crate::custom::CustomLaunch;
+use crate::custom_spec::CustomLaunch;
 use crate::custom_spec::parse_secrets;
 use crate::spec::{ContainerType, Lifecycle, Network, PoolSpec};
 use base64::Engine;
@@ -32,10 +31,23 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 const NOT_ENABLED: &str = "containerType 'CustomContainer' is not supported on this server: custom containers are not enabled (set [custom_containers] enabled = true in its configuration; it needs runc and root).";
 
+/// What the custom-pool rules need of the provider: its pool manager (whose runtime may run
+/// containers) and the master key that seals the pools' secrets.
+pub(crate) struct Pools<'a> {
+    pub manager: Option<&'a Arc<crate::Manager>>,
+    pub mk: &'a cloister_crypto::MasterKey,
+}
+
+impl Pools<'_> {
+    fn custom_enabled(&self) -> bool {
+        self.manager.is_some_and(|m| m.runtime().custom().is_some())
+    }
+}
+
 /// Refuses a CustomContainer pool at once (before its template is looked at) when this
 /// server runs no containers.
 pub(crate) fn enabled_for(
-    st: &SessionPools,
+    st: &Pools<'_>,
     r: &Resource,
     props: Option<&Value>,
 ) -> Result<(), ArmError> {
@@ -48,8 +60,8 @@ pub(crate) fn enabled_for(
         })
         .and_then(|v| v.as_str())
         .is_some_and(|t| ContainerType::parse(t) == Some(ContainerType::CustomContainer));
-    let stored =
-        crate::arm::spec_of(r).is_some_and(|s| s.container_type == ContainerType::CustomContainer);
+    let stored = PoolSpec::of_stored(&r.properties)
+        .is_some_and(|s| s.container_type == ContainerType::CustomContainer);
     if (named || stored) && !ContainerType::CustomContainer.is_supported(st.custom_enabled()) {
         return Err(ArmError::bad_request("InvalidRequestContent", NOT_ENABLED));
     }
@@ -58,7 +70,7 @@ pub(crate) fn enabled_for(
 
 /// Checks a CustomContainer pool against this server and seals its new secret values.
 pub(crate) fn admit(
-    st: &SessionPools,
+    st: &Pools<'_>,
     r: &Resource,
     props: Option<&Value>,
     spec: &mut PoolSpec,
@@ -82,8 +94,7 @@ pub(crate) fn admit(
         for s in &mut spec.secrets {
             match s.value.take() {
                 Some(v) => {
-                    s.sealed =
-                        Some(b64().encode(st.identity.mk.seal(v.as_bytes(), &aad(&r.id, &s.name))));
+                    s.sealed = Some(b64().encode(st.mk.seal(v.as_bytes(), &aad(&r.id, &s.name))));
                 }
                 None => {
                     s.sealed = current
@@ -116,8 +127,8 @@ pub(crate) fn admit(
             "registryCredentials.identity is not supported by Cloister yet: give 'username' and 'passwordSecretRef' (a pool secret) instead.",
         ));
     }
-    if let Some(c) = st.manager.as_ref().and_then(|m| m.runtime().custom())
-        && let Err(m) = c.backend.available(spec.runtime_class)
+    if let Some(c) = st.manager.and_then(|m| m.runtime().custom())
+        && let Err(m) = c.backend().available(spec.runtime_class)
     {
         return Err(ArmError::bad_request(
             "RuntimeClassNotAvailable",
@@ -131,11 +142,7 @@ pub(crate) fn admit(
 }
 
 /// The launch of a custom pool's sessions (None for other pools).
-pub(crate) fn launch(
-    st: &SessionPools,
-    r: &Resource,
-    spec: &PoolSpec,
-) -> Option<Arc<CustomLaunch>> {
+pub(crate) fn launch(st: &Pools<'_>, r: &Resource, spec: &PoolSpec) -> Option<Arc<CustomLaunch>> {
     if spec.container_type != ContainerType::CustomContainer {
         return None;
     }
@@ -146,7 +153,7 @@ pub(crate) fn launch(
             .sealed
             .as_ref()
             .and_then(|x| b64().decode(x).ok())
-            .and_then(|x| st.identity.mk.open(&x, &aad(&r.id, &s.name)).ok())
+            .and_then(|x| st.mk.open(&x, &aad(&r.id, &s.name)).ok())
             .and_then(|x| String::from_utf8(x).ok());
         match opened {
             Some(v) => secrets.push((s.name.clone(), v)),
@@ -185,12 +192,11 @@ fn rfc3339_ms(ms: i64) -> String {
 /// `templateUpdateStatus{activeTemplate, desiredTemplate}` of a custom pool. A template
 /// change takes effect at once (ready instances are replaced; sessions keep running the
 /// containers they have), so both name the current template.
-pub(crate) fn decorate(st: &SessionPools, r: &Resource, spec: &PoolSpec, props: &mut Value) {
+pub(crate) fn decorate(st: &Pools<'_>, r: &Resource, spec: &PoolSpec, props: &mut Value) {
     let Some(t) = &spec.custom else { return };
-    let pool = st.manager.as_ref().and_then(|m| m.pool(&r.id));
+    let pool = st.manager.and_then(|m| m.pool(&r.id));
     let counts = st
         .manager
-        .as_ref()
         .and_then(|m| m.runtime().custom())
         .and_then(|c| c.counts(&r.id))
         .unwrap_or_default();

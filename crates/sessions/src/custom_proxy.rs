@@ -118,7 +118,7 @@ fn bad_gateway(msg: String) -> DpError {
 }
 
 fn pool_err(e: PoolError) -> DpError {
-    crate::api::pool_err(e)
+    crate::error::pool_err(e)
 }
 
 async fn dial(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {

@@ -8,6 +8,7 @@
 
 use crate::container::RuntimeClass;
 use serde_json::{Map, Value, json};
+use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeType {
@@ -795,5 +796,33 @@ mod tests {
             let v = json!({"containers": [{"image": "i", "resources": {"cpu": cpu, "memory": mem}}], "ingress": {"targetPort": port}});
             let _ = CustomTemplate::parse(&v);
         }
+    }
+}
+
+/// What a custom pool's sessions start: its template with the secrets it names opened.
+#[derive(Clone, PartialEq)]
+pub struct CustomLaunch {
+    pub pool_id: String,
+    pub template: CustomTemplate,
+    pub runtime: RuntimeClass,
+    pub egress: bool,
+    /// `OnContainerExit`: a container that exits with status 0 ended its session normally
+    /// (not a crash).
+    pub exit_ends_session: bool,
+    /// The pool's secrets (name, value), for env `secretRef`s. Never logged.
+    pub secrets: Vec<(String, String)>,
+    /// The registry login (username, password) from `passwordSecretRef`. Never passed into
+    /// the container.
+    pub login: Option<(String, String)>,
+}
+
+impl fmt::Debug for CustomLaunch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomLaunch")
+            .field("pool_id", &self.pool_id)
+            .field("image", &self.template.containers.first().map(|c| &c.image))
+            .field("runtime", &self.runtime)
+            .field("egress", &self.egress)
+            .finish_non_exhaustive()
     }
 }

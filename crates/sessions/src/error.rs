@@ -67,3 +67,26 @@ impl IntoResponse for DpError {
         r
     }
 }
+
+/// A pool's refusal in the data plane's shape: 429 at the limit, 503 while a session
+/// cannot be started or is allocated elsewhere, 404 for a pool being deleted.
+pub(crate) fn pool_err(e: crate::pool::PoolError) -> DpError {
+    match e {
+        crate::pool::PoolError::MaxSessions(_) => {
+            let mut d = DpError::new(429, "MaxConcurrentSessionsReached", e.to_string());
+            d.retry_after = Some(5);
+            d
+        }
+        crate::pool::PoolError::Start(_) => {
+            let mut d = DpError::new(503, "SessionAllocationFailed", e.to_string());
+            d.retry_after = Some(1);
+            d
+        }
+        crate::pool::PoolError::Closed => DpError::not_found("SessionPoolNotFound", e.to_string()),
+        crate::pool::PoolError::Contended(_) => {
+            let mut d = DpError::new(503, "SessionAllocationContended", e.to_string());
+            d.retry_after = Some(1);
+            d
+        }
+    }
+}

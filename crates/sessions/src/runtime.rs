@@ -44,7 +44,7 @@ pub struct SessionSpec {
     pub identity_header: Option<String>,
     /// A CustomContainer pool's container (template, secrets resolved); None for the
     /// interpreter kinds.
-    pub custom: Option<std::sync::Arc<crate::custom::CustomLaunch>>,
+    pub custom: Option<std::sync::Arc<crate::custom_spec::CustomLaunch>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// also called at a clean stop, once every sandbox is shut down.
     fn sweep(&self);
     /// The custom-container side of this runtime, when the server has a container backend.
-    fn custom(&self) -> Option<&crate::custom::CustomRuntime> {
+    fn custom(&self) -> Option<&dyn crate::container::CustomPools> {
         None
     }
 }

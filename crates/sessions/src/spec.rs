@@ -171,6 +171,13 @@ fn enum_str<'a>(
 
 impl PoolSpec {
     /// Parses `properties` from a PUT (with `base` = None) or merges a PATCH onto `base`.
+    /// The spec of a stored pool resource's `properties` text (None if it does not parse).
+    pub fn of_stored(properties: &str) -> Option<PoolSpec> {
+        serde_json::from_str::<Value>(properties)
+            .ok()
+            .and_then(|v| PoolSpec::parse(&v, None).ok())
+    }
+
     pub fn parse(props: &Value, base: Option<&PoolSpec>) -> Result<PoolSpec, String> {
         if !props.is_object() && !props.is_null() {
             return Err("'properties' must be an object.".into());
