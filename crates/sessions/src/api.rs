@@ -1085,7 +1085,14 @@ mod multipart {
         }
         let rest = &head[2..];
         let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            let ok = rest.len() <= 71 && rest.iter().all(|&c| boundary_char(c) || c == b'\r');
+            // A boundary is 1-70 bchars; only its line's CR may follow before the LF.
+            let (chars, cr) = match rest.strip_suffix(b"\r") {
+                Some(c) => (c, true),
+                None => (rest, false),
+            };
+            let ok = chars.len() <= 70
+                && chars.iter().all(|&c| boundary_char(c))
+                && (!cr || !chars.is_empty());
             return if ok && head.len() < SNIFF_LIMIT {
                 Sniff::NeedMore
             } else {
