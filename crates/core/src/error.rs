@@ -171,3 +171,9 @@ impl IntoResponse for AadError {
         resp
     }
 }
+
+/// Marks a response that is an upstream's own answer (a session container behind a proxy,
+/// say): the server's error-shaping middleware passes it on unchanged instead of rewriting a
+/// 4xx/5xx into ARM's shape. Set it as a response extension.
+#[derive(Clone, Copy, Debug)]
+pub struct Verbatim;

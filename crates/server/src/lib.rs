@@ -427,10 +427,10 @@ async fn error_shape(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    // A session container's own answer (custom-container pools) goes out unchanged.
+    // An upstream's own answer (a session container behind its pool's proxy) goes out unchanged.
     if resp
         .extensions()
-        .get::<cloister_sessions::custom_proxy::FromContainer>()
+        .get::<cloister_core::error::Verbatim>()
         .is_some()
     {
         return resp;

@@ -58,6 +58,8 @@ pub struct SessionPools {
     bindings: Mutex<HashMap<String, PoolBinding>>,
     /// The ETag of each pool resource the manager runs, for [`SessionPools::sync`].
     applied: Mutex<HashMap<String, String>>,
+    /// Whether the last [`SessionPools::sync`] saw other nodes.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl SessionPools {
@@ -76,14 +78,30 @@ impl SessionPools {
             socket,
             bindings: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
+            shared: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Brings the manager in line with the pool resources in the store, for pools written
     /// or deleted through other nodes: new and changed ones (by ETag) are applied, gone ones
-    /// stopped. Cheap when nothing changed (one listing per subscription).
+    /// stopped. One listing per subscription while other nodes are alive; nothing otherwise.
     pub async fn sync(&self) -> Result<(), cloister_store::StoreError> {
-        if self.manager.is_none() {
+        let Some(m) = &self.manager else {
+            return Ok(());
+        };
+        // A node alone in its cluster wrote every pool itself: nothing to read. One more pass
+        // runs after the last other node is gone, for what it wrote just before.
+        let others = match m.cluster() {
+            Some(c) => {
+                let me = c.node_id().to_string();
+                c.alive_nodes().await.iter().any(|n| n.id != me)
+            }
+            None => false,
+        };
+        let was = self
+            .shared
+            .swap(others, std::sync::atomic::Ordering::Relaxed);
+        if !others && !was {
             return Ok(());
         }
         let mut seen = std::collections::HashSet::new();

@@ -58,11 +58,6 @@ enum ClientSide {
     Hyper(hyper::upgrade::OnUpgrade),
 }
 
-/// Marks a response that came from a session container: the server's middleware must pass
-/// it on as it is (no rewriting of its errors into ARM's shape).
-#[derive(Clone, Copy, Debug)]
-pub struct FromContainer;
-
 /// What the proxy adds as `X-Forwarded-*`: the caller's address and the public scheme/host.
 pub struct Forwarded {
     pub client: Option<String>,
@@ -284,7 +279,7 @@ pub async fn forward(
         (switching && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop(&mut rparts.headers, switching);
-    rparts.extensions.insert(FromContainer);
+    rparts.extensions.insert(cloister_core::error::Verbatim);
     if let (Some(cu), Some(su)) = (client_upgrade, server_upgrade) {
         let s = sess.clone();
         let client: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Handoff>> + Send>> =
