@@ -383,10 +383,16 @@ impl Pool {
             inst.shutdown().await;
         }
         drop(g);
-        // The lease goes after the sandbox: until then no other node may start this
-        // identifier's session.
-        if mine {
-            self.release_lease(sess);
+        // The lease goes after the sandbox (until then no other node may start this
+        // identifier's session), and before this returns: a caller that freed a slot
+        // (stopSession, DELETE) can use it at once. A release the store refuses is retried
+        // in the background.
+        if mine
+            && let Some(c) = &self.cluster
+            && let Err(e) = c.release_now(&self.id, &sess.identifier, &sess.etag).await
+        {
+            tracing::warn!(pool = %self.id, "releasing a session lease: {e}");
+            c.release(&self.id, &sess.identifier, &sess.etag);
         }
         self.refill.notify_one();
     }
