@@ -202,9 +202,8 @@ async fn slow_request_heads_are_closed_on_both_listeners_while_others_are_served
     assert_eq!(silent, 10, "every stalled TLS handshake was cut off");
     // Fresh connections: the pooled ones from the first check sat idle past the 2 s header
     // timeout, and the server rightly closed them.
-    let pem = std::fs::read(s.dir.path().join("ca.pem")).unwrap();
-    let fresh = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+    let fresh = s
+        .client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();

@@ -190,12 +190,7 @@ impl Server {
                 && let Ok(v) = serde_json::from_str::<Value>(&text)
             {
                 self.boot = v;
-                let pem = std::fs::read(self.dir.path().join("ca.pem")).unwrap();
-                self.http = reqwest::Client::builder()
-                    .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .unwrap();
+                self.http = self.client_builder().build().unwrap();
                 if let Ok(r) = self.http.get(self.url("/healthz")).send().await
                     && r.status().is_success()
                 {
@@ -219,6 +214,14 @@ impl Server {
         }
     }
 
+    /// A client that trusts this server's CA and follows no redirects (what [`Server::http`]
+    /// is built from), for tests that need other connection settings.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let pem = std::fs::read(self.dir.path().join("ca.pem")).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+    }
     pub fn url(&self, p: &str) -> String {
         format!("https://127.0.0.1:{}{p}", self.port)
     }
