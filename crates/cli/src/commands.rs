@@ -36,7 +36,8 @@ pub struct LoginArgs {
     service_principal: bool,
     #[arg(short = 'u', long)]
     username: Option<String>,
-    #[arg(short = 'p', long)]
+    /// The secret as given, even when it begins with `-` (Entra-style secrets may).
+    #[arg(short = 'p', long, allow_hyphen_values = true)]
     password: Option<String>,
     #[arg(short = 't', long)]
     tenant: Option<String>,
@@ -1137,4 +1138,25 @@ async fn run(r: RunArgs) -> Result<i32> {
         .send()
         .await;
     Ok(status?.code().unwrap_or(1))
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::LoginArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: LoginArgs,
+    }
+
+    /// A generated secret may begin with `-`: `-p` takes it as the value, not as a flag.
+    #[test]
+    fn a_secret_that_begins_with_a_dash_is_the_password() {
+        let t = T::try_parse_from(["t", "--service-principal", "-u", "app", "-p", "-3xQ~abc"])
+            .expect("flags parse");
+        assert_eq!(t.a.password.as_deref(), Some("-3xQ~abc"));
+        assert_eq!(t.a.username.as_deref(), Some("app"));
+    }
 }
