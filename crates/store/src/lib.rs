@@ -78,6 +78,9 @@ pub struct Store {
     /// (`synchronous=NORMAL`, still crash-safe for the process, only a power loss may drop
     /// the last commits); on PostgreSQL the same pool as `pool`.
     pub(crate) volatile: AnyPool,
+    /// SQLite: one connection used on the caller's own thread for the one statement on a
+    /// session's hot path (see `leases::InlineLeases`); `None` on PostgreSQL or in memory.
+    pub(crate) inline: Option<std::sync::Arc<crate::leases::InlineLeases>>,
     backend: Backend,
 }
 
@@ -105,7 +108,9 @@ impl Store {
         }
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         opts = match backend {
-            Backend::Sqlite => opts.max_connections(8).after_connect(|conn, _| {
+            // A file's connections do not go stale: no ping before each use (a round trip to
+            // the connection's thread every time).
+            Backend::Sqlite => opts.max_connections(8).test_before_acquire(false).after_connect(|conn, _| {
                 Box::pin(async move {
                     // WAL with synchronous=FULL: every acknowledged commit is on disk before
                     // the caller hears about it, so kill -9 loses nothing acknowledged.
@@ -124,6 +129,7 @@ impl Store {
                 AnyPoolOptions::new()
                     .acquire_timeout(Duration::from_secs(30))
                     .max_connections(4)
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode=WAL").await?;
@@ -137,9 +143,16 @@ impl Store {
             }
             Backend::Postgres => pool.clone(),
         };
+        let inline = match (backend, sqlite_path(url)) {
+            (Backend::Sqlite, Some(path)) => {
+                crate::leases::InlineLeases::open(&path).map(std::sync::Arc::new)
+            }
+            _ => None,
+        };
         Ok(Store {
             pool,
             volatile,
+            inline,
             backend,
         })
     }
