@@ -413,28 +413,40 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_inline_path_takes_only_the_plain_case_and_never_waits() {
         let st = stores().await.remove(0);
-        let inline = st.inline.clone().expect("a SQLite file store has the inline connection");
+        let inline = st
+            .inline
+            .clone()
+            .expect("a SQLite file store has the inline connection");
         st.node_heartbeat(&n("a", 1000, 10_000)).await.unwrap();
         st.node_heartbeat(&n("dead", 1000, 1)).await.unwrap();
         let pool = POOL.to_lowercase();
         assert!(inline.try_acquire(&pool, "x", "a", "x1", 2, 1001));
-        assert!(!inline.try_acquire(&pool, "x", "a", "x2", 2, 1001), "an existing lease");
+        assert!(
+            !inline.try_acquire(&pool, "x", "a", "x2", 2, 1001),
+            "an existing lease"
+        );
         // Through the store: the owner is reported, as before.
         assert!(matches!(
             st.lease_acquire(POOL, "x", "a", "x3", 2, 1002).await.unwrap(),
             Acquire::Owned(l) if l.sandbox_id == "x1"
         ));
         // A dead node's lease: not inline, but the transaction replaces it.
-        st.lease_acquire(POOL, "y", "dead", "y0", 5, 1000).await.unwrap();
+        st.lease_acquire(POOL, "y", "dead", "y0", 5, 1000)
+            .await
+            .unwrap();
         assert!(!inline.try_acquire(&pool, "y", "a", "y1", 5, 1003));
         assert_eq!(
-            st.lease_acquire(POOL, "y", "a", "y1", 5, 1003).await.unwrap(),
+            st.lease_acquire(POOL, "y", "a", "y1", 5, 1003)
+                .await
+                .unwrap(),
             Acquire::Acquired
         );
         // Full (x and y live on a): refused inline and by the transaction.
         assert!(!inline.try_acquire(&pool, "z", "a", "z1", 2, 1004));
         assert_eq!(
-            st.lease_acquire(POOL, "z", "a", "z1", 2, 1004).await.unwrap(),
+            st.lease_acquire(POOL, "z", "a", "z1", 2, 1004)
+                .await
+                .unwrap(),
             Acquire::Full
         );
         // Another writer holds the lock: the inline path gives way at once...

@@ -110,16 +110,19 @@ impl Store {
         opts = match backend {
             // A file's connections do not go stale: no ping before each use (a round trip to
             // the connection's thread every time).
-            Backend::Sqlite => opts.max_connections(8).test_before_acquire(false).after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL with synchronous=FULL: every acknowledged commit is on disk before
-                    // the caller hears about it, so kill -9 loses nothing acknowledged.
-                    conn.execute("PRAGMA journal_mode=WAL").await?;
-                    conn.execute("PRAGMA synchronous=FULL").await?;
-                    conn.execute("PRAGMA busy_timeout=10000").await?;
-                    Ok(())
-                })
-            }),
+            Backend::Sqlite => opts
+                .max_connections(8)
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL with synchronous=FULL: every acknowledged commit is on disk before
+                        // the caller hears about it, so kill -9 loses nothing acknowledged.
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=FULL").await?;
+                        conn.execute("PRAGMA busy_timeout=10000").await?;
+                        Ok(())
+                    })
+                }),
             Backend::Postgres => opts.max_connections(16),
         };
         let pool = opts.connect(url).await?;
